@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# torch is installed first and pinned: on a machine without CUDA a plain `pip install torch` (or any package
+# that asks for a newer torch) pulls a multi-GB CUDA build. Override TORCH (and PIP_TORCH_ARGS, e.g.
+# `--index-url https://download.pytorch.org/whl/cpu`) where the CPU wheel comes from elsewhere.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-fast demo bench sync lint clean embedded
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+## The whole suite, every notebook executed in smoke mode included.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Unit tests only (no notebook execution).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not notebook"
+
+## The main job: the notebooks on the embedded default model and corpus, offline, executed into results/.
+demo: $(STAMP)
+	$(BIN)/python -m colab_helpers.notebook_runner --all --output results
+
+## Performance ratios, side by side in one run; results go to benchmarks/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+## Re-pair notebooks after editing the .py files.
+sync: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.py
+
+## Rebuild the embedded corpus and models (minutes on a CPU); the results are committed.
+embedded: $(STAMP)
+	$(BIN)/python scripts/build_embedded.py
+
+clean:
+	rm -rf results .pytest_cache

@@ -1,0 +1,82 @@
+"""colab_helpers: measure the runtime, pick a model, prune attention heads, recover with LoRA, sweep.
+
+Public names are loaded lazily so that ``import colab_helpers`` stays cheap on a bare CPU machine: torch,
+transformers, peft, datasets, matplotlib, bitsandbytes and unsloth are imported only by the function that
+needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import ColabHelpersWarning, CudaFallbackWarning, OfflineFallbackWarning
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # environment
+    "detect_environment": "environment",
+    "EnvironmentReport": "environment",
+    # memory
+    "MemorySnapshot": "memory",
+    "memory_snapshot": "memory",
+    "show_memory": "memory",
+    "track_peak_memory": "memory",
+    "free_memory": "memory",
+    # CUDA fallback
+    "is_cuda_error": "fallback",
+    "is_cuda_oom": "fallback",
+    "cuda_fallback": "fallback",
+    "safe_generate": "fallback",
+    "GenerationResult": "fallback",
+    # downloads
+    "bundle": "downloads",
+    "download": "downloads",
+    "persist_to_drive": "downloads",
+    # live plots
+    "LivePlot": "plotting",
+    # models and data
+    "load_model": "models",
+    "available_models": "models",
+    "load_text_dataset": "data",
+    "available_datasets": "data",
+    "TextDataset": "data",
+    # results on disk
+    "ensure_writable_dir": "_io",
+    "save_results": "results",
+    "to_jsonable": "results",
+}
+
+__all__ = [
+    "__version__",
+    "ColabHelpersWarning",
+    "CudaFallbackWarning",
+    "OfflineFallbackWarning",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'colab_helpers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value  # cache: the next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .data import TextDataset, available_datasets, load_text_dataset
+    from .downloads import bundle, download, persist_to_drive
+    from .environment import EnvironmentReport, detect_environment
+    from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
+    from .memory import MemorySnapshot, free_memory, memory_snapshot, show_memory, track_peak_memory
+    from .models import available_models, load_model
+    from ._io import ensure_writable_dir
+    from .plotting import LivePlot
+    from .results import save_results, to_jsonable
