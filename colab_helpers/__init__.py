@@ -18,15 +18,19 @@ _LAZY: dict[str, str] = {
     # environment
     "detect_environment": "environment",
     "EnvironmentReport": "environment",
+    "Recommendations": "environment",
     # memory
     "MemorySnapshot": "memory",
     "memory_snapshot": "memory",
     "show_memory": "memory",
     "track_peak_memory": "memory",
     "free_memory": "memory",
+    "format_bytes": "memory",
+    "PeakMemory": "memory",
     # CUDA fallback
     "is_cuda_error": "fallback",
     "is_cuda_oom": "fallback",
+    "CudaFallbackError": "fallback",
     "cuda_fallback": "fallback",
     "safe_generate": "fallback",
     "GenerationResult": "fallback",
@@ -42,6 +46,26 @@ _LAZY: dict[str, str] = {
     "load_text_dataset": "data",
     "available_datasets": "data",
     "TextDataset": "data",
+    # head pruning
+    "head_layout": "pruning",
+    "HeadLayout": "pruning",
+    "head_importance": "pruning",
+    "select_heads": "pruning",
+    "gate_heads": "pruning",
+    "HeadGates": "pruning",
+    "remove_heads": "pruning",
+    "PruneReport": "pruning",
+    "save_pruned": "pruning",
+    "load_pruned": "pruning",
+    # evaluation and figures
+    "perplexity": "evaluation",
+    "PerplexityResult": "evaluation",
+    "tokenize_texts": "evaluation",
+    "lm_batches": "evaluation",
+    "plot_head_importance": "figures",
+    "plot_importance_grid": "figures",
+    "plot_pruned_per_layer": "figures",
+    "plot_level_curves": "figures",
     # results on disk
     "ensure_writable_dir": "_io",
     "save_results": "results",
@@ -73,10 +97,32 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .data import TextDataset, available_datasets, load_text_dataset
     from .downloads import bundle, download, persist_to_drive
-    from .environment import EnvironmentReport, detect_environment
+    from .environment import EnvironmentReport, Recommendations, detect_environment
     from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
-    from .memory import MemorySnapshot, free_memory, memory_snapshot, show_memory, track_peak_memory
+    from .memory import (
+        MemorySnapshot,
+        PeakMemory,
+        format_bytes,
+        free_memory,
+        memory_snapshot,
+        show_memory,
+        track_peak_memory,
+    )
     from .models import available_models, load_model
     from ._io import ensure_writable_dir
+    from .evaluation import PerplexityResult, lm_batches, perplexity, tokenize_texts
+    from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
     from .plotting import LivePlot
+    from .pruning import (
+        HeadGates,
+        HeadLayout,
+        PruneReport,
+        gate_heads,
+        head_importance,
+        head_layout,
+        load_pruned,
+        remove_heads,
+        save_pruned,
+        select_heads,
+    )
     from .results import save_results, to_jsonable

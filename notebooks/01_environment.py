@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 01 · Where am I running, and what can it hold?
 #
@@ -40,20 +48,23 @@ import colab_helpers as ch
 model_name = "embedded-gpt2" if SMOKE else MODEL
 max_new_tokens = 12 if SMOKE else MAX_NEW_TOKENS
 results_dir = ch.ensure_writable_dir(RESULTS_DIR)
-memory_plot = ch.LivePlot(["RAM used (GB)", "process RSS (GB)"], title="Memory through this notebook",
-                          path=results_dir / "memory.png", xlabel="notebook step")
+memory_plot = ch.LivePlot(title="Memory through this notebook (GB)", path=results_dir / "memory.png",
+                          xlabel="notebook step", display=False)  # shown once, at the end
+memory_plot.update(0, **ch.memory_snapshot().gigabytes())
 
 # %% [markdown]
 # ## 1. The runtime
-# Runtime, accelerator, memory, disk and library versions, read from this machine.
+# Runtime, accelerator, memory, disk and library versions, read from this machine, and what they allow.
 
 # %%
 env = ch.detect_environment()
+memory_plot.update(1, **ch.memory_snapshot().gigabytes())
 env
 
 # %% [markdown]
 # ## 2. What that means for you
-# The dtype to train in, whether 4-bit (QLoRA) and unsloth are usable, and rough largest model sizes.
+# The dtype to train in, whether 4-bit (QLoRA) and unsloth are usable, and hints for this hardware.
+# Notebook 02 turns this into a concrete model choice with per-model memory estimates.
 
 # %%
 env.recommendations
@@ -64,7 +75,7 @@ env.recommendations
 
 # %%
 snapshot = ch.show_memory()
-memory_plot.update(1, **ch.memory_plot_point(snapshot))
+memory_plot.update(2, **snapshot.gigabytes())
 
 # %% [markdown]
 # ## 4. A generation that survives CUDA errors
@@ -72,15 +83,24 @@ memory_plot.update(1, **ch.memory_plot_point(snapshot))
 
 # %%
 model, tokenizer = ch.load_model(model_name)
+memory_plot.update(3, **ch.memory_snapshot().gigabytes())
 generation = ch.safe_generate(model, tokenizer, PROMPT, max_new_tokens=max_new_tokens, seed=0)
-memory_plot.update(2, **ch.memory_plot_point(ch.memory_snapshot()))
+memory_plot.update(4, **ch.memory_snapshot().gigabytes())
 generation
 
 # %% [markdown]
-# ## 5. Save and download
+# ## 5. Memory through this notebook
+# Machine RAM in use and this process's share, after each step above (saved as `memory.png`).
+
+# %%
+memory_plot.close()
+memory_plot
+
+# %% [markdown]
+# ## 6. Save and download
 # The report (Markdown and JSON), the memory figure and the generation go into one zip.
 
 # %%
 ch.save_results(results_dir, environment=env, generation=generation)
-memory_plot.close()
-ch.download(ch.bundle(results_dir))
+bundle_path = ch.bundle(results_dir)
+ch.download(bundle_path)  # Colab: a browser download; Jupyter / lightning.ai: a link; headless: the path is logged

@@ -1,0 +1,120 @@
+"""Callbacks of the training loop, in the style of minGPT: the loop knows nothing about plots or progress bars.
+
+A callback is any object with some of these methods (all optional; :class:`Callback` has them as no-ops):
+
+* ``on_train_begin(tuner)``
+* ``on_step_end(tuner, row)``: ``row`` is the step's history dict (``step``, ``loss``, ``lr``, ``grad_norm``,
+  ``micro_batch_size``, ``skipped``, ``device``, ``seconds``)
+* ``on_eval(tuner, row)``: the same row, now with ``eval_loss`` and ``eval_ppl``
+* ``on_event(tuner, event)``: a dict with ``step``, ``kind`` and ``message`` (NaN skip, rollback, CPU fallback ...)
+* ``on_train_end(tuner, result)``
+
+Exceptions raised by a callback propagate: a broken callback should be seen, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+# event kind -> LivePlot mark kind (its colours: nan red, fallback orange, rollback purple)
+_MARK_KINDS = {
+    "nan_skip": "nan",
+    "rollback": "rollback",
+    "micro_batch_halved": "rollback",
+    "oom_retry": "fallback",
+    "cpu_fallback": "fallback",
+    "early_stop": "event",
+    "stopped": "event",
+    "resumed": "checkpoint",
+}
+_MARK_LABELS = {
+    "nan_skip": "NaN",
+    "rollback": "rollback",
+    "micro_batch_halved": "batch/2",
+    "oom_retry": "OOM",
+    "cpu_fallback": "CPU",
+    "early_stop": "early stop",
+    "stopped": "stopped",
+    "resumed": "resumed",
+}
+
+
+class Callback:
+    """Base class with every hook as a no-op: subclass it and override what you need."""
+
+    def on_train_begin(self, tuner: Any) -> None:
+        """Called once before the first step (after a resume has been loaded)."""
+
+    def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
+        """Called after every step, skipped ones included."""
+
+    def on_eval(self, tuner: Any, row: dict[str, Any]) -> None:
+        """Called after each evaluation."""
+
+    def on_event(self, tuner: Any, event: dict[str, Any]) -> None:
+        """Called for each event (NaN skip, rollback, learning-rate or micro-batch halving, fallback, stop)."""
+
+    def on_train_end(self, tuner: Any, result: Any) -> None:
+        """Called once with the :class:`FineTuneResult`."""
+
+
+class LivePlotCallback(Callback):
+    """Feed a :class:`colab_helpers.LivePlot`: train/eval loss, eval perplexity, learning rate, gradient norm.
+
+    Events are drawn as vertical marks. LivePlot throttles its own redraws; at the end the figure is written to
+    ``path`` (default: ``<output_dir>/training.png``) and ``self.path`` holds where.
+    """
+
+    def __init__(self, path: str | Path, *, min_interval: float = 5.0, title: str = "LoRA fine-tuning") -> None:
+        from ..plotting import LivePlot
+
+        self.plot = LivePlot(
+            [("loss", "eval_loss"), "eval_ppl", "lr", "grad_norm"], title=title, path=path, min_interval=min_interval
+        )
+        self.path: Path | None = None
+
+    def on_train_begin(self, tuner: Any) -> None:
+        # a resumed run: draw what the checkpoint already holds, so the figure covers the whole run
+        for row in tuner.history:
+            self.on_step_end(tuner, row)
+            if "eval_loss" in row:
+                self.on_eval(tuner, row)
+        for event in tuner.events:
+            self.on_event(tuner, event)
+
+    def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
+        self.plot.update(row["step"], loss=row["loss"], lr=row["lr"], grad_norm=row["grad_norm"])
+
+    def on_eval(self, tuner: Any, row: dict[str, Any]) -> None:
+        self.plot.update(row["step"], eval_loss=row["eval_loss"], eval_ppl=row["eval_ppl"])
+
+    def on_event(self, tuner: Any, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind in _MARK_KINDS:
+            self.plot.mark(event["step"], _MARK_LABELS[kind], kind=_MARK_KINDS[kind])
+
+    def on_train_end(self, tuner: Any, result: Any) -> None:
+        self.path = self.plot.close()
+        result.plot_path = self.path
+
+
+class ProgressCallback(Callback):
+    """A ``tqdm.auto`` bar over the steps showing the current loss (redrawn by tqdm's own throttle)."""
+
+    def __init__(self, total: int, *, initial: int = 0, desc: str = "fine-tune") -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=True, mininterval=0.5)
+
+    def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
+        loss = row["loss"]
+        self.bar.set_postfix_str(f"loss {loss:.4f}" if math.isfinite(loss) else "loss nan (skipped)", refresh=False)
+        self.bar.update(1)
+
+    def on_eval(self, tuner: Any, row: dict[str, Any]) -> None:
+        self.bar.set_postfix_str(f"loss {row['loss']:.4f} eval {row['eval_loss']:.4f}", refresh=False)
+
+    def on_train_end(self, tuner: Any, result: Any) -> None:
+        self.bar.close()

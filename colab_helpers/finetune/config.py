@@ -1,0 +1,220 @@
+"""``FineTuneConfig``: every setting of a LoRA run, with a default and a help text, checked when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+BACKENDS = ("auto", "peft", "unsloth")
+
+# Fields that decide what is being trained: a checkpoint can only be resumed under the same values.
+# Left out on purpose: everything about *how* (micro-batch, dtype, backend, 4-bit, eval and checkpoint cadence,
+# safety ladder), so a run can resume on another runtime (T4 fp16 after an A100 bf16) or with a smaller micro-batch;
+# and max_steps / epochs, so a finished run can be continued for more steps (the cosine decay stretches from there).
+_FINGERPRINT_FIELDS = (
+    "r",
+    "alpha",
+    "dropout",
+    "learning_rate",
+    "seq_len",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class FineTuneConfig:
+    """Settings of one LoRA fine-tuning run (see each field's ``help``); ``.smoke()`` gives a tiny copy."""
+
+    # --- LoRA ---
+    r: int = field(default=16, metadata=_help("LoRA rank: size of the low-rank update; 8-64 is usual."))
+    alpha: float = field(default=32, metadata=_help("LoRA alpha: the update is scaled by alpha / r."))
+    dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input, in [0, 1)."))
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "short names of the linear layers to adapt (e.g. ['q_proj', 'v_proj']); None = attention q/k/v/o "
+            "and MLP projections of this architecture."
+        ),
+    )
+    # --- optimisation ---
+    learning_rate: float = field(default=2e-4, metadata=_help("peak AdamW learning rate."))
+    max_steps: int | None = field(default=200, metadata=_help("optimizer steps to run (ignored when epochs is set)."))
+    epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides max_steps."))
+    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass; halved on out-of-memory."))
+    gradient_accumulation_steps: int = field(
+        default=1, metadata=_help("micro-batches per optimizer step; effective batch = micro_batch_size x this.")
+    )
+    seq_len: int = field(default=256, metadata=_help("tokens per training sequence."))
+    warmup_steps: int = field(default=10, metadata=_help("linear warm-up steps before the cosine decay."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay on the LoRA weights."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradients are clipped to this global norm."))
+    seed: int = field(default=0, metadata=_help("seed of LoRA initialisation, data order and dropout."))
+    dtype: str = field(
+        default="auto",
+        metadata=_help("'auto' (bf16 on CUDA capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU), "
+                       "'bf16', 'fp16' or 'fp32'."),
+    )  # fmt: skip
+    load_in_4bit: bool = field(
+        default=False,
+        metadata=_help("QLoRA: the model must be loaded 4-bit (load_model(..., load_in_4bit=True)); "
+                       "without CUDA one warning and unquantized training."),
+    )  # fmt: skip
+    backend: str = field(
+        default="auto",
+        metadata=_help("'auto' (unsloth when on CUDA, installed and the architecture is supported, else peft), "
+                       "'peft' or 'unsloth'."),
+    )  # fmt: skip
+    # --- evaluation and early stopping ---
+    eval_every: int = field(default=50, metadata=_help("evaluate on eval_texts every this many steps."))
+    eval_batches: int = field(default=8, metadata=_help("micro-batches of eval_texts scored per evaluation."))
+    early_stopping_patience: int | None = field(
+        default=None, metadata=_help("stop after this many evaluations without a better eval loss; None = off.")
+    )
+    restore_best: bool = field(default=True, metadata=_help("restore the adapter of the best eval loss at the end."))
+    # --- surviving failures ---
+    nan_skip_patience: int = field(
+        default=3, metadata=_help("non-finite steps in a row before rolling back and halving the learning rate.")
+    )
+    snapshot_every: int = field(default=10, metadata=_help("good steps between in-memory rollback snapshots."))
+    min_micro_batch_size: int = field(default=1, metadata=_help("micro-batch floor for out-of-memory and NaN halving."))
+    max_rollbacks: int = field(default=3, metadata=_help("rollbacks allowed before training stops (best state kept)."))
+    # --- checkpoints and display ---
+    output_dir: str = field(default="finetune", metadata=_help("checkpoints, final adapter and plot go here."))
+    checkpoint_every: int | None = field(
+        default=50, metadata=_help("write an atomic checkpoint every this many steps; None = only at the end.")
+    )
+    keep_checkpoints: int = field(default=2, metadata=_help("complete checkpoints kept on disk (newest ones)."))
+    resume: bool = field(
+        default=False,
+        metadata=_help("continue from the newest complete checkpoint in output_dir; False starts over "
+                       "(old checkpoints there are deleted)."),
+    )  # fmt: skip
+    plot_every_seconds: float = field(
+        default=5.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.1-0.3 s on a CPU).")
+    )
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "r", "e.g. r=16")
+        if not _is_number(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}; e.g. alpha=2 * r")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}; e.g. dropout=0.05")
+        if not _is_number(self.learning_rate) or not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}; e.g. learning_rate=2e-4")
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps (e.g. max_steps=200) or epochs (e.g. epochs=1.0); both are None")
+        if self.max_steps is not None:
+            _positive_int(self, "max_steps", "e.g. max_steps=200")
+        if self.epochs is not None and (not _is_number(self.epochs) or not 0 < self.epochs < math.inf):
+            raise ValueError(f"epochs must be > 0, got {self.epochs!r}; e.g. epochs=1.0, or epochs=None to use max_steps")
+        _positive_int(self, "micro_batch_size", "e.g. micro_batch_size=8")
+        _positive_int(self, "gradient_accumulation_steps", "e.g. gradient_accumulation_steps=1")
+        _positive_int(self, "min_micro_batch_size", "e.g. min_micro_batch_size=1")
+        if self.min_micro_batch_size > self.micro_batch_size:
+            raise ValueError(
+                f"min_micro_batch_size ({self.min_micro_batch_size}) must be <= micro_batch_size "
+                f"({self.micro_batch_size}); lower min_micro_batch_size"
+            )
+        if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2:
+            raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}; e.g. seq_len=256")
+        _non_negative_int(self, "warmup_steps", "e.g. warmup_steps=10")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}; e.g. weight_decay=0.0")
+        if not _is_number(self.max_grad_norm) or not 0 < self.max_grad_norm < math.inf:
+            raise ValueError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}; e.g. 1.0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}; 'auto' picks per device")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}; 'auto' picks per device")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not all(isinstance(t, str) and t for t in self.target_modules):
+                raise ValueError(
+                    f"target_modules must be a list of module names such as ['q_proj', 'v_proj'] or None, "
+                    f"got {self.target_modules!r}"
+                )
+            if not self.target_modules:
+                raise ValueError("target_modules is empty; pass None for the per-architecture default")
+            self.target_modules = list(self.target_modules)
+        _positive_int(self, "eval_every", "e.g. eval_every=50")
+        _positive_int(self, "eval_batches", "e.g. eval_batches=8")
+        if self.early_stopping_patience is not None:
+            _positive_int(self, "early_stopping_patience", "e.g. 3, or None to turn early stopping off")
+        _positive_int(self, "nan_skip_patience", "e.g. nan_skip_patience=3")
+        _positive_int(self, "snapshot_every", "e.g. snapshot_every=10")
+        _non_negative_int(self, "max_rollbacks", "e.g. max_rollbacks=3")
+        if self.checkpoint_every is not None:
+            _positive_int(self, "checkpoint_every", "e.g. 50, or None for a checkpoint at the end only")
+        _positive_int(self, "keep_checkpoints", "e.g. keep_checkpoints=2")
+        if not isinstance(self.output_dir, str | bytes) and not hasattr(self.output_dir, "__fspath__"):
+            raise ValueError(f"output_dir must be a path, got {self.output_dir!r}; e.g. output_dir='finetune'")
+        if not str(self.output_dir).strip():
+            raise ValueError("output_dir is empty; pass a directory path, e.g. output_dir='finetune'")
+        if not _is_number(self.plot_every_seconds) or self.plot_every_seconds < 0:
+            raise ValueError(f"plot_every_seconds must be >= 0, got {self.plot_every_seconds!r}; e.g. 2.0")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Sequences per optimizer step: ``micro_batch_size * gradient_accumulation_steps``."""
+        return self.micro_batch_size * self.gradient_accumulation_steps
+
+    def smoke(self) -> FineTuneConfig:
+        """Return a tiny copy for SMOKE runs: 8 steps of 4 x 64 tokens, evaluation and checkpoints every 4 steps."""
+        return dataclasses.replace(
+            self,
+            max_steps=8,
+            epochs=None,
+            micro_batch_size=min(self.micro_batch_size, 4),
+            min_micro_batch_size=min(self.min_micro_batch_size, min(self.micro_batch_size, 4)),
+            gradient_accumulation_steps=1,
+            seq_len=min(self.seq_len, 64),
+            warmup_steps=min(self.warmup_steps, 2),
+            eval_every=4,
+            eval_batches=2,
+            checkpoint_every=4,
+            snapshot_every=min(self.snapshot_every, 2),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-serializable dict."""
+        values = dataclasses.asdict(self)
+        values["output_dir"] = str(values["output_dir"])
+        return values
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """Return the settings a checkpoint must share to be resumed (what is trained, not how)."""
+        values = {name: getattr(self, name) for name in _FINGERPRINT_FIELDS}
+        values["effective_batch_size"] = self.effective_batch_size
+        return values
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Return ``{field: help text}`` for every setting."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _positive_int(config: FineTuneConfig, name: str, example: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}; {example}")
+
+
+def _non_negative_int(config: FineTuneConfig, name: str, example: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}; {example}")

@@ -1,0 +1,122 @@
+"""Save what LoRA training produced: the adapter alone, or a standalone model with the adapter merged in.
+
+* :func:`save_adapter` writes the peft adapter (``adapter_model.safetensors`` + ``adapter_config.json``, a few MB),
+  loadable with ``PeftModel.from_pretrained(base_model, path)``.
+* :func:`merge_adapter` folds LoRA into the base weights (``merge_and_unload``) and returns the plain model.
+* :func:`save_merged` writes a standalone model: a physically pruned one (``colab_helpers.pruning.remove_heads``,
+  layers may hold different head counts) through ``colab_helpers.pruning.save_pruned`` (reload with
+  ``load_pruned``), any other through ``save_pretrained`` (reload with ``from_pretrained``).
+
+Every directory is written under a temporary name and renamed into place, so a full disk or a disconnect never
+leaves half a model behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_PRUNING_ATTR = "colab_helpers_pruning"  # model.config attribute set by colab_helpers.pruning.remove_heads
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` directory onto ``target`` (an old one is moved aside first, then deleted)."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    os.replace(target, old / "previous")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / "previous", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_dir(path: str | os.PathLike[str], write: Any) -> Path:
+    """Call ``write(tmp_dir)`` and rename ``tmp_dir`` onto ``path``; return ``path``."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{str(target)!r} is a file; pass a directory path to save into")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _require_peft(model: Any, what: str) -> None:
+    if not hasattr(model, "peft_config"):
+        raise TypeError(f"{what} needs a peft model (result.model of fine_tune), got {type(model).__name__}")
+
+
+def save_adapter(peft_model: Any, path: str | os.PathLike[str]) -> Path:
+    """Save the LoRA adapter of ``peft_model`` to directory ``path`` (replaced atomically); return the path."""
+    _require_peft(peft_model, "save_adapter")
+    saved = _atomic_dir(path, lambda tmp: peft_model.save_pretrained(tmp))
+    logger.info("saved adapter to %s", saved)
+    return saved
+
+
+def merge_adapter(peft_model: Any) -> Any:
+    """Merge the LoRA weights into the base model and return the base model (a plain transformers model).
+
+    The merge happens in place: afterwards ``peft_model`` no longer holds a separate adapter. Head-gate hooks on
+    the base model are kept (the output projections they sit on were never wrapped by LoRA).
+    """
+    _require_peft(peft_model, "merge_adapter")
+    return peft_model.merge_and_unload()
+
+
+def _is_pruned(model: Any) -> bool:
+    record = getattr(getattr(model, "config", None), _PRUNING_ATTR, None)
+    return isinstance(record, dict) and record.get("kept_heads") is not None
+
+
+def _gate_hooks(model: Any) -> list[str]:
+    return [name for name, module in model.named_modules() if module._forward_pre_hooks and type(module).__name__ in ("Linear", "Conv1D")]
+
+
+def save_merged(peft_model: Any, tokenizer: Any, path: str | os.PathLike[str]) -> Path:
+    """Merge the adapter (in place, see :func:`merge_adapter`) and save a standalone model + tokenizer; return the path.
+
+    A physically pruned model goes through ``colab_helpers.pruning.save_pruned`` (reload with ``load_pruned``);
+    an unpruned one through ``save_pretrained`` (reload with ``AutoModelForCausalLM.from_pretrained``). A model
+    that is still only *gated* is refused: hooks are not saved, so the file would hold the unpruned model.
+    """
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    hooked = _gate_hooks(base)
+    if hooked:
+        raise ValueError(
+            f"the model still carries head-gate hooks ({hooked[0]}, ...), which save_pretrained cannot store: "
+            "remove the gated heads physically first (colab_helpers.pruning.remove_heads(model, mask) after "
+            "gates.remove()), or save the adapter alone with save_adapter"
+        )
+    merged = merge_adapter(peft_model)
+    if _is_pruned(merged):
+        from ..pruning import save_pruned
+
+        saved = save_pruned(merged, tokenizer, path)
+        logger.info("saved merged pruned model to %s (reload with colab_helpers.pruning.load_pruned)", saved)
+        return saved
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    saved = _atomic_dir(path, write)
+    logger.info("saved merged model to %s", saved)
+    return saved

@@ -1,0 +1,405 @@
+"""How much each head matters (``head_importance``), and which heads to prune (``select_heads``).
+
+Scores are ``[layers, max_heads]`` float tensors, higher = more important. A layer with fewer heads than
+``max_heads`` (after physical removal) has NaN past its last head: NaN means "no head here" everywhere in this
+package, and ``select_heads`` never selects it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import numbers
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .gating import gate_heads
+from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, model_device, o_weight, qkv_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("random", "magnitude", "entropy", "gradient")
+SCOPES = ("global", "layer")
+
+
+def head_importance(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]] | None,
+    strategy: str,
+    *,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Return a float32 CPU tensor ``[layers, max_heads]`` of head importance, higher = more important.
+
+    Entries past a layer's last head (layers with fewer heads after pruning) are NaN. ``batches`` is an
+    iterable of dicts with ``input_ids`` and optionally ``attention_mask`` (padding is excluded everywhere); it
+    is read by ``entropy`` and ``gradient`` only, up to ``max_batches`` batches. Strategies:
+
+    - ``"random"``: uniform scores from ``seed`` (a baseline; the same seed gives the same scores).
+    - ``"magnitude"``: L2 norm of each head's weights: its query rows, its key/value head's rows and its output
+      columns (no data needed).
+    - ``"entropy"``: minus the mean attention entropy over the data's real (non-pad) query positions. LOW entropy
+      means a focused head (previous-token, induction, delimiter heads) that routes specific information: those
+      are important. HIGH entropy means a head spreading attention nearly uniformly, whose output is close to a
+      plain average of the context the residual stream already carries, so it is the cheaper one to lose.
+      Needs attention weights, which sdpa does not return: the model is switched to eager attention for the pass
+      and back afterwards.
+    - ``"gradient"``: expected absolute gradient of the LM loss with respect to a gate of ones on each head
+      (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"), per example, averaged over examples.
+      Weight gradients are not computed.
+
+    The model's weights, train/eval modes and attention implementation are left as they were (the passes run in
+    eval mode). Unknown strategies raise ``ValueError``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+    sites = attention_sites(model)
+    layout = layout_of(model, sites)
+    if strategy == "random":
+        return _random_scores(layout, seed)
+    if strategy == "magnitude":
+        return _magnitude_scores(sites, layout)
+    if batches is None:
+        raise ValueError(f"strategy {strategy!r} needs batches: an iterable of dicts with input_ids")
+    iterator = _progress(batches, strategy, max_batches, progress)
+    with _eval_mode(model):
+        if strategy == "entropy":
+            return _entropy_scores(model, sites, layout, iterator)
+        return _gradient_scores(model, layout, iterator)
+
+
+def select_heads(
+    scores: torch.Tensor,
+    level: float,
+    scope: str = "global",
+    min_heads_per_layer: int = 1,
+) -> torch.Tensor:
+    """Return a bool tensor shaped like ``scores``, True = prune: the lowest-scoring heads first.
+
+    ``scope="global"`` prunes exactly ``round(level * total_heads)`` heads over the whole model, skipping heads
+    that would leave a layer with fewer than ``min_heads_per_layer`` and taking the next lowest instead;
+    ``scope="layer"`` prunes ``round(level * heads)`` in each layer. NaN scores (no head) are never selected;
+    ties go to the earlier layer and head. ``level`` must be in [0, 1). Raises ``ValueError`` when the count
+    cannot be met without going below ``min_heads_per_layer``.
+    """
+    import torch
+
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 <= level < 1:
+        raise ValueError(f"level must be in [0, 1), got {level}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if isinstance(min_heads_per_layer, bool) or not isinstance(min_heads_per_layer, int) or min_heads_per_layer < 0:
+        raise ValueError(f"min_heads_per_layer must be an int >= 0, got {min_heads_per_layer!r}")
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or not scores.is_floating_point():
+        found = f"{scores.dtype} {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a float tensor [layers, max_heads] (from head_importance), got {found}")
+    values = scores.detach().to("cpu", torch.float64)
+    exists = ~torch.isnan(values)
+    heads = exists.sum(dim=1).tolist()
+    mask = torch.zeros(values.shape, dtype=torch.bool)
+    if scope == "layer":
+        for layer, n in enumerate(heads):
+            count = int(round(level * n))
+            if count and n - count < min_heads_per_layer:
+                raise ValueError(
+                    f"level {level} prunes {count} of the {n} heads of layer {layer}, leaving fewer than "
+                    f"min_heads_per_layer={min_heads_per_layer}; lower level or min_heads_per_layer"
+                )
+            order = _ascending(values[layer], exists[layer])
+            mask[layer, order[:count]] = True
+        return mask.to(scores.device)
+    total = int(exists.sum())
+    count = int(round(level * total))
+    flat_order = _ascending(values.flatten(), exists.flatten())
+    remaining = list(heads)
+    width = values.shape[1]
+    taken = 0
+    for index in flat_order.tolist():
+        if taken == count:
+            break
+        layer, head = divmod(index, width)
+        if remaining[layer] - 1 < min_heads_per_layer:
+            continue
+        mask[layer, head] = True
+        remaining[layer] -= 1
+        taken += 1
+    if taken < count:
+        raise ValueError(
+            f"level {level} asks for {count} of {total} heads but only {taken} can go with "
+            f"min_heads_per_layer={min_heads_per_layer}; lower level or min_heads_per_layer"
+        )
+    return mask.to(scores.device)
+
+
+def _ascending(values: torch.Tensor, exists: torch.Tensor) -> torch.Tensor:
+    """Return the indices of existing entries from lowest to highest value (stable: ties keep index order)."""
+    import torch
+
+    index = exists.nonzero().flatten()
+    order = torch.sort(values[index], stable=True).indices
+    return index[order]
+
+
+def _nan_padded(layout: HeadLayout) -> torch.Tensor:
+    import torch
+
+    return torch.full((layout.num_layers, layout.max_heads), math.nan, dtype=torch.float32)
+
+
+def _random_scores(layout: HeadLayout, seed: int) -> torch.Tensor:
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed))
+    scores = torch.rand((layout.num_layers, layout.max_heads), generator=generator)
+    for layer, n in enumerate(layout.query_heads):
+        scores[layer, n:] = math.nan
+    return scores
+
+
+def _magnitude_scores(sites: list[AttentionSite], layout: HeadLayout) -> torch.Tensor:
+    import torch
+
+    scores = _nan_padded(layout)
+    with torch.no_grad():
+        for site in sites:
+            q, k, v = qkv_weights(site)  # [heads, head_dim, in]
+            group = site.n_q // site.n_kv
+            sq = q.float().pow(2).sum(dim=(1, 2))
+            skv = (k.float().pow(2).sum(dim=(1, 2)) + v.float().pow(2).sum(dim=(1, 2))).repeat_interleave(group)
+            so = o_weight(site).float().pow(2).sum(dim=(0, 2))
+            scores[site.index, : site.n_q] = (sq + skv + so).sqrt().cpu()
+    return scores
+
+
+def _entropy_scores(
+    model: nn.Module, sites: list[AttentionSite], layout: HeadLayout, batches: Iterator[Any]
+) -> torch.Tensor:
+    """Sum each head's attention entropy over real query positions, layer by layer as the forward runs (so only
+    one layer's attention weights are alive at a time), and return minus the mean."""
+    import torch
+
+    totals: list[Any] = [0.0] * len(sites)
+    counts = [0.0] * len(sites)
+    batch_sums: dict[int, tuple[torch.Tensor, float]] = {}
+    current: dict[str, Any] = {}
+
+    def capture(site: AttentionSite) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            weights = _attention_weights(output)
+            if weights is not None and weights.shape[1] == site.n_q:
+                batch_sums[site.index] = _entropy_sum(weights, current["attention_mask"])
+
+        return hook
+
+    handles = [s.attn.register_forward_hook(capture(s)) for s in sites]
+    ask_attentions = False  # set when the model returns attention weights only if asked
+    seen = 0
+    try:
+        with _eager_attention(model), torch.no_grad():
+            for batch in batches:
+                input_ids, attention_mask = _inputs(batch, model)
+                current["attention_mask"] = attention_mask
+                seen += 1
+                batch_sums.clear()
+                extra = {"output_attentions": True} if ask_attentions else {}
+                outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+                if len(batch_sums) < len(sites) and not ask_attentions:
+                    ask_attentions = True
+                    batch_sums.clear()
+                    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                    output_attentions=True)
+                attentions = getattr(outputs, "attentions", None) or ()
+                del outputs
+                for site in sites:
+                    if site.index not in batch_sums and site.index < len(attentions):
+                        weights = attentions[site.index]
+                        if weights is not None and weights.dim() == 4 and weights.shape[1] == site.n_q:
+                            batch_sums[site.index] = _entropy_sum(weights, attention_mask)
+                    if site.index not in batch_sums:
+                        raise RuntimeError(
+                            f"no attention weights of shape [batch, {site.n_q}, query, key] from layer {site.index} "
+                            "even with eager attention; the entropy strategy cannot score this model, use gradient"
+                        )
+                    entropy_sum, n = batch_sums[site.index]
+                    totals[site.index] = totals[site.index] + entropy_sum
+                    counts[site.index] += n
+                del attentions
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise ValueError("batches yielded no batch; pass at least one dict with input_ids")
+    scores = _nan_padded(layout)
+    for site in sites:
+        mean = torch.as_tensor(totals[site.index]).double().cpu() / max(counts[site.index], 1.0)
+        scores[site.index, : site.n_q] = (-mean).float()
+    return scores
+
+
+def _attention_weights(output: Any) -> torch.Tensor | None:
+    """Return the first 4-d tensor after the attention output in an attention module's return value."""
+    import torch
+
+    if isinstance(output, tuple):
+        for item in output[1:]:
+            if isinstance(item, torch.Tensor) and item.dim() == 4:
+                return item
+    return None
+
+
+def _entropy_sum(weights: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """Return the per-head sum of attention entropy over real query positions, and how many were summed."""
+    import torch
+
+    p = weights.float()
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)  # [batch, heads, query]
+    if attention_mask is None:
+        return entropy.sum(dim=(0, 2)).double(), float(entropy.shape[0] * entropy.shape[2])
+    real = attention_mask[:, -entropy.shape[2] :].bool()  # [batch, query]
+    entropy = torch.where(real[:, None, :], entropy, torch.zeros((), dtype=entropy.dtype, device=entropy.device))
+    return entropy.sum(dim=(0, 2)).double(), float(real.sum())
+
+
+def _gradient_scores(model: nn.Module, layout: HeadLayout, batches: Iterator[Any]) -> torch.Tensor:
+    import torch
+
+    device = model_device(model)
+    total = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.float64)
+    examples = 0
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    gates = gate_heads(model)
+    try:
+        for param, _ in flags:
+            param.requires_grad_(False)
+        with torch.enable_grad():
+            for batch in batches:
+                input_ids, attention_mask = _inputs(batch, model)
+                gate_values = torch.ones(input_ids.shape[0], layout.num_layers, layout.max_heads, device=device,
+                                         requires_grad=True)
+                gates.set(gate_values)
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                losses, has_tokens = _per_example_loss(logits, input_ids, attention_mask)
+                losses.sum().backward()
+                grad = gate_values.grad.detach().abs().double().cpu()
+                total += grad[has_tokens.cpu()].sum(dim=0)
+                examples += int(has_tokens.sum())
+                del logits, losses
+    finally:
+        gates.remove()
+        for param, flag in flags:
+            param.requires_grad_(flag)
+    if not examples:
+        raise ValueError("batches held no example with at least two real tokens; gradient importance needs text")
+    scores = (total / examples).float()
+    for layer, n in enumerate(layout.query_heads):
+        scores[layer, n:] = math.nan
+    return scores
+
+
+def _per_example_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return each example's mean next-token loss over real tokens, and which examples had any."""
+    import torch
+
+    targets = input_ids[:, 1:]
+    logits = logits[:, :-1].float()
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    if attention_mask is None:
+        valid = torch.ones_like(targets, dtype=torch.bool)
+    else:
+        valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    token_loss = torch.where(valid, token_loss, torch.zeros((), dtype=token_loss.dtype, device=token_loss.device))
+    n = valid.sum(dim=1)
+    return token_loss.sum(dim=1) / n.clamp_min(1), n > 0
+
+
+def _inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    import torch
+
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise ValueError(
+            f"each batch must be a dict with input_ids (and optionally attention_mask), got {type(batch).__name__}"
+        )
+    device = model_device(model)
+    input_ids = torch.as_tensor(batch["input_ids"]).to(device)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask).to(device)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
+    return input_ids, attention_mask
+
+
+def _progress(batches: Iterable[Any], strategy: str, max_batches: int | None, progress: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    total = None
+    try:
+        total = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+        batches = itertools.islice(batches, max_batches)
+    return iter(tqdm(batches, total=total, desc=f"head importance ({strategy})", disable=not progress, leave=False))
+
+
+class _eval_mode:  # noqa: N801 - used as a context manager like torch.no_grad
+    """Put the model in eval mode for a block, then restore every submodule's own training flag."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags: list[tuple[Any, bool]] = []
+
+    def __enter__(self) -> None:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+
+
+class _eager_attention:  # noqa: N801
+    """Switch the model to eager attention for a block (sdpa returns no attention weights), then switch back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.previous: str | None = None
+
+    def __enter__(self) -> None:
+        previous = getattr(self.model.config, "_attn_implementation", None)
+        if previous in (None, "eager"):
+            return
+        logger.info("entropy importance: switching attention from %r to 'eager' for the pass (sdpa returns no "
+                    "attention weights); it is switched back afterwards", previous)
+        _set_attention(self.model, "eager")
+        self.previous = previous
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            _set_attention(self.model, self.previous)
+
+
+def _set_attention(model: nn.Module, implementation: str) -> None:
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        setter(implementation)
+    else:  # pragma: no cover - transformers without set_attn_implementation
+        model.config._attn_implementation = implementation

@@ -1,0 +1,61 @@
+"""Shared fixtures: offline hub, and a tiny GPT-2 built from scratch (random weights, nothing trained)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# huggingface_hub reads HF_HUB_OFFLINE when it is imported: set it before any test module imports transformers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Small language models run on a laptop and in a Colab notebook.",
+    "Pruning attention heads makes a model smaller; LoRA helps it recover.",
+    "Hello world, this is a tiny model that knows nothing at all.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep every test offline: the hub is unreachable and a retry would cost ~20 s."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)``: a 2-layer, 2-head, width-32 GPT-2 in eval mode and a 300-token BPE tokenizer.
+
+    The tokenizer has no pad token (like GPT-2's own). Session-scoped: tests that change the weights or the
+    device must work on ``copy.deepcopy(model)``.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(_SENTENCES, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        n_positions=128,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()  # from_config returns train mode
+    return model, tokenizer

@@ -1,0 +1,204 @@
+"""``python -m colab_helpers``: the runs table (filters, sort, columns), and the sweep/run commands' wiring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colab_helpers.cli import main, parse_filter
+from colab_helpers.tracking import RunManager
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = {"a": 9, "b": 10, "c": 100, "d": 2}  # as text "10" < "9"; as numbers 2 < 9 < 10 < 100
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A results dir with 5 runs: four of sweep 's1' (model gpt2/opt) and one outside any sweep, failed."""
+    manager = RunManager(tmp_path / "results", record_environment=False)
+    for name, steps in LEVELS.items():
+        model = "gpt2" if name in "ab" else "opt-125m"
+        run = manager.new_run({"model": {"name": model}, "training": {"steps": steps}, "tag": name}, sweep="s1")
+        manager.update_metrics(run.run_id, {"final_valid_loss": 5.0 - steps / 100})
+        manager.finish(run.run_id)
+    failed = manager.new_run({"model": {"name": "gpt2"}, "tag": "e"})
+    manager.finish(failed.run_id, "failed", error="CUDA out of memory")
+    return manager.root
+
+
+def _runs(capsys: pytest.CaptureFixture[str], root: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["runs", "--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _tags(out: str) -> list[str]:
+    """The ``tag`` column of a printed table (the table is shown with ``--show tag``)."""
+    return [line.strip() for line in out.splitlines()[1:]]
+
+
+def test_runs_prints_every_run_without_the_long_columns(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    code, out, err = _runs(capsys, root)
+    assert code == 0 and err == ""
+    header = out.splitlines()[0].split()
+    assert header[:3] == ["run_id", "sweep", "status"] and "final_valid_loss" in header
+    assert "env" not in header and "config_hash" not in header  # hidden unless asked for by --show
+    assert len(out.splitlines()) == 6 and "CUDA out of memory" in out
+
+
+@pytest.mark.parametrize(
+    ("filters", "tags"),
+    [
+        (["training.steps>9"], ["b", "c"]),  # numbers, not text: "10" > "9"
+        (["training.steps<10"], ["a", "d"]),
+        (["training.steps>=10", "training.steps<=100"], ["b", "c"]),
+        (["training.steps=10.0"], ["b"]),
+        (["training.steps!=10"], ["a", "c", "d", "e"]),
+        (["model.name=gpt2"], ["a", "b", "e"]),
+        (["model.name!=gpt2", "status=done"], ["c", "d"]),
+        (["status=failed"], ["e"]),
+        (["error="], ["a", "b", "c", "d"]),
+        (["final_valid_loss<4.5"], ["c"]),
+    ],
+)
+def test_filters(capsys: pytest.CaptureFixture[str], root: Path, filters: list[str], tags: list[str]) -> None:
+    code, out, _ = _runs(capsys, root, "--filter", *filters, "--show", "tag")
+    assert code == 0 and _tags(out) == tags
+
+
+def test_filter_sweep_sort_limit_show_hide(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    code, out, _ = _runs(capsys, root, "--filter-sweep", "s1", "--sort-by", "training.steps", "--show", "tag")
+    assert code == 0 and _tags(out) == ["d", "a", "b", "c"]  # 2 < 9 < 10 < 100, not text order
+    _, out, _ = _runs(capsys, root, "--sort-by", "training.steps", "--descending", "--limit", "2", "--show", "tag")
+    assert _tags(out) == ["c", "b"]
+    _, out, _ = _runs(capsys, root, "--sort-by", "tag", "--descending", "--show", "tag")
+    assert _tags(out) == ["e", "d", "c", "b", "a"]
+    _, out, _ = _runs(capsys, root, "--sort-by", "training.steps", "--show", "tag", "training.steps")
+    assert _tags(out)[-1].startswith("e")  # an empty cell sorts last
+    _, out, _ = _runs(capsys, root, "--show", "tag", "env", "status", "--hide", "status", "--limit", "1")
+    assert out.splitlines()[0].split() == ["tag", "env"]
+    _, out, _ = _runs(capsys, root, "--hide", "run_id", "started_at", "ended_at")
+    assert "run_id" not in out.splitlines()[0] and "status" in out.splitlines()[0]
+    code, out, _ = _runs(capsys, root, "--filter", "status=running")
+    assert code == 0 and out.strip() == "no runs match"
+
+
+def test_list_columns(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    code, out, _ = _runs(capsys, root, "--list-columns")
+    listed = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert code == 0 and {"run_id", "env", "model.name", "training.steps", "final_valid_loss"} <= set(listed)
+    assert listed["training.steps"] == "4/5" and listed["run_id"] == "5/5"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--filter", "training.step>3"], "--filter: unknown column 'training.step'; did you mean: training.steps"),
+        (["--sort-by", "final_loss"], "--sort-by: unknown column 'final_loss'; did you mean: final_valid_loss"),
+        (["--show", "modelname"], "--show: unknown column 'modelname'; did you mean: model.name"),
+        (["--hide", "stats"], "--hide: unknown column 'stats'; did you mean: status"),
+        (["--filter", "no operator"], "cannot read 'no operator'; write COLUMN=VALUE"),
+    ],
+)
+def test_bad_columns_exit_2_with_near_matches(
+    capsys: pytest.CaptureFixture[str], root: Path, args: list[str], message: str
+) -> None:
+    code, out, err = _runs(capsys, root, *args)
+    assert code == 2 and out == "" and message in err and err.startswith("error: ")
+
+
+def test_missing_or_broken_runs_csv_exit_2(capsys: pytest.CaptureFixture[str], root: Path, tmp_path: Path) -> None:
+    code, _, err = _runs(capsys, tmp_path / "nowhere")
+    assert code == 2 and "no runs table" in err
+    csv_path = root / "runs.csv"
+    csv_path.write_text(csv_path.read_text() + "x,y\n")
+    code, _, err = _runs(capsys, root)
+    assert code == 2 and f"{csv_path}, line 7: 2 fields" in err
+
+
+def test_parse_filter_and_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_filter("a.b>=3") == ("a.b", ">=", "3")
+    assert parse_filter("note=x=y") == ("note", "=", "x=y")
+    assert parse_filter("a==b") == ("a", "=", "b")
+    for argv in ([], ["runs", "--limit", "-1"], ["sweep", "base.yaml"], ["run"], ["nope"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+# --- sweep and run ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def yaml_files(tmp_path: Path) -> tuple[Path, Path]:
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  name: gpt2\npruning:\n  level: 0.3\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: levels\nparameters:\n  pruning.level: {values: [0.1, 0.5]}\n  lora.rank: [4, 8]\n")
+    return base, sweep
+
+
+def test_sweep_and_run_without_a_pipeline_say_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, yaml_files: tuple[Path, Path]
+) -> None:
+    monkeypatch.setitem(sys.modules, "colab_helpers.pipeline", None)  # as if the module did not exist
+    base, sweep = yaml_files
+    for argv in (["sweep", str(base), str(sweep)], ["run", str(base), "--root", "elsewhere"]):
+        assert main(argv) == 2
+        assert "the pipeline is not available in this version" in capsys.readouterr().err
+
+
+def test_sweep_dry_run_and_bad_yaml(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, yaml_files: tuple[Path, Path]
+) -> None:
+    base, sweep = yaml_files
+    assert main(["sweep", str(base), str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'levels' (grid): 4 runs" in out and "pruning.level" in out and "lora.rank" in out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("parameters:\n  a: [1, 2\n")
+    assert main(["sweep", str(base), str(broken), "--dry-run"]) == 2
+    assert "broken.yaml: invalid YAML at line 3" in capsys.readouterr().err
+
+
+def test_sweep_and_run_call_the_pipeline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, yaml_files: tuple[Path, Path]
+) -> None:
+    calls: list[tuple[str, Any, Any, str]] = []
+    pipeline = types.ModuleType("colab_helpers.pipeline")
+    pipeline.run_sweep = lambda base, sweep, root: calls.append(("sweep", base, sweep, root)) or "4 runs done"  # type: ignore[attr-defined]
+    pipeline.run_config = lambda config, root: calls.append(("run", config, None, root))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "colab_helpers.pipeline", pipeline)
+    base, sweep = yaml_files
+    assert main(["sweep", str(base), str(sweep), "--root", "out"]) == 0
+    assert main(["run", str(base)]) == 0
+    assert capsys.readouterr().out.strip() == "4 runs done"
+    (kind, config, sweep_config, root), (kind2, config2, _, root2) = calls
+    assert kind == "sweep" and config == {"model": {"name": "gpt2"}, "pruning": {"level": 0.3}} and root == "out"
+    assert sweep_config.name == "levels" and sweep_config.size == 4
+    assert kind2 == "run" and config2 == config and root2 == "results"
+
+
+def test_python_dash_m_runs(root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "colab_helpers", "runs", "--root", str(root), "--filter", "tag=c", "--show", "tag"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0 and result.stdout.split() == ["tag", "c"]
+
+
+def test_table_cuts_long_cells_and_rounds_floats(capsys: pytest.CaptureFixture[str], root: Path) -> None:
+    manager = RunManager(root, record_environment=False)
+    run = manager.new_run({"tag": "long"})
+    manager.update_metrics(run.run_id, {"final_valid_loss": 1 / 3})
+    manager.finish(run.run_id, "failed", error="x" * 300)
+    code, out, _ = _runs(capsys, root, "--filter", "tag=long", "--show", "error", "final_valid_loss")
+    header, line = out.splitlines()
+    assert code == 0 and line.split() == ["x" * 57 + "...", "0.333333"]
+    assert header.index("final_valid_loss") + len("final_valid_loss") == len(line)  # numbers right-aligned

@@ -1,0 +1,328 @@
+"""Downloads: what a bundle holds, atomic writes, secret redaction, and each download path with a stub Colab."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colab_helpers import downloads
+from colab_helpers.downloads import bundle, download, is_credential_file, persist_to_drive
+from colab_helpers.errors import ColabHelpersWarning
+
+TOKEN = "hf_TESTtoken1234567890abcdef"  # not a real token: a value the redactor must find
+
+
+def _write(root: Path, relative: str, data: bytes | str = "x") -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """A results folder with everything a run leaves behind, good and bad."""
+    root = tmp_path / "run-1"
+    for name in ("metrics.json", "metrics.csv", "config.yaml", "summary.md", "plots/loss.svg", "plots/loss.html"):
+        _write(root, name, f"content of {name}\n")
+    _write(root, "plots/loss.png", b"\x89PNG\r\n\x1a\n" + bytes(100))
+    _write(root, "notebooks/01-prune.ipynb", '{"cells": []}')
+    _write(root, "tokenizer/tokenizer.json", "{}")
+    _write(root, "tokenizer/special_tokens_map.json", "{}")
+    for name in ("model/model.safetensors", "model/pytorch_model.bin", "adapter.pt", "merged.gguf"):
+        _write(root, name, bytes(64))
+    _write(root, "checkpoint-10/trainer_state.json", "{}")
+    _write(root, "checkpoint-10/optimizer.pt", bytes(64))
+    for name in (".env", "hf_token.txt", ".netrc", ".git-credentials", "notes/.env.local"):
+        _write(root, name, "secret stuff")
+    _write(root, "__pycache__/x.cpython-311.pyc", bytes(8))
+    _write(root, ".ipynb_checkpoints/01-prune-checkpoint.ipynb", "{}")
+    _write(root, ".run-1-bundle.zip.abcd.tmp", "half a zip")  # left by an interrupted write
+    _write(root, "big.csv", "0123456789" * 3000)  # 30 kB
+    (root / "outside-link.txt").symlink_to(_write(tmp_path, "elsewhere.txt", "not ours"))
+    return root
+
+
+def _names(zip_path: Path) -> list[str]:
+    with zipfile.ZipFile(zip_path) as archive:
+        return archive.namelist()
+
+
+def test_bundle_keeps_results_and_leaves_out_the_rest(results: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zip_path = bundle(results, max_file_mb=0.01)
+    assert zip_path == results / "run-1-bundle.zip"
+    assert _names(zip_path) == [  # no weights, checkpoints, credentials, caches, temporary files or links
+        "run-1/config.yaml",
+        "run-1/metrics.csv",
+        "run-1/metrics.json",
+        "run-1/notebooks/01-prune.ipynb",
+        "run-1/plots/loss.html",
+        "run-1/plots/loss.png",
+        "run-1/plots/loss.svg",
+        "run-1/summary.md",
+        "run-1/tokenizer/special_tokens_map.json",
+        "run-1/tokenizer/tokenizer.json",
+    ]
+    messages = [str(w.message) for w in caught if issubclass(w.category, ColabHelpersWarning)]
+    assert len(messages) == 2
+    assert "big.csv (0.0 MB)" in messages[0] and "max_file_mb=None" in messages[0]
+    for name in (".env", "hf_token.txt", ".netrc", ".git-credentials", "notes/.env.local"):
+        assert name in messages[1]
+
+
+def test_bundle_with_weights_and_no_size_limit(results: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zip_path = bundle(results, output=tmp_path / "out" / "all.zip", include_weights=True, max_file_mb=None)
+    names = _names(zip_path)
+    for name in ("model/model.safetensors", "model/pytorch_model.bin", "adapter.pt", "merged.gguf", "big.csv"):
+        assert f"run-1/{name}" in names
+    assert "run-1/checkpoint-10/optimizer.pt" in names and "run-1/checkpoint-10/trainer_state.json" in names
+    assert not any(".env" in n or "token.txt" in n or "netrc" in n or "credentials" in n for n in names)
+    assert len([w for w in caught if "credentials" in str(w.message)]) == 1  # they stay out, whatever the flags
+    assert names == sorted(names)
+
+
+@pytest.mark.filterwarnings("ignore:bundle left out:colab_helpers.errors.ColabHelpersWarning")
+def test_bundle_is_deterministic_and_never_contains_itself(results: Path) -> None:
+    first = _names(bundle(results, max_file_mb=None))
+    second = _names(bundle(results, max_file_mb=None))  # the first zip now lies in the folder
+    assert first == second == sorted(first)
+    assert not any(n.endswith(".zip") or n.endswith(".tmp") or "__pycache__" in n or "checkpoint" in n for n in first)
+    assert "run-1/outside-link.txt" not in first  # links are not followed
+
+
+@pytest.mark.filterwarnings("ignore:bundle left out:colab_helpers.errors.ColabHelpersWarning")
+def test_bundle_failure_leaves_no_partial_zip(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = bundle(results, max_file_mb=None)
+    before_bytes = good.read_bytes()
+    before_listing = sorted(p.name for p in results.iterdir())
+    added: list[str] = []
+    real_add = downloads._add
+
+    def add_then_fail(archive: Any, path: Path, *args: Any) -> None:
+        real_add(archive, path, *args)
+        added.append(path.name)
+        if len(added) == 3:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(downloads, "_add", add_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        bundle(results, max_file_mb=None)
+    assert len(added) == 3  # it failed mid-way, not before starting
+    assert sorted(p.name for p in results.iterdir()) == before_listing  # no temporary file left behind
+    assert good.read_bytes() == before_bytes  # the previous bundle is untouched
+
+
+def test_bundle_redacts_secret_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    root = tmp_path / "results"
+    _write(root, "log.txt", f"logged in with {TOKEN}\nstep 1 loss 2.5\n")
+    _write(root, "executed.ipynb", f'{{"cells": [{{"source": "login(\\"{TOKEN}\\")"}}]}}')
+    _write(root, "state.bin.dat", b"\x00\x01" + TOKEN.encode() + b"\x00")  # binary: cannot be redacted
+    _write(root, "clean.json", '{"loss": 2.5}')
+    with pytest.warns(ColabHelpersWarning, match="may hold credentials: results/state.bin.dat"):
+        zip_path = bundle(root)
+    assert TOKEN.encode() not in zip_path.read_bytes()
+    with zipfile.ZipFile(zip_path) as archive:
+        assert archive.namelist() == ["results/clean.json", "results/executed.ipynb", "results/log.txt"]
+        contents = {name: archive.read(name).decode() for name in archive.namelist()}
+    assert all(TOKEN not in text for text in contents.values())
+    assert contents["results/log.txt"] == "logged in with ***\nstep 1 loss 2.5\n"
+    assert '"login(\\"***\\")"' in contents["results/executed.ipynb"]
+    assert TOKEN in (root / "log.txt").read_text()  # the files on disk are not changed
+
+
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [
+        (".env", True),
+        (".env.production", True),
+        ("hf_token", True),
+        ("HF_TOKEN.txt", True),
+        (".netrc", True),
+        (".git-credentials", True),
+        ("kaggle.json", True),
+        ("client_secret.json", True),
+        ("tokenizer.json", False),
+        ("tokenizer_config.json", False),
+        ("special_tokens_map.json", False),
+        ("metrics.json", False),
+        ("environment.yaml", False),
+    ],
+)
+def test_is_credential_file(name: str, credential: bool) -> None:
+    assert is_credential_file(name) is credential
+
+
+def test_bundle_errors_name_the_value_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"'.*no-such-dir' does not exist.*bundle\('results'\)"):
+        bundle(tmp_path / "no-such-dir")
+    file = _write(tmp_path, "metrics.json", "{}")
+    with pytest.raises(NotADirectoryError, match="is a file.*download"):
+        bundle(file)
+    with pytest.raises(ValueError, match="max_file_mb must be > 0 or None"):
+        bundle(tmp_path, max_file_mb=0)
+    with pytest.raises(ValueError, match="output must end in .zip"):
+        bundle(tmp_path, output=tmp_path / "out.tar")
+
+
+# --- download and Drive, with a stub google.colab ------------------------------------------------------
+
+
+class _FakeColab:
+    """Stand-in for ``google.colab``: records downloads and mounts Drive into a temporary folder."""
+
+    def __init__(self, mount_works: bool = True) -> None:
+        self.downloaded: list[str] = []
+        self.mounted: list[str] = []
+        self.mount_works = mount_works
+        self.module = types.ModuleType("google.colab")
+        self.module.files = types.SimpleNamespace(download=self.downloaded.append)  # type: ignore[attr-defined]
+        self.module.drive = types.SimpleNamespace(mount=self._mount)  # type: ignore[attr-defined]
+
+    def _mount(self, mount_point: str) -> None:
+        self.mounted.append(mount_point)
+        if self.mount_works:
+            (Path(mount_point) / "MyDrive").mkdir(parents=True)
+
+
+@pytest.fixture
+def fake_colab(monkeypatch: pytest.MonkeyPatch) -> _FakeColab:
+    fake = _FakeColab()
+    google = sys.modules.get("google") or types.ModuleType("google")
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setattr(google, "colab", fake.module, raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", fake.module)
+    return fake
+
+
+@pytest.fixture
+def no_colab(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # makes `import google.colab` fail
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Pretend an IPython kernel with a browser runs the tests; return what gets displayed."""
+    shown: list[Any] = []
+    monkeypatch.setattr(downloads, "_in_kernel", lambda: True)
+    monkeypatch.setattr(downloads, "_display", shown.append)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("COLAB_HELPERS_HEADLESS", raising=False)
+    return shown
+
+
+def test_download_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.zip': it does not exist"):
+        download(tmp_path / "nothing.zip")
+
+
+def test_download_on_colab(tmp_path: Path, fake_colab: _FakeColab, kernel: list[Any]) -> None:
+    file = _write(tmp_path, "metrics.csv", "step,loss\n")
+    assert download(file) == "colab"
+    assert fake_colab.downloaded == [str(file)]
+    assert kernel == []
+
+
+def test_download_folder_is_bundled_first(tmp_path: Path, fake_colab: _FakeColab, kernel: list[Any]) -> None:
+    _write(tmp_path / "results", "metrics.csv", "step,loss\n")
+    assert download(tmp_path / "results") == "colab"
+    assert fake_colab.downloaded == [str(tmp_path / "results" / "results-bundle.zip")]
+    assert _names(Path(fake_colab.downloaded[0])) == ["results/metrics.csv"]
+
+
+def test_download_in_jupyter_shows_a_link(
+    tmp_path: Path, no_colab: None, kernel: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.display import HTML, FileLink
+
+    monkeypatch.chdir(tmp_path)
+    file = _write(tmp_path, "out/metrics.csv", "step,loss\n")
+    assert download(file) == "link"
+    assert isinstance(kernel[0], FileLink) and kernel[0].path == "out/metrics.csv"
+    elsewhere = _write(tmp_path.parent / f"{tmp_path.name}-other", "metrics.csv", "x")
+    assert download(elsewhere) == "link"
+    assert isinstance(kernel[1], HTML) and str(elsewhere) in kernel[1].data
+
+
+def test_download_headless_only_logs(
+    tmp_path: Path, fake_colab: _FakeColab, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = _write(tmp_path, "metrics.csv", "step,loss\n")
+    with caplog.at_level(logging.INFO, logger="colab_helpers.downloads"):
+        assert download(file) == "logged"  # no kernel in pytest
+        monkeypatch.setattr(downloads, "_in_kernel", lambda: True)
+        monkeypatch.setenv("COLAB_HELPERS_HEADLESS", "1")  # papermill inside Colab: a kernel, no browser
+        assert download(file) == "logged"
+    assert fake_colab.downloaded == []
+    assert caplog.text.count(str(file)) == 2
+
+
+def test_persist_to_drive_is_colab_only(tmp_path: Path, no_colab: None) -> None:
+    file = _write(tmp_path, "metrics.csv", "x")
+    with pytest.raises(RuntimeError, match="Colab only"):
+        persist_to_drive(file, mount_point=tmp_path / "drive")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        persist_to_drive(tmp_path / "missing.csv", mount_point=tmp_path / "drive")
+
+
+def test_persist_to_drive_mounts_once_and_copies(tmp_path: Path, fake_colab: _FakeColab) -> None:
+    mount = tmp_path / "drive"
+    file = _write(tmp_path, "results-bundle.zip", b"PK zip bytes")
+    copied = persist_to_drive(file, mount_point=mount)
+    assert copied == mount / "MyDrive" / "colab_helpers" / "results-bundle.zip"
+    assert copied.read_bytes() == b"PK zip bytes"
+    assert fake_colab.mounted == [str(mount)]
+
+    folder = tmp_path / "results"
+    _write(folder, "metrics.json", "{}")
+    _write(folder, ".env", "HF_TOKEN=...")
+    _write(folder, ".metrics.json.x1.tmp", "half")
+    copied_dir = persist_to_drive(folder, "MyDrive/runs", mount_point=mount)
+    assert sorted(p.name for p in copied_dir.iterdir()) == ["metrics.json"]
+    _write(folder, "metrics.json", '{"loss": 1}')
+    persist_to_drive(folder, "MyDrive/runs", mount_point=mount)  # replaces the older copy
+    assert (copied_dir / "metrics.json").read_text() == '{"loss": 1}'
+    assert fake_colab.mounted == [str(mount)]  # mounted once
+    assert sorted(p.name for p in (mount / "MyDrive" / "runs").iterdir()) == ["results"]  # no staging left
+
+
+def test_persist_to_drive_failed_copy_keeps_the_old_one(
+    tmp_path: Path, fake_colab: _FakeColab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mount = tmp_path / "drive"
+    folder = tmp_path / "results"
+    _write(folder, "metrics.json", "old")
+    copied = persist_to_drive(folder, mount_point=mount)
+    _write(folder, "metrics.json", "new")
+
+    def copytree_then_fail(source: Any, target: Any, **kwargs: Any) -> None:
+        os.makedirs(target)
+        Path(target, "metrics.json").write_text("ne")
+        raise OSError(5, "Input/output error")  # Drive dropped mid-copy
+
+    monkeypatch.setattr(downloads.shutil, "copytree", copytree_then_fail)
+    with pytest.raises(OSError, match="Input/output error"):
+        persist_to_drive(folder, mount_point=mount)
+    assert (copied / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in copied.parent.iterdir()) == ["results"]
+
+
+def test_persist_to_drive_mount_refused(tmp_path: Path, fake_colab: _FakeColab) -> None:
+    fake_colab.mount_works = False
+    with pytest.raises(RuntimeError, match=r"not mounted.*drive.mount\('/content/drive'\)"):
+        persist_to_drive(_write(tmp_path, "a.csv", "x"), mount_point=tmp_path / "drive")

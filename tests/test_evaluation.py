@@ -1,0 +1,82 @@
+"""Perplexity: sliding windows score every token once, padding never changes the answer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from colab_helpers.evaluation import _windows, lm_batches, perplexity, tokenize_texts
+
+TEXT = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "A hacker is a person who enjoys exploring the details of programmable systems.",
+    "Perplexity measures how surprised a language model is by held-out text.",
+] * 4
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+def test_windows_score_every_token_once() -> None:
+    for n, seq_len, stride in [(10, 4, 2), (100, 16, 16), (7, 8, 3), (33, 8, 5)]:
+        windows = list(_windows(n, seq_len, stride))
+        assert sum(scored for _, _, scored in windows) == n
+        assert all(end - start <= seq_len and scored <= end - start for start, end, scored in windows)
+        assert windows[-1][1] == n
+
+
+def test_single_window_matches_the_models_own_loss(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    ids = tokenize_texts(tokenizer, TEXT[1])
+    with torch.no_grad():
+        expected = model(input_ids=ids[None], labels=ids[None]).loss.item()
+    result = perplexity(model, tokenizer, TEXT[1], seq_len=64, progress=False)
+    assert result.tokens == ids.numel() - 1
+    assert math.isclose(result.nll, expected, rel_tol=1e-5)
+    assert math.isclose(result.perplexity, math.exp(expected), rel_tol=1e-5)
+
+
+def test_batching_and_padding_do_not_change_perplexity(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    one = perplexity(model, tokenizer, TEXT, seq_len=32, stride=12, batch_size=1, progress=False)
+    many = perplexity(model, tokenizer, TEXT, seq_len=32, stride=12, batch_size=5, progress=False)
+    assert one.tokens == many.tokens
+    assert math.isclose(one.perplexity, many.perplexity, rel_tol=1e-4)
+
+
+def test_random_model_is_near_uniform(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    result = perplexity(model, tokenizer, TEXT, seq_len=32, progress=False)
+    assert 0.5 * len(tokenizer) < result.perplexity < 2 * len(tokenizer)
+
+
+def test_bad_input_is_a_clear_error(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="no text"):
+        perplexity(model, tokenizer, ["", "  "], progress=False)
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(model, tokenizer, TEXT, seq_len=8, stride=9, progress=False)
+
+
+def test_lm_batches_shapes_and_errors(model_and_tokenizer) -> None:
+    _, tokenizer = model_and_tokenizer
+    ids = tokenize_texts(tokenizer, TEXT)
+    batches = lm_batches(ids, seq_len=16, batch_size=3, max_batches=2)
+    assert len(batches) == 2 and batches[0]["input_ids"].shape == (3, 16)
+    assert torch.equal(batches[0]["input_ids"][0], ids[:16])
+    with pytest.raises(ValueError, match="fewer than one block"):
+        lm_batches(ids[:5], seq_len=16, batch_size=2)

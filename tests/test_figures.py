@@ -1,0 +1,63 @@
+"""Pruning figures: right content, readable at both ends of the size range, saved as PNG, no pyplot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from colab_helpers import figures
+
+PNG = b"\x89PNG"
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (12, 12), (48, 64)])
+def test_heatmap_marks_pruned_heads_and_saves(shape: tuple[int, int], tmp_path: Path) -> None:
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    scores[0, -1] = float("nan")  # a removed head
+    mask = scores < 0.3
+    figure = figures.plot_head_importance(scores, mask, path=tmp_path / "heat.png")
+    assert (tmp_path / "heat.png").read_bytes().startswith(PNG)
+    assert figure._repr_png_().startswith(PNG)
+    ax = figure.axes[0]
+    assert f"({int(mask.sum())})" in ax.get_title(loc="left")
+    width, height = figure.get_size_inches()
+    assert 4 <= width <= 14 and 2.5 <= height <= 11
+    assert len(ax.get_xticks()) <= 18 and len(ax.get_yticks()) <= 18  # thinned tick labels
+    assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_heatmap_rejects_mismatched_mask() -> None:
+    with pytest.raises(ValueError, match="must match"):
+        figures.plot_head_importance(torch.rand(2, 4), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="layers, heads"):
+        figures.plot_head_importance(torch.rand(8))
+
+
+def test_grid_and_per_layer_counts(tmp_path: Path) -> None:
+    grid = figures.plot_importance_grid({"a": torch.rand(3, 4), "b": torch.rand(3, 4), "c": torch.rand(3, 4)})
+    assert [ax.get_title(loc="left") for ax in grid.axes if ax.get_title(loc="left")] == ["a", "b", "c"]
+    mask = torch.tensor([[True, False, False, False], [True, True, False, False], [False] * 4])
+    bars = figures.plot_pruned_per_layer(mask, path=tmp_path / "bars.png")
+    assert "3 of 12 pruned" in bars.axes[0].get_title(loc="left")
+    heights = [patch.get_height() for patch in bars.axes[0].patches]
+    assert heights == [3, 2, 4, 1, 2, 0]  # kept per layer, then pruned per layer
+
+
+def test_level_curves_one_line_per_strategy_with_spread() -> None:
+    rows = [
+        {"strategy": s, "level": level, "seed": seed, "perplexity": 10 + level * 10 + seed}
+        for s in ("random", "gradient") for level in (0.0, 0.3, 0.5) for seed in range(3)
+    ]
+    figure = figures.plot_level_curves(pd.DataFrame(rows), baseline=10.0)
+    ax = figure.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"gradient", "random", "unpruned"}
+    assert list(lines["random"].get_xdata()) == [0, 30, 50]
+    assert list(lines["random"].get_ydata()) == [11, 14, 16]  # means over seeds
+    assert len(ax.collections) == 2  # spread bands
+    with pytest.raises(ValueError, match="lacks columns"):
+        figures.plot_level_curves(pd.DataFrame({"x": [1]}))

@@ -1,0 +1,130 @@
+"""The two embedded models: they load offline, generate, are genuinely trained; load_model's names and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from colab_helpers import hub
+from colab_helpers.data import load_text_dataset
+from colab_helpers.errors import ColabHelpersWarning
+from colab_helpers.models import (
+    EMBEDDED_MODELS,
+    available_models,
+    embedded_model_path,
+    load_model,
+    resolve_model_name,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED_DIR = REPO / "colab_helpers" / "embedded"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module", params=sorted(EMBEDDED_MODELS))
+def loaded(request: pytest.FixtureRequest) -> tuple[str, object, object]:
+    model, tokenizer = load_model(request.param, device="cpu")
+    return request.param, model, tokenizer
+
+
+def test_embedded_model_loads_ready_for_generation(loaded: tuple[str, object, object]) -> None:
+    name, model, tokenizer = loaded
+    assert not model.training
+    assert next(model.parameters()).dtype == torch.float32 and model.device.type == "cpu"
+    assert model.num_parameters() == EMBEDDED_MODELS[name].parameters
+    assert model.config.model_type == EMBEDDED_MODELS[name].architecture
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>" and tokenizer.padding_side == "left"
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id == 0
+    if name == "embedded-llama":  # grouped-query attention: 8 query heads share 2 key/value heads
+        assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (8, 2)
+
+
+def test_embedded_model_generates(loaded: tuple[str, object, object]) -> None:
+    _, model, tokenizer = loaded
+    batch = tokenizer(["A hacker is", "The Jargon File"], return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    out = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 6)
+    continuation = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert continuation.strip()  # it writes something
+
+
+def test_embedded_model_is_genuinely_trained(loaded: tuple[str, object, object]) -> None:
+    name, model, tokenizer = loaded
+    paragraphs = load_text_dataset("embedded").validation[:8]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for paragraph in paragraphs:
+            ids = tokenizer(tokenizer.eos_token + paragraph, return_tensors="pt").input_ids[:, :256]
+            loss = model(input_ids=ids, labels=ids).loss.item()
+            total += loss * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    perplexity = math.exp(total / count)
+    assert perplexity < len(tokenizer) / 8, perplexity  # untrained is about the vocabulary size (2048)
+    record = json.loads((embedded_model_path(name) / "training.json").read_text(encoding="utf-8"))
+    assert record["validation_perplexity_untrained"] > 10 * record["validation_perplexity_trained"]
+    assert record["validation_perplexity_untrained"] > 0.5 * len(tokenizer)
+
+
+def test_embedded_assets_fit_in_10_mb() -> None:
+    total = sum(f.stat().st_size for f in EMBEDDED_DIR.rglob("*") if f.is_file())
+    assert total <= 10 * 1024 * 1024, f"{total / 1e6:.1f} MB"
+    for name in EMBEDDED_MODELS:
+        files = {f.name for f in embedded_model_path(name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "training.json"} <= files
+
+
+def test_names_and_auto_offline() -> None:
+    assert available_models()[:2] == ["embedded-gpt2", "embedded-llama"] and "gpt2" in available_models()
+    assert resolve_model_name("auto") == "embedded-gpt2"
+    with pytest.raises(ValueError, match="is not an embedded model"):
+        embedded_model_path("gpt2")
+    with pytest.raises(ValueError, match="non-empty string"):
+        resolve_model_name("  ")
+
+
+def test_auto_loads_embedded_gpt2_offline() -> None:
+    model, _ = load_model("auto", device="cpu")
+    assert model.config.model_type == "gpt2" and "embedded-gpt2" in model.name_or_path
+
+
+def test_hub_name_unreachable_lists_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in hub.OFFLINE_ENV_VARS:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(hub, "_probe", lambda endpoint, timeout: False)
+    with pytest.raises(ConnectionError, match=r"model 'gpt2'.*unreachable.*'embedded-gpt2', 'embedded-llama'"):
+        load_model("gpt2")
+
+
+def test_hub_name_with_offline_variable_and_empty_cache(tmp_path: Path) -> None:
+    code = (
+        "from colab_helpers.models import load_model\n"
+        "try:\n    load_model('someone/some-model')\n"
+        "except ConnectionError as exc:\n    print('ERR', exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # empty cache
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "ERR model 'someone/some-model'" in out.stdout, out.stderr[-2000:]
+    assert "HF_HUB_OFFLINE is set" in out.stdout and "'embedded-gpt2'" in out.stdout
+
+
+def test_local_directory_and_4bit_on_cpu_warns(tmp_path: Path) -> None:
+    model, tokenizer = load_model("embedded-llama", device="cpu")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.warns(ColabHelpersWarning, match="load_in_4bit ignored"):
+        reloaded, _ = load_model(str(tmp_path), device="cpu", load_in_4bit=True, dtype="bf16")
+    assert next(reloaded.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be 'auto'"):
+        load_model("embedded-gpt2", dtype="int3")
