@@ -66,6 +66,25 @@ _LAZY: dict[str, str] = {
     "plot_importance_grid": "figures",
     "plot_pruned_per_layer": "figures",
     "plot_level_curves": "figures",
+    # pruning studies
+    "importance_by_strategy": "study",
+    "mean_scores": "study",
+    "level_sweep": "study",
+    "summarize_levels": "study",
+    "forward_latency": "study",
+    "parameter_count": "study",
+    "pruning_comparison": "study",
+    # run tracking and sweep configs
+    "RunManager": "tracking",
+    "Run": "tracking",
+    "read_runs": "tracking",
+    "plot_gradient_norms": "tracking",
+    "load_gradient_norms": "tracking",
+    "load_config": "sweeps",
+    "load_sweep": "sweeps",
+    "merge": "sweeps",
+    "expand": "sweeps",
+    "SweepConfig": "sweeps",
     # results on disk
     "ensure_writable_dir": "_io",
     "save_results": "results",
@@ -113,6 +132,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation import PerplexityResult, lm_batches, perplexity, tokenize_texts
     from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
     from .plotting import LivePlot
+    from .study import (
+        forward_latency,
+        importance_by_strategy,
+        level_sweep,
+        mean_scores,
+        parameter_count,
+        pruning_comparison,
+        summarize_levels,
+    )
     from .pruning import (
         HeadGates,
         HeadLayout,
@@ -126,3 +154,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         select_heads,
     )
     from .results import save_results, to_jsonable
+    from .sweeps import SweepConfig, expand, load_config, load_sweep, merge
+    from .tracking import Run, RunManager, load_gradient_norms, plot_gradient_norms, read_runs

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from transformers import PretrainedConfig
 
+    from .memory_estimate import MemoryEstimate
+
 logger = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("gpt2", "opt", "gpt_neox", "llama", "qwen2", "bloom")
@@ -146,11 +148,13 @@ def _config_kwargs(entry: CatalogEntry) -> dict[str, Any]:
 
 
 def format_params(count: int | float) -> str:
-    """Return a parameter count the way people say it: ``"82M"``, ``"1.1B"``, ``"955K"``."""
+    """Return a parameter count the way people say it: ``"82M"``, ``"1.1B"``, ``"1.1M"``, ``"956K"``."""
     if count >= 1e9:
         return f"{count / 1e9:.1f}B"
-    if count >= 1e6:
+    if count >= 1e7:
         return f"{count / 1e6:.0f}M"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f}M"
     return f"{count / 1e3:.0f}K"
 
 
@@ -158,8 +162,8 @@ _MIT_OURS = "MIT (weights trained by this project; corpus public domain)"
 _OPT = "OPT licence (non-commercial research use)"
 _LLAMA_32 = "Llama 3.2 Community Licence (gated: accept it on the model page, then set HF_TOKEN)"
 
-# Embedded models: the shapes scripts/build_embedded.py builds. Check against
-# colab_helpers/embedded/models/<name>/config.json (tests/test_catalog.py does when the files exist).
+# Embedded models: the shapes scripts/build_embedded.py builds, as in colab_helpers/embedded/models/<name>/
+# config.json (tests/test_catalog.py compares them with the shipped files).
 _EMBEDDED: tuple[CatalogEntry, ...] = (
     CatalogEntry(
         "embedded-gpt2", "embedded-gpt2", "gpt2", 1_088_256, 4, 4, 4, 128, 512, 2048, 256, True, _MIT_OURS,
@@ -315,7 +319,7 @@ class ModelPick:
     """
 
     name: str
-    estimate: Any  # MemoryEstimate
+    estimate: MemoryEstimate
     reason: str
     fits: bool
     available_bytes: int
@@ -372,6 +376,7 @@ def pick_model(
     hub: bool | None = None,
     instruct: bool = False,
     allow_gated: bool = False,
+    max_params: float | None = None,
     **estimate_kwargs: Any,
 ) -> ModelPick:
     """Return a ``ModelPick``: the largest catalog model whose estimate fits in ``safety`` x the free memory.
@@ -380,9 +385,10 @@ def pick_model(
     RAM otherwise. ``candidates`` (names or aliases) replaces the default list: every catalog model with
     ``instruct`` matching (embedded models always included), gated ones only with ``allow_gated``. ``hub``
     None asks ``hub_reachable()``; when the hub is unreachable only embedded models are considered and the
-    reason says so. When nothing fits, the smallest candidate comes back with ``fits=False`` and a reason
-    saying what to change. ``estimate_kwargs`` (dtype, device, lora_r, gradient_checkpointing ...) go to
-    ``estimate_memory``.
+    reason says so. ``max_params`` caps the size: memory is not the only limit, and on a CPU a LoRA step of a
+    1B model takes minutes (``max_params=150e6`` keeps to GPT-2-sized models). When nothing fits, the
+    smallest candidate comes back with ``fits=False`` and a reason saying what to change. ``estimate_kwargs``
+    (dtype, device, lora_r, gradient_checkpointing ...) go to ``estimate_memory``.
     """
     from .memory_estimate import MODES, estimate_memory
 
@@ -411,6 +417,10 @@ def pick_model(
             for entry in CATALOG.values()
             if entry.embedded or (entry.instruct == instruct and (allow_gated or not entry.gated))
         ]
+    if max_params is not None:
+        if max_params <= 0:
+            raise ValueError(f"max_params must be a positive parameter count such as 150e6, got {max_params!r}")
+        entries = [entry for entry in entries if entry.params <= max_params] or [min(entries, key=lambda e: e.params)]
     offline_only = not online
     if offline_only:
         entries = [entry for entry in entries if entry.embedded] or [e for e in CATALOG.values() if e.embedded]
@@ -440,7 +450,7 @@ def pick_model(
 
 def _reason(
     entry: CatalogEntry,
-    estimate: Any,
+    estimate: MemoryEstimate,
     mode: str,
     fits: bool,
     offline_only: bool,
@@ -474,7 +484,7 @@ def _reason(
     return f"{model} is the largest catalog model whose {what} estimate ({estimate.total_gb:.1f} GB) fits in {room}."
 
 
-def _candidates_table(entries: list[CatalogEntry], estimates: list[Any], budget: int, chosen: int) -> pd.DataFrame:
+def _candidates_table(entries: list[CatalogEntry], estimates: list[MemoryEstimate], budget: int, chosen: int) -> pd.DataFrame:
     """Return the candidates as a DataFrame: model, alias, params, estimate_gb, fits, picked."""
     import pandas as pd
 

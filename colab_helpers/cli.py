@@ -48,15 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="COND",
-        help="conditions such as model.name=gpt2, pruning.level>0.2, status!=failed (>=, <= too); "
-        "numbers compare as numbers; all must hold",
+        help="conditions such as model.name=gpt2 'pruning.level>0.2' status!=failed (>=, <= too); numbers "
+        "compare as numbers; all must hold; quote those with > or < so the shell does not redirect",
     )
     runs.add_argument("--sort-by", metavar="COL", help="sort by this column (numbers numerically, empty last)")
     runs.add_argument("--descending", action="store_true", help="sort in descending order")
     runs.add_argument("--show", nargs="+", metavar="COL", help="show only these columns, in this order")
     runs.add_argument(
-        "--hide", nargs="+", metavar="COL", default=[], help=f"hide these columns ({', '.join(HIDDEN_BY_DEFAULT)} "
-        "are hidden unless named in --show)"
+        "--hide",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="COL",
+        help=f"hide these columns ({', '.join(HIDDEN_BY_DEFAULT)} are hidden unless named in --show)",
     )
     runs.add_argument("--limit", type=_non_negative_int, metavar="N", help="print at most N rows")
     runs.add_argument("--list-columns", action="store_true", help="list the columns (and how many runs fill each)")

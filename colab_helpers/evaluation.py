@@ -40,7 +40,7 @@ def tokenize_texts(tokenizer: Any, texts: str | Sequence[str], *, max_tokens: in
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + separator
+        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + separator
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     return torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)

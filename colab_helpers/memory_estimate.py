@@ -11,7 +11,8 @@ How each part is counted (the rules of thumb, checked against measured peaks in 
   embeddings, the output head, norms and biases stay 16-bit. LoRA/QLoRA add the adapters in float32.
 - **trainable parameters**: full: all. LoRA/QLoRA: ``r x (in + out)`` for every attention and MLP
   projection (``LORA_TARGET_MODULES``).
-- **gradients**: one per trainable parameter, float32 for adapters, the weight dtype for full training.
+- **gradients**: one per trainable parameter, float32 for adapters, the weight dtype for full training,
+  plus the float32 scratch tensor AdamW's foreach step builds (``sqrt(exp_avg_sq)``).
 - **optimizer**: AdamW keeps two float32 moments (8 B per trainable parameter); full training in a 16-bit
   dtype also keeps a float32 master copy (4 B): 16 B per parameter in all, the usual mixed-precision figure.
 - **activations**, training: what the forward pass saves for the backward, per layer and token in the
@@ -28,12 +29,18 @@ How each part is counted (the rules of thumb, checked against measured peaks in 
 - **activations**, inference (a forward pass under ``no_grad`` with the KV cache on): the KV cache
   (2 x layers x tokens x kv_heads x head_dim), plus the larger of one layer's transient tensors and the
   logits (``batch x seq x vocab`` in the compute dtype).
+  On the CPU, activations are multiplied by ``CPU_ALLOCATOR_FACTOR`` (1.3): glibc's allocator keeps
+  freed activation memory mapped, so peak RSS exceeds the live tensors by about that much.
 - **overhead**: on CUDA the context and cuBLAS workspaces (``CUDA_CONTEXT_BYTES``); on the CPU the
-  resident memory of a Python process that imported torch and transformers (``CPU_BASELINE_BYTES``), plus
-  peft for LoRA (``CPU_PEFT_BYTES``), measured with ``benchmarks/memory_estimates.py``.
+  resident memory of a Python process that imported torch and transformers and built a model object
+  (``CPU_BASELINE_BYTES``, + ``CPU_TRAINING_BYTES`` when training), measured with
+  ``benchmarks/memory_estimates.py``.
 
-The estimate is a peak for one process doing only this work; allocator caching on CUDA (what nvidia-smi
-shows as reserved) commonly adds 5-20 % on top, which is why ``pick_model`` plans with a safety factor.
+``total = weights + optimizer + overhead + max(activations, gradients)``: the backward pass frees saved
+activations as it produces gradients, so the two never peak together. The estimate is the peak of one
+process doing only this work, loading excluded (``from_pretrained`` can hold a second copy of the largest
+tensor for a moment). Allocator caching on CUDA (what nvidia-smi shows as reserved) commonly adds 5-20 %
+on top, which is why ``pick_model`` plans with a safety factor.
 ``measure_peak_memory`` runs a case for real in a fresh process to check an estimate.
 """
 
@@ -73,6 +80,8 @@ ADAM_BYTES = 8  # AdamW: exp_avg and exp_avg_sq in float32
 MASTER_BYTES = 4  # float32 master copy of 16-bit weights in mixed-precision full training
 LOSS_BYTES_PER_LOGIT = 12  # float32 log-softmax output + its gradient + the logits' gradient, alive together
 MASK_BYTES = 1  # a dropout mask is a bool tensor
+STEP_SCRATCH_BYTES = 4  # AdamW's foreach step builds sqrt(exp_avg_sq): one float32 tensor per trainable parameter
+CPU_ALLOCATOR_FACTOR = 1.3  # glibc malloc keeps freed activation memory mapped: peak RSS exceeds the live tensors
 
 _NORM_WORDS = {"layernorm": 2, "rmsnorm": 3}  # saved per norm: input and output (+ normalized for RMSNorm)
 _MLP_SAVED = {"relu": 1, "gelu": 2, "gelu_new": 5, "bloom_gelu": 2, "silu_gated": 4, "gelu_gated": 4}
@@ -135,8 +144,12 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        """Return the estimated peak in bytes: the sum of the five parts."""
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        """Return the estimated peak in bytes: weights + optimizer + overhead + max(activations, gradients).
+
+        The backward pass frees the saved activations while it produces the gradients, and the gradients
+        are freed after the optimizer step, so the two never peak together.
+        """
+        return self.weights + self.optimizer + self.overhead + max(self.activations, self.gradients)
 
     @property
     def total_gb(self) -> float:
@@ -144,13 +157,13 @@ class MemoryEstimate:
         return self.total / GB
 
     def parts(self) -> dict[str, int]:
-        """Return ``{part: bytes}`` for the five parts, in the order they add up."""
+        """Return ``{part: bytes}`` for the five parts (``total`` counts only the larger of the last two)."""
         return {
             "weights": self.weights,
-            "gradients": self.gradients,
             "optimizer": self.optimizer,
-            "activations": self.activations,
             "overhead": self.overhead,
+            "activations": self.activations,
+            "gradients": self.gradients,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,10 +176,17 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         """One line: ``gpt2 lora (float32, cpu, 4 x 256): ~3.1 GB = weights 0.5 GB + ...``."""
-        parts = " + ".join(f"{name} {_gb(value)}" for name, value in self.parts().items() if value)
+        parts = [f"weights {_gb(self.weights)}"]
+        if self.optimizer:
+            parts.append(f"optimizer {_gb(self.optimizer)}")
+        parts.append(f"overhead {_gb(self.overhead)}")
+        if self.gradients:
+            parts.append(f"max(activations {_gb(self.activations)}, gradients {_gb(self.gradients)})")
+        else:
+            parts.append(f"activations {_gb(self.activations)}")
         return (
             f"{self.model} {self.mode} ({self.dtype}, {self.device}, {self.batch_size} x {self.seq_len}): "
-            f"~{_gb(self.total)} = {parts}"
+            f"~{_gb(self.total)} = {' + '.join(parts)}"
         )
 
     def _repr_html_(self) -> str:
@@ -175,7 +195,7 @@ class MemoryEstimate:
             f"{self.model}: {self.mode}, {self.dtype} on {self.device}, batch {self.batch_size} x seq {self.seq_len}"
         )
         rows = [(name, _gb(value)) for name, value in self.parts().items()]
-        rows.append(("total", _gb(self.total)))
+        rows.append(("total (activations and gradients do not peak together)", _gb(self.total)))
         cells = "".join(
             f"<tr><th style='text-align:left'>{html.escape(name)}</th><td style='text-align:right'>{html.escape(value)}</td></tr>"
             for name, value in rows
@@ -314,13 +334,16 @@ def _shape_from_module(model: Any, config: Any, label: str, params: int | None =
             fan_in, fan_out = module.weight.shape
         else:
             continue
-        if module is output:
+        if module is output or "lora_" in name:  # the output head stays 16-bit; adapters are not the model
             continue
-        leaf = name.rsplit(".", 1)[-1]
+        parts = name.split(".")
+        if parts[-1] == "base_layer":  # a layer peft wrapped: its name is the wrapper's
+            parts = parts[:-1]
+        leaf = parts[-1]
         gated = gated or leaf in ("gate_proj", "gate_up_proj", "w1")
         quantizable += module.weight.numel()
-        adapted = leaf in targets if targets is not None else any(part.isdigit() for part in name.split("."))
-        if adapted and "lora_" not in name:
+        adapted = leaf in targets if targets is not None else any(part.isdigit() for part in parts)
+        if adapted:
             lora_in_out += int(fan_in) + int(fan_out)
             lora_inputs += int(fan_in)
     if params is None:
@@ -447,8 +470,8 @@ def _resolve_device_dtype(device: str, dtype: str, mode: str, model_dtype: str |
     if dtype == "auto":
         if model_dtype in _DTYPE_BYTES and mode != "qlora":
             dtype = model_dtype
-        elif device == "cuda":
-            dtype = "bfloat16" if _cuda_bf16() else "float16"
+        elif device == "cuda":  # a what-if on a machine without CUDA gets float16, the T4's choice
+            dtype = "bfloat16" if _cuda_available() and _cuda_bf16() else "float16"
         else:
             dtype = "float16" if mode == "qlora" else "float32"  # QLoRA computes in 16 bits (bitsandbytes' default)
     return device, dtype
@@ -503,12 +526,9 @@ def estimate_memory(
     lora_params = lora_r * shape.lora_in_out if mode in ("lora", "qlora") else 0
     trainable = shape.params if mode == "full" else lora_params
     weights = _weight_bytes(shape, mode, dtype) + lora_params * ADAPTER_BYTES
-    if mode == "full":
-        gradients = trainable * act_bytes
-        optimizer = trainable * (ADAM_BYTES + (MASTER_BYTES if act_bytes < 4 else 0))
-    else:
-        gradients = trainable * ADAPTER_BYTES
-        optimizer = trainable * ADAM_BYTES
+    grad_bytes = act_bytes if mode == "full" else ADAPTER_BYTES
+    gradients = trainable * (grad_bytes + STEP_SCRATCH_BYTES)
+    optimizer = trainable * (ADAM_BYTES + (MASTER_BYTES if mode == "full" and act_bytes < 4 else 0))
     materialized = _scores_materialized(shape, attn_implementation, device, training)
     if training:
         activations = _training_activations(
@@ -516,6 +536,8 @@ def estimate_memory(
         )
     else:
         activations = _inference_activations(shape, batch_size, seq_len, act_bytes, materialized)
+    if device == "cpu":
+        activations *= CPU_ALLOCATOR_FACTOR
     if device == "cuda":
         overhead = CUDA_CONTEXT_BYTES
     else:

@@ -29,7 +29,7 @@ A ``runs.csv`` broken by hand raises ``ValueError`` naming the file and the line
     with manager.new_run(config, sweep="lr_sweep") as run:
         ...
         run.update_metrics({"final_valid_loss": 3.2})
-    manager.runs(sweep="lr_sweep")        # pandas DataFrame
+    manager.runs(sweep="lr_sweep")        # pandas DataFrame (read_runs(root) without a manager)
 """
 
 from __future__ import annotations
@@ -752,7 +752,13 @@ class _WandbMirror(_Mirror):
         import wandb
 
         self.run = wandb.init(
-            project=project, name=run_id, id=run_id, group=sweep, config=_redact_tree(config), dir=str(path)
+            project=project,
+            name=run_id,
+            id=run_id,
+            resume="allow",  # a run restarted with new_run(..., run_id=...) continues the same W&B run
+            group=sweep,
+            config=_redact_tree(config),
+            dir=str(path),
         )
 
     def log(self, metrics: dict[str, Any]) -> None:

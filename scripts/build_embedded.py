@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +417,7 @@ def save_model(model: Any, tokenizer: Any, figures: dict[str, Any], target: Path
         model.to(torch.float16).save_pretrained(staging, safe_serialization=True)
         model.to(torch.float32)
         tokenizer.save_pretrained(staging)
+        _portable_tokenizer_class(staging / "tokenizer_config.json")
         (staging / "training.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
         figures["size_bytes"] = sum(f.stat().st_size for f in staging.iterdir())
         (staging / "training.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
@@ -431,6 +432,16 @@ def save_model(model: Any, tokenizer: Any, figures: dict[str, Any], target: Path
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _portable_tokenizer_class(path: Path) -> None:
+    """Name the tokenizer class ``PreTrainedTokenizerFast``: every transformers version knows it.
+
+    transformers 5 writes ``TokenizersBackend``, which 4.x cannot resolve; in 5.x the two are the same class.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ---- docs ----------------------------------------------------------------------------------------------

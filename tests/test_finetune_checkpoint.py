@@ -208,7 +208,8 @@ def test_an_interrupt_checkpoints_the_last_finished_step(tmp_path) -> None:
 
     cfg = config(tmp_path, checkpoint_every=None)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, None, cfg, callbacks=[StopButton()], live_plot=False, progress=False)
+        fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, None, cfg, callbacks=[StopButton()], live_plot=True, progress=False)
     assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-3"
+    assert (tmp_path / "training.png").is_file()  # the live plot was saved on the way out
     result = run(tiny_model(), config(tmp_path, checkpoint_every=None, resume=True))
     assert [r["step"] for r in result.history] == list(range(1, 9))

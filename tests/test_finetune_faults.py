@@ -196,3 +196,22 @@ def test_early_stopping_restores_the_best_adapter(tmp_path) -> None:
     assert kinds(result) == ["early_stop"]
     assert same(trainable(result.model), clock.eval_weights[result.best_step])
     assert not same(clock.eval_weights[8], clock.eval_weights[result.best_step])
+
+
+def test_fp16_loss_scale_overflow_is_not_counted_as_divergence(tmp_path, monkeypatch) -> None:
+    """The GradScaler path on the CPU: the precision choice is forced (a T4 is not at hand), the fault is a hook."""
+    import colab_helpers.finetune.trainer as trainer
+
+    monkeypatch.setattr(trainer, "resolve_precision", lambda dtype, device: (torch.bfloat16, True))
+    clock = StepClock(keep_weights=True)
+    model = tiny_model()
+    poison_gradients(model, clock, {2})
+    tuner = trainer.FineTuner(model, tokenizer(), TRAIN_TEXTS, config=config(tmp_path, nan_skip_patience=1),
+                              callbacks=[clock], live_plot=False, progress=False)  # fmt: skip
+    assert tuner._scaler is not None
+    result = tuner.train()
+    row = result.history[1]
+    assert row["skipped"] and row["overflow"] and math.isfinite(row["loss"])
+    assert same(clock.weights[2], clock.weights[1])  # no update at the overflow step
+    assert result.events == [] and tuner._scaler.get_scale() == 2.0**15  # scale lowered, no rollback
+    assert all_finite(result.model)

@@ -177,7 +177,10 @@ root, index, shared = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 manager = RunManager(root, record_environment=False)
 run = manager.new_run({"worker": index}, sweep="concurrency")
 (pathlib.Path(root) / f"ready-{index}").touch()
+deadline = time.time() + 30
 while len(list(pathlib.Path(root).glob("ready-*"))) < 4:  # all four start updating together
+    if time.time() > deadline:
+        sys.exit("the other writers never got ready")
     time.sleep(0.002)
 for step in range(25):
     manager.update_metrics(run.run_id, {f"m{step}": step})

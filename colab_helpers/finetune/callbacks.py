@@ -8,6 +8,7 @@ A callback is any object with some of these methods (all optional; :class:`Callb
 * ``on_eval(tuner, row)``: the same row, now with ``eval_loss`` and ``eval_ppl``
 * ``on_event(tuner, event)``: a dict with ``step``, ``kind`` and ``message`` (NaN skip, rollback, CPU fallback ...)
 * ``on_train_end(tuner, result)``
+* ``on_train_error(tuner, exc)``: training is ending with an exception (Ctrl-C included), re-raised afterwards
 
 Exceptions raised by a callback propagate: a broken callback should be seen, not silently ignored.
 """
@@ -59,6 +60,9 @@ class Callback:
     def on_train_end(self, tuner: Any, result: Any) -> None:
         """Called once with the :class:`FineTuneResult`."""
 
+    def on_train_error(self, tuner: Any, exc: BaseException) -> None:
+        """Called when training ends with an exception, before it propagates."""
+
 
 class LivePlotCallback(Callback):
     """Feed a :class:`colab_helpers.LivePlot`: train/eval loss, eval perplexity, learning rate, gradient norm.
@@ -99,6 +103,9 @@ class LivePlotCallback(Callback):
         self.path = self.plot.close()
         result.plot_path = self.path
 
+    def on_train_error(self, tuner: Any, exc: BaseException) -> None:
+        self.path = self.plot.close()  # the figure up to the failure is what one wants to look at
+
 
 class ProgressCallback(Callback):
     """A ``tqdm.auto`` bar over the steps showing the current loss (redrawn by tqdm's own throttle)."""
@@ -117,4 +124,7 @@ class ProgressCallback(Callback):
         self.bar.set_postfix_str(f"loss {row['loss']:.4f} eval {row['eval_loss']:.4f}", refresh=False)
 
     def on_train_end(self, tuner: Any, result: Any) -> None:
+        self.bar.close()
+
+    def on_train_error(self, tuner: Any, exc: BaseException) -> None:
         self.bar.close()

@@ -52,7 +52,9 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
         if manifest.get("format") != _FORMAT or manifest.get("step") != step:
             return False
         files = manifest["files"]
-        return bool(files) and all((path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items())
+        return bool(files) and all(
+            (path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items()
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -86,7 +88,7 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
         if named is not None and named == newest:
             return newest
         if named is not None and not is_complete(named):
-            logger.warning("checkpoint pointer %s names %s, which is missing or incomplete; using %s", pointer, named.name, newest)
+            logger.warning("%s names %s, which is missing or incomplete; using %s", pointer, named.name, newest)
     return newest
 
 

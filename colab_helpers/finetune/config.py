@@ -89,7 +89,10 @@ class FineTuneConfig:
     min_micro_batch_size: int = field(default=1, metadata=_help("micro-batch floor for out-of-memory and NaN halving."))
     max_rollbacks: int = field(default=3, metadata=_help("rollbacks allowed before training stops (best state kept)."))
     # --- checkpoints and display ---
-    output_dir: str = field(default="finetune", metadata=_help("checkpoints, final adapter and plot go here."))
+    output_dir: str = field(
+        default="finetune",
+        metadata=_help("checkpoints, final adapter and plot go here; on Colab a Drive folder survives a runtime reset."),
+    )
     checkpoint_every: int | None = field(
         default=50, metadata=_help("write an atomic checkpoint every this many steps; None = only at the end.")
     )

@@ -86,7 +86,8 @@ def _is_pruned(model: Any) -> bool:
 
 
 def _gate_hooks(model: Any) -> list[str]:
-    return [name for name, module in model.named_modules() if module._forward_pre_hooks and type(module).__name__ in ("Linear", "Conv1D")]
+    linear = ("Linear", "Conv1D")
+    return [name for name, module in model.named_modules() if module._forward_pre_hooks and type(module).__name__ in linear]
 
 
 def save_merged(peft_model: Any, tokenizer: Any, path: str | os.PathLike[str]) -> Path:

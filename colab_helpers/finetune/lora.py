@@ -8,9 +8,9 @@
   a gated head would leak back through the adapter. We therefore leave every linear layer that carries a forward
   pre-hook out of the targets (the rest of the layer, q/k/v and the MLP, still adapts). Moving the hook onto the
   wrapper instead would break ``HeadGates.remove()``. Gate *before* fine-tuning: a gate added to a layer after
-  LoRA wrapped its projection would sit on the wrapped base layer and leak the same way. unsloth's fused kernels skip module hooks altogether, so a
-  gated model always trains with peft; a physically pruned model (``remove_heads``) has no hooks and no such
-  restriction.
+  LoRA wrapped its projection would sit on the wrapped base layer and leak the same way. unsloth's fused
+  kernels skip module hooks altogether, so a gated model always trains with peft; a physically pruned model
+  (``remove_heads``) has no hooks and no such restriction.
 * Precision: ``"auto"`` is bf16 autocast on CUDA capability >= 8, fp16 autocast with a ``GradScaler`` on older
   GPUs (the T4 reports bf16 "supported" through emulation, so the capability is what counts), fp32 on the CPU.
 * 4-bit (QLoRA) is decided when the model is loaded (``load_model(..., load_in_4bit=True)``), since quantizing a
@@ -167,11 +167,14 @@ def check_4bit(config: FineTuneConfig, model: Any, device: torch.device) -> bool
             reason = f"4-bit needs a CUDA GPU and the model is on {device.type!r}"
         else:
             reason = "the model given was loaded unquantized; load it with load_model(name, load_in_4bit=True)"
-        warnings.warn(f"load_in_4bit ignored: {reason}; training the unquantized model", ColabHelpersWarning, stacklevel=3)
+        message = f"load_in_4bit ignored: {reason}; training the unquantized model"
+        warnings.warn(message, ColabHelpersWarning, stacklevel=3)
     return quantized
 
 
-def attach_lora(model: Any, config: FineTuneConfig, targets: list[str], backend: str, *, quantized: bool) -> tuple[Any, str]:
+def attach_lora(
+    model: Any, config: FineTuneConfig, targets: list[str], backend: str, *, quantized: bool
+) -> tuple[Any, str]:
     """Wrap ``model`` (in place) with a fresh LoRA adapter on ``targets``; return ``(peft model, backend used)``."""
     from peft import LoraConfig, get_peft_model
 
@@ -183,7 +186,8 @@ def attach_lora(model: Any, config: FineTuneConfig, targets: list[str], backend:
         try:
             return _attach_unsloth(model, config, targets), "unsloth"
         except Exception as exc:  # unsloth patches change often: never let them stop a run
-            warnings.warn(f"unsloth could not attach LoRA ({type(exc).__name__}: {exc}); using peft", ColabHelpersWarning, stacklevel=3)
+            message = f"unsloth could not attach LoRA ({type(exc).__name__}: {exc}); using peft"
+            warnings.warn(message, ColabHelpersWarning, stacklevel=3)
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in set(targets))
     lora = LoraConfig(
         r=config.r,

@@ -57,7 +57,7 @@ CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 PLOT_FILE = "training.png"
 SUMMARY_FILE = "history.json"
-_CALLBACK_HOOKS = ("on_train_begin", "on_step_end", "on_eval", "on_event", "on_train_end")
+_CALLBACK_HOOKS = ("on_train_begin", "on_step_end", "on_eval", "on_event", "on_train_end", "on_train_error")
 
 
 @dataclass
@@ -192,11 +192,18 @@ class FineTuner:
 
         self.config = cfg = config if config is not None else FineTuneConfig()
         if not isinstance(cfg, FineTuneConfig):
-            raise TypeError(f"config must be a FineTuneConfig, got {type(cfg).__name__}; e.g. FineTuneConfig(max_steps=100)")
-        self.output_dir = ensure_writable_dir(cfg.output_dir)
+            raise TypeError(f"config must be a FineTuneConfig, got {type(cfg).__name__}; e.g. FineTuneConfig(max_steps=99)")
+        try:
+            self.output_dir = ensure_writable_dir(cfg.output_dir)
+        except (PermissionError, NotADirectoryError) as exc:
+            raise type(exc)(
+                f"output_dir {str(cfg.output_dir)!r} is not writable ({exc}); pass output_dir= a directory you can "
+                "write to, e.g. 'finetune' (on Colab a Drive folder survives a runtime reset)"
+            ) from exc
         self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
         # --- data: checked before any model work, so a bad input fails fast ---
-        self._blocks = _Blocks(self._tokens(tokenizer, train_texts, "train_texts", cfg.micro_batch_size), cfg.seq_len, cfg.seed)
+        train_ids = self._tokens(tokenizer, train_texts, "train_texts", cfg.micro_batch_size)
+        self._blocks = _Blocks(train_ids, cfg.seq_len, cfg.seed)
         self._eval_blocks = None
         if eval_texts is not None:
             eval_ids = self._tokens(tokenizer, eval_texts, "eval_texts", 1)
@@ -213,7 +220,7 @@ class FineTuner:
 
         self.gated_left_out: list[str] = []
         if isinstance(model, PeftModel):  # continue training the adapter it carries
-            logger.info("model already carries a LoRA adapter: training it (r, alpha, dropout, targets of the config ignored)")
+            logger.info("the model carries a LoRA adapter: training it (the config's r, alpha, dropout, targets unused)")
             targets = [n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A")]
         else:
             if any(hasattr(m, "lora_A") for m in model.modules()):
@@ -389,10 +396,17 @@ class FineTuner:
                     self._save_checkpoint()
         except _Stop as stop:
             reason = stop.reason
-        except KeyboardInterrupt:
-            self._checkpoint_on_interrupt()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self._checkpoint_on_interrupt()
+            for fn in self._hooks.get("on_train_error", ()):  # e.g. save the plot of what happened so far
+                try:
+                    fn(self, exc)
+                except Exception as callback_error:  # never hide the original error behind a callback's
+                    logger.warning("on_train_error callback failed: %s", callback_error)
             raise
-        if self._eval_blocks is not None and self.history and "eval_loss" not in self.history[-1] and reason != "resumed_finished":
+        needs_eval = self._eval_blocks is not None and self.history and "eval_loss" not in self.history[-1]
+        if needs_eval and reason != "resumed_finished":
             with contextlib.suppress(_Stop):  # the run is over anyway: patience running out here changes nothing
                 self._evaluate_into(self.history[-1])
         seconds = time.perf_counter() - self._run_started
@@ -432,7 +446,7 @@ class FineTuner:
 
     def _checkpoint_on_interrupt(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        if self._updating:  # stopped inside the optimizer update: the weights belong to no step, keep the last checkpoint
+        if self._updating:  # stopped inside the optimizer update: the weights belong to no step
             logger.warning("interrupted during an optimizer update: not checkpointing; resume from the last checkpoint")
             return
         try:
@@ -456,8 +470,9 @@ class FineTuner:
                 break
             except Exception as exc:
                 self.optimizer.zero_grad(set_to_none=True)
-                if self._scaler is not None:
-                    self._scaler = type(self._scaler)(self.device.type, init_scale=self._scaler.get_scale())
+                if self._scaler is not None:  # forget a half-done unscale_ of the failed attempt
+                    with contextlib.suppress(Exception):
+                        self._scaler = type(self._scaler)(self.device.type, init_scale=self._scaler.get_scale())
                 self._recover(exc, step)
         lr = cfg.learning_rate * self.lr_scale * self._schedule(step)
         finite = math.isfinite(loss) and math.isfinite(norm)
@@ -649,7 +664,8 @@ class FineTuner:
             f"learning rate halved (x{self.lr_scale:g})",
             to_step=snapshot_step,
         )
-        self._event(self.step, "lr_halved", f"learning rate halved: x{self.lr_scale:g} of the schedule", lr_scale=self.lr_scale)
+        message = f"learning rate halved: x{self.lr_scale:g} of the schedule"
+        self._event(self.step, "lr_halved", message, lr_scale=self.lr_scale)
         if self._rolled_back_without_progress and self.micro_batch_size > cfg.min_micro_batch_size:
             self.micro_batch_size = max(cfg.min_micro_batch_size, self.micro_batch_size // 2)
             self._event(
@@ -771,7 +787,8 @@ class FineTuner:
 
         def best(path: Path) -> None:
             assert self._best_params is not None
-            save_file({n: t.detach().cpu().contiguous() for (n, _), t in zip(self._named_params, self._best_params)}, str(path))
+            names = [n for n, _ in self._named_params]
+            save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, self._best_params)}, str(path))
 
         def adapter_config(path: Path) -> None:
             config = self.model.peft_config["default"].to_dict()
@@ -791,7 +808,8 @@ class FineTuner:
         }
         if self._best_params is not None:
             writers["best_adapter.safetensors"] = best
-        return ckpt.write_checkpoint(self.checkpoint_dir, self.step, writers, self._state(), keep=self.config.keep_checkpoints)
+        keep = self.config.keep_checkpoints
+        return ckpt.write_checkpoint(self.checkpoint_dir, self.step, writers, self._state(), keep=keep)
 
     def _load_checkpoint(self, path: Path) -> None:
         """Restore the run from checkpoint ``path`` (already checked by :meth:`_checkpoint_to_resume`)."""
@@ -800,7 +818,8 @@ class FineTuner:
         from safetensors.torch import load_file
 
         state = ckpt.read_state(path)
-        result = set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors"), device=str(self.device)))
+        adapter = load_file(str(path / "adapter_model.safetensors"), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, adapter)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"checkpoint {path} holds adapter weights this model does not have: {unexpected[:3]}")
@@ -817,7 +836,9 @@ class FineTuner:
         self.history = list(state["history"])
         self.events = list(state["events"])
         self.lr_scale = float(state["lr_scale"])
-        self.micro_batch_size = max(self.config.min_micro_batch_size, min(self.config.micro_batch_size, int(state["micro_batch_size"])))
+        # the micro-batch an out-of-memory halving left is kept (a bigger one would fail again on the same GPU)
+        saved_micro = min(self.config.micro_batch_size, int(state["micro_batch_size"]))
+        self.micro_batch_size = max(self.config.min_micro_batch_size, saved_micro)
         self.nan_streak = int(state["nan_streak"])
         self.rollbacks = int(state["rollbacks"])
         self._rolled_back_without_progress = bool(state["rolled_back_without_progress"])

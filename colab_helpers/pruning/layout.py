@@ -133,6 +133,19 @@ class HeadLayout:
         """Query heads per key/value head, per layer (1 without grouped-query attention)."""
         return tuple(q // kv for q, kv in zip(self.query_heads, self.kv_heads))
 
+    def summary(self) -> str:
+        """One line, e.g. ``llama: 4 layers, 32 query heads (8 per layer), 2 key/value heads per layer, head size 16``."""
+        def per_layer(counts: tuple[int, ...]) -> str:
+            return f"{counts[0]} per layer" if len(set(counts)) == 1 else f"{min(counts)}-{max(counts)} per layer"
+
+        return (
+            f"{self.architecture}: {self.num_layers} layers, {self.total_heads} query heads "
+            f"({per_layer(self.query_heads)}), key/value heads {per_layer(self.kv_heads)}, head size {self.head_dim}"
+        )
+
+    def _repr_markdown_(self) -> str:
+        return f"**Head layout** · {self.summary()}"
+
 
 @dataclass
 class AttentionSite:

@@ -96,6 +96,19 @@ class PruneReport:
         data["total_padding"] = self.total_padding
         return data
 
+    def summary(self) -> str:
+        """One line: heads removed, padding kept, parameters before -> after."""
+        removed = sum(self.removed_heads)
+        share = self.removed_params / self.params_before if self.params_before else 0.0
+        padding = f" ({self.total_padding} kept as zeroed padding)" if self.total_padding else ""
+        return (
+            f"{self.architecture}: removed {removed} of {sum(self.query_heads_before)} query heads{padding}; "
+            f"parameters {self.params_before:,} -> {self.params_after:,} (-{share:.1%})"
+        )
+
+    def _repr_markdown_(self) -> str:
+        return f"**Removal** · {self.summary()}"
+
     def per_layer(self) -> list[dict[str, int]]:
         """Return one row per layer (for ``pandas.DataFrame(report.per_layer())``)."""
         return [
