@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo bench sync lint clean embedded
+.PHONY: install test test-fast demo demo-all bench sync clean embedded
 
 install: $(STAMP)
 
@@ -34,8 +34,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not notebook"
 
-## The main job: the notebooks on the embedded default model and corpus, offline, executed into results/.
+## The main job: the full prune-then-fine-tune notebook on the embedded model and corpus, offline, into results/.
 demo: $(STAMP)
+	$(BIN)/python -m colab_helpers.notebook_runner notebooks/05_prune_and_finetune.ipynb --output results
+
+## Every notebook at full (non-smoke) settings, offline, into results/.
+demo-all: $(STAMP)
 	$(BIN)/python -m colab_helpers.notebook_runner --all --output results
 
 ## Performance ratios, side by side in one run; results go to benchmarks/RESULTS.md.

@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "PerplexityResult": "evaluation",
     "tokenize_texts": "evaluation",
     "lm_batches": "evaluation",
+    "compare_generations": "evaluation",
     "plot_head_importance": "figures",
     "plot_importance_grid": "figures",
     "plot_pruned_per_layer": "figures",
@@ -74,6 +75,24 @@ _LAZY: dict[str, str] = {
     "forward_latency": "study",
     "parameter_count": "study",
     "pruning_comparison": "study",
+    # LoRA fine-tuning
+    "FineTuneConfig": "finetune",
+    "FineTuneResult": "finetune",
+    "FineTuner": "finetune",
+    "fine_tune": "finetune",
+    "save_adapter": "finetune",
+    "merge_adapter": "finetune",
+    "save_merged": "finetune",
+    # model catalog and memory estimates
+    "catalog_table": "catalog",
+    "pick_model": "catalog",
+    "get_entry": "catalog",
+    "ModelPick": "catalog",
+    "estimate_memory": "memory_estimate",
+    "MemoryEstimate": "memory_estimate",
+    # the prune-then-recover pipeline
+    "PruningExperiment": "pipeline",
+    "ExperimentConfig": "pipeline",
     # run tracking and sweep configs
     "RunManager": "tracking",
     "Run": "tracking",
@@ -114,10 +133,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .catalog import ModelPick, catalog_table, get_entry, pick_model
     from .data import TextDataset, available_datasets, load_text_dataset
     from .downloads import bundle, download, persist_to_drive
     from .environment import EnvironmentReport, Recommendations, detect_environment
     from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
+    from .memory_estimate import MemoryEstimate, estimate_memory
     from .memory import (
         MemorySnapshot,
         PeakMemory,
@@ -129,8 +150,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .models import available_models, load_model
     from ._io import ensure_writable_dir
-    from .evaluation import PerplexityResult, lm_batches, perplexity, tokenize_texts
+    from .evaluation import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
+    from .finetune import (
+        FineTuneConfig,
+        FineTuner,
+        FineTuneResult,
+        fine_tune,
+        merge_adapter,
+        save_adapter,
+        save_merged,
+    )
     from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
+    from .pipeline import ExperimentConfig, PruningExperiment
     from .plotting import LivePlot
     from .study import (
         forward_latency,

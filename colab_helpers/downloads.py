@@ -82,6 +82,11 @@ def _is_weights(relative: Path) -> bool:
     )
 
 
+def _is_final_adapter(relative: Path) -> bool:
+    """True for a saved LoRA adapter outside checkpoints: small (MBs) and the thing people share."""
+    return relative.name.startswith("adapter_model.") and not _is_weights(relative.with_suffix(".txt"))
+
+
 def _is_temporary(name: str) -> bool:
     """True for our own temporary files (``.x.tmp`` from atomic writes, write probes) and editor leftovers."""
     return (name.startswith(".") and name.endswith(".tmp")) or name.startswith(".write-probe-") or name.endswith("~")
@@ -126,7 +131,7 @@ def _plan(
             continue
         if is_credential_file(path.name):
             skipped["credentials"].append(name)
-        elif _is_weights(relative) and not include_weights:
+        elif _is_weights(relative) and not include_weights and not _is_final_adapter(relative):
             skipped["weights"].append(name)
         elif max_bytes is not None and path.stat().st_size > max_bytes:
             skipped["too big"].append(f"{name} ({path.stat().st_size / 2**20:.1f} MB)")
@@ -172,7 +177,7 @@ def bundle(
 
     Everything below ``results_dir`` goes in, in sorted order under a top folder named after it, except:
     weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``, ... and checkpoint folders) unless
-    ``include_weights=True``; files over ``max_file_mb`` (one warning lists them; ``None`` means no limit);
+    ``include_weights=True`` (a final LoRA adapter, ``adapter_model.*`` outside checkpoints, is small and goes in); files over ``max_file_mb`` (one warning lists them; ``None`` means no limit);
     files that may hold credentials (``.env``, ``.netrc``, ``.git-credentials``, ``*token*`` other than
     tokenizer files ...), always; earlier bundles, temporary files, links, caches. Text files containing the
     value of a secret environment variable (``HF_TOKEN`` ...) are redacted in the zip; binary ones are left

@@ -143,3 +143,20 @@ def perplexity(
         model.train(was_training)
     mean_nll = total_nll / total_tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, total_tokens, time.perf_counter() - started)
+
+
+def compare_generations(prompt: str, *, perplexity: dict[str, float] | None = None, **generations: Any) -> Any:
+    """Return a table with one row per named generation (``before=..., after=...``): text and perplexity.
+
+    Each generation is a ``GenerationResult`` (or plain text); the prompt is shown in front of the text.
+    """
+    import pandas as pd
+
+    rows = {
+        name: {
+            "text": prompt + getattr(generation, "text", str(generation)),
+            **({"perplexity": round(perplexity[name], 2)} if perplexity and name in perplexity else {}),
+        }
+        for name, generation in generations.items()
+    }
+    return pd.DataFrame(rows).T

@@ -154,8 +154,13 @@ def load_model(
         kwargs["device_map"] = {"": target.index or 0}
     logger.info("loading %r from %s (dtype %s, device %s%s)", resolved, source, torch_dtype, target, ", 4-bit" if quantized else "")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        if (Path(source) / "pruning.json").is_file():  # per-layer head counts: from_pretrained cannot build it
+            from .pruning import load_pruned
+
+            model, tokenizer = load_pruned(source, dtype=torch_dtype, attn_implementation=attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         variable = offline_by_env()
         if variable is not None and not embedded and not Path(source).expanduser().exists():

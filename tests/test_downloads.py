@@ -326,3 +326,18 @@ def test_persist_to_drive_mount_refused(tmp_path: Path, fake_colab: _FakeColab) 
     fake_colab.mount_works = False
     with pytest.raises(RuntimeError, match=r"not mounted.*drive.mount\('/content/drive'\)"):
         persist_to_drive(_write(tmp_path, "a.csv", "x"), mount_point=tmp_path / "drive")
+
+
+def test_final_lora_adapter_goes_in_but_checkpoints_and_models_stay_out(tmp_path) -> None:
+    import zipfile
+
+    from colab_helpers.downloads import bundle
+
+    root = tmp_path / "run"
+    for relative in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                     "training/checkpoint-10/adapter_model.safetensors", "merged/model.safetensors", "metrics.json"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"{}")
+    with zipfile.ZipFile(bundle(root)) as archive:
+        names = sorted(name.split("/", 1)[1] for name in archive.namelist())
+    assert names == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json"]

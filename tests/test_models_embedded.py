@@ -121,3 +121,20 @@ def test_local_directory_and_4bit_on_cpu_warns(tmp_path: Path) -> None:
     assert next(reloaded.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be 'auto'"):
         load_model("embedded-gpt2", dtype="int3")
+
+
+def test_load_model_reads_a_pruned_directory(tmp_path) -> None:
+    import torch
+
+    from colab_helpers import load_model, remove_heads, save_pruned
+
+    model, tokenizer = load_model("embedded-gpt2")
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, :3] = mask[2, 1] = True  # uneven head counts per layer: plain from_pretrained cannot load this
+    remove_heads(model, mask)
+    save_pruned(model, tokenizer, tmp_path / "pruned")
+    reloaded, reloaded_tokenizer = load_model(str(tmp_path / "pruned"))
+    ids = torch.tensor([[5, 17, 99, 3, 250]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
+    assert reloaded_tokenizer.pad_token is not None

@@ -85,6 +85,19 @@ class FineTuneResult:
         losses = [r["loss"] for r in self.history if not r["skipped"]]
         return losses[-1] if losses else None
 
+    def summary(self) -> str:
+        """One line: steps, time, device and backend, losses, why it stopped, events."""
+        best = f"; best eval loss {self.best_eval_loss:.4f} at step {self.best_step}" if self.best_eval_loss is not None else ""
+        final = f"; final train loss {self.final_loss:.4f}" if self.final_loss is not None else ""
+        return (
+            f"{self.steps} steps in {self.seconds:.1f} s on {self.device} ({self.backend}){final}{best}; "
+            f"stopped: {self.stopped_reason}; {len(self.events)} events (NaN skips, rollbacks, fallbacks)"
+        )
+
+    def _repr_markdown_(self) -> str:
+        plot = f" · plot: `{self.plot_path}`" if self.plot_path else ""
+        return f"**Fine-tuning** · {self.summary()}{plot}"
+
     def history_frame(self) -> Any:
         """Return the history as a pandas DataFrame indexed by step."""
         import pandas as pd
@@ -513,7 +526,7 @@ class FineTuner:
         for chunk in sequences.split(self.micro_batch_size):
             ids = chunk.to(self.device, non_blocking=True)
             with self._autocast():
-                loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
             weighted = loss.float() * (chunk.shape[0] / total)  # equal-length sequences: exact mean over the step
             (self._scaler.scale(weighted) if self._scaler is not None else weighted).backward()
             loss_sum += weighted.detach()
@@ -745,7 +758,7 @@ class FineTuner:
                 for chunk in self._eval_blocks.split(self.micro_batch_size):
                     ids = chunk.to(self.device, non_blocking=True)
                     with self._autocast():
-                        loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+                        loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
                     total += loss.float() * chunk.shape[0]
             return (total / self._eval_blocks.shape[0]).item()
         finally:

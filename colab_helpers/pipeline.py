@@ -1,0 +1,405 @@
+"""The prune-then-recover pipeline: baseline -> head importance -> prune -> LoRA fine-tune -> compare.
+
+``PruningExperiment(results_dir).run_single_experiment(model=..., strategy=..., pruning_level=..., ...)`` runs
+one pipeline and returns a dict with ``stages`` ``baseline``, ``pruned`` and ``fine_tuned`` (perplexity, a
+generation for the prompt, parameter count, latency per token, seconds spent), serialized as JSON under
+``results_dir``. Sweeps over strategies x levels x models live in :mod:`colab_helpers.experiments`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_text, ensure_writable_dir
+from .results import save_results
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("baseline", "pruned", "fine_tuned")
+PRUNING_STRATEGIES = ("random", "magnitude", "entropy", "gradient")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
+
+    model: str = field(default="auto", metadata=_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
+    dataset: str = field(default="auto", metadata=_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
+    strategy: str = field(default="gradient", metadata=_help("head importance: random, magnitude, entropy or gradient."))
+    pruning_level: float = field(default=0.3, metadata=_help("fraction of attention heads to prune, in [0, 1)."))
+    scope: str = field(default="global", metadata=_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
+    remove_heads: bool = field(default=True, metadata=_help("slice pruned heads out (smaller, faster) or only gate them."))
+    prompt: str = field(default="A hacker is", metadata=_help("prompt for the generation at each stage."))
+    max_new_tokens: int = field(default=30, metadata=_help("tokens generated at each stage."))
+    fine_tuning_steps: int | None = field(default=None, metadata=_help("LoRA optimizer steps (default 200 when epochs is None)."))
+    fine_tuning_epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides steps."))
+    learning_rate: float = field(default=1e-3, metadata=_help("peak LoRA learning rate."))
+    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
+    lora_alpha: float = field(default=32, metadata=_help("LoRA alpha (scale alpha / r)."))
+    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass (halved on out-of-memory)."))
+    seq_len: int = field(default=128, metadata=_help("tokens per sequence for scoring, training and perplexity."))
+    eval_tokens: int = field(default=20_000, metadata=_help("validation tokens per perplexity measurement."))
+    importance_batches: int = field(default=8, metadata=_help("batches of training text read by entropy / gradient."))
+    seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
+    control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
+    save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
+
+    def __post_init__(self) -> None:
+        if self.strategy not in PRUNING_STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(PRUNING_STRATEGIES)}, got {self.strategy!r}")
+        if not isinstance(self.pruning_level, int | float) or not 0 <= self.pruning_level < 1:
+            raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
+            raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
+        if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:
+            raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps}")
+        if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
+            raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs}")
+        for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-3")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """Return the config built from the known keys of ``config`` and a dict of the other keys (tracked, unused)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {key: value for key, value in config.items() if key in names}
+        extra = {key: value for key, value in config.items() if key not in names}
+        return cls(**known), extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def smoke(self) -> ExperimentConfig:
+        """Return a copy that runs in seconds on a CPU: embedded model, few tokens, a few training steps."""
+        return dataclasses.replace(
+            self, model="embedded-gpt2" if self.model == "auto" else self.model, dataset="embedded",
+            fine_tuning_steps=6, fine_tuning_epochs=None, seq_len=min(self.seq_len, 64), eval_tokens=1500,
+            importance_batches=2, micro_batch_size=4, max_new_tokens=8,
+        )  # fmt: skip
+
+    @property
+    def steps(self) -> int | None:
+        """Fine-tuning steps (None when epochs decide)."""
+        if self.fine_tuning_epochs is not None:
+            return None
+        return 200 if self.fine_tuning_steps is None else self.fine_tuning_steps
+
+    def run_name(self) -> str:
+        """A readable, file-safe name: ``embedded-gpt2-gradient-30``."""
+        model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
+        return f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"
+
+
+# --- measurement --------------------------------------------------------------------------------------
+
+
+def latency_per_token(model: Any, tokenizer: Any, prompt: str, *, new_tokens: int = 16) -> float:
+    """Return seconds per generated token: greedy decoding of exactly ``new_tokens`` after a warm-up."""
+    import torch
+
+    device = next(model.parameters()).device
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    settings = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    with torch.no_grad():
+        model.generate(**inputs, **{**settings, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(**inputs, **settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - started) / new_tokens
+
+
+def measure_stage(model: Any, tokenizer: Any, texts: list[str], config: ExperimentConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Return perplexity, a greedy generation for the prompt, parameter count and latency of ``model``."""
+    from .evaluation import perplexity
+    from .fallback import safe_generate
+    from .study import parameter_count
+
+    started = time.perf_counter()
+    ppl = perplexity(model, tokenizer, texts, seq_len=config.seq_len, max_tokens=config.eval_tokens, progress=progress)
+    generation = safe_generate(model, tokenizer, config.prompt, do_sample=False, max_new_tokens=config.max_new_tokens)
+    return {
+        "perplexity": ppl.perplexity,
+        "generation": generation.text,
+        "generation_path": generation.path,
+        "parameters": parameter_count(model),
+        "latency_ms_per_token": 1000 * latency_per_token(model, tokenizer, config.prompt),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def recovery(baseline: float, pruned: float, fine_tuned: float) -> float | None:
+    """Return the share of the perplexity lost to pruning that fine-tuning won back (None when nothing was lost).
+
+    1.0 = back to the baseline; above 1.0 = better than the unpruned model (fine-tuning also trains it further).
+    """
+    lost = pruned - baseline
+    if not math.isfinite(lost) or lost <= 1e-9 * max(baseline, 1.0):
+        return None
+    return (pruned - fine_tuned) / lost
+
+
+# --- the experiment -----------------------------------------------------------------------------------
+
+
+class PruningExperiment:
+    """Run prune-then-fine-tune pipelines and keep their results under ``results_dir``.
+
+    Loaded models, data and importance scores are cached per experiment object, so several runs on one model
+    (e.g. a sweep over levels) load and score it once.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike[str] = "results/pipeline", *, progress: bool = True, live_plot: bool = True) -> None:
+        self.results_dir = ensure_writable_dir(results_dir)
+        self.progress = progress
+        self.live_plot = live_plot
+        self.results: list[dict[str, Any]] = []
+        self._models: dict[str, tuple[Any, Any]] = {}
+        self._data: dict[str, Any] = {}
+        self._scores: dict[tuple[str, str, int, int, int], Any] = {}
+        self._baselines: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._histories: dict[str, Any] = {}
+
+    # --- cached inputs --------------------------------------------------------------------------------
+
+    def _model(self, name: str) -> tuple[Any, Any]:
+        """Return a fresh copy of model ``name`` (the loaded original stays untouched) and its tokenizer."""
+        from .models import load_model
+
+        if name not in self._models:
+            self._models[name] = load_model(name)
+        model, tokenizer = self._models[name]
+        return copy.deepcopy(model), tokenizer
+
+    def _dataset(self, name: str) -> Any:
+        from .data import load_text_dataset
+
+        if name not in self._data:
+            self._data[name] = load_text_dataset(name)
+        return self._data[name]
+
+    def _importance(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> Any:
+        from .evaluation import lm_batches, tokenize_texts
+        from .pruning import head_importance
+
+        key = (config.model, config.strategy, config.seed, config.seq_len, config.importance_batches)
+        if key not in self._scores:
+            batch_size = 8
+            ids = tokenize_texts(tokenizer, data.train, max_tokens=config.importance_batches * batch_size * config.seq_len)
+            batches = lm_batches(ids, seq_len=config.seq_len, batch_size=batch_size, max_batches=config.importance_batches)
+            self._scores[key] = head_importance(model, batches, config.strategy, seed=config.seed, progress=self.progress)
+        return self._scores[key]
+
+    # --- one run --------------------------------------------------------------------------------------
+
+    def run_single_experiment(self, model: str = "auto", strategy: str = "gradient", pruning_level: float = 0.3,
+                              prompt: str | None = None, fine_tuning_epochs: float | None = None,
+                              fine_tuning_steps: int | None = None, *, smoke: bool = False,
+                              output_dir: str | os.PathLike[str] | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Run baseline -> prune -> fine-tune for one model, strategy and level; return the result dict.
+
+        ``options`` are further :class:`ExperimentConfig` fields (``learning_rate``, ``seq_len``, ...);
+        ``smoke=True`` shrinks everything to seconds. The result (``config``, ``stages``, ``pruning``,
+        ``training``, ``recovery``, ``seconds``) is also written to ``<output_dir>/result.json``
+        (default ``results_dir/<run name>``).
+        """
+        settings = dict(model=model, strategy=strategy, pruning_level=pruning_level,
+                        fine_tuning_epochs=fine_tuning_epochs, fine_tuning_steps=fine_tuning_steps, **options)  # fmt: skip
+        if prompt is not None:
+            settings["prompt"] = prompt
+        config = ExperimentConfig(**settings)
+        if smoke:
+            config = config.smoke()
+        return self.run(config, output_dir=output_dir)
+
+    def run(self, config: ExperimentConfig, *, output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Run the pipeline for ``config`` (see :meth:`run_single_experiment`); return the result dict."""
+        from .models import resolve_model_name
+        from .pruning import remove_heads, select_heads
+
+        started = time.perf_counter()
+        out = ensure_writable_dir(output_dir or self.results_dir / config.run_name())
+        config = dataclasses.replace(config, model=resolve_model_name(config.model))
+        data = self._dataset(config.dataset)
+        model, tokenizer = self._model(config.model)
+        stages: dict[str, dict[str, Any]] = {}
+        baseline_key = (config.model, config.dataset, config.prompt, str(config.seq_len), str(config.eval_tokens), str(config.max_new_tokens))
+        if baseline_key not in self._baselines:
+            self._baselines[baseline_key] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
+        stages["baseline"] = dict(self._baselines[baseline_key])
+
+        pruning_started = time.perf_counter()
+        scores = self._importance(model, tokenizer, data, config)
+        mask = select_heads(scores, config.pruning_level, scope=config.scope)
+        pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist()}
+        if config.remove_heads and mask.any():
+            pruning["report"] = remove_heads(model, mask).to_dict()
+            gates = None
+        else:
+            from .pruning import gate_heads
+
+            gates = gate_heads(model, mask)  # kept for fine-tuning: LoRA leaves gated projections alone
+        stages["pruned"] = measure_stage(model, tokenizer, data.validation, config)
+        stages["pruned"]["seconds"] = time.perf_counter() - pruning_started  # scoring + pruning + measuring
+
+        training, model = self._fine_tune(model, tokenizer, data, config, out / "finetune")
+        stages["fine_tuned"] = measure_stage(model, tokenizer, data.validation, config)
+        stages["fine_tuned"]["seconds"] += training.get("seconds", 0.0)
+        if config.save_model:
+            from .pruning import save_pruned
+
+            if gates is not None:
+                logger.info("save_model: the model is only gated (remove_heads=False); saving the unpruned weights")
+            model_dir = save_pruned(model, tokenizer, out / "model")
+        if gates is not None:
+            gates.remove()
+        result = {
+            "name": config.run_name(),
+            "config": config.to_dict(),
+            "stages": stages,
+            "pruning": pruning,
+            "training": training,
+            "recovery": recovery(stages["baseline"]["perplexity"], stages["pruned"]["perplexity"],
+                                 stages["fine_tuned"]["perplexity"]),
+            "seconds": time.perf_counter() - started,
+            "output_dir": str(out),
+            "model_dir": str(model_dir) if config.save_model else None,
+        }  # fmt: skip
+        if config.control and (config.steps or config.fine_tuning_epochs):
+            result["control"] = self._control(config, data, out / "control")
+        save_results(out, result=result)
+        self.results.append(result)
+        logger.info("%s: perplexity %.1f -> %.1f -> %.1f", config.run_name(),
+                    *(stages[s]["perplexity"] for s in STAGES))  # fmt: skip
+        return result
+
+    def _fine_tune(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, out: Path) -> tuple[dict[str, Any], Any]:
+        """LoRA fine-tune ``model``; return the training summary and the merged plain model."""
+        if config.steps == 0:
+            return {"steps": 0, "seconds": 0.0}, model
+        from .finetune import FineTuneConfig, fine_tune, merge_adapter
+
+        ft_config = FineTuneConfig(
+            r=config.lora_r, alpha=config.lora_alpha, learning_rate=config.learning_rate, max_steps=config.steps,
+            epochs=config.fine_tuning_epochs, micro_batch_size=config.micro_batch_size, seq_len=config.seq_len,
+            seed=config.seed, output_dir=str(out), eval_every=max(5, (config.steps or 200) // 8), eval_batches=4,
+            checkpoint_every=max(10, (config.steps or 200) // 4), warmup_steps=min(10, max(1, (config.steps or 200) // 10)),
+        )  # fmt: skip
+        eval_texts = data.validation
+        result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot, progress=self.progress)
+        history = result.history_frame()
+        history_path = out / "history.csv"
+        atomic_write_text(history_path, history.to_csv())
+        self._histories[config.run_name()] = history
+        summary = {
+            "steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
+            "best_step": result.best_step, "best_eval_loss": result.best_eval_loss, "stopped": result.stopped_reason,
+            "device": result.device, "backend": result.backend, "events": len(result.events),
+            "history_path": str(history_path), "plot_path": str(result.plot_path) if result.plot_path else None,
+        }  # fmt: skip
+        return summary, merge_adapter(result.model)
+
+    def _control(self, config: ExperimentConfig, data: Any, out: Path) -> dict[str, Any]:
+        """Fine-tune the unpruned model for the same steps: separates 'recovery' from 'more training'."""
+        model, tokenizer = self._model(config.model)
+        training, model = self._fine_tune(model, tokenizer, data, config, out)
+        return {"perplexity": measure_stage(model, tokenizer, data.validation, config)["perplexity"], "training": training}
+
+    # --- results --------------------------------------------------------------------------------------
+
+    def comparison(self, result: dict[str, Any] | None = None) -> Any:
+        """Return a table of one run's stages: perplexity, parameters, latency, seconds (default: the last run)."""
+        import pandas as pd
+
+        result = result or self._last()
+        rows = {stage: {key: value for key, value in result["stages"][stage].items() if key != "generation"} for stage in STAGES}
+        table = pd.DataFrame(rows).T[["perplexity", "parameters", "latency_ms_per_token", "seconds"]]
+        table = table.astype({"perplexity": float, "parameters": int, "latency_ms_per_token": float, "seconds": float})
+        return table.round({"perplexity": 2, "latency_ms_per_token": 2, "seconds": 1})
+
+    def recovery_table(self, result: dict[str, Any] | None = None) -> Any:
+        """Return perplexity before / after pruning and after fine-tuning, the share recovered, and the control."""
+        import pandas as pd
+
+        result = result or self._last()
+        ppl = {stage: result["stages"][stage]["perplexity"] for stage in STAGES}
+        rows = {
+            "unpruned": ppl["baseline"],
+            "pruned": ppl["pruned"],
+            "pruned + fine-tuned": ppl["fine_tuned"],
+            "lost to pruning": ppl["pruned"] - ppl["baseline"],
+            "won back by fine-tuning": ppl["pruned"] - ppl["fine_tuned"],
+            "share recovered": result["recovery"],
+        }
+        if "control" in result:
+            rows["unpruned + fine-tuned (control)"] = result["control"]["perplexity"]
+        return pd.DataFrame({"value": rows}).round(3)
+
+    def generations(self, result: dict[str, Any] | None = None) -> Any:
+        """Return the prompt's generation at each stage as a table."""
+        import pandas as pd
+
+        result = result or self._last()
+        prompt = result["config"]["prompt"]
+        return pd.DataFrame({"generation": {s: prompt + result["stages"][s]["generation"] for s in STAGES}})
+
+    def _last(self) -> dict[str, Any]:
+        if not self.results:
+            raise ValueError("no results yet: call run_single_experiment(...) first")
+        return self.results[-1]
+
+    def plot_results(self, path: str | os.PathLike[str] | None = None) -> Any:
+        """Draw perplexity per stage for every run (bars) and the training curves; save to ``path`` (PNG)."""
+        import numpy as np
+
+        from .figures import new_figure
+
+        if not self.results:
+            raise ValueError("no results yet: call run_single_experiment(...) first")
+        figure = new_figure(11, 3.8)
+        bars, curves = figure.subplots(1, 2)
+        width = 0.8 / len(STAGES)
+        positions = np.arange(len(self.results))
+        for index, stage in enumerate(STAGES):
+            values = [r["stages"][stage]["perplexity"] for r in self.results]
+            bars.bar(positions + (index - 1) * width, values, width, label=stage.replace("_", " "))
+        bars.set_xticks(positions, [r["name"] for r in self.results], rotation=20, ha="right", fontsize=8)
+        bars.set_ylabel("perplexity (lower is better)")
+        bars.set_title("Perplexity per stage", loc="left", fontsize=11)
+        bars.legend(fontsize="small")
+        for name, history in self._histories.items():
+            if "loss" in history:
+                curves.plot(history.index, history["loss"], label=f"{name} train", linewidth=1)
+            if "eval_loss" in history:
+                evals = history["eval_loss"].dropna()
+                curves.plot(evals.index, evals, "o--", markersize=3, label=f"{name} eval")
+        curves.set_xlabel("step")
+        curves.set_ylabel("loss")
+        curves.set_title("LoRA recovery: training curves", loc="left", fontsize=11)
+        if curves.lines:
+            curves.legend(fontsize="x-small")
+        figure.save(path or self.results_dir / "results.png")
+        return figure

@@ -1,0 +1,97 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Which model fits here?
+#
+# **What you'll get:** a one-line summary of this runtime; a catalog of the small causal language models
+# people prune and fine-tune on Colab (GPT-2, OPT, Pythia, SmolLM2, Qwen2.5, TinyLlama, Llama 3.2, BLOOM, and the
+# two embedded offline models) with their estimated memory for inference, LoRA and QLoRA; the largest model
+# that fits this runtime, with the reason; that model loaded and generating text.
+#
+# Offline (no Hugging Face Hub) the pick falls back to the embedded model, so *Run all* always works.
+
+# %% [markdown]
+# ## Install (Colab only)
+# On Colab this clones the suite and installs it; Colab's torch is kept. Elsewhere it does nothing.
+
+# %%
+import os, shutil, subprocess, sys  # noqa: E401  (the package is not installed yet)
+
+REPO_URL = "https://github.com/colab-helpers/colab-helpers"  # the suite's repository
+if "COLAB_RELEASE_TAG" in os.environ and not os.path.isdir("/content/colab-helpers"):  # set on every Colab runtime
+    extra = "[gpu]" if shutil.which("nvidia-smi") else ""
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/colab-helpers"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"/content/colab-helpers{extra}"], check=True)
+
+# %% [markdown]
+# ## Settings
+
+# %% tags=["parameters"]
+SMOKE: bool = False  # embedded tiny model on CPU, seconds end to end
+RESULTS_DIR: str = "results/02_model_picking"  # where the tables and the bundle go
+MODE: str = "lora"  # what you plan to do: "inference", "lora", "qlora" or "full"
+BATCH_SIZE: int = 4  # sequences per step you plan to use
+SEQ_LEN: int = 256  # tokens per sequence you plan to use
+SAFETY: float = 0.8  # plan for this share of the free memory
+MAX_PARAMS: float = 0.0  # cap on model size in parameters (0 = none; on a CPU try 150e6)
+PROMPT: str = "The hacker culture"  # prompt for the generation check
+
+# %%
+import colab_helpers as ch
+
+results_dir = ch.ensure_writable_dir(RESULTS_DIR)
+env = ch.detect_environment()
+print(env.summary())
+
+# %% [markdown]
+# ## 1. The catalog, with memory estimates
+# Estimated peak memory in GB for inference, LoRA and QLoRA at your batch size and sequence length
+# (weights, gradients, optimizer state, activations and runtime overhead; see `docs/memory-estimates.md` for
+# how close the estimates come to measured peaks).
+
+# %%
+catalog = ch.catalog_table(batch_size=BATCH_SIZE, seq_len=SEQ_LEN)
+catalog[["model", "family", "params", "layers", "heads", "kv_heads", "inference_gb", "lora_gb", "qlora_gb", "licence"]]
+
+# %% [markdown]
+# ## 2. The pick
+# The largest catalog model whose estimate fits in `SAFETY` of the free memory (GPU memory on a GPU, RAM
+# otherwise). Without the hub only the embedded models are candidates.
+
+# %%
+pick = ch.pick_model(MODE, batch_size=BATCH_SIZE, seq_len=SEQ_LEN, safety=SAFETY, max_params=MAX_PARAMS or None)
+pick
+
+# %% [markdown]
+# ## 3. Where the memory goes
+# The estimate of the picked model, part by part.
+
+# %%
+pick.estimate
+
+# %% [markdown]
+# ## 4. Load it and generate
+# `load_model` picks the dtype from the hardware (bf16 on recent GPUs, fp16 on a T4, fp32 on a CPU).
+
+# %%
+model_name = "embedded-gpt2" if SMOKE else pick.name
+model, tokenizer = ch.load_model(model_name, load_in_4bit=MODE == "qlora")
+with ch.track_peak_memory() as peak:
+    generation = ch.safe_generate(model, tokenizer, PROMPT, max_new_tokens=12 if SMOKE else 40, seed=0)
+generation
+
+# %% [markdown]
+# ## 5. Save and download
+
+# %%
+ch.save_results(results_dir, environment=env, pick={"name": pick.name, "reason": pick.reason},
+                estimate=pick.estimate, generation=generation, peak_memory=peak)
+catalog.to_csv(results_dir / "catalog.csv", index=False)
+bundle_path = ch.bundle(results_dir)
+ch.download(bundle_path)  # Colab: a browser download; Jupyter / lightning.ai: a link; headless: the path is logged
