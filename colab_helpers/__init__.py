@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "bundle": "downloads",
     "download": "downloads",
     "persist_to_drive": "downloads",
+    "drive_results_dir": "downloads",
     # live plots
     "LivePlot": "plotting",
     # models and data
@@ -93,6 +94,9 @@ _LAZY: dict[str, str] = {
     # the prune-then-recover pipeline
     "PruningExperiment": "pipeline",
     "ExperimentConfig": "pipeline",
+    "PruningFineTuningExperiment": "experiments",
+    "run_sweep": "experiments",
+    "run_config": "experiments",
     # run tracking and sweep configs
     "RunManager": "tracking",
     "Run": "tracking",
@@ -135,7 +139,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .catalog import ModelPick, catalog_table, get_entry, pick_model
     from .data import TextDataset, available_datasets, load_text_dataset
-    from .downloads import bundle, download, persist_to_drive
+    from .downloads import bundle, download, drive_results_dir, persist_to_drive
     from .environment import EnvironmentReport, Recommendations, detect_environment
     from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
     from .memory_estimate import MemoryEstimate, estimate_memory
@@ -160,6 +164,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         save_adapter,
         save_merged,
     )
+    from .experiments import PruningFineTuningExperiment, run_config, run_sweep
     from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
     from .pipeline import ExperimentConfig, PruningExperiment
     from .plotting import LivePlot

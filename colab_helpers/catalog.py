@@ -243,7 +243,7 @@ def catalog_names(*, embedded: bool | None = None, instruct: bool | None = None)
     return [entry.name for entry in sorted(entries, key=lambda entry: entry.params)]
 
 
-def get_entry(name: str) -> CatalogEntry:
+def get_entry(name: str | CatalogEntry) -> CatalogEntry:
     """Return the catalog entry for a hub id or alias (case-insensitive); unknown names raise ``ValueError``.
 
     The error lists the closest catalogued names and says how to use a hub id that is not catalogued.
@@ -388,7 +388,9 @@ def pick_model(
     reason says so. ``max_params`` caps the size: memory is not the only limit, and on a CPU a LoRA step of a
     1B model takes minutes (``max_params=150e6`` keeps to GPT-2-sized models). When nothing fits, the
     smallest candidate comes back with ``fits=False`` and a reason saying what to change. ``estimate_kwargs``
-    (dtype, device, lora_r, gradient_checkpointing ...) go to ``estimate_memory``.
+    (dtype, device, lora_r, gradient_checkpointing ...) go to ``estimate_memory``. On the CPU the estimates
+    include the ~0.4 GB of the Python process itself, which a running notebook already holds: the pick errs
+    on the safe side.
     """
     from .memory_estimate import MODES, estimate_memory
 

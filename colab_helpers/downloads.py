@@ -359,23 +359,7 @@ def persist_to_drive(
     source = Path(path).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"cannot copy {str(source)!r} to Drive: it does not exist; check the path")
-    if _colab() is None:
-        raise RuntimeError(
-            "persist_to_drive works on Google Colab only (google.colab is not available here); elsewhere copy "
-            "the file yourself, e.g. shutil.copy(path, dest) (on Lightning AI, /teamspace/studios/this_studio "
-            "persists already)"
-        )
-    from google.colab import drive  # type: ignore[import-not-found]
-
-    mount = Path(mount_point)
-    if not (mount / "MyDrive").is_dir():
-        logger.info("persist_to_drive: mounting Google Drive at %s", mount)
-        drive.mount(str(mount))
-    if not (mount / "MyDrive").is_dir():
-        raise RuntimeError(
-            f"Google Drive is not mounted at {str(mount)!r} after drive.mount(); run "
-            "`from google.colab import drive; drive.mount('/content/drive')` in a cell and allow access"
-        )
+    mount = _mount_drive(mount_point, "persist_to_drive")
     destination_dir = Path(drive_dir) if Path(drive_dir).is_absolute() else mount / drive_dir
     destination = destination_dir / source.name
     if source.is_dir():
@@ -387,3 +371,50 @@ def persist_to_drive(
     logger.info("persist_to_drive: copied %s to %s", source, destination)
     return destination
 
+
+def _mount_drive(mount_point: str | os.PathLike[str], who: str) -> Path:
+    """Mount Google Drive at ``mount_point`` unless mounted; return the mount point. RuntimeError off Colab."""
+    if _colab() is None:
+        raise RuntimeError(
+            f"{who} works on Google Colab only (google.colab is not available here); elsewhere copy "
+            "the file yourself, e.g. shutil.copy(path, dest) (on Lightning AI, /teamspace/studios/this_studio "
+            "persists already)"
+        )
+    from google.colab import drive  # type: ignore[import-not-found]
+
+    mount = Path(mount_point)
+    if not (mount / "MyDrive").is_dir():
+        logger.info("%s: mounting Google Drive at %s", who, mount)
+        drive.mount(str(mount))
+    if not (mount / "MyDrive").is_dir():
+        raise RuntimeError(
+            f"Google Drive is not mounted at {str(mount)!r} after drive.mount(); run "
+            "`from google.colab import drive; drive.mount('/content/drive')` in a cell and allow access"
+        )
+    return mount
+
+
+def drive_results_dir(
+    results_dir: str | os.PathLike[str],
+    drive_dir: str | os.PathLike[str] = "MyDrive/colab_helpers",
+    *,
+    mount_point: str | os.PathLike[str] = _DRIVE_MOUNT,
+) -> Path:
+    """Return a results folder on Google Drive (Colab), so runs survive a runtime reset; elsewhere ``results_dir``.
+
+    On Colab, Drive is mounted if needed and ``<drive_dir>/<name of results_dir>`` is returned (created). Off
+    Colab this is a no-op with one warning: Lightning AI studios and local disks persist already.
+    """
+    if _colab() is None:
+        warnings.warn(
+            f"drive_results_dir: not on Colab, keeping results in {str(results_dir)!r} (set ON_DRIVE=False to "
+            "silence this)",
+            ColabHelpersWarning,
+            stacklevel=2,
+        )
+        return Path(results_dir)
+    mount = _mount_drive(mount_point, "drive_results_dir")
+    base = Path(drive_dir) if Path(drive_dir).is_absolute() else mount / drive_dir
+    target = base / Path(results_dir).name
+    target.mkdir(parents=True, exist_ok=True)
+    return target

@@ -705,7 +705,8 @@ def measure_peak_memory(
     AdamW (``full``; ``lora`` with peft adapters on ``LORA_TARGET_MODULES``). Returned keys: ``peak``
     (the child's peak resident memory, ``ru_maxrss``), ``after_imports`` and ``after_build``; on CUDA also
     ``cuda_peak`` (``max_memory_allocated`` + the context) and ``cuda_context``. QLoRA is not measured
-    here (it needs a quantized checkpoint).
+    here (it needs a quantized checkpoint). ``full`` in a 16-bit dtype trains the 16-bit parameters
+    directly (no float32 master copy), so compare it with ``estimate_memory`` in float32 only.
     """
     mode = _check_choice("mode", mode, ("inference", "lora", "full"))
     device = _check_choice("device", device, ("cpu", "cuda"))
@@ -715,6 +716,9 @@ def measure_peak_memory(
     if isinstance(config, (str, CatalogEntry)):
         config = get_entry(config).to_config()
     family = str(config.model_type)
+    attn_implementation = _check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    if family == "bloom":  # transformers refuses sdpa for BLOOM (ALiBi): it always runs eager attention
+        attn_implementation = "eager"
     spec = {
         "config": config.to_dict(),
         "mode": mode,
@@ -725,7 +729,7 @@ def measure_peak_memory(
         "lora_r": _check_positive_int("lora_r", lora_r),
         "lora_dropout": float(lora_dropout),
         "targets": lora_target_modules(family) if mode == "lora" else None,
-        "attn_implementation": _check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS),
+        "attn_implementation": attn_implementation,
         "gradient_checkpointing": bool(gradient_checkpointing),
         "steps": _check_positive_int("steps", steps),
     }

@@ -403,3 +403,20 @@ class PruningExperiment:
             curves.legend(fontsize="x-small")
         figure.save(path or self.results_dir / "results.png")
         return figure
+
+
+# --- the command line's entry points (``python -m colab_helpers run|sweep``) -----------------------------
+
+
+def run_config(config: Mapping[str, Any], root: str | os.PathLike[str] = "results/runs") -> Any:
+    """Run one config dict as a tracked run; see :func:`colab_helpers.experiments.run_config`."""
+    from .experiments import run_config as run
+
+    return run(config, root)
+
+
+def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] = "results/sweeps") -> Any:
+    """Run a sweep over a base config; see :func:`colab_helpers.experiments.run_sweep`."""
+    from .experiments import run_sweep as run
+
+    return run(base, sweep, root)

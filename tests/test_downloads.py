@@ -341,3 +341,20 @@ def test_final_lora_adapter_goes_in_but_checkpoints_and_models_stay_out(tmp_path
     with zipfile.ZipFile(bundle(root)) as archive:
         names = sorted(name.split("/", 1)[1] for name in archive.namelist())
     assert names == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json"]
+
+
+def test_drive_results_dir_on_colab_and_elsewhere(tmp_path: Path, fake_colab: _FakeColab) -> None:
+    from colab_helpers.downloads import drive_results_dir
+
+    mount = tmp_path / "drive"
+    target = drive_results_dir("results/06_sweeps", mount_point=mount)
+    assert target == mount / "MyDrive" / "colab_helpers" / "06_sweeps" and target.is_dir()
+    assert fake_colab.mounted == [str(mount)]
+
+
+def test_drive_results_dir_off_colab_warns_and_keeps_the_path(no_colab: None) -> None:
+    from colab_helpers.downloads import drive_results_dir
+    from colab_helpers.errors import ColabHelpersWarning
+
+    with pytest.warns(ColabHelpersWarning, match="not on Colab"):
+        assert drive_results_dir("results/x") == Path("results/x")

@@ -1,0 +1,149 @@
+"""Sweeps of the pipeline: tracked, resumable, failures recorded, bad sweeps rejected before any run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from colab_helpers.experiments import PruningFineTuningExperiment, run_config, run_sweep
+from colab_helpers.tracking import read_runs, read_runs_table
+
+TINY = dict(dataset="embedded", fine_tuning_steps=2, eval_tokens=400, seq_len=32, importance_batches=1,
+            micro_batch_size=2, max_new_tokens=3)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fake_result(config) -> dict:
+    stage = {"perplexity": 10.0 + config.pruning_level, "parameters": 100, "latency_ms_per_token": 1.0}
+    return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")},
+            "pruning": {"heads_pruned": 1}, "recovery": 0.5, "training": {"steps": 1}, "seconds": 0.01}  # fmt: skip
+
+
+def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> None:
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    runs = experiment.run_experiment(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
+    assert list(runs["status"]) == ["done", "done"]
+    assert (runs["pruned_parameters"] < runs["baseline_parameters"]).all()
+    assert set(runs["strategy"]) == {"random", "gradient"}
+    for run_id in runs["run_id"]:
+        assert (tmp_path / "runs" / run_id / "config.yaml").is_file()
+        assert (tmp_path / "runs" / run_id / "result.json").is_file()
+    started = time.perf_counter()
+    again = experiment.run_experiment(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
+    assert list(again["run_id"]) == list(runs["run_id"])
+    assert time.perf_counter() - started < 5  # nothing re-ran (a run takes longer than that here)
+    figure = experiment.plot_results()
+    assert (tmp_path / "sweep.png").is_file() and len(figure.axes) >= 3
+    html = experiment.report().read_text()
+    assert "data:image/png;base64," in html and "gradient" in html
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(strategies=["random", "attention"]), "unknown strategy 'attention'"),
+        (dict(models=["embedded-gpt2", "no-such-model-xyz"]), "unknown model 'no-such-model-xyz'"),
+        (dict(pruning_levels=[0.3, 1.5]), r"pruning_level must be in \[0, 1\)"),
+        (dict(pruning_levels=[]), "the sweep is empty"),
+    ],
+)
+def test_bad_sweeps_are_rejected_before_any_run(tmp_path: Path, kwargs: dict, message: str) -> None:
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    settings = dict(strategies=["random"], pruning_levels=[0.3], models=["embedded-gpt2"]) | kwargs
+    with pytest.raises(ValueError, match=message):
+        experiment.run_experiment(**settings, **TINY)
+    assert not (tmp_path / "runs.csv").exists() or read_runs_table(tmp_path)[1] == []
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(self, config, output_dir=None):
+        if config.pruning_level == 0.3:
+            raise RuntimeError("boom at 0.3")
+        return _fake_result(config)
+
+    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
+    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_experiment(["random"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
+    assert list(runs["status"]) == ["done", "failed", "done"]
+    assert "boom at 0.3" in runs.loc[1, "error"]
+
+
+def test_max_runtime_marks_the_rest_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(self, config, output_dir=None):
+        time.sleep(0.2)
+        return _fake_result(config)
+
+    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    runs = experiment.run_experiment(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"], max_runtime=0.1)
+    assert list(runs["status"]) == ["done", "skipped", "skipped"]
+    rerun = experiment.run_experiment(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"])  # no budget: finish the rest
+    assert list(rerun["status"]) == ["done", "done", "done"] and len(rerun) == 3
+
+
+def test_yaml_forms_run_and_track_extra_keys(tmp_path: Path) -> None:
+    base = {"model": "embedded-gpt2", "strategy": "random", "pruning_level": 0.3, "notes": {"owner": "me"}, **TINY}
+    single = run_config(base, root=tmp_path / "single")
+    assert list(single["status"]) == ["done"] and single.loc[0, "notes.owner"] == "me"
+    with pytest.raises(ValueError, match="unknown strategy|strategy must be one of"):
+        run_sweep(base, {"name": "bad", "parameters": {"strategy": {"values": ["random", "attention"]}}}, root=tmp_path / "bad")
+    assert not (tmp_path / "bad" / "runs.csv").exists()
+
+
+KILLABLE_SWEEP = textwrap.dedent(
+    """
+    import os, sys, time
+    from colab_helpers.experiments import PruningFineTuningExperiment
+
+    def run(self, config, output_dir=None):
+        marker = os.path.join(sys.argv[1], "executions.log")
+        with open(marker, "a") as log:
+            log.write(f"{config.strategy}-{config.pruning_level}\\n")
+        time.sleep(0.15)
+        stage = {"perplexity": 10.0, "parameters": 1, "latency_ms_per_token": 1.0}
+        return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")}, "recovery": None,
+                "pruning": {"heads_pruned": 1}, "training": {"steps": 1}, "seconds": 0.1}
+
+    PruningFineTuningExperiment.run = run
+    experiment = PruningFineTuningExperiment(sys.argv[1], progress=False)
+    experiment.run_experiment(["random", "magnitude", "gradient"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
+    """
+)
+
+
+def test_sigkilled_sweep_completes_every_run_exactly_once_after_reruns(tmp_path: Path) -> None:
+    script = tmp_path / "sweep.py"
+    script.write_text(KILLABLE_SWEEP)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "executions.log"
+    # Kill once a given number of runs has started, plus a delay that lands mid-run, mid-write or between runs.
+    for started_runs, delay in ((1, 0.05), (4, 0.16), (7, 0.1)):
+        process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+        deadline = time.monotonic() + 60
+        while (not log.exists() or len(log.read_text().split()) < started_runs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        read_runs_table(tmp_path)  # runs.csv parses after every kill
+    assert len(log.read_text().split()) >= 7  # the kills really interrupted a sweep in progress
+    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=120)
+    _, rows = read_runs_table(tmp_path / "runs.csv")
+    keys = [(row["strategy"], row["pruning_level"]) for row in rows]
+    assert len(rows) == 9 and len(set(keys)) == 9  # no run lost or duplicated
+    assert {row["status"] for row in rows} == {"done"}
