@@ -8,6 +8,7 @@ already ``done`` and redoes ``running`` (interrupted) or ``failed`` ones, so a s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from .pipeline import PRUNING_STRATEGIES, STAGES, ExperimentConfig, PruningExper
 logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = "sweep"
+BACKENDS = ("local", "ray")
 
 
 def check_model_name(name: str) -> str:
@@ -72,7 +74,8 @@ class PruningFineTuningExperiment(PruningExperiment):
                        pruning_levels: Sequence[float] = (0.1, 0.3, 0.5), models: Sequence[str] = ("auto",),
                        prompt: str | None = None, fine_tuning_epochs: float | None = None,
                        fine_tuning_steps: int | None = None, max_runtime: float | None = None,
-                       sweep: str = DEFAULT_SWEEP, smoke: bool = False, **options: Any) -> Any:  # fmt: skip
+                       sweep: str = DEFAULT_SWEEP, smoke: bool = False, backend: str = "local",
+                       **options: Any) -> Any:  # fmt: skip
         """Run every (model, strategy, level) combination; return the sweep's runs as a pandas DataFrame.
 
         Every configuration is validated before the first run starts. ``max_runtime`` (seconds) stops starting
@@ -95,17 +98,25 @@ class PruningFineTuningExperiment(PruningExperiment):
             configs = [config.smoke() for config in configs]
         if not configs:
             raise ValueError("the sweep is empty: give at least one strategy, pruning level and model")
-        return self.run_configs(configs, sweep=sweep, max_runtime=max_runtime)
+        return self.run_configs(configs, sweep=sweep, max_runtime=max_runtime, backend=backend)
 
     def run_configs(self, configs: Sequence[ExperimentConfig], *, sweep: str = DEFAULT_SWEEP,
-                    max_runtime: float | None = None, extras: Sequence[Mapping[str, Any]] | None = None) -> Any:  # fmt: skip
+                    max_runtime: float | None = None, extras: Sequence[Mapping[str, Any]] | None = None,
+                    backend: str = "local", cpus_per_trial: float = 1) -> Any:  # fmt: skip
         """Run ``configs`` as sweep ``sweep`` (skipping runs already done); return the sweep's runs table.
 
         ``extras`` (one mapping per config) are extra config keys recorded with each run but not used.
+        ``backend="local"`` runs them one after another in this process; ``"ray"`` runs them as Ray Tune trials
+        (``pip install "ray[tune]"``; a local Ray instance is started if none is running), recording into the
+        same ``runs.csv`` (its writes are locked, so trials in other processes are safe).
         """
         from tqdm.auto import tqdm
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.sweep = sweep
+        if backend == "ray":
+            return self._run_on_ray(configs, sweep=sweep, max_runtime=max_runtime, extras=extras, cpus=cpus_per_trial)
         started = time.monotonic()
         done = skipped = failed = 0
         bar = tqdm(total=len(configs), desc=f"sweep {sweep}", unit="run", disable=not self.progress)
@@ -135,6 +146,43 @@ class PruningFineTuningExperiment(PruningExperiment):
         bar.close()
         return self.runs()
 
+    def _run_on_ray(self, configs: Sequence[ExperimentConfig], *, sweep: str, max_runtime: float | None,
+                    extras: Sequence[Mapping[str, Any]] | None, cpus: float) -> Any:  # fmt: skip
+        """Run the configs not done yet as Ray Tune trials; each trial records its own run in ``runs.csv``."""
+        try:
+            import ray
+            from ray import tune
+        except ImportError as error:
+            raise ImportError('backend="ray" needs Ray Tune: pip install "ray[tune]"; or use backend="local"') from error
+        jobs = []
+        for index, config in enumerate(configs):
+            record = {**config.to_dict(), **(extras[index] if extras else {})}
+            existing = self.manager.find(record, sweep)
+            if existing is not None and self.manager.get(existing).get("status") == "done":
+                continue
+            run = self.manager.new_run(record, sweep=sweep, run_id=existing)
+            jobs.append({"run_id": run.run_id, "config": config.to_dict()})
+        if jobs:
+            started_here = not ray.is_initialized()
+            if started_here:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                root = str(self.results_dir)
+                tuner = tune.Tuner(
+                    tune.with_resources(functools.partial(_ray_trial, root), {"cpu": cpus}),
+                    param_space={"job": tune.grid_search(jobs)},
+                    tune_config=tune.TuneConfig(time_budget_s=max_runtime),
+                    run_config=tune.RunConfig(storage_path=str(self.results_dir.resolve() / "ray"), name=sweep, verbose=0),
+                )  # fmt: skip
+                tuner.fit()
+            finally:
+                if started_here:
+                    ray.shutdown()
+            for job in jobs:  # trials the time budget stopped or never started
+                if self.manager.get(job["run_id"]).get("status") == "running":
+                    self.manager.finish(job["run_id"], "skipped", error=f"max_runtime of {max_runtime} s reached")
+        return self.runs()
+
     def runs(self, sweep: str | None = None) -> Any:
         """Return the runs of ``sweep`` (default: the last one run) as a DataFrame."""
         return self.manager.runs(sweep=sweep or self.sweep)
@@ -150,6 +198,24 @@ class PruningFineTuningExperiment(PruningExperiment):
         from .sweep_plots import write_report
 
         return write_report(self.runs(sweep), path or self.results_dir / "report.html", title=f"Sweep {sweep or self.sweep}")
+
+
+def _ray_trial(root: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One Ray Tune trial: run one pipeline config and record it in ``root/runs.csv`` (runs in a Ray worker)."""
+    from .tracking import RunManager
+
+    job = params["job"]
+    manager = RunManager(root, record_environment=False)
+    try:
+        experiment = PruningExperiment(root, progress=False, live_plot=False)
+        result = experiment.run(ExperimentConfig(**job["config"]), output_dir=manager.run_dir(job["run_id"]))
+        metrics = run_metrics(result)
+        manager.update_metrics(job["run_id"], metrics)
+        manager.finish(job["run_id"], "done")
+    except Exception as error:  # noqa: BLE001 - recorded as failed; Tune goes on with the other trials
+        manager.finish(job["run_id"], "failed", error=error)
+        return {"failed": 1.0}
+    return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
 
 
 # --- the YAML / command-line form ---------------------------------------------------------------------

@@ -29,8 +29,10 @@ How each part is counted (the rules of thumb, checked against measured peaks in 
 - **activations**, inference (a forward pass under ``no_grad`` with the KV cache on): the KV cache
   (2 x layers x tokens x kv_heads x head_dim), plus the larger of one layer's transient tensors and the
   logits (``batch x seq x vocab`` in the compute dtype).
-  On the CPU, activations are multiplied by ``CPU_ALLOCATOR_FACTOR`` (1.3): glibc's allocator keeps
-  freed activation memory mapped, so peak RSS exceeds the live tensors by about that much.
+  On the CPU, glibc's allocator keeps freed mid-sized blocks mapped, so peak RSS exceeds the live tensors:
+  the per-layer activations count ``CPU_LAYER_FACTOR`` (1.6) times (measured; the big logits tensors are
+  mapped and unmapped whole and count once), and at inference the layers' transients and the logits add
+  up instead of taking turns.
 - **overhead**: on CUDA the context and cuBLAS workspaces (``CUDA_CONTEXT_BYTES``); on the CPU the
   resident memory of a Python process that imported torch and transformers and built a model object
   (``CPU_BASELINE_BYTES``, + ``CPU_TRAINING_BYTES`` when training), measured with
@@ -81,7 +83,8 @@ MASTER_BYTES = 4  # float32 master copy of 16-bit weights in mixed-precision ful
 LOSS_BYTES_PER_LOGIT = 12  # float32 log-softmax output + its gradient + the logits' gradient, alive together
 MASK_BYTES = 1  # a dropout mask is a bool tensor
 STEP_SCRATCH_BYTES = 4  # AdamW's foreach step builds sqrt(exp_avg_sq): one float32 tensor per trainable parameter
-CPU_ALLOCATOR_FACTOR = 1.3  # glibc malloc keeps freed activation memory mapped: peak RSS exceeds the live tensors
+CPU_LAYER_FACTOR = 1.6  # glibc keeps freed mid-sized blocks mapped: CPU peak RSS / live per-layer activations
+EAGER_SCORE_COPIES = 4  # eager attention's scores, scaled, masked and softmaxed batch x heads x seq^2 tensors
 
 _NORM_WORDS = {"layernorm": 2, "rmsnorm": 3}  # saved per norm: input and output (+ normalized for RMSNorm)
 _MLP_SAVED = {"relu": 1, "gelu": 2, "gelu_new": 5, "bloom_gelu": 2, "silu_gated": 4, "gelu_gated": 4}
@@ -522,6 +525,11 @@ def estimate_memory(
         notes.append(f"seq_len {seq_len} is longer than the model's context of {shape.context} tokens")
     if mode == "qlora" and device != "cuda":
         notes.append("4-bit QLoRA needs a CUDA GPU with bitsandbytes; on the CPU this figure is a what-if")
+    if gradient_checkpointing and device == "cpu" and training:
+        notes.append(
+            "on the CPU, gradient checkpointing's recomputation fragments the heap: measured peaks ran about "
+            "1.4x this estimate (docs/memory-estimates.md)"
+        )
 
     lora_params = lora_r * shape.lora_in_out if mode in ("lora", "qlora") else 0
     trainable = shape.params if mode == "full" else lora_params
@@ -530,14 +538,13 @@ def estimate_memory(
     gradients = trainable * (grad_bytes + STEP_SCRATCH_BYTES)
     optimizer = trainable * (ADAM_BYTES + (MASTER_BYTES if mode == "full" and act_bytes < 4 else 0))
     materialized = _scores_materialized(shape, attn_implementation, device, training)
+    cpu = device == "cpu"
     if training:
         activations = _training_activations(
-            shape, mode, batch_size, seq_len, act_bytes, materialized, lora_dropout, gradient_checkpointing
+            shape, mode, batch_size, seq_len, act_bytes, materialized, lora_dropout, gradient_checkpointing, cpu
         )
     else:
-        activations = _inference_activations(shape, batch_size, seq_len, act_bytes, materialized)
-    if device == "cpu":
-        activations *= CPU_ALLOCATOR_FACTOR
+        activations = _inference_activations(shape, batch_size, seq_len, act_bytes, materialized, cpu)
     if device == "cuda":
         overhead = CUDA_CONTEXT_BYTES
     else:
@@ -588,6 +595,7 @@ def _training_activations(
     materialized: bool,
     lora_dropout: float,
     checkpointing: bool,
+    cpu: bool,
 ) -> float:
     """Return the bytes the forward pass saves for the backward, plus the loss's logits, at the peak."""
     tokens = batch * seq
@@ -610,19 +618,27 @@ def _training_activations(
     else:
         saved = shape.layers * per_layer
     outside = 3 * tokens * h * act_bytes  # embedding output, final norm input and output
+    if cpu:  # glibc keeps freed mid-sized blocks: the layers' share of peak RSS exceeds the live tensors
+        saved *= CPU_LAYER_FACTOR
     return saved + outside + tokens * shape.vocab * LOSS_BYTES_PER_LOGIT
 
 
-def _inference_activations(shape: _Shape, batch: int, seq: int, act_bytes: int, materialized: bool) -> float:
-    """Return the bytes of a no-grad forward: KV cache + the larger of one layer's transients and the logits."""
+def _inference_activations(shape: _Shape, batch: int, seq: int, act_bytes: int, materialized: bool, cpu: bool) -> float:
+    """Return the bytes of a no-grad forward: KV cache + the larger of one layer's transients and the logits.
+
+    On the CPU the layers' transients are still mapped when the logits are built (glibc keeps freed
+    mid-sized blocks), so the two add up there, the transients times ``CPU_LAYER_FACTOR``.
+    """
     tokens = batch * seq
     h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     kv_cache = 2 * shape.layers * tokens * kv * act_bytes
     attention = (q + 2 * kv) + 2 * q
     layer = tokens * (2 * h + max(attention, _MLP_TRANSIENT[shape.mlp] * shape.intermediate)) * act_bytes
     if materialized:
-        layer += 2 * batch * shape.heads * seq * seq * act_bytes  # scores and their softmax
+        layer += EAGER_SCORE_COPIES * batch * shape.heads * seq * seq * act_bytes
     logits = tokens * (shape.vocab + 2 * h) * act_bytes
+    if cpu:
+        return kv_cache + layer * CPU_LAYER_FACTOR + logits
     return kv_cache + max(layer, logits)
 
 

@@ -147,3 +147,14 @@ def test_sigkilled_sweep_completes_every_run_exactly_once_after_reruns(tmp_path:
     keys = [(row["strategy"], row["pruning_level"]) for row in rows]
     assert len(rows) == 9 and len(set(keys)) == 9  # no run lost or duplicated
     assert {row["status"] for row in rows} == {"done"}
+
+
+def test_ray_backend_records_into_the_same_runs_table(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="ray[tune] is a dev requirement; install with make install")
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    runs = experiment.run_experiment(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
+    assert sorted(runs["strategy"]) == ["magnitude", "random"]
+    assert list(runs["status"]) == ["done", "done"]
+    assert (runs["fine_tuned_perplexity"] > 0).all()
+    again = experiment.run_experiment(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
+    assert list(again["run_id"]) == list(runs["run_id"])  # done runs are skipped on Ray too
