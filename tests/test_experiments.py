@@ -158,3 +158,26 @@ def test_ray_backend_records_into_the_same_runs_table(tmp_path: Path) -> None:
     assert (runs["fine_tuned_perplexity"] > 0).all()
     again = experiment.run_experiment(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
     assert list(again["run_id"]) == list(runs["run_id"])  # done runs are skipped on Ray too
+
+
+def test_cli_sweep_and_runs_end_to_end(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": "embedded-gpt2", "strategy": "random", **TINY}))
+    (tmp_path / "sweep.yaml").write_text(
+        "name: levels\nstrategy: grid\nparameters:\n  pruning_level: {values: [0.25, 0.5]}\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "results"
+    command = [sys.executable, "-m", "colab_helpers"]
+    subprocess.run([*command, "sweep", str(tmp_path / "base.yaml"), str(tmp_path / "sweep.yaml"), "--root", str(root)],
+                   env=env, check=True, timeout=300, capture_output=True)  # fmt: skip
+    listing = subprocess.run(
+        [*command, "runs", "--root", str(root), "--filter-sweep", "levels", "--filter", "pruning_level>0.3",
+         "--show", "pruning_level", "status", "fine_tuned_perplexity"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    lines = [line for line in listing.splitlines() if line.strip()]
+    assert "pruning_level" in lines[0] and "fine_tuned_perplexity" in lines[0]
+    assert any("0.5" in line and "done" in line for line in lines[1:])
+    assert not any("0.25" in line for line in lines[1:])
