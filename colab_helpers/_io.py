@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
@@ -62,3 +64,38 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``target`` atomically and return the path."""
     return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` directory onto ``target`` (an old one is moved aside first, then deleted)."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    os.replace(target, old / "previous")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / "previous", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_dir(path: str | os.PathLike[str], write: Any) -> Path:
+    """Call ``write(tmp_dir)`` on a temporary directory beside ``path``, then rename it onto ``path``; return it.
+
+    A failure removes the temporary directory and leaves any older ``path`` as it was.
+    """
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{str(target)!r} is a file; pass a directory path to save into")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._io import atomic_path
+from ._kernel import in_kernel as _in_kernel
 from .errors import ColabHelpersWarning
 from .secrets import contains_secret, redact
 
@@ -236,18 +237,6 @@ def bundle(
 def _truthy(name: str) -> bool:
     """True when environment variable ``name`` is set to something other than empty/0/false/no/off."""
     return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no", "off"}
-
-
-def _in_kernel() -> bool:
-    """True when an IPython kernel runs this code. Does not import IPython: if nothing imported it, no kernel."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # a half-initialized IPython must not break a download
-        return False
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _headless() -> bool:

@@ -30,7 +30,8 @@ from importlib.util import find_spec
 from typing import Any
 
 from .errors import ColabHelpersWarning
-from .memory import _in_notebook, format_bytes
+from ._kernel import in_kernel
+from .memory import format_bytes
 from .secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def _colab_module_present() -> bool:
 
 def _ipython_kernel_present() -> bool:
     """True when an IPython kernel runs this code (Jupyter, Colab, Kaggle, papermill)."""
-    return _in_notebook()
+    return in_kernel()
 
 
 def _detect_runtime() -> tuple[str, str]:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from typing import Any
 
+from ._kernel import in_kernel
+
 logger = logging.getLogger(__name__)
 
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
@@ -199,21 +201,6 @@ def memory_snapshot(path: str | os.PathLike[str] = ".") -> MemorySnapshot:
     )
 
 
-def _in_notebook() -> bool:
-    """True when an IPython kernel is running this code (Jupyter, Colab, Kaggle, papermill).
-
-    Does not import IPython: if nothing imported it, there is no kernel.
-    """
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # a half-initialized IPython must not break a memory read-out
-        return False
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def _bar_style(used: float, total: float) -> str:
     """Return the ipywidgets bar style for a usage level: success, warning or danger."""
     fraction = used / total if total else 0.0
@@ -280,7 +267,7 @@ def show_memory(path: str | os.PathLike[str] = ".") -> MemorySnapshot:
     repr out of the output.
     """
     snapshot = memory_snapshot(path)
-    if not _in_notebook():
+    if not in_kernel():
         logger.info("%s", snapshot.summary())
         return snapshot
     from IPython.display import HTML, display

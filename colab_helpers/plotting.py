@@ -21,13 +21,13 @@ import math
 import numbers
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._kernel import in_kernel as _in_kernel
 from ._io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,6 @@ _PANEL_SIZE = (4.2, 3.0)  # inches per subplot
 _DPI = 100
 _MAX_DRAW_SHARE_INV = 10  # wait at least 10x as long as the last redraw took
 _LEGEND_BEST_MAX_POINTS = 1000  # loc="best" gets slow on long series
-
-
-def _in_kernel() -> bool:
-    """True when an IPython kernel runs this code. Does not import IPython: if nothing imported it, no kernel."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # a half-initialized IPython must not break training
-        return False
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _show_png(png: bytes, handle: Any | None) -> Any:

@@ -689,7 +689,9 @@ class SpellingStudy:
         def produce(path: Path) -> dict[str, Any]:
             from .data import load_text_dataset
 
-            corpus = load_text_dataset("embedded")
+            training = settings["training"]
+            tokens = training["max_steps"] * training["batch_size"] * training["gradient_accumulation_steps"] * training["seq_len"]
+            corpus = load_text_dataset("embedded", max_chars=8 * tokens)  # what the steps can use (> 4 chars a token)
             return self._train_and_evaluate(settings, path, corpus.train, None)
 
         return self._reference(record, produce)

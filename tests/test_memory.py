@@ -141,7 +141,7 @@ def test_show_memory_in_a_notebook_displays_bars(monkeypatch):
     display = pytest.importorskip("IPython.display")
     widgets = pytest.importorskip("ipywidgets")
     shown: list[object] = []
-    monkeypatch.setattr(memory, "_in_notebook", lambda: True)
+    monkeypatch.setattr(memory, "in_kernel", lambda: True)
     monkeypatch.setattr(display, "display", lambda obj: shown.append(obj))
     snap = show_memory()
     assert isinstance(snap, MemorySnapshot)
@@ -160,4 +160,4 @@ def test_show_memory_in_a_notebook_displays_bars(monkeypatch):
 
 
 def test_in_notebook_is_false_under_pytest():
-    assert memory._in_notebook() is False
+    assert memory.in_kernel() is False

@@ -15,46 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
 _PRUNING_ATTR = "colab_helpers_pruning"  # model.config attribute set by colab_helpers.pruning.remove_heads
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory onto ``target`` (an old one is moved aside first, then deleted)."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-    os.replace(target, old / "previous")
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old / "previous", target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_dir(path: str | os.PathLike[str], write: Any) -> Path:
-    """Call ``write(tmp_dir)`` and rename ``tmp_dir`` onto ``path``; return ``path``."""
-    target = Path(path).expanduser()
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{str(target)!r} is a file; pass a directory path to save into")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def _require_peft(model: Any, what: str) -> None:
@@ -65,7 +33,7 @@ def _require_peft(model: Any, what: str) -> None:
 def save_adapter(peft_model: Any, path: str | os.PathLike[str]) -> Path:
     """Save the LoRA adapter of ``peft_model`` to directory ``path`` (replaced atomically); return the path."""
     _require_peft(peft_model, "save_adapter")
-    saved = _atomic_dir(path, lambda tmp: peft_model.save_pretrained(tmp))
+    saved = atomic_dir(path, lambda tmp: peft_model.save_pretrained(tmp))
     logger.info("saved adapter to %s", saved)
     return saved
 
@@ -118,6 +86,6 @@ def save_merged(peft_model: Any, tokenizer: Any, path: str | os.PathLike[str]) -
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-    saved = _atomic_dir(path, write)
+    saved = atomic_dir(path, write)
     logger.info("saved merged model to %s", saved)
     return saved

@@ -36,12 +36,14 @@ from ..results import to_jsonable
 from . import checkpoint as ckpt
 from .callbacks import LivePlotCallback, ProgressCallback
 from .config import FineTuneConfig
+from .distributed import setup_distributed
 from .lora import (
     attach_lora,
     check_4bit,
     choose_backend,
     fingerprint_differences,
     hooked_modules,
+    is_quantized,
     model_fingerprint,
     resolve_precision,
     resolve_targets,
@@ -78,6 +80,7 @@ class FineTuneResult:
     checkpoint_dir: Path | None = None  # newest complete checkpoint
     adapter_dir: Path | None = None  # final adapter (peft format: PeftModel.from_pretrained(base, adapter_dir))
     plot_path: Path | None = None
+    world_size: int = 1  # processes that trained together (data-parallel under accelerate launch / torchrun)
 
     @property
     def final_loss(self) -> float | None:
@@ -90,9 +93,13 @@ class FineTuneResult:
         best = f"; best eval loss {self.best_eval_loss:.4f} at step {self.best_step}" if self.best_eval_loss is not None else ""
         final = f"; final train loss {self.final_loss:.4f}" if self.final_loss is not None else ""
         return (
-            f"{self.steps} steps in {self.seconds:.1f} s on {self.device} ({self.backend}){final}{best}; "
+            f"{self.steps} steps in {self.seconds:.1f} s on {self.device}{self._processes()} ({self.backend})"
+            f"{final}{best}; "
             f"stopped: {self.stopped_reason}; {len(self.events)} events (NaN skips, rollbacks, fallbacks)"
         )
+
+    def _processes(self) -> str:
+        return f" x {self.world_size} processes" if self.world_size > 1 else ""
 
     def _repr_markdown_(self) -> str:
         plot = f" · plot: `{self.plot_path}`" if self.plot_path else ""
@@ -115,6 +122,7 @@ class FineTuneResult:
             "steps": self.steps,
             "stopped_reason": self.stopped_reason,
             "device": self.device,
+            "world_size": self.world_size,
             "backend": self.backend,
             "output_dir": str(self.output_dir),
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
@@ -224,9 +232,19 @@ class FineTuner:
             self._eval_blocks = blocks[: cfg.eval_batches * cfg.micro_batch_size]
         elif cfg.early_stopping_patience is not None:
             raise ValueError("early_stopping_patience needs eval_texts: pass eval_texts, or early_stopping_patience=None")
+        # --- data-parallel run (accelerate launch / torchrun); None in a plain single process ---
+        self.device = _model_device(model)
+        self._dist = setup_distributed(self.device)
+        self.rank = self._dist.rank if self._dist is not None else 0
+        self.world_size = self._dist.world_size if self._dist is not None else 1
+        self.is_main_process = self.rank == 0  # the rank that writes files and shows progress
+        if self._dist is not None:
+            self._join_devices(model)
+            if self._eval_blocks is not None:  # each rank scores a disjoint share; the mean is over all of them
+                self._eval_total = self._eval_blocks.shape[0]
+                self._eval_blocks = self._eval_blocks[self.rank :: self.world_size]
         self.max_steps = self._total_steps()
         # --- model ---
-        self.device = _model_device(model)
         self._amp_dtype, use_scaler = resolve_precision(cfg.dtype, self.device)
         self._scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         from peft import PeftModel
@@ -244,6 +262,8 @@ class FineTuner:
             targets, self.gated_left_out = resolve_targets(model, cfg.target_modules)
         self.targets = targets
         self.fingerprint = self._fingerprint(model, targets)
+        if self._dist is not None:
+            self._check_same_model_on_every_rank()
         # --- the checkpoint to resume, checked before the model is touched (a mismatch leaves it as it was) ---
         resume_from = self._checkpoint_to_resume()
         self.quantized = check_4bit(cfg, model, self.device)
@@ -290,6 +310,8 @@ class FineTuner:
         self._hooks: dict[str, list[Callable[..., None]]] = {}
         if resume_from is not None:
             self._load_checkpoint(resume_from)
+        if self._dist is not None:  # same start everywhere, whatever each rank's seed or adapter was
+            self._dist.broadcast_parameters(self._params)
 
     # --- set-up ------------------------------------------------------------------------------------------
 
@@ -318,21 +340,55 @@ class FineTuner:
         cfg = self.config
         if cfg.epochs is None:
             return int(cfg.max_steps)
-        steps = max(1, math.ceil(cfg.epochs * len(self._blocks) / cfg.effective_batch_size))
+        steps = max(1, math.ceil(cfg.epochs * len(self._blocks) / (cfg.effective_batch_size * self.world_size)))
         logger.info("epochs=%s over %d sequences of %d tokens: %d steps", cfg.epochs, len(self._blocks), cfg.seq_len, steps)
         return steps
 
     def _fingerprint(self, model: Any, targets: list[str]) -> dict[str, Any]:
-        return {"model": model_fingerprint(model, targets), "config": self.config.fingerprint_fields()}
+        config = self.config.fingerprint_fields()
+        if self.world_size > 1:  # sequences per optimizer step over all ranks: what is trained
+            config["effective_batch_size"] *= self.world_size
+        return {"model": model_fingerprint(model, targets), "config": config}
+
+    # --- data-parallel set-up ----------------------------------------------------------------------------
+
+    def _join_devices(self, model: Any) -> None:
+        """Under nccl, put the model on this rank's GPU (``cuda:LOCAL_RANK``); a 4-bit model must be loaded there."""
+        assert self._dist is not None
+        target = self._dist.device
+        if target.type != "cuda" or self.device == target:
+            return
+        if is_quantized(model):
+            raise ValueError(
+                f"rank {self.rank}: the 4-bit model is on {self.device}, but this rank trains on {target}: load it "
+                f"there, e.g. load_model(name, load_in_4bit=True, device='cuda:{self._dist.local_rank}') (LOCAL_RANK)"
+            )
+        logger.info("rank %d: moving the model from %s to %s", self.rank, self.device, target)
+        model.to(target)
+        self.device = target
+
+    def _check_same_model_on_every_rank(self) -> None:
+        """Raise ValueError when a rank's base model or settings differ from rank 0's (no sense in averaging)."""
+        assert self._dist is not None
+        prints = self._dist.gather_object(self.fingerprint)
+        for rank, other in enumerate(prints[1:], start=1):
+            diffs = fingerprint_differences(prints[0], other)
+            if diffs:
+                raise ValueError(
+                    f"rank {rank} trains a different model or config than rank 0 ({'; '.join(diffs)}): load the same "
+                    "weights with the same settings on every rank (seed before building a random model)"
+                )
 
     def _checkpoint_to_resume(self) -> Path | None:
         """Return the checkpoint to resume (checked against this model and config), or None to start over.
 
-        With ``resume=False`` the old checkpoints of ``output_dir`` are deleted (one warning says so).
+        With ``resume=False`` the old checkpoints of ``output_dir`` are deleted (one warning says so). In a
+        data-parallel run rank 0 alone cleans up and picks the checkpoint; every rank resumes that one.
         """
-        ckpt.remove_stale(self.checkpoint_dir)
+        if self.is_main_process:
+            ckpt.remove_stale(self.checkpoint_dir)
         if not self.config.resume:
-            removed = ckpt.remove_all(self.checkpoint_dir)
+            removed = ckpt.remove_all(self.checkpoint_dir) if self.is_main_process else []
             if removed:
                 warnings.warn(
                     f"resume=False: deleted {len(removed)} old checkpoint(s) in {self.checkpoint_dir} "
@@ -341,7 +397,10 @@ class FineTuner:
                     stacklevel=4,
                 )
             return None
-        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir) if self.is_main_process else None
+        if self._dist is not None:
+            chosen = self._dist.broadcast_object(str(latest) if latest is not None else None)
+            latest = Path(chosen) if chosen is not None else None
         if latest is None:
             logger.info("resume=True but no complete checkpoint in %s: starting from step 0", self.checkpoint_dir)
             return None
@@ -357,10 +416,10 @@ class FineTuner:
     # --- callbacks ---------------------------------------------------------------------------------------
 
     def _install_callbacks(self) -> None:
-        callbacks = list(self._user_callbacks)
-        if self._progress:
+        callbacks = list(self._user_callbacks)  # on every rank: they can check tuner.is_main_process
+        if self._progress and self.is_main_process:
             callbacks.append(ProgressCallback(self.max_steps, initial=min(self.step, self.max_steps)))
-        if self._live_plot:
+        if self._live_plot and self.is_main_process:
             callbacks.append(LivePlotCallback(self.output_dir / PLOT_FILE, min_interval=self.config.plot_every_seconds))
         self._callbacks = callbacks
         self._hooks = {
@@ -376,6 +435,8 @@ class FineTuner:
         event = {"step": step, "kind": kind, "message": message, **extra}
         self.events.append(event)
         level = logging.INFO if kind in ("nan_skip", "resumed", "early_stop") else logging.WARNING
+        if not self.is_main_process:  # every rank records the same events: rank 0 tells them
+            level = logging.DEBUG
         logger.log(level, "step %d: %s", step, message)
         self._emit("on_event", event)
 
@@ -387,70 +448,86 @@ class FineTuner:
         Interrupting (Ctrl-C, Colab's stop button) writes a checkpoint of the last finished step before the
         ``KeyboardInterrupt`` propagates, so ``resume=True`` continues from there.
         """
-        cfg = self.config
-        self._run_started = time.perf_counter()
-        self._install_callbacks()
-        self._emit("on_train_begin")
-        reason = "max_steps" if self.step < self.max_steps else "resumed_finished"
-        self.model.train()
-        self._take_snapshot()
         try:
-            while self.step < self.max_steps:
-                step = self.step + 1
-                row = self._train_step(step)
-                self.step = step
-                self._updating = False
-                self.history.append(row)
-                self._emit("on_step_end", row)
-                self._after_step(row)
-                if self._eval_blocks is not None and step % cfg.eval_every == 0:
-                    self._evaluate_into(row)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
-                    self._save_checkpoint()
-        except _Stop as stop:
-            reason = stop.reason
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                self._checkpoint_on_interrupt()
-            for fn in self._hooks.get("on_train_error", ()):  # e.g. save the plot of what happened so far
-                try:
-                    fn(self, exc)
-                except Exception as callback_error:  # never hide the original error behind a callback's
-                    logger.warning("on_train_error callback failed: %s", callback_error)
-            raise
-        needs_eval = self._eval_blocks is not None and self.history and "eval_loss" not in self.history[-1]
-        if needs_eval and reason != "resumed_finished":
-            with contextlib.suppress(_Stop):  # the run is over anyway: patience running out here changes nothing
-                self._evaluate_into(self.history[-1])
-        seconds = time.perf_counter() - self._run_started
-        last = self._save_checkpoint() if reason != "resumed_finished" else ckpt.latest_checkpoint(self.checkpoint_dir)
-        self._elapsed_before, self._run_started = self._elapsed(), None
-        if cfg.restore_best and self._best_params is not None:
-            self._load_params(self._best_params)
-            logger.info("restored the adapter of step %s (best eval loss %.4f)", self.best_step, self.best_eval_loss)
-        from .export import save_adapter
+            cfg = self.config
+            self._run_started = time.perf_counter()
+            self._install_callbacks()
+            self._emit("on_train_begin")
+            reason = "max_steps" if self.step < self.max_steps else "resumed_finished"
+            self.model.train()
+            self._take_snapshot()
+            if self.rank > 0:  # own dropout masks per rank (rank 0 keeps the stream a checkpoint restores)
+                import torch
 
-        adapter_dir = save_adapter(self.model, self.output_dir / ADAPTER_DIR)
-        result = FineTuneResult(
-            model=self.model,
-            history=self.history,
-            events=self.events,
-            best_step=self.best_step,
-            best_eval_loss=self.best_eval_loss,
-            seconds=seconds,
-            steps=self.step,
-            stopped_reason=reason,
-            device=str(self.device),
-            backend=self.backend,
-            output_dir=self.output_dir,
-            checkpoint_dir=last,
-            adapter_dir=adapter_dir,
-        )
-        self.model.eval()
-        self._emit("on_train_end", result)
-        summary = json.dumps(to_jsonable(result.to_dict()), indent=1, allow_nan=False)
-        atomic_write_text(self.output_dir / SUMMARY_FILE, summary + "\n")
-        return result
+                torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+            try:
+                while self.step < self.max_steps:
+                    step = self.step + 1
+                    row = self._train_step(step)
+                    self.step = step
+                    self._updating = False
+                    self.history.append(row)
+                    self._emit("on_step_end", row)
+                    self._after_step(row)
+                    if self._eval_blocks is not None and step % cfg.eval_every == 0:
+                        self._evaluate_into(row)
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
+                        self._save_checkpoint()
+            except _Stop as stop:
+                reason = stop.reason
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    self._checkpoint_on_interrupt()
+                for fn in self._hooks.get("on_train_error", ()):  # e.g. save the plot of what happened so far
+                    try:
+                        fn(self, exc)
+                    except Exception as callback_error:  # never hide the original error behind a callback's
+                        logger.warning("on_train_error callback failed: %s", callback_error)
+                raise
+            needs_eval = self._eval_blocks is not None and self.history and "eval_loss" not in self.history[-1]
+            if needs_eval and reason != "resumed_finished":
+                with contextlib.suppress(_Stop):  # the run is over anyway: patience running out here changes nothing
+                    self._evaluate_into(self.history[-1])
+            seconds = time.perf_counter() - self._run_started
+            finished = reason == "resumed_finished"
+            last = ckpt.latest_checkpoint(self.checkpoint_dir) if finished else self._save_checkpoint()
+            self._elapsed_before, self._run_started = self._elapsed(), None
+            if cfg.restore_best and self._best_params is not None:
+                self._load_params(self._best_params)
+                best_step, best_loss = self.best_step, self.best_eval_loss
+                logger.info("restored the adapter of step %s (best eval loss %.4f)", best_step, best_loss)
+            from .export import save_adapter
+
+            adapter_dir = self.output_dir / ADAPTER_DIR
+            if self.is_main_process:
+                adapter_dir = save_adapter(self.model, adapter_dir)
+            result = FineTuneResult(
+                model=self.model,
+                history=self.history,
+                events=self.events,
+                best_step=self.best_step,
+                best_eval_loss=self.best_eval_loss,
+                seconds=seconds,
+                steps=self.step,
+                stopped_reason=reason,
+                device=str(self.device),
+                world_size=self.world_size,
+                backend=self.backend,
+                output_dir=self.output_dir,
+                checkpoint_dir=last,
+                adapter_dir=adapter_dir,
+            )
+            self.model.eval()
+            self._emit("on_train_end", result)
+            if self.is_main_process:
+                summary = json.dumps(to_jsonable(result.to_dict()), indent=1, allow_nan=False)
+                atomic_write_text(self.output_dir / SUMMARY_FILE, summary + "\n")
+            if self._dist is not None:
+                self._dist.barrier()  # when train() returns on any rank, rank 0's files are all there
+            return result
+        finally:
+            if self._dist is not None:
+                self._dist.close()  # only a process group we created; one from accelerate stays open
 
     def _elapsed(self) -> float:
         """Return the training seconds of the whole run so far (earlier sessions included)."""
@@ -474,7 +551,9 @@ class FineTuner:
         import torch
 
         cfg = self.config
-        sequences = self._blocks.for_step(step, cfg.effective_batch_size)
+        sequences = self._blocks.for_step(step, cfg.effective_batch_size * self.world_size)
+        if self.world_size > 1:  # the step's sequences of all ranks, dealt out: disjoint shards
+            sequences = sequences[self.rank :: self.world_size]
         while True:
             try:
                 loss_sum, grad_norm = self._forward_backward(sequences)
@@ -523,13 +602,26 @@ class FineTuner:
 
         total = sequences.shape[0]
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-        for chunk in sequences.split(self.micro_batch_size):
-            ids = chunk.to(self.device, non_blocking=True)
-            with self._autocast():
-                loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
-            weighted = loss.float() * (chunk.shape[0] / total)  # equal-length sequences: exact mean over the step
-            (self._scaler.scale(weighted) if self._scaler is not None else weighted).backward()
-            loss_sum += weighted.detach()
+        failure: BaseException | None = None
+        try:
+            for chunk in sequences.split(self.micro_batch_size):
+                ids = chunk.to(self.device, non_blocking=True)
+                with self._autocast():
+                    mask = torch.ones_like(ids)
+                    loss = self.model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+                weighted = loss.float() * (chunk.shape[0] / total)  # equal-length sequences: exact mean over the step
+                (self._scaler.scale(weighted) if self._scaler is not None else weighted).backward()
+                loss_sum += weighted.detach()
+        except Exception as exc:
+            if self._dist is None or not is_cuda_oom(exc):
+                raise  # single process: handled by _train_step; several: the launcher stops every rank
+            failure = exc  # the other ranks wait in the all-reduce below: tell them, and all retry smaller
+        if self._dist is not None:
+            # scaled gradients are averaged before unscale_: every rank then sees the same values, so GradScaler's
+            # inf check, the clipped norm and the non-finite skip below agree on every rank without another sync
+            loss_sum, failures = self._dist.average_gradients(self._params, loss_sum, failed=failure is not None)
+            if failures:
+                raise failure or _remote_oom(failures, self.micro_batch_size)
         if self._scaler is not None:
             self._scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
@@ -557,6 +649,12 @@ class FineTuner:
         """Handle an exception of a step or an evaluation so that it can be retried; re-raise what cannot."""
         if is_cuda_oom(exc):
             self._halve_for_oom(exc, step)
+        elif is_cuda_error(exc) and self._dist is not None:
+            # the other ranks train on their GPUs through nccl: this one cannot go on alone on the CPU
+            raise RuntimeError(
+                f"rank {self.rank}: CUDA error in a data-parallel run ({exc}); the launcher stops every rank. Fix the "
+                f"cause and launch again with resume=True (checkpoints in {self.checkpoint_dir})"
+            ) from exc
         elif is_cuda_error(exc) and not self._fell_back:
             self._fallback_to_cpu(exc, step)
         else:
@@ -754,13 +852,27 @@ class FineTuner:
         self.model.eval()
         try:
             total = torch.zeros((), device=self.device, dtype=torch.float32)
-            with torch.no_grad():
-                for chunk in self._eval_blocks.split(self.micro_batch_size):
-                    ids = chunk.to(self.device, non_blocking=True)
-                    with self._autocast():
-                        loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
-                    total += loss.float() * chunk.shape[0]
-            return (total / self._eval_blocks.shape[0]).item()
+            failure: BaseException | None = None
+            try:
+                with torch.no_grad():
+                    for chunk in self._eval_blocks.split(self.micro_batch_size):
+                        ids = chunk.to(self.device, non_blocking=True)
+                        with self._autocast():
+                            mask = torch.ones_like(ids)
+                            loss = self.model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+                        total += loss.float() * chunk.shape[0]
+            except Exception as exc:
+                if self._dist is None or not is_cuda_oom(exc):
+                    raise
+                failure = exc  # as in _forward_backward: the other ranks must hear of it, then all retry smaller
+            if self._dist is None:
+                return (total / self._eval_blocks.shape[0]).item()
+            # each rank scored its share of the eval sequences: the mean over all of them, the same on every rank
+            local = [0.0, 1.0] if failure is not None else [total.item(), 0.0]
+            loss_sum, failures = self._dist.sum(local)
+            if failures:
+                raise failure or _remote_oom(round(failures), self.micro_batch_size)
+            return loss_sum / self._eval_total
         finally:
             self.model.train()
 
@@ -786,10 +898,18 @@ class FineTuner:
             "python_rng": _jsonable_python_rng(),
             "numpy_rng": _numpy_rng_state(),
         }
+        if self.world_size > 1:
+            state["world_size"] = self.world_size
         return state
 
     def _save_checkpoint(self) -> Path:
-        """Write a checkpoint of the state after step ``self.step``; return its directory."""
+        """Write a checkpoint of the state after step ``self.step``; return its directory.
+
+        In a data-parallel run only rank 0 writes (every rank holds the same weights and state); the others
+        return the directory rank 0 writes, without waiting for it.
+        """
+        if not self.is_main_process:
+            return self.checkpoint_dir / f"checkpoint-{self.step}"
         import torch
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
@@ -896,6 +1016,13 @@ def fine_tune(
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
+
+
+def _remote_oom(failures: int, micro_batch_size: int) -> BaseException:
+    """Return the out-of-memory error a rank raises when another rank ran out of memory (all ranks retry together)."""
+    import torch
+
+    return torch.OutOfMemoryError(f"CUDA out of memory on {failures} other rank(s) at micro-batch {micro_batch_size}")
 
 
 def _model_device(model: Any) -> torch.device:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, replace_dir
 from .layout import head_layout
 from .removal import apply_record, current_record
 
@@ -55,7 +55,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str]) 
             tokenizer.save_pretrained(tmp)
         meta = {"format": FORMAT, **record}
         atomic_write_text(tmp / PRUNING_FILE, json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,22 +109,6 @@ def _save_kwargs(model: nn.Module) -> dict[str, Any]:
     if "save_original_format" in params:  # keep the in-memory key names, which load_pruned loads directly
         kwargs["save_original_format"] = False
     return kwargs
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory onto ``target`` (an old one is moved aside, then deleted)."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-    os.replace(target, old / "previous")
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old / "previous", target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_meta(source: Path) -> dict[str, Any]:

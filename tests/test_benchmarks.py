@@ -1,0 +1,120 @@
+"""Smoke tests of the benchmarks: each ``run(quick=True)`` returns its checks with finite numbers.
+
+No timing is asserted (ratios measured at toy sizes mean nothing); only the shape of the results, that the
+figures are finite, and that ``benchmarks/run.py`` renders them into a RESULTS.md-style page.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+CHECK_KEYS = {"name", "target", "measured", "passed", "detail"}
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_result(result: dict[str, Any], name: str, checks: list[str], figures: list[str]) -> None:
+    assert set(result) == {"name", "checks", "figures", "settings"}
+    assert result["name"] == name
+    found = [c["name"] for c in result["checks"]]
+    for expected in checks:
+        assert any(expected in n for n in found), f"no check about {expected!r} in {found}"
+    for row in result["checks"]:
+        assert set(row) == CHECK_KEYS
+        assert isinstance(row["passed"], bool)
+        assert math.isfinite(row["measured"]) and row["measured"] > 0, row
+    for key in figures:
+        assert key in result["figures"], f"figure {key!r} missing from {sorted(result['figures'])}"
+    for key, value in result["figures"].items():
+        if isinstance(value, float):
+            assert math.isfinite(value), f"{key} = {value}"
+
+
+@pytest.fixture(scope="module")
+def pruning_result() -> dict[str, Any]:
+    return _load("pruning").run(quick=True)
+
+
+@pytest.fixture(scope="module")
+def finetune_result() -> dict[str, Any]:
+    return _load("finetune").run(quick=True)
+
+
+def test_pruning_quick_returns_every_check(pruning_result: dict[str, Any]) -> None:
+    _assert_result(
+        pruning_result,
+        "pruning",
+        ["all-keep gates", "one head gated per layer", "removal speed-up", "entropy pass", "gradient pass"],
+        ["gating_all_keep_ratio", "gating_one_per_layer_ratio", "removal_measured_speedup",
+         "removal_predicted_speedup", "entropy_ratio", "gradient_ratio"],
+    )  # fmt: skip
+    figures = pruning_result["figures"]
+    # all-keep gates hook nothing; one gated head per layer hooks every layer (the toy model has 2)
+    assert figures["gating_hooked_layers_all_keep"] == 0
+    assert figures["gating_hooked_layers_one_per_layer"] == 2
+    # half the heads removed: fewer parameters, and the FLOPs model predicts a real speed-up
+    assert figures["removal_params_after"] < figures["removal_params_before"]
+    assert figures["removal_predicted_speedup"] > 1
+
+
+def test_pruning_flops_model_counts_removed_heads() -> None:
+    import torch
+
+    bench = _load("pruning")
+    model = bench.build_gpt2(dict(n_layer=2, n_head=4, n_embd=64, vocab_size=128, n_positions=32, bos_token_id=0,
+                                  eos_token_id=0))  # fmt: skip
+    d, v, tokens, seq = 64, 128, 2 * 16, 16
+    per_layer = 2 * tokens * d * 3 * d + 2 * tokens * d * d + 2 * 2 * 2 * 4 * seq * seq * 16 + 2 * 2 * tokens * d * 4 * d
+    assert bench.forward_flops(model, 2, seq) == pytest.approx(2 * tokens * d * v + 2 * per_layer)
+    from colab_helpers.pruning import remove_heads
+
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    remove_heads(model, mask)
+    assert bench.forward_flops(model, 2, seq) < 2 * tokens * d * v + 2 * per_layer
+
+
+def test_finetune_quick_trains_the_same_thing_both_ways(finetune_result: dict[str, Any]) -> None:
+    _assert_result(
+        finetune_result,
+        "finetune",
+        ["guarded step", "live plot"],
+        ["embedded-gpt2_step_ratio", "live_plot_share", "live_plot_render_s", "live_plot_redraws"],
+    )
+    figures = finetune_result["figures"]
+    # the plain loop and FineTuner see the same sequences, LoRA init and schedule: identical losses
+    assert figures["embedded-gpt2_loss_max_abs_diff"] < 1e-4
+    assert figures["live_plot_redraws"] >= 1  # the simulated notebook really rendered the figure
+
+
+def test_run_renders_results_page(pruning_result: dict[str, Any], tmp_path: Path) -> None:
+    runner = _load("run")
+    results = [
+        {**pruning_result, "seconds": 1.0, "error": None},
+        {**runner.normalize("runs_cli", {"runs": 10_000, "cli_subprocess_s": 0.8, "python_startup_s": 0.05}),
+         "seconds": 2.0, "error": None},
+        {"name": "broken", "checks": [], "figures": {}, "settings": {}, "error": "RuntimeError: boom", "seconds": 0.1},
+    ]  # fmt: skip
+    info = {"CPU count": 2, "torch threads": 1, "date (UTC)": "2026-01-01 00:00"}
+    page = runner.render(results, info, ".venv/bin/python benchmarks/run.py", 60.0)
+    total = len(pruning_result["checks"]) + 1
+    assert f"of {total} targets met" in page
+    assert "| 2 | 1 | 2026-01-01 00:00 |" in page  # the machine table
+    assert "one torch thread" in page and "`.venv/bin/python benchmarks/run.py`" in page
+    assert "runs` at 10000 runs, end to end | <= 1 s (absolute) | 0.8 | pass" in page
+    assert "**Failed**: `RuntimeError: boom`" in page

@@ -1,0 +1,271 @@
+"""Spelling study: answer normalisation, statistics, batched evaluation, run configs, the tracked sweep, analysis."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from colab_helpers import spelling_study as ss
+from colab_helpers.errors import OfflineFallbackWarning
+from colab_helpers.tasks import spelling as sp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models on 2 shared cores: one thread is ~10x faster than two fighting for them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def embedded() -> tuple[Any, Any]:
+    from colab_helpers.models import load_model
+
+    return load_model("embedded-gpt2")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(embedded: tuple[Any, Any]) -> Any:
+    return sp.build_datasets(embedded[1], train_size=24, validation_size=6, test_size=6, max_length=6)
+
+
+# --- normalisation ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "text", "expected"),
+    [
+        ("spelling", " a p p l e", "a p p l e"),
+        ("spelling", "A-P-P-L-E", "a p p l e"),
+        ("spelling", "a, p, p, l, e.", "a p p l e"),
+        ("spelling", "'a p p l e'\nQ: Spell 'pear'.", "a p p l e"),
+        ("spelling", "The letters are: a p p l e", "a p p l e"),
+        ("spelling", "**a-p-p-l-e**", "a p p l e"),
+        ("spelling", "apple", "apple"),  # not spelled out: never equal to a spelling
+        ("position", "p", "p"),
+        ("position", " 'P'", "p"),
+        ("position", "p.", "p"),
+        ("position", "the letter p", "p"),
+        ("position", "The 3rd letter of 'apple' is p.", "p"),
+        ("position", 'The letter is "p"', "p"),
+        ("position", "Answer: p", "p"),
+        ("position", "pp", "pp"),
+        ("count", "2", "2"),
+        ("count", " two", "2"),
+        ("count", "Twice.", "2"),
+        ("count", "once", "1"),
+        ("count", "zero", "0"),
+        ("count", "The letter 'p' appears 2 times in 'apple'.", "2"),
+        ("count", " 3.\nQ: How many", "3"),
+        ("count", "many", "many"),
+    ],
+)
+def test_normalize_answer(task: str, text: str, expected: str) -> None:
+    assert ss.normalize_answer(text, task) == expected
+
+
+def test_is_correct_ignores_separators_but_not_letters() -> None:
+    assert ss.is_correct("A, P, P, L, E", "a-p-p-l-e", "spelling")
+    assert not ss.is_correct("a p l e", "a p p l e", "spelling")
+    assert ss.is_correct("two", "2", "count") and not ss.is_correct("3", "2", "count")
+    with pytest.raises(ValueError, match="unknown task"):
+        ss.normalize_answer("p", "letters")
+
+
+# --- statistics -------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_sanity() -> None:
+    assert ss.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    low, high = ss.bootstrap_ci([1.0, 0.0] * 50, seed=1)
+    assert 0.35 < low < 0.5 < high < 0.65
+    wide = ss.bootstrap_ci([1.0, 0.0] * 5, seed=1)
+    assert wide[1] - wide[0] > high - low  # fewer examples, wider interval
+    assert ss.bootstrap_ci([1.0, 0.0] * 50, seed=1) == (low, high)  # seeded
+    assert all(math.isnan(v) for v in ss.bootstrap_ci([]))
+    scores = ss.accuracy_with_ci([True, True, False, True])
+    assert scores["accuracy"] == 0.75 and scores["n"] == 4 and scores["ci_low"] <= 0.75 <= scores["ci_high"]
+    with pytest.raises(ValueError, match="n_boot"):
+        ss.bootstrap_ci([1.0], n_boot=0)
+
+
+def test_correlations_against_hand_computed_values() -> None:
+    # x = 1..4, y = 1,3,2,4: deviations (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5); sum of products 4, squares 5 and 5
+    assert ss.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert ss.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties: ranks of (1,2,2,3) are (1,2.5,2.5,4); against 1..4 that is 4.5 / sqrt(4.5 * 5)
+    assert list(ss.rank([1, 2, 2, 3])) == [1.0, 2.5, 2.5, 4.0]
+    assert ss.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert ss.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone, not linear
+    assert ss.pearson([1, 2, 3, 4], [1, 4, 9, 16]) < 1.0
+    assert math.isnan(ss.pearson([1, 1, 1], [1, 2, 3])) and math.isnan(ss.pearson([1], [2]))
+    result = ss.correlation_with_ci([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], n_boot=500)
+    assert result["n"] == 6 and result["ci_low"] <= result["r"] <= result["ci_high"] <= 1.0
+    few = ss.correlation_with_ci([1, 2], [2, 1])
+    assert few["r"] == pytest.approx(-1.0) and math.isnan(few["ci_low"])
+
+
+def test_transfer_metrics() -> None:
+    scores = {"spelling_accuracy": 0.6, "position_accuracy": 0.3, "count_accuracy": 0.2}
+    baseline = {"spelling_accuracy": 0.2, "position_accuracy": 0.1, "count_accuracy": 0.2}
+    control = {"spelling_accuracy": 0.59, "position_accuracy": 0.1, "count_accuracy": 0.1}
+    out = ss.transfer_metrics(scores, baseline, control)
+    assert out["spelling_gain"] == pytest.approx(0.4) and out["position_gain"] == pytest.approx(0.2)
+    assert out["position_transfer_ratio"] == pytest.approx(0.5) and out["count_transfer_ratio"] == pytest.approx(0.0)
+    assert out["count_gain_vs_control"] == pytest.approx(0.1)
+    assert out["position_transfer_ratio_vs_control"] is None  # spelling gain over the control: 0.01, ~0
+    assert "position_gain_vs_control" not in ss.transfer_metrics(scores, baseline, None)
+
+
+# --- generation and evaluation ----------------------------------------------------------------------------
+
+
+def test_batched_generation_matches_one_at_a_time(embedded: tuple[Any, Any], tiny_data: Any) -> None:
+    model, tokenizer = embedded
+    prompts = tiny_data["test"]["prompt"][:10]
+    batched = ss.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=10)
+    single = ss.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
+    assert batched == single and len(batched) == 10 and all(isinstance(a, str) for a in batched)
+    assert tokenizer.padding_side == "left" and not model.training  # restored
+
+
+def test_evaluate_scores_by_generation(embedded: tuple[Any, Any], tiny_data: Any, monkeypatch: Any) -> None:
+    model, tokenizer = embedded
+    evaluation = ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=100)
+    assert set(evaluation.scores) == set(sp.TASKS) and len(evaluation.predictions) == 18
+    for score in evaluation.scores.values():
+        assert 0 <= score["ci_low"] <= score["accuracy"] <= score["ci_high"] <= 1 and score["n"] == 6
+    # a model that answers every question right, in its own words, scores 1.0 everywhere
+    rows = {row["prompt"]: row for row in tiny_data["test"]}
+    styles = {"spelling": lambda a: " " + a.replace(" ", ", ").upper(), "position": lambda a: f" The letter {a}.",
+              "count": lambda a: f" {['zero', 'one', 'two', 'three', 'four'][int(a)]}\nQ: next"}  # fmt: skip
+    monkeypatch.setattr(ss, "generate_answers", lambda m, t, prompts, **kw: [
+        styles[rows[p]["task"]](rows[p]["answer"]) for p in prompts])  # fmt: skip
+    perfect = ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=100)
+    assert {task: s["accuracy"] for task, s in perfect.scores.items()} == {t: 1.0 for t in sp.TASKS}
+    assert perfect.metrics()["transfer_accuracy"] == 1.0
+
+
+# --- run configs ------------------------------------------------------------------------------------------
+
+
+def test_default_sweep_covers_the_search_space() -> None:
+    sweep = ss.default_sweep(num_runs=6)
+    assert sweep.strategy == "random" and sweep.size == 6
+    assert {k: v["values"] for k, v in sweep.parameters.items()} == ss.SEARCH_SPACE
+    configs = ss.check_sweep(ss.base_config("m"), sweep)
+    assert len(configs) == 6 and all(c["lora"]["r"] in (4, 8, 16, 32) for c in configs)
+    assert ss.default_sweep(smoke=True).size == 2
+    settings = ss.finetune_config(configs[0], "/tmp/x")
+    assert settings.r == configs[0]["lora"]["r"] and settings.micro_batch_size == configs[0]["training"]["batch_size"]
+    assert settings.early_stopping_patience == 4 and settings.resume
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("training.learning_rate", "2e-4", "must be a number > 0, got '2e-4' \\(str\\).*without quotes"),
+        ("lora.r", 8.0, "lora.r must be an integer >= 1, got 8.0"),
+        ("training.batch_size", True, "training.batch_size must be an integer"),
+        ("training.backend", "tpu", "one of"),
+        ("lora.rank", 8, "unknown setting 'lora.rank'.*did you mean 'lora.r'"),
+    ],
+)
+def test_a_sweep_value_of_the_wrong_type_fails_before_training(key: str, value: Any, match: str) -> None:
+    sweep = {"name": "bad", "strategy": "random", "num_runs": 1, "parameters": {key: {"values": [4, value]}}}
+    with pytest.raises(ValueError, match=match):
+        ss.check_sweep(ss.base_config("m"), sweep)
+
+
+# --- the tracked sweep -------------------------------------------------------------------------------------
+
+
+def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_data: Any, tmp_path: Any,
+                                               monkeypatch: Any) -> None:  # fmt: skip
+    import colab_helpers.finetune as finetune
+    from colab_helpers.tracking import read_runs
+
+    calls = []
+    real = finetune.fine_tune
+    monkeypatch.setattr(finetune, "fine_tune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tokenizer = embedded
+    study = ss.SpellingStudy(model, tokenizer, tiny_data, tmp_path, model_name="embedded-gpt2", n_boot=50,
+                             progress=False, live_plot=False)  # fmt: skip
+    before = [p.detach().clone() for p in model.parameters()]
+    base = ss.base_config("embedded-gpt2", smoke=True)
+    base["training"].update(max_steps=3, seq_len=32)
+    runs = study.run_sweep(ss.default_sweep(smoke=True), base)
+    assert list(runs["status"]) == ["done", "done"] and sorted(runs["lora.r"]) == [4, 8]
+    for column in ("spelling_accuracy", "position_ci_low", "count_ci_high", "transfer_accuracy", "position_gain",
+                   "count_gain_vs_control", "train_steps", "baseline_run_id", "control_run_id"):  # fmt: skip
+        assert column in runs and runs[column].notna().all(), column
+    assert "position_transfer_ratio" in runs  # None (empty) when the spelling gain is ~0
+    assert len(calls) == 3  # two runs and one control (both runs train 3 steps)
+    references = study.references()
+    assert sorted(references["kind"]) == ["baseline", "control"] and (references["status"] == "done").all()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # runs train copies
+    assert len(read_runs(tmp_path)) == 4  # runs.csv holds the sweep and its references
+    # a rerun finds every run done: nothing is trained again
+    again = study.run_sweep(ss.default_sweep(smoke=True), base)
+    assert len(calls) == 3 and list(again["run_id"]) == list(runs["run_id"])
+    # a sweep value of the wrong type fails before anything runs
+    with pytest.raises(ValueError, match="lora.r must be an integer"):
+        study.run_sweep({"name": "bad", "parameters": {"lora.r": ["4"]}}, base)
+    assert len(read_runs(tmp_path)) == 4 and len(calls) == 3
+
+
+def test_load_study_model_falls_back_to_the_embedded_model() -> None:
+    with pytest.warns(OfflineFallbackWarning, match="embedded offline model"):
+        model, tokenizer, name = ss.load_study_model("no-such-org/no-such-model")
+    assert name == "embedded-gpt2" and tokenizer.padding_side == "left"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ss.load_study_model("anything", smoke=True)[2] == "embedded-gpt2"
+
+
+# --- analysis ---------------------------------------------------------------------------------------------
+
+
+def fake_runs() -> Any:
+    import pandas as pd
+
+    rows = []
+    for i, (r, lr) in enumerate([(4, 1e-4), (8, 1e-4), (4, 1e-3), (8, 1e-3), (16, 1e-3)]):
+        spelling = 0.2 * i
+        row = {"run_id": f"run{i}", "status": "done", "lora.r": r, "training.learning_rate": lr,
+               "spelling_accuracy": spelling, "position_accuracy": [0.1, 0.3, 0.2, 0.4, 0.5][i],
+               "count_accuracy": 0.3, "transfer_accuracy": ([0.1, 0.3, 0.2, 0.4, 0.5][i] + 0.3) / 2}  # fmt: skip
+        for task in sp.TASKS:
+            row[f"{task}_ci_low"], row[f"{task}_ci_high"] = row[f"{task}_accuracy"] - 0.05, row[f"{task}_accuracy"] + 0.05
+        rows.append(row)
+    rows.append({"run_id": "failed", "status": "failed", "lora.r": 32})
+    return pd.DataFrame(rows)
+
+
+def test_analysis_tables(tmp_path: Any) -> None:
+    baseline = {"spelling_accuracy": 0.1, "position_accuracy": 0.1, "count_accuracy": 0.2, "spelling_ci_low": 0.0,
+                "spelling_ci_high": 0.2, "position_ci_low": 0.0, "position_ci_high": 0.2, "count_ci_low": 0.1,
+                "count_ci_high": 0.3}  # fmt: skip
+    analysis = ss.analyze(fake_runs(), baseline=baseline, n_boot=200)
+    assert len(analysis.runs) == 5  # the failed run is left out
+    position = analysis.correlations.set_index("y").loc["position_accuracy"]
+    assert position["pearson"] == pytest.approx(ss.pearson([0, 0.2, 0.4, 0.6, 0.8], [0.1, 0.3, 0.2, 0.4, 0.5]))
+    assert position["spearman"] == pytest.approx(0.9)  # ranks 1..5 vs 1,3,2,4,5: 1 - 6*2/(5*24)
+    assert math.isnan(analysis.correlations.set_index("y").loc["count_accuracy", "pearson"])  # constant
+    effects = analysis.effects.set_index(["parameter", "value"])
+    assert effects.loc[("lora.r", 8), "runs"] == 2
+    assert effects.loc[("lora.r", 8), "mean_position_accuracy"] == pytest.approx(0.35)
+    assert analysis.top["run_id"].iloc[0] == "run4" and list(analysis.importance["parameter"])[0] in ("lora.r", "training.learning_rate")
+    written = analysis.save(tmp_path)
+    page = written["report"].read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Correlations across runs" in page
+    summary = written["summary"].read_text()
+    assert "| untouched (baseline) | 0.100 [0.000, 0.200]" in summary and "Top configurations" in summary
+    assert written["scatter"].stat().st_size > 1000
