@@ -58,7 +58,7 @@ def _launch(script: Path, args: list[str], home: Path, *, path: tuple[Path, ...]
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), str(script), *args,
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=home)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=home)
     assert done.returncode == 0, f"launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 

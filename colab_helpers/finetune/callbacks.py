@@ -11,6 +11,11 @@ A callback is any object with some of these methods (all optional; :class:`Callb
 * ``on_train_error(tuner, exc)``: training is ending with an exception (Ctrl-C included), re-raised afterwards
 
 Exceptions raised by a callback propagate: a broken callback should be seen, not silently ignored.
+
+In a data-parallel run (``accelerate launch``, see :mod:`.distributed`) callbacks run on every rank with the same
+rows and events, as transformers' ``TrainerCallback`` do; a callback that writes files or logs to a tracker should
+act only where ``tuner.is_main_process`` (``tuner.rank`` and ``tuner.world_size`` say more). The live plot and
+the progress bar are installed on rank 0 only.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ retried step sees the same data) go through forward and backward in micro-batche
 host sync reads the loss and the gradient norm; a non-finite value skips the update. Costs per step beyond a
 plain loop: that one sync, a dict for the history row, and every ``snapshot_every`` good steps a copy of the
 LoRA weights and their AdamW moments (small: LoRA only).
+
+Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs on every rank: each rank trains on
+its own share of the step's sequences, one all-reduce averages gradients and loss (:mod:`.distributed`), so every
+guard decides the same on every rank; rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
