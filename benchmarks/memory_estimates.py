@@ -42,15 +42,15 @@ MB = 1024**2
 # Small random-weight models (10-30M parameters, most of it embeddings): the shapes the tests measure.
 SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-16M": ("gpt2", dict(n_layer=4, n_head=4, n_embd=256, vocab_size=50257, n_positions=512)),
-    "llama-12M": ("llama", dict(num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, hidden_size=256,
+    "llama-21M": ("llama", dict(num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, hidden_size=256,
                                 intermediate_size=688, vocab_size=32000, max_position_embeddings=512)),
     "neox-29M": ("gpt_neox", dict(num_hidden_layers=4, num_attention_heads=4, hidden_size=256, intermediate_size=1024,
                                   vocab_size=50304, max_position_embeddings=512)),
     "opt-16M": ("opt", dict(num_hidden_layers=4, num_attention_heads=4, hidden_size=256, ffn_dim=1024, vocab_size=50272,
                             word_embed_proj_dim=256, max_position_embeddings=512)),
-    "qwen2-43M": ("qwen2", dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=256,
+    "qwen2-82M": ("qwen2", dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=256,
                                 intermediate_size=1024, vocab_size=151936, max_position_embeddings=512)),
-    "bloom-66M": ("bloom", dict(n_layer=4, n_head=4, hidden_size=256, vocab_size=250880)),
+    "bloom-67M": ("bloom", dict(n_layer=4, n_head=4, hidden_size=256, vocab_size=250880)),
 }  # fmt: skip
 
 
@@ -88,12 +88,12 @@ CASES: tuple[Case, ...] = (
     Case("embedded-llama", "lora", 8, 128),
     # the small cases of tests/test_memory_estimate.py
     Case("gpt2-16M", "full", 4, 128, quick=True),
-    Case("llama-12M", "lora", 4, 128, quick=True),
+    Case("llama-21M", "lora", 4, 128, quick=True),
     Case("neox-29M", "inference", 8, 256, quick=True),
     Case("opt-16M", "lora", 4, 128, quick=True),
     # big vocabularies: logits and loss dominate; BLOOM attention is eager (ALiBi)
-    Case("qwen2-43M", "lora", 2, 128),
-    Case("bloom-66M", "lora", 2, 128),
+    Case("qwen2-82M", "lora", 2, 128),
+    Case("bloom-67M", "lora", 2, 128),
     # catalog-sized models
     Case("pythia-70m", "inference", 4, 256),
     Case("pythia-70m", "lora", 4, 256),

@@ -97,6 +97,9 @@ _LAZY: dict[str, str] = {
     "PruningFineTuningExperiment": "experiments",
     "run_sweep": "experiments",
     "run_config": "experiments",
+    # the spelling-transfer study
+    "SpellingStudy": "spelling_study",
+    "load_study_model": "spelling_study",
     # run tracking and sweep configs
     "RunManager": "tracking",
     "Run": "tracking",
@@ -168,6 +171,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
     from .pipeline import ExperimentConfig, PruningExperiment
     from .plotting import LivePlot
+    from .spelling_study import SpellingStudy, load_study_model
     from .study import (
         forward_latency,
         importance_by_strategy,

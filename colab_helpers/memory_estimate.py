@@ -528,7 +528,7 @@ def estimate_memory(
     if gradient_checkpointing and device == "cpu" and training:
         notes.append(
             "on the CPU, gradient checkpointing's recomputation fragments the heap: measured peaks ran about "
-            "1.4x this estimate (docs/memory-estimates.md)"
+            "1.4-1.5x this estimate (docs/memory-estimates.md)"
         )
 
     lora_params = lora_r * shape.lora_in_out if mode in ("lora", "qlora") else 0

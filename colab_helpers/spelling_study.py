@@ -27,24 +27,25 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
-import dataclasses
 import difflib
 import html
 import json
 import logging
 import math
+import numbers
 import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_write_text, ensure_writable_dir
-from .errors import ColabHelpersWarning, OfflineFallbackWarning
+from .errors import OfflineFallbackWarning
 from .tasks.spelling import TASKS, fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +66,7 @@ METRICS: tuple[str, ...] = ("spelling_accuracy", "position_accuracy", "count_acc
 REFERENCE_SWEEP = "reference"
 CONTROL_MODES: tuple[str, ...] = ("per_steps", "per_run", "none")
 MIN_SPELLING_GAIN = 0.02  # below this |spelling gain| the transfer ratio is None
+SMALL_MODEL_PARAMETERS = 20_000_000  # on the CPU, models up to this size run single-threaded (small_model_threads)
 SEARCH_SPACE: dict[str, list[Any]] = {
     "lora.r": [4, 8, 16, 32],
     "lora.alpha": [8, 16, 32, 64],
@@ -264,6 +266,27 @@ def _model_device(model: Any) -> Any:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def small_model_threads(model: Any, max_parameters: int = SMALL_MODEL_PARAMETERS) -> Iterator[None]:
+    """Run the block with one torch thread when ``model`` is tiny and on the CPU, then restore the count.
+
+    A model of ~1M parameters gains nothing from intra-op threads, and on a CPU shared with other work
+    threads that wait for each other made its generation and training 10-30x slower (measured on 2 cores).
+    """
+    import torch
+
+    device = _model_device(model)
+    small = device.type == "cpu" and sum(p.numel() for p in model.parameters()) <= max_parameters
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and before > 1:
+            torch.set_num_threads(before)
+
+
 def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     """Return a fresh greedy ``GenerationConfig``: the model's own may sample or penalise repeats (Qwen does)."""
     from transformers import GenerationConfig
@@ -282,7 +305,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
 
     Prompts are tokenized without added special tokens (as in training), grouped by length and generated
     ``batch_size`` at a time, padded on the left with an attention mask. A CUDA out-of-memory error halves
-    the batch and retries. ``batch_size=1`` is one prompt at a time.
+    the batch and retries. ``batch_size=1`` is one prompt at a time. A tiny model on the CPU runs with one
+    thread (see :func:`small_model_threads`).
     """
     import torch
 
@@ -307,6 +331,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
     was_training = bool(getattr(model, "training", False))
     model.eval()
     answers: list[str] = [""] * len(prompts)
+    threads = small_model_threads(model)
+    threads.__enter__()
     try:
         start = 0
         while start < len(order):
@@ -329,6 +355,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
                 answers[index] = text
             start += len(chunk)
     finally:
+        threads.__exit__(None, None, None)
         tokenizer.padding_side = side
         if pad is None:
             tokenizer.pad_token = pad
@@ -336,10 +363,11 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
     return answers
 
 
-def answer_budget(tokenizer: Any, answers: Iterable[str], margin: int = 4) -> int:
-    """Return how many new tokens a generation needs: the longest reference answer's tokens plus ``margin``."""
+def answer_budget(tokenizer: Any, answers: Iterable[str], margin: int = 4, minimum: int = 16) -> int:
+    """Return how many new tokens a generation gets: the longest reference answer's tokens plus ``margin``, and
+    at least ``minimum`` (an instruct model often answers in a short sentence: "The 3rd letter is 'p'.")."""
     lengths = [len(ids) for ids in tokenizer([f" {a}" for a in answers], add_special_tokens=False)["input_ids"]]
-    return max(lengths, default=1) + margin
+    return max(max(lengths, default=1) + margin, minimum)
 
 
 @dataclass
@@ -380,11 +408,13 @@ class Evaluation:
 
 
 def evaluate(model: Any, tokenizer: Any, dataset: datasets.Dataset, *, tasks: Sequence[str] | None = None,
-             batch_size: int = 32, n_boot: int = 1000, seed: int = 0, margin: int = 4) -> Evaluation:  # fmt: skip
+             batch_size: int = 32, n_boot: int = 1000, seed: int = 0, margin: int = 4,
+             min_new_tokens: int = 16) -> Evaluation:  # fmt: skip
     """Return the :class:`Evaluation` of ``model`` on ``dataset`` rows (``task``, ``prompt``, ``answer``).
 
-    One batched greedy generation per task, with that task's token budget (longest answer + ``margin``);
-    exact match after :func:`normalize_answer`; accuracy per task with a bootstrap 95% interval.
+    One batched greedy generation per task, with that task's token budget (longest answer + ``margin``, at
+    least ``min_new_tokens``); exact match after :func:`normalize_answer`; accuracy per task with a bootstrap
+    95% interval.
     """
     started = time.perf_counter()
     rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
@@ -396,7 +426,7 @@ def evaluate(model: Any, tokenizer: Any, dataset: datasets.Dataset, *, tasks: Se
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         task_rows = [row for row in rows if row["task"] == task]
-        budget = answer_budget(tokenizer, [row["answer"] for row in task_rows], margin)
+        budget = answer_budget(tokenizer, [row["answer"] for row in task_rows], margin, min_new_tokens)
         outputs = generate_answers(model, tokenizer, [row["prompt"] for row in task_rows], max_new_tokens=budget,
                                    batch_size=batch_size)  # fmt: skip
         correct = []
@@ -410,8 +440,9 @@ def evaluate(model: Any, tokenizer: Any, dataset: datasets.Dataset, *, tasks: Se
     return Evaluation(scores=scores, predictions=predictions, seconds=time.perf_counter() - started)
 
 
-def transfer_metrics(scores: Mapping[str, Any], baseline: Mapping[str, Any] | None, control: Mapping[str, Any] | None = None,
-                     *, min_spelling_gain: float = MIN_SPELLING_GAIN) -> dict[str, float | None]:  # fmt: skip
+def transfer_metrics(scores: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                     control: Mapping[str, Any] | None = None, *,
+                     min_spelling_gain: float = MIN_SPELLING_GAIN) -> dict[str, float | None]:  # fmt: skip
     """Return the gains over the baseline (``<task>_gain``) and the control (``<task>_gain_vs_control``) and
     the transfer ratios ``<task>_transfer_ratio[_vs_control]`` = task gain / spelling gain for position and
     count, **None** when ``|spelling gain| < min_spelling_gain``. ``scores`` etc. hold ``<task>_accuracy``.
@@ -553,7 +584,8 @@ def check_sweep(base: Mapping[str, Any], sweep: Any) -> list[dict[str, Any]]:
     return expand(base, sweep_config, validate=check_run_config)
 
 
-def finetune_config(config: Mapping[str, Any], output_dir: str | Path, *, early_stopping: bool = True) -> FineTuneConfig:
+def finetune_config(config: Mapping[str, Any], output_dir: str | Path, *,
+                    early_stopping: bool = True) -> FineTuneConfig:  # fmt: skip
     """Return the :class:`~colab_helpers.finetune.FineTuneConfig` of run ``config``, writing to ``output_dir``.
 
     Checkpoints keep only the newest one and ``resume=True``: a run restarted after a disconnect continues.
@@ -690,8 +722,9 @@ class SpellingStudy:
             from .data import load_text_dataset
 
             training = settings["training"]
-            tokens = training["max_steps"] * training["batch_size"] * training["gradient_accumulation_steps"] * training["seq_len"]
-            corpus = load_text_dataset("embedded", max_chars=8 * tokens)  # what the steps can use (> 4 chars a token)
+            sequences = training["max_steps"] * training["batch_size"] * training["gradient_accumulation_steps"]
+            # as much text as the steps can use (a token is ~4 characters of English): no need to tokenize it all
+            corpus = load_text_dataset("embedded", max_chars=8 * sequences * training["seq_len"])
             return self._train_and_evaluate(settings, path, corpus.train, None)
 
         return self._reference(record, produce)
@@ -707,8 +740,9 @@ class SpellingStudy:
         settings = finetune_config(config, path / "finetune", early_stopping=eval_texts is not None)
         model = copy.deepcopy(self.model)
         try:
-            result = fine_tune(model, self.tokenizer, train_texts, eval_texts, settings, live_plot=False,
-                               progress=self.progress)  # fmt: skip
+            with small_model_threads(model):
+                result = fine_tune(model, self.tokenizer, train_texts, eval_texts, settings, live_plot=False,
+                                   progress=self.progress)  # fmt: skip
             _for_inference(result)
             evaluation = self.evaluate(result.model)
             _save_predictions(path, evaluation)
@@ -808,6 +842,15 @@ class SpellingStudy:
         """Return the runs of ``sweep`` (default: the last sweep run) as a DataFrame."""
         return self.manager.runs(sweep=sweep or self.sweep_name)
 
+    def predictions(self, run_id: str) -> pd.DataFrame:
+        """Return the evaluation answers of run ``run_id`` (a sweep run, the baseline or a control)."""
+        import pandas as pd
+
+        path = self.manager.run_dir(run_id) / "predictions.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"run {run_id!r} has no predictions.jsonl (it did not finish its evaluation)")
+        return pd.read_json(path, lines=True)
+
     def references(self) -> pd.DataFrame:
         """Return the baseline and control runs (sweep ``"reference"``)."""
         return self.manager.runs(sweep=REFERENCE_SWEEP)
@@ -853,7 +896,29 @@ def _save_predictions(path: Path, evaluation: Evaluation) -> None:
     atomic_write_text(path / "predictions.jsonl", "\n".join(lines) + "\n")
 
 
-# --- analysis ----------------------------------------------------------------------------------------------
+# --- tables and analysis -----------------------------------------------------------------------------------
+
+
+def accuracy_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Return accuracy, 95% interval and number of questions per task from flat ``<task>_accuracy``... metrics."""
+    import pandas as pd
+
+    rows = [{"task": task, **{key: metrics.get(f"{task}_{key}") for key in ("accuracy", "ci_low", "ci_high", "n")}}
+            for task in TASKS if f"{task}_accuracy" in metrics]  # fmt: skip
+    return pd.DataFrame(rows).set_index("task")
+
+
+def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Return the runs table reduced to what a person reads: swept settings, accuracies, gains, status,
+    best transfer first."""
+    columns = ["run_id", "status", *SEARCH_SPACE, *METRICS, "position_gain", "count_gain", "position_gain_vs_control",
+               "count_gain_vs_control", "position_transfer_ratio", "count_transfer_ratio", "train_steps",
+               "stopped_reason", "error"]  # fmt: skip
+    shown = runs[[c for c in columns if c in runs]]
+    if "transfer_accuracy" in shown:
+        shown = shown.sort_values("transfer_accuracy", ascending=False, na_position="last")
+    return shown.reset_index(drop=True)
+
 
 
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -970,7 +1035,8 @@ def _error_bars(runs: pd.DataFrame, task: str) -> Any:
     if low not in runs or high not in runs:
         return None
     centre = runs[value].astype(float).to_numpy()
-    return np.clip(np.vstack([centre - runs[low].astype(float).to_numpy(), runs[high].astype(float).to_numpy() - centre]), 0, None)
+    below, above = centre - runs[low].astype(float).to_numpy(), runs[high].astype(float).to_numpy() - centre
+    return np.clip(np.vstack([below, above]), 0, None)
 
 
 def plot_parameter_effects(effects: pd.DataFrame, metrics: Sequence[str] = METRICS[:3], *,
@@ -1005,19 +1071,34 @@ def plot_parameter_effects(effects: pd.DataFrame, metrics: Sequence[str] = METRI
     return figure
 
 
-def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+_WHOLE_COLUMNS = {*SEARCH_SPACE, "runs", "values", "best_value", "train_steps", "n"}  # settings and counts: "%g"
+
+
+def _cell(column: str, value: Any, digits: int = 3) -> str:
+    """Return one table cell as text: settings and counts as written (4, 0.0001), metrics to ``digits`` places."""
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "" if value is None else str(value)
+    number = float(value)
+    if math.isnan(number):
+        return ""
+    if column in _WHOLE_COLUMNS:
+        return f"{number:g}"
+    return f"{number:.{digits}g}" if number and abs(number) < 1e-2 else f"{number:.{digits}f}"
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with every cell formatted by :func:`_cell` (for the Markdown and HTML reports)."""
+    return frame.apply(lambda column: column.map(lambda value: _cell(str(column.name), value)))
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
     """Return ``frame`` as a GitHub Markdown table (no extra package needed)."""
     if frame is None or frame.empty:
         return "_(none)_"
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    shown = _display(frame)
+    header = "| " + " | ".join(str(c) for c in shown.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
+    body = ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 
@@ -1052,8 +1133,9 @@ class TransferAnalysis:
             rows.append({"model": "untouched (baseline)", **_accuracy_cells(self.baseline)})
         if self.controls is not None:
             for _, control in self.controls.iterrows():
-                rows.append({"model": f"control, {control.get('training.max_steps', '?')} steps",
-                             **_accuracy_cells(control)})  # fmt: skip
+                steps = control.get("training.max_steps")
+                steps = f"{int(steps)}" if _finite(steps) else "?"
+                rows.append({"model": f"control, {steps} steps (plain text)", **_accuracy_cells(control)})
         return pd.DataFrame(rows)
 
     def to_markdown(self) -> str:
@@ -1076,7 +1158,7 @@ class TransferAnalysis:
         def table(frame: Any) -> str:
             if frame is None or frame.empty:
                 return "<p><i>(none)</i></p>"
-            return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+            return _display(frame).to_html(index=False)
 
         def image(figure: Any, alt: str) -> str:
             data = base64.b64encode(figure.png()).decode("ascii")
@@ -1131,7 +1213,7 @@ def _accuracy_cells(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finite(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def analyze(runs: pd.DataFrame, *, baseline: Mapping[str, Any] | None = None, controls: pd.DataFrame | None = None,
@@ -1152,12 +1234,15 @@ def _notes(analysis: TransferAnalysis) -> list[str]:
     notes = []
     n = len(analysis.runs)
     if n < 3:
-        notes.append(f"Only {n} finished run(s): correlations need at least 3 and are NaN here; these are mechanics, not findings.")
+        notes.append(f"Only {n} finished run(s): correlations need at least 3 and are NaN here; "
+                     "these are mechanics, not findings.")
     elif n < 10:
         notes.append(f"Only {n} runs: correlation intervals are wide; treat rankings as hints.")
     for _, row in analysis.correlations.iterrows():
-        if _finite(row["pearson_ci_low"], row["pearson_ci_high"]) and row["pearson_ci_low"] <= 0 <= row["pearson_ci_high"]:
-            notes.append(f"The 95% interval of Pearson r for spelling vs {row['y']} includes 0: no evidence of a linear link.")
+        low, high = row["pearson_ci_low"], row["pearson_ci_high"]
+        if _finite(low, high) and low <= 0 <= high:
+            notes.append(f"The 95% interval of Pearson r for spelling vs {row['y']} includes 0: "
+                         "no evidence of a linear link.")
     for task in TRANSFER_TASKS:
         column = f"{task}_transfer_ratio"
         if column in analysis.runs and n and analysis.runs[column].isna().all():
@@ -1174,6 +1259,7 @@ __all__ = [
     "Evaluation",
     "SpellingStudy",
     "TransferAnalysis",
+    "accuracy_table",
     "accuracy_with_ci",
     "analyze",
     "answer_budget",
@@ -1196,6 +1282,8 @@ __all__ = [
     "plot_parameter_effects",
     "plot_spelling_vs_transfer",
     "rank",
+    "results_table",
+    "small_model_threads",
     "spearman",
     "top_configs",
     "transfer_metrics",

@@ -1,6 +1,6 @@
 """estimate_memory: the breakdown's logic, the three ways to name a model, bad input, and real measurements.
 
-The measured cases run small random-weight models (12-29M parameters) in fresh processes, three at once,
+The measured cases run small random-weight models (16-29M parameters) in fresh processes, three at once,
 and require the measured peak RSS within 15% of the estimate (docs/memory-estimates.md has the full table).
 """
 

@@ -210,7 +210,7 @@ def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_
     assert len(calls) == 3  # two runs and one control (both runs train 3 steps)
     references = study.references()
     assert sorted(references["kind"]) == ["baseline", "control"] and (references["status"] == "done").all()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # runs train copies
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # runs train copies
     assert len(read_runs(tmp_path)) == 4  # runs.csv holds the sweep and its references
     # a rerun finds every run done: nothing is trained again
     again = study.run_sweep(ss.default_sweep(smoke=True), base)
@@ -219,6 +219,27 @@ def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_
     with pytest.raises(ValueError, match="lora.r must be an integer"):
         study.run_sweep({"name": "bad", "parameters": {"lora.r": ["4"]}}, base)
     assert len(read_runs(tmp_path)) == 4 and len(calls) == 3
+
+
+def test_past_max_runtime_runs_are_recorded_skipped(embedded: tuple[Any, Any], tiny_data: Any, tmp_path: Any) -> None:
+    model, tokenizer = embedded
+    study = ss.SpellingStudy(model, tokenizer, tiny_data, tmp_path, model_name="embedded-gpt2", n_boot=20,
+                             control="none", progress=False, live_plot=False)  # fmt: skip
+    runs = study.run_sweep(ss.default_sweep(smoke=True), ss.base_config("embedded-gpt2", smoke=True), max_runtime=0.0)
+    assert list(runs["status"]) == ["skipped", "skipped"] and runs["error"].str.contains("max_runtime").all()
+    assert list(study.references()["kind"]) == ["baseline"]  # measured once, before the first run
+
+
+def test_small_models_run_single_threaded_on_the_cpu(embedded: tuple[Any, Any]) -> None:
+    torch.set_num_threads(2)
+    try:
+        with ss.small_model_threads(embedded[0]):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with ss.small_model_threads(embedded[0], max_parameters=1000):  # "large": left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_load_study_model_falls_back_to_the_embedded_model() -> None:
@@ -268,4 +289,5 @@ def test_analysis_tables(tmp_path: Any) -> None:
     assert page.count("data:image/png;base64,") == 2 and "Correlations across runs" in page
     summary = written["summary"].read_text()
     assert "| untouched (baseline) | 0.100 [0.000, 0.200]" in summary and "Top configurations" in summary
+    assert "| run4 | 16 | 0.001 | 0.800 | 0.500 |" in summary  # settings as written, metrics to 3 places
     assert written["scatter"].stat().st_size > 1000

@@ -1,0 +1,360 @@
+"""Pruning benchmarks, as ratios taken side by side in one run (CPU, one torch thread).
+
+    python benchmarks/pruning.py            # GPT-2-small-sized random model, 4 x 256 tokens (~4-5 min)
+    python benchmarks/pruning.py --quick    # a tiny model, seconds (what tests/test_benchmarks.py runs)
+
+What is measured (issue targets in brackets):
+
+- **Gating overhead** [<= 1.03x]: forward with ``gate_heads`` gates vs no hooks. All-keep gates install no hook
+  at all (by design), so the real cost of hooks is measured too: one head gated off in every layer, so every
+  layer's output projection runs the gate multiply.
+- **Removal speed-up** [within 10% of the FLOPs prediction]: 50% of the heads of every layer removed
+  (``scope="layer"``); the measured latency ratio unpruned / pruned against the ratio the removed FLOPs predict.
+- **Importance cost**: the entropy pass vs a plain eager forward over the same tokens [<= 1.5x]; the gradient
+  pass vs a forward + backward (weight gradients included, as in training) over the same tokens [<= 1.2x].
+
+Each comparison interleaves its variants (the order rotates every repetition) after one warm-up call each and
+takes the ratio of the medians of the process's CPU time (wall-clock ratios are reported alongside: on a shared
+machine they carry the other processes' noise). ``run()`` returns ``{"name", "checks", "figures", "settings"}``; each check
+has ``target``, ``measured``, ``passed`` and a ``detail`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+TARGET_GATING = 1.03
+TARGET_REMOVAL_AGREEMENT = 0.10  # |measured / predicted - 1|
+TARGET_ENTROPY = 1.5
+TARGET_GRADIENT = 1.2
+
+# (model config, batch, seq, repeats per comparison): full = GPT-2 small (GPT2Config defaults), quick = a toy
+FULL = dict(config={}, batch=4, seq=256, repeats={"gating": 5, "removal": 5, "entropy": 4, "gradient": 3})
+QUICK = dict(
+    config=dict(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0),
+    batch=2,
+    seq=32,
+    repeats={"gating": 1, "removal": 1, "entropy": 1, "gradient": 1},
+)
+
+
+def interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, *, warmup: bool = True
+) -> dict[str, dict[str, list[float]]]:
+    """Return ``{"cpu": {name: [seconds]}, "wall": {name: [seconds]}}`` over ``repeats`` rounds.
+
+    The variants run one after another within a round, in an order that rotates every round, so slow drift of
+    the machine's load falls on all of them alike; with ``warmup`` each runs once first, untimed. ``cpu`` is
+    this process's CPU time (``time.process_time``): at one torch thread it counts the work done and not the
+    time other processes held the core, which is what makes ratios stable on a shared machine. A callable
+    that returns a ``(cpu, wall)`` pair of floats reports its own window (e.g. the steps inside ``train()``).
+    """
+    names = list(variants)
+    if warmup:
+        for name in names:
+            variants[name]()
+    times: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in names}, "wall": {n: [] for n in names}}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            cpu, wall = time.process_time(), time.perf_counter()
+            reported = variants[name]()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            if isinstance(reported, tuple) and len(reported) == 2:
+                cpu, wall = reported
+            times["cpu"][name].append(float(cpu))
+            times["wall"][name].append(float(wall))
+    return times
+
+
+def ratio(times: dict[str, dict[str, list[float]]], numerator: str, denominator: str, clock: str = "cpu") -> float:
+    """Return median(numerator) / median(denominator) on ``clock`` ("cpu" or "wall")."""
+    series = times[clock]
+    return statistics.median(series[numerator]) / statistics.median(series[denominator])
+
+
+def median(times: dict[str, dict[str, list[float]]], name: str, clock: str = "cpu") -> float:
+    """Return the median seconds of variant ``name`` on ``clock``."""
+    return statistics.median(times[clock][name])
+
+
+def paired_spread(times: dict[str, dict[str, list[float]]], numerator: str, denominator: str) -> str:
+    """Return the per-round CPU-time ratios' range and the wall-clock ratio, for the detail column."""
+    ratios = [a / b for a, b in zip(times["cpu"][numerator], times["cpu"][denominator])]
+    return f"per-round {min(ratios):.3f}-{max(ratios):.3f}; wall-clock ratio {ratio(times, numerator, denominator, 'wall'):.3f}"
+
+
+def check(name: str, target: str, measured: float, passed: bool, detail: str) -> dict[str, Any]:
+    """Return one result row: ``{"name", "target", "measured", "passed", "detail"}``."""
+    return {"name": name, "target": target, "measured": round(float(measured), 4), "passed": bool(passed), "detail": detail}
+
+
+def build_gpt2(overrides: dict[str, Any], seed: int = 0) -> Any:
+    """Return a random-weight GPT-2 (``GPT2Config(**overrides)``) in eval mode, dropout off."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(seed)
+    config = GPT2Config(**overrides, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def forward_flops(model: Any, batch: int, seq: int) -> float:
+    """Return the matmul FLOPs (2 per multiply-add) of one forward of a GPT-2-style model at ``batch x seq``.
+
+    Counted: q/k/v and output projections (per head present), attention scores and the weighted sum of values
+    (full ``seq x seq`` per head, as eager attention computes them), the MLP, and the LM head. Not counted:
+    embeddings, layer norms, softmax, GELU, biases (all linear in tokens and small next to the matmuls).
+    """
+    from colab_helpers.pruning import head_layout
+
+    layout = head_layout(model)
+    config = model.config
+    d, vocab = config.n_embd, config.vocab_size
+    d_ff = config.n_inner or 4 * d
+    tokens = batch * seq
+    hd = layout.head_dim
+    flops = 2.0 * tokens * d * vocab  # LM head
+    for n_q, n_kv in zip(layout.query_heads, layout.kv_heads):
+        flops += 2.0 * tokens * d * (n_q + 2 * n_kv) * hd  # q, k, v
+        flops += 2.0 * tokens * n_q * hd * d  # output projection
+        flops += 2.0 * 2 * batch * n_q * seq * seq * hd  # scores (q k^T) and values (p v)
+        flops += 2.0 * 2 * tokens * d * d_ff  # MLP up and down
+    return flops
+
+
+def _one_head_per_layer(layout: Any) -> Any:
+    import torch
+
+    mask = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.bool)
+    mask[:, 0] = True
+    return mask
+
+
+def gating_overhead(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Forward without hooks vs all-keep gates vs one head gated per layer; return (checks, figures)."""
+    import torch
+
+    from colab_helpers.pruning import gate_heads, head_layout
+
+    one_per_layer = _one_head_per_layer(head_layout(model))
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+
+    def gated(mask: Any) -> Callable[[], None]:
+        def call() -> None:
+            with gate_heads(model, mask):
+                forward()
+
+        return call
+
+    times = interleaved({"no_hooks": forward, "all_keep": gated(None), "one_per_layer": gated(one_per_layer)}, repeats)
+    with gate_heads(model, one_per_layer) as handle:
+        hooked = sum(h is not None for h in handle._handles)
+    with gate_heads(model) as handle:
+        hooked_all_keep = sum(h is not None for h in handle._handles)
+    layers = len(one_per_layer)
+    checks = []
+    for name, label, hooks in (
+        ("all_keep", "all-keep gates", hooked_all_keep),
+        ("one_per_layer", "one head gated per layer", hooked),
+    ):
+        value = ratio(times, name, "no_hooks")
+        checks.append(
+            check(
+                f"gating overhead: {label} vs no hooks",
+                f"<= {TARGET_GATING}x",
+                value,
+                value <= TARGET_GATING,
+                f"{hooks} of {layers} layers hooked; {paired_spread(times, name, 'no_hooks')}",
+            )
+        )
+    figures = {
+        "forward_cpu_s": median(times, "no_hooks"),
+        "forward_wall_s": median(times, "no_hooks", "wall"),
+        "gating_all_keep_ratio": ratio(times, "all_keep", "no_hooks"),
+        "gating_one_per_layer_ratio": ratio(times, "one_per_layer", "no_hooks"),
+        "gating_one_per_layer_wall_ratio": ratio(times, "one_per_layer", "no_hooks", "wall"),
+        "gating_hooked_layers_all_keep": hooked_all_keep,
+        "gating_hooked_layers_one_per_layer": hooked,
+    }
+    return checks, figures
+
+
+def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Latency of the unpruned model vs a copy with 50% of every layer's heads removed; return (checks, figures)."""
+    import torch
+
+    from colab_helpers.pruning import head_importance, remove_heads, select_heads
+
+    pruned = copy.deepcopy(model)
+    mask = select_heads(head_importance(pruned, None, "random", seed=0), 0.5, scope="layer")
+    report = remove_heads(pruned, mask)
+    batch, seq = ids.shape
+
+    def forward(target: Any) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                target(input_ids=ids, use_cache=False)
+
+        return call
+
+    times = interleaved({"unpruned": forward(model), "pruned": forward(pruned)}, repeats)
+    measured = ratio(times, "unpruned", "pruned")
+    predicted = forward_flops(model, batch, seq) / forward_flops(pruned, batch, seq)
+    agreement = measured / predicted
+    del pruned
+    check_row = check(
+        "removal speed-up (50% of heads per layer): measured / FLOPs-predicted",
+        f"within {TARGET_REMOVAL_AGREEMENT:.0%} (0.90-1.10)",
+        agreement,
+        abs(agreement - 1) <= TARGET_REMOVAL_AGREEMENT,
+        f"measured {measured:.3f}x ({paired_spread(times, 'unpruned', 'pruned')}), predicted {predicted:.3f}x; "
+        f"params {report.params_before:,} -> {report.params_after:,}",
+    )
+    figures = {
+        "removal_measured_speedup": measured,
+        "removal_predicted_speedup": predicted,
+        "removal_agreement": agreement,
+        "removal_params_before": report.params_before,
+        "removal_params_after": report.params_after,
+        "removal_unpruned_cpu_s": median(times, "unpruned"),
+        "removal_pruned_cpu_s": median(times, "pruned"),
+        "removal_wall_speedup": ratio(times, "unpruned", "pruned", "wall"),
+    }
+    return [check_row], figures
+
+
+def importance_cost(
+    model: Any, ids: Any, repeats: dict[str, int]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Entropy pass vs eager forward, gradient pass vs forward + backward; return (checks, figures)."""
+    import torch
+
+    from colab_helpers.pruning import head_importance
+
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the entropy pass needs eager; the baseline then runs eager too
+    try:
+
+        def eager_forward() -> None:
+            with torch.no_grad():
+                model(**batches[0], use_cache=False)
+
+        entropy_times = interleaved(
+            {
+                "eager_forward": eager_forward,
+                "entropy": lambda: head_importance(model, batches, "entropy", progress=False),
+            },
+            repeats["entropy"],
+        )
+    finally:
+        model.set_attn_implementation(previous)
+
+    def forward_backward() -> None:
+        loss = model(**batches[0], labels=ids, use_cache=False).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    gradient_times = interleaved(
+        {
+            "forward_backward": forward_backward,
+            "gradient": lambda: head_importance(model, batches, "gradient", progress=False),
+        },
+        repeats["gradient"],
+    )
+    entropy = ratio(entropy_times, "entropy", "eager_forward")
+    gradient = ratio(gradient_times, "gradient", "forward_backward")
+    checks = [
+        check(
+            "importance cost: entropy pass vs eager forward",
+            f"<= {TARGET_ENTROPY}x",
+            entropy,
+            entropy <= TARGET_ENTROPY,
+            f"eager forward {median(entropy_times, 'eager_forward'):.2f} s CPU; "
+            f"{paired_spread(entropy_times, 'entropy', 'eager_forward')}",
+        ),
+        check(
+            "importance cost: gradient pass vs forward + backward",
+            f"<= {TARGET_GRADIENT}x",
+            gradient,
+            gradient <= TARGET_GRADIENT,
+            f"forward + backward {median(gradient_times, 'forward_backward'):.2f} s CPU (sdpa, weight gradients "
+            f"included); {paired_spread(gradient_times, 'gradient', 'forward_backward')}",
+        ),
+    ]
+    figures = {
+        "entropy_ratio": entropy,
+        "gradient_ratio": gradient,
+        "eager_forward_cpu_s": median(entropy_times, "eager_forward"),
+        "entropy_pass_cpu_s": median(entropy_times, "entropy"),
+        "forward_backward_cpu_s": median(gradient_times, "forward_backward"),
+        "gradient_pass_cpu_s": median(gradient_times, "gradient"),
+        "entropy_wall_ratio": ratio(entropy_times, "entropy", "eager_forward", "wall"),
+        "gradient_wall_ratio": ratio(gradient_times, "gradient", "forward_backward", "wall"),
+    }
+    return checks, figures
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run the pruning benchmarks at one torch thread and return ``{"name", "checks", "figures", "settings"}``."""
+    import torch
+
+    plan = QUICK if quick else FULL
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        model = build_gpt2(plan["config"])
+        batch, seq = plan["batch"], plan["seq"]
+        vocab = model.config.vocab_size
+        ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+        repeats = plan["repeats"]
+        checks: list[dict[str, Any]] = []
+        figures: dict[str, Any] = {}
+        for part in (
+            lambda: gating_overhead(model, ids, repeats["gating"]),
+            lambda: removal_speedup(model, ids, repeats["removal"]),
+            lambda: importance_cost(model, ids, repeats),
+        ):
+            part_checks, part_figures = part()
+            checks += part_checks
+            figures.update(part_figures)
+        config = model.config
+        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    finally:
+        torch.set_num_threads(threads)
+    figures = {key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}
+    settings = {
+        "model": f"random GPT-2, {config.n_layer} layers x {config.n_head} heads, width {config.n_embd}, "
+        f"vocab {config.vocab_size} ({params / 1e6:.1f}M parameters), eval mode, sdpa attention",
+        "batch": f"{batch} x {seq} tokens",
+        "repeats": ", ".join(f"{k} {v}" for k, v in repeats.items()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return {"name": "pruning", "checks": checks, "figures": figures, "settings": settings}
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny model: seconds, for smoke tests")
+    result = run(quick=parser.parse_args().quick)
+    for row in result["checks"]:
+        status = "pass" if row["passed"] else "MISS"
+        print(f"{status:4}  {row['name']}: {row['measured']} (target {row['target']}) - {row['detail']}")
+    print(f"settings: {result['settings']}")
+    if any(not math.isfinite(v) for v in result["figures"].values() if isinstance(v, float)):
+        raise SystemExit("non-finite figure")
+
+
+if __name__ == "__main__":
+    _main()
