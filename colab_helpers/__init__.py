@@ -89,8 +89,11 @@ _LAZY: dict[str, str] = {
     "pick_model": "catalog",
     "get_entry": "catalog",
     "ModelPick": "catalog",
+    "CatalogEntry": "catalog",
+    "CATALOG": "catalog",
     "estimate_memory": "memory_estimate",
     "MemoryEstimate": "memory_estimate",
+    "measure_peak_memory": "memory_estimate",
     # the prune-then-recover pipeline
     "PruningExperiment": "pipeline",
     "ExperimentConfig": "pipeline",
@@ -140,12 +143,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .catalog import ModelPick, catalog_table, get_entry, pick_model
+    from .catalog import CATALOG, CatalogEntry, ModelPick, catalog_table, get_entry, pick_model
     from .data import TextDataset, available_datasets, load_text_dataset
     from .downloads import bundle, download, drive_results_dir, persist_to_drive
     from .environment import EnvironmentReport, Recommendations, detect_environment
     from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
-    from .memory_estimate import MemoryEstimate, estimate_memory
+    from .memory_estimate import MemoryEstimate, estimate_memory, measure_peak_memory
     from .memory import (
         MemorySnapshot,
         PeakMemory,

@@ -549,7 +549,7 @@ def estimate_memory(
         overhead = CUDA_CONTEXT_BYTES
     else:
         overhead = CPU_BASELINE_BYTES + (CPU_TRAINING_BYTES if training else 0)
-    return MemoryEstimate(
+    estimate = MemoryEstimate(
         model=shape.label,
         mode=mode,
         device=device,
@@ -565,6 +565,8 @@ def estimate_memory(
         overhead=int(overhead),
         notes=tuple(notes),
     )
+    logger.debug("estimate_memory: %s", estimate.summary())
+    return estimate
 
 
 def _weight_bytes(shape: _Shape, mode: str, dtype: str) -> float:
@@ -750,6 +752,7 @@ def measure_peak_memory(
         "steps": _check_positive_int("steps", steps),
     }
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    logger.debug("measuring %s %s %dx%d (%s, %s) in a fresh process", family, mode, batch_size, seq_len, dtype, device)
     completed = subprocess.run(
         [sys.executable, "-c", _CHILD],
         input=json.dumps(spec),

@@ -140,6 +140,7 @@ def test_a_loaded_model_counts_its_real_parameters(name: str) -> None:
         assert without_label(loaded) == without_label(estimate_memory(name, mode, batch_size=2, seq_len=64, device="cpu", dtype=loaded.dtype))
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # raised inside peft
 @pytest.mark.parametrize("name", ["embedded-gpt2", "embedded-llama"])
 def test_lora_trainable_count_matches_peft(name: str) -> None:
     from peft import LoraConfig, get_peft_model
