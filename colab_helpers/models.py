@@ -184,10 +184,20 @@ def _model_source(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     spec = HUB_MODELS.get(name)
-    source = spec.source if spec is not None else name
+    source = spec.source if spec is not None else _catalog_id(name)
     if offline_by_env() is None and not hub_reachable():
         raise _unreachable(name, "no answer from the hub")
     return source  # when offline by variable, transformers may still find it in the local cache
+
+
+def _catalog_id(name: str) -> str:
+    """Return the hub id of a catalog alias (``"opt-125m"`` -> ``"facebook/opt-125m"``); other names as they are."""
+    from .catalog import get_entry
+
+    try:
+        return get_entry(name).name
+    except ValueError:
+        return name
 
 
 def _unreachable(name: str, reason: str) -> ConnectionError:

@@ -138,3 +138,15 @@ def test_load_model_reads_a_pruned_directory(tmp_path) -> None:
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
     assert reloaded_tokenizer.pad_token is not None
+
+
+def test_catalog_alias_resolves_to_its_hub_id_and_fails_clearly_offline(monkeypatch) -> None:
+    import pytest
+
+    from colab_helpers import models
+
+    assert models._catalog_id("opt-125m") == "facebook/opt-125m"
+    assert models._catalog_id("some-org/uncatalogued") == "some-org/uncatalogued"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="embedded-gpt2"):
+        models.load_model("opt-125m")
