@@ -186,13 +186,14 @@ def plot_level_curves(
     by: str = "strategy",
     baseline: float | None = None,
     title: str = "Perplexity against pruning level",
-    log_y: bool = True,
+    log_y: bool | None = None,
     path: str | os.PathLike[str] | None = None,
     ax: Any | None = None,
 ) -> "Figure":
     """One line per ``by`` value: the mean of ``y`` at each ``x``, with the min-max spread shaded when repeated.
 
-    ``table`` has one row per measurement (e.g. per strategy x level x seed).
+    ``table`` has one row per measurement (e.g. per strategy x level x seed). ``log_y`` None uses a log axis
+    only when the values span more than a factor of 3 (narrow ranges read better on a linear axis).
     """
     missing = [column for column in (x, y, by) if column not in table.columns]
     if missing:
@@ -210,6 +211,8 @@ def plot_level_curves(
                             color=line.get_color(), alpha=0.18, linewidth=0)
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="unpruned")
+    if log_y is None:
+        log_y = bool(table[y].max() > 3 * table[y].min() > 0)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("heads pruned (%)" if x == "level" else x)

@@ -59,7 +59,9 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
         ax.set_title(str(model), loc="left", fontsize=10)
         ax.set_xlabel("heads pruned (%)")
         ax.set_ylabel("perplexity")
-        ax.set_yscale("log")
+        values = subset[["pruned_perplexity", "fine_tuned_perplexity", "baseline_perplexity"]].to_numpy(dtype=float)
+        if np.nanmax(values) > 3 * np.nanmin(values):  # log only when it spans a wide range: readable ticks
+            ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
     recovery_ax, heat_ax = axes[-2], axes[-1]
@@ -76,9 +78,11 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
     image = heat_ax.imshow(np.log(values), aspect="auto", cmap="viridis_r")
     heat_ax.set_xticks(range(table.shape[1]), table.columns)
     heat_ax.set_yticks(range(table.shape[0]), [f"{m} · {s}" for m, s in table.index], fontsize=7)
+    middle = np.nanmean(np.log(values))
     for (row, col), number in np.ndenumerate(values):
-        if math.isfinite(number):
-            heat_ax.text(col, row, f"{number:.0f}", ha="center", va="center", fontsize=7, color="white")
+        if math.isfinite(number):  # dark text on the light (low perplexity) cells, white on the dark ones
+            color = "black" if math.log(number) <= middle else "white"
+            heat_ax.text(col, row, f"{number:.0f}", ha="center", va="center", fontsize=7, color=color)
     heat_ax.set_title("Fine-tuned perplexity", loc="left", fontsize=10)
     figure.colorbar(image, ax=heat_ax, label="log perplexity", shrink=0.8)
     if path is not None:
