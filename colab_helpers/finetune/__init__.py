@@ -4,9 +4,10 @@
     result.history_frame()          # one row per step, eval metrics merged in
     save_merged(result.model, tokenizer, "merged")
 
-Modules: :mod:`.config` (settings), :mod:`.trainer` (the guarded loop), :mod:`.checkpoint` (atomic
-checkpoints), :mod:`.lora` (targets, backend, precision, gates), :mod:`.callbacks` (live plot, progress bar),
-:mod:`.export` (adapter and merged model). torch and peft are imported only when training starts.
+Modules: :mod:`.config` (settings), :mod:`.trainer` (the guarded loop), :mod:`.completions` (prompt ->
+completion pairs, loss on the completion only), :mod:`.checkpoint` (atomic checkpoints), :mod:`.lora` (targets,
+backend, precision, gates), :mod:`.callbacks` (live plot, progress bar), :mod:`.export` (adapter and merged
+model). torch and peft are imported only when training starts.
 """
 
 from __future__ import annotations

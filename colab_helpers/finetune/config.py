@@ -54,7 +54,9 @@ class FineTuneConfig:
     gradient_accumulation_steps: int = field(
         default=1, metadata=_help("micro-batches per optimizer step; effective batch = micro_batch_size x this.")
     )
-    seq_len: int = field(default=256, metadata=_help("tokens per training sequence."))
+    seq_len: int = field(
+        default=256, metadata=_help("tokens per training sequence; with (prompt, completion) pairs, the most per example.")
+    )
     warmup_steps: int = field(default=10, metadata=_help("linear warm-up steps before the cosine decay."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay on the LoRA weights."))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradients are clipped to this global norm."))

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from ..fallback import is_cuda_error, is_cuda_oom
 from ..results import to_jsonable
 from . import checkpoint as ckpt
 from .callbacks import LivePlotCallback, ProgressCallback
+from .completions import CompletionBatch, TrainingData, as_pairs, tokenize_pairs, weight
 from .config import FineTuneConfig
 from .distributed import setup_distributed
 from .lora import (
@@ -145,15 +146,15 @@ class FineTuneResult:
 
 
 class _Blocks:
-    """Training sequences: the token stream cut into ``seq_len`` blocks, visited in a seeded order per epoch.
+    """Training sequences, visited in a seeded order per epoch: the token stream cut into ``seq_len`` blocks
+    (:func:`_cut`), or the padded examples of (prompt, completion) pairs (a :class:`CompletionBatch`).
 
     The sequences of a step depend only on the step number, so a resumed or retried step trains on exactly the
     same data without any data-loader state to save.
     """
 
-    def __init__(self, ids: torch.Tensor, seq_len: int, seed: int) -> None:
-        n = ids.numel() // seq_len
-        self.blocks = ids[: n * seq_len].view(n, seq_len)
+    def __init__(self, blocks: torch.Tensor | CompletionBatch, seed: int) -> None:
+        self.blocks = blocks
         self.seed = seed
         self._orders: dict[int, torch.Tensor] = {}
 
@@ -170,8 +171,8 @@ class _Blocks:
             self._orders[epoch] = torch.randperm(len(self), generator=generator)
         return self._orders[epoch]
 
-    def for_step(self, step: int, count: int) -> torch.Tensor:
-        """Return the ``[count, seq_len]`` sequences of (1-based) ``step``."""
+    def for_step(self, step: int, count: int) -> torch.Tensor | CompletionBatch:
+        """Return the ``count`` sequences of (1-based) ``step`` (``[count, seq_len]`` for plain blocks)."""
         import torch
 
         n = len(self)
@@ -205,8 +206,8 @@ class FineTuner:
         self,
         model: Any,
         tokenizer: Any,
-        train_texts: str | Sequence[str],
-        eval_texts: str | Sequence[str] | None = None,
+        train_texts: TrainingData,
+        eval_texts: TrainingData | None = None,
         config: FineTuneConfig | None = None,
         *,
         callbacks: Iterable[Any] = (),
@@ -227,12 +228,20 @@ class FineTuner:
             ) from exc
         self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
         # --- data: checked before any model work, so a bad input fails fast ---
-        train_ids = self._tokens(tokenizer, train_texts, "train_texts", cfg.micro_batch_size)
-        self._blocks = _Blocks(train_ids, cfg.seq_len, cfg.seed)
+        train_texts, eval_texts = _materialize(train_texts), _materialize(eval_texts)
+        self.completion_only = (train_pairs := as_pairs(train_texts, "train_texts")) is not None  # prompts masked
+        if train_pairs is not None:
+            self._blocks = _Blocks(tokenize_pairs(tokenizer, train_pairs, cfg.seq_len, "train_texts"), cfg.seed)
+        else:
+            train_ids = self._tokens(tokenizer, train_texts, "train_texts", cfg.micro_batch_size)
+            self._blocks = _Blocks(_cut(train_ids, cfg.seq_len), cfg.seed)
         self._eval_blocks = None
         if eval_texts is not None:
-            eval_ids = self._tokens(tokenizer, eval_texts, "eval_texts", 1)
-            blocks = eval_ids[: (eval_ids.numel() // cfg.seq_len) * cfg.seq_len].view(-1, cfg.seq_len)
+            eval_pairs = as_pairs(eval_texts, "eval_texts")
+            if eval_pairs is not None:
+                blocks = tokenize_pairs(tokenizer, eval_pairs, cfg.seq_len, "eval_texts")
+            else:
+                blocks = _cut(self._tokens(tokenizer, eval_texts, "eval_texts", 1), cfg.seq_len)
             self._eval_blocks = blocks[: cfg.eval_batches * cfg.micro_batch_size]
         elif cfg.early_stopping_patience is not None:
             raise ValueError("early_stopping_patience needs eval_texts: pass eval_texts, or early_stopping_patience=None")
@@ -245,7 +254,7 @@ class FineTuner:
         if self._dist is not None:
             self._join_devices(model)
             if self._eval_blocks is not None:  # each rank scores a disjoint share; the mean is over all of them
-                self._eval_total = self._eval_blocks.shape[0]
+                self._eval_total = weight(self._eval_blocks)
                 self._eval_blocks = self._eval_blocks[self.rank :: self.world_size]
         self.max_steps = self._total_steps()
         # --- model ---
@@ -345,13 +354,16 @@ class FineTuner:
         if cfg.epochs is None:
             return int(cfg.max_steps)
         steps = max(1, math.ceil(cfg.epochs * len(self._blocks) / (cfg.effective_batch_size * self.world_size)))
-        logger.info("epochs=%s over %d sequences of %d tokens: %d steps", cfg.epochs, len(self._blocks), cfg.seq_len, steps)
+        unit = "(prompt, completion) examples of at most" if self.completion_only else "sequences of"
+        logger.info("epochs=%s over %d %s %d tokens: %d steps", cfg.epochs, len(self._blocks), unit, cfg.seq_len, steps)
         return steps
 
     def _fingerprint(self, model: Any, targets: list[str]) -> dict[str, Any]:
         config = self.config.fingerprint_fields()
         if self.world_size > 1:  # sequences per optimizer step over all ranks: what is trained
             config["effective_batch_size"] *= self.world_size
+        if self.completion_only:  # a different objective: a plain-text checkpoint cannot go on with pairs, nor back
+            config["data"] = "completions"
         return {"model": model_fingerprint(model, targets), "config": config}
 
     # --- data-parallel set-up ----------------------------------------------------------------------------
@@ -604,16 +616,14 @@ class FineTuner:
         """Accumulate gradients over the step's micro-batches; return (mean loss, clipped-gradient norm) as tensors."""
         import torch
 
-        total = sequences.shape[0]
+        total = weight(sequences)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         failure: BaseException | None = None
         try:
             for chunk in sequences.split(self.micro_batch_size):
-                ids = chunk.to(self.device, non_blocking=True)
-                with self._autocast():
-                    mask = torch.ones_like(ids)
-                    loss = self.model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
-                weighted = loss.float() * (chunk.shape[0] / total)  # equal-length sequences: exact mean over the step
+                loss = self._loss(chunk)
+                # exact mean over the step: blocks have equal lengths; pairs weigh by their completion tokens
+                weighted = loss.float() * (weight(chunk) / total)
                 (self._scaler.scale(weighted) if self._scaler is not None else weighted).backward()
                 loss_sum += weighted.detach()
         except Exception as exc:
@@ -630,6 +640,22 @@ class FineTuner:
             self._scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
         return loss_sum, grad_norm
+
+    def _loss(self, chunk: torch.Tensor | CompletionBatch) -> torch.Tensor:
+        """Return the mean loss of one micro-batch: over every token of plain blocks, over the completion tokens
+        of (prompt, completion) examples (labels -100 on prompt and padding)."""
+        import torch
+
+        if isinstance(chunk, CompletionBatch):
+            batch = chunk.to(self.device, non_blocking=True)
+            with self._autocast():
+                return self.model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, use_cache=False
+                ).loss
+        ids = chunk.to(self.device, non_blocking=True)
+        with self._autocast():
+            mask = torch.ones_like(ids)
+            return self.model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
 
     def _autocast(self) -> Any:
         import torch
@@ -860,17 +886,14 @@ class FineTuner:
             try:
                 with torch.no_grad():
                     for chunk in self._eval_blocks.split(self.micro_batch_size):
-                        ids = chunk.to(self.device, non_blocking=True)
-                        with self._autocast():
-                            mask = torch.ones_like(ids)
-                            loss = self.model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
-                        total += loss.float() * chunk.shape[0]
+                        loss = self._loss(chunk)
+                        total += loss.float() * weight(chunk)
             except Exception as exc:
                 if self._dist is None or not is_cuda_oom(exc):
                     raise
                 failure = exc  # as in _forward_backward: the other ranks must hear of it, then all retry smaller
             if self._dist is None:
-                return (total / self._eval_blocks.shape[0]).item()
+                return (total / weight(self._eval_blocks)).item()
             # each rank scored its share of the eval sequences: the mean over all of them, the same on every rank
             local = [0.0, 1.0] if failure is not None else [total.item(), 0.0]
             loss_sum, failures = self._dist.sum(local)
@@ -995,8 +1018,8 @@ class FineTuner:
 def fine_tune(
     model: Any,
     tokenizer: Any,
-    train_texts: str | Sequence[str],
-    eval_texts: str | Sequence[str] | None = None,
+    train_texts: TrainingData,
+    eval_texts: TrainingData | None = None,
     config: FineTuneConfig | None = None,
     *,
     callbacks: Iterable[Any] = (),
@@ -1006,7 +1029,10 @@ def fine_tune(
     """Fine-tune ``model`` with LoRA on ``train_texts`` and return a :class:`FineTuneResult`.
 
     The model is wrapped in place (``result.model`` is the peft model, adapter attached). Texts are joined by
-    EOS and cut into ``seq_len`` sequences. With ``eval_texts`` the eval loss and perplexity are measured every
+    EOS and cut into ``seq_len`` sequences. ``(prompt, completion)`` pairs (tuples, or dicts with ``"prompt"``
+    and ``"completion"``) train on the completion only: one example per sequence (cut to ``seq_len``),
+    right-padded, the prompt and padding masked out of the loss (see :mod:`.completions`); ``eval_texts`` may
+    be pairs too. With ``eval_texts`` the eval loss and perplexity are measured every
     ``eval_every`` steps, early stopping is possible and the best adapter is restored at the end. Non-finite
     steps are skipped (then rolled back, learning rate and micro-batch halved), out-of-memory halves the
     micro-batch and retries the step, another CUDA error moves training to the CPU, and checkpoints are written
@@ -1020,6 +1046,18 @@ def fine_tune(
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
+
+
+def _materialize(data: Any) -> Any:
+    """Return ``data`` as a list, so that a generator can be looked at twice (a string or None as it is)."""
+    return data if data is None or isinstance(data, str) else list(data)
+
+
+def _cut(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Return the token stream ``ids`` cut into full ``[n, seq_len]`` blocks (the tail that does not fill one is
+    dropped)."""
+    n = ids.numel() // seq_len
+    return ids[: n * seq_len].view(n, seq_len)
 
 
 def _remote_oom(failures: int, micro_batch_size: int) -> BaseException:
