@@ -234,3 +234,14 @@ def test_importing_the_subpackage_stays_light() -> None:
     code = "import sys, colab_helpers.finetune; print(sorted({'torch', 'peft', 'transformers', 'matplotlib'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_gradient_norms_are_saved_at_checkpoints_and_plotted(tmp_path) -> None:
+    from colab_helpers.tracking import load_gradient_norms, plot_gradient_norms
+
+    config = small(tmp_path, save_gradients=True)
+    fine_tune(tiny_model("gpt2"), tokenizer(), TRAIN_TEXTS, EVAL_TEXTS, config, live_plot=False, progress=False)
+    norms = load_gradient_norms(tmp_path / "run")
+    assert sorted(norms) == [3, 6]  # the checkpoint steps
+    assert all(value > 0 and math.isfinite(value) for layer in norms.values() for value in layer.values())
+    assert plot_gradient_norms(tmp_path / "run").axes

@@ -99,6 +99,11 @@ class FineTuneConfig:
         default=50, metadata=_help("write an atomic checkpoint every this many steps; None = only at the end.")
     )
     keep_checkpoints: int = field(default=2, metadata=_help("complete checkpoints kept on disk (newest ones)."))
+    save_gradients: bool = field(
+        default=False,
+        metadata=_help("at each checkpoint step, save per-parameter gradient norms to <output_dir>/gradients/ "
+                       "(plot them with colab_helpers.plot_gradient_norms(output_dir))."),
+    )  # fmt: skip
     resume: bool = field(
         default=False,
         metadata=_help("continue from the newest complete checkpoint in output_dir; False starts over "
