@@ -67,9 +67,13 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
     recovery_ax, heat_ax = axes[-2], axes[-1]
     if "recovery" in done.columns:
         rec = done.dropna(subset=["recovery"]).groupby(["strategy", "pruning_level"])["recovery"].mean().unstack(0)
-        if not rec.empty:
-            rec.index = [f"{level:.0%}" for level in rec.index]
-            rec.plot.bar(ax=recovery_ax, color=[colors[c] for c in rec.columns], rot=0)
+        width = 0.8 / max(len(rec.columns), 1)
+        for offset, strategy in enumerate(rec.columns):  # grouped bars by hand: pandas' .plot imports pyplot
+            positions = np.arange(len(rec.index)) + (offset - (len(rec.columns) - 1) / 2) * width
+            recovery_ax.bar(positions, rec[strategy], width, color=colors[strategy], label=str(strategy))
+        recovery_ax.set_xticks(range(len(rec.index)), [f"{level:.0%}" for level in rec.index])
+        if len(rec.columns):
+            recovery_ax.legend(fontsize="small", title="strategy", title_fontsize="small")
         recovery_ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     recovery_ax.set_title("Share of lost perplexity recovered", loc="left", fontsize=10)
     recovery_ax.set_xlabel("heads pruned")
