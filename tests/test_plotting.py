@@ -81,10 +81,10 @@ def test_slow_redraws_are_spaced_out(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(plot, "_render", slow_render)
     plot.update(0, loss=1.0)
-    clock.now += 2.0  # past min_interval, but not 10 x 0.3 s after the last redraw started
+    clock.now += 2.0  # past min_interval, but not 20 x 0.3 s after the last redraw started
     plot.update(1, loss=0.9)
     assert plot.redraws == 1
-    clock.now += 1.0
+    clock.now += 4.0
     plot.update(2, loss=0.8)
     assert plot.redraws == 2
 
