@@ -241,8 +241,8 @@ class PruningExperiment:
         from .pruning import remove_heads, select_heads
 
         started = time.perf_counter()
-        out = ensure_writable_dir(output_dir or self.results_dir / config.run_name())
         config = dataclasses.replace(config, model=resolve_model_name(config.model))
+        out = ensure_writable_dir(output_dir or self.results_dir / config.run_name())
         data = self._dataset(config.dataset)
         model, tokenizer = self._model(config.model)
         stages: dict[str, dict[str, Any]] = {}
