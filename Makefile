@@ -36,12 +36,14 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not notebook"
 
 ## The main job: the full prune-then-fine-tune notebook on the embedded model and corpus, offline, into results/.
+## One OpenMP thread by default: the 1M-parameter embedded model gains nothing from two, and two threads on a
+## busy 2-core machine thrash (measured 3x slower); set OMP_NUM_THREADS to override.
 demo: $(STAMP)
-	$(BIN)/python -m colab_helpers.notebook_runner notebooks/05_prune_and_finetune.ipynb --output results
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m colab_helpers.notebook_runner notebooks/05_prune_and_finetune.ipynb --output results
 
 ## Every notebook at full (non-smoke) settings, offline, into results/.
 demo-all: $(STAMP)
-	$(BIN)/python -m colab_helpers.notebook_runner --all --output results
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m colab_helpers.notebook_runner --all --output results
 
 ## Performance ratios, side by side in one run; results go to benchmarks/RESULTS.md.
 bench: $(STAMP)
