@@ -15,8 +15,8 @@ What is measured (issue targets in brackets):
 
 Each comparison interleaves its variants (the order rotates every repetition) after one warm-up call each and
 takes the ratio of the medians of the process's CPU time (wall-clock ratios are reported alongside: on a shared
-machine they carry the other processes' noise). ``run()`` returns ``{"name", "checks", "figures", "settings"}``; each check
-has ``target``, ``measured``, ``passed`` and a ``detail`` line.
+machine they carry the other processes' noise). ``run()`` returns ``{"name", "checks", "figures", "settings"}``;
+each check has ``target``, ``measured``, ``passed`` and a ``detail`` line.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ TARGET_ENTROPY = 1.5
 TARGET_GRADIENT = 1.2
 
 # (model config, batch, seq, repeats per comparison): full = GPT-2 small (GPT2Config defaults), quick = a toy
-FULL = dict(config={}, batch=4, seq=256, repeats={"gating": 5, "removal": 5, "entropy": 4, "gradient": 3})
+# gating: 4 variants, removal: 2, entropy: 2, gradient: 2 -> repeats that are multiples give every variant
+# every position in the rotation equally often
+FULL = dict(config={}, batch=4, seq=256, repeats={"gating": 8, "removal": 6, "entropy": 4, "gradient": 2})
 QUICK = dict(
     config=dict(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0),
     batch=2,
@@ -86,13 +88,15 @@ def median(times: dict[str, dict[str, list[float]]], name: str, clock: str = "cp
 
 def paired_spread(times: dict[str, dict[str, list[float]]], numerator: str, denominator: str) -> str:
     """Return the per-round CPU-time ratios' range and the wall-clock ratio, for the detail column."""
-    ratios = [a / b for a, b in zip(times["cpu"][numerator], times["cpu"][denominator])]
-    return f"per-round {min(ratios):.3f}-{max(ratios):.3f}; wall-clock ratio {ratio(times, numerator, denominator, 'wall'):.3f}"
+    ratios = [a / b for a, b in zip(times["cpu"][numerator], times["cpu"][denominator], strict=True)]
+    wall = ratio(times, numerator, denominator, "wall")
+    return f"per-round {min(ratios):.3f}-{max(ratios):.3f}; wall-clock ratio {wall:.3f}"
 
 
 def check(name: str, target: str, measured: float, passed: bool, detail: str) -> dict[str, Any]:
     """Return one result row: ``{"name", "target", "measured", "passed", "detail"}``."""
-    return {"name": name, "target": target, "measured": round(float(measured), 4), "passed": bool(passed), "detail": detail}
+    measured = round(float(measured), 4)
+    return {"name": name, "target": target, "measured": measured, "passed": bool(passed), "detail": detail}
 
 
 def build_gpt2(overrides: dict[str, Any], seed: int = 0) -> Any:
@@ -105,12 +109,13 @@ def build_gpt2(overrides: dict[str, Any], seed: int = 0) -> Any:
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def forward_flops(model: Any, batch: int, seq: int) -> float:
+def forward_flops(model: Any, batch: int, seq: int, *, causal: bool = False) -> float:
     """Return the matmul FLOPs (2 per multiply-add) of one forward of a GPT-2-style model at ``batch x seq``.
 
     Counted: q/k/v and output projections (per head present), attention scores and the weighted sum of values
-    (full ``seq x seq`` per head, as eager attention computes them), the MLP, and the LM head. Not counted:
-    embeddings, layer norms, softmax, GELU, biases (all linear in tokens and small next to the matmuls).
+    (full ``seq x seq`` per head, as eager attention computes them; ``causal=True`` counts only the lower
+    triangle, as a causal kernel may), the MLP, and the LM head. Not counted: embeddings, layer norms, softmax,
+    GELU, biases, residual adds (linear in tokens and small next to the matmuls in FLOPs, not in memory traffic).
     """
     from colab_helpers.pruning import head_layout
 
@@ -120,11 +125,12 @@ def forward_flops(model: Any, batch: int, seq: int) -> float:
     d_ff = config.n_inner or 4 * d
     tokens = batch * seq
     hd = layout.head_dim
+    pairs = seq * (seq + 1) / 2 if causal else seq * seq  # query-key pairs per head
     flops = 2.0 * tokens * d * vocab  # LM head
-    for n_q, n_kv in zip(layout.query_heads, layout.kv_heads):
+    for n_q, n_kv in zip(layout.query_heads, layout.kv_heads, strict=True):
         flops += 2.0 * tokens * d * (n_q + 2 * n_kv) * hd  # q, k, v
         flops += 2.0 * tokens * n_q * hd * d  # output projection
-        flops += 2.0 * 2 * batch * n_q * seq * seq * hd  # scores (q k^T) and values (p v)
+        flops += 2.0 * 2 * batch * n_q * pairs * hd  # scores (q k^T) and values (p v)
         flops += 2.0 * 2 * tokens * d * d_ff  # MLP up and down
     return flops
 
@@ -156,7 +162,11 @@ def gating_overhead(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
 
         return call
 
-    times = interleaved({"no_hooks": forward, "all_keep": gated(None), "one_per_layer": gated(one_per_layer)}, repeats)
+    variants = {"no_hooks": forward, "all_keep": gated(None), "one_per_layer": gated(one_per_layer),
+                "no_hooks_again": forward}  # fmt: skip
+    times = interleaved(variants, repeats)
+    noise = ratio(times, "no_hooks_again", "no_hooks")  # A/A: the resolution of this measurement
+    hook_seconds = _hook_seconds(model, one_per_layer, ids.shape)
     with gate_heads(model, one_per_layer) as handle:
         hooked = sum(h is not None for h in handle._handles)
     with gate_heads(model) as handle:
@@ -174,7 +184,11 @@ def gating_overhead(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
                 f"<= {TARGET_GATING}x",
                 value,
                 value <= TARGET_GATING,
-                f"{hooks} of {layers} layers hooked; {paired_spread(times, name, 'no_hooks')}",
+                f"{hooks} of {layers} layers hooked; {paired_spread(times, name, 'no_hooks')}; A/A (no hooks vs "
+                f"no hooks) {noise:.3f}" + (
+                    f"; the {hooks} hooks alone, timed in isolation: {hook_seconds * 1000:.1f} ms per forward = "
+                    f"{hook_seconds / median(times, 'no_hooks'):.2%}" if hooks else ""
+                ),
             )
         )
     figures = {
@@ -185,8 +199,35 @@ def gating_overhead(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
         "gating_one_per_layer_wall_ratio": ratio(times, "one_per_layer", "no_hooks", "wall"),
         "gating_hooked_layers_all_keep": hooked_all_keep,
         "gating_hooked_layers_one_per_layer": hooked,
+        "gating_noise_floor_aa_ratio": noise,
+        "gating_hooks_alone_cpu_s": hook_seconds,
+        "gating_hooks_alone_share": hook_seconds / median(times, "no_hooks"),
     }
     return checks, figures
+
+
+def _hook_seconds(model: Any, mask: Any, shape: tuple[int, ...], repeats: int = 9) -> float:
+    """Return the CPU seconds the gate hooks of ``mask`` take per forward, called directly on inputs of the
+    attention output projection's shape (median of ``repeats``): the cost of gating without the model's noise."""
+    import torch
+
+    from colab_helpers.pruning import gate_heads
+    from colab_helpers.pruning.layout import attention_sites
+
+    sites = attention_sites(model)
+    with gate_heads(model, mask), torch.no_grad():
+        calls = [
+            (hook, site.out_proj, torch.randn(*shape, site.n_q * site.head_dim))
+            for site in sites
+            for hook in site.out_proj._forward_pre_hooks.values()
+        ]
+        seconds = []
+        for _ in range(repeats):
+            started = time.process_time()
+            for hook, module, x in calls:
+                hook(module, (x,))
+            seconds.append(time.process_time() - started)
+    return statistics.median(seconds)
 
 
 def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -211,19 +252,24 @@ def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
     measured = ratio(times, "unpruned", "pruned")
     predicted = forward_flops(model, batch, seq) / forward_flops(pruned, batch, seq)
     agreement = measured / predicted
+    causal = forward_flops(model, batch, seq, causal=True) / forward_flops(pruned, batch, seq, causal=True)
+    realized = (1 - 1 / measured) / (1 - 1 / predicted)  # share of the predicted time saving that happened
     del pruned
     check_row = check(
         "removal speed-up (50% of heads per layer): measured / FLOPs-predicted",
         f"within {TARGET_REMOVAL_AGREEMENT:.0%} (0.90-1.10)",
         agreement,
         abs(agreement - 1) <= TARGET_REMOVAL_AGREEMENT,
-        f"measured {measured:.3f}x ({paired_spread(times, 'unpruned', 'pruned')}), predicted {predicted:.3f}x; "
-        f"params {report.params_before:,} -> {report.params_after:,}",
+        f"measured {measured:.3f}x ({paired_spread(times, 'unpruned', 'pruned')}), predicted {predicted:.3f}x "
+        f"({causal:.3f}x counting causal attention only); time saved {1 - 1 / measured:.1%} of a predicted "
+        f"{1 - 1 / predicted:.1%} ({realized:.0%} of it); params {report.params_before:,} -> {report.params_after:,}",
     )
     figures = {
         "removal_measured_speedup": measured,
         "removal_predicted_speedup": predicted,
         "removal_agreement": agreement,
+        "removal_predicted_speedup_causal": causal,
+        "removal_saving_realized": realized,
         "removal_params_before": report.params_before,
         "removal_params_after": report.params_after,
         "removal_unpruned_cpu_s": median(times, "unpruned"),

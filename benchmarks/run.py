@@ -103,7 +103,7 @@ def run_benchmark(name: str, module: Any, quick: bool) -> dict[str, Any]:
             raw = module.run(quick=quick) if accepts_quick else module.run()
             result = normalize(name, raw)
         result["error"] = None
-    except Exception as exc:  # one broken benchmark must not hide the others' figures
+    except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
         traceback.print_exc()
         result = {"name": name, "checks": [], "figures": {}, "settings": {}, "error": f"{type(exc).__name__}: {exc}"}
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -149,10 +149,15 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, se
         "side by side in this one process: repetitions interleaved (the order rotating every round) after one",
         "warm-up each, medians taken. **All measurements use one torch thread** (`torch.set_num_threads(1)`):",
         "the machine's cores are shared with other work, and OpenMP with several threads thrashes under load.",
-        "Absolute times therefore vary from run to run; the ratios are what the targets are about.",
+        "Times are the process's CPU time (`time.process_time`: at one thread, the work done rather than the time",
+        "other processes held the core); wall-clock ratios are in the details. Even so, repeated runs on a shared",
+        "machine move ratios by a few percent (the gating rows show an A/A ratio of two identical forwards): a",
+        "ratio within a few percent of its target is not resolved either way.",
         "",
-        f"Command: `{command}`{' (what `make bench` runs)' if command.endswith('run.py') else ''}, "
-        f"{seconds / 60:.1f} min in all.",
+        (
+            f"Command: `{command}`{' (what `make bench` runs)' if command.endswith('run.py') else ''}, "
+            f"{seconds / 60:.1f} min in all."
+        ),
         "",
         "## Machine",
         "",

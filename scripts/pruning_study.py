@@ -44,18 +44,19 @@ LEVELS = (0.0, 0.1, 0.3, 0.5, 0.7)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Perplexity against pruning level per strategy, on the embedded models.")
+    parser = argparse.ArgumentParser(description="Perplexity against pruning level per strategy, embedded models.")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="models to study (default: both embedded)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS), help="fractions of heads pruned")
     parser.add_argument("--seeds", type=int, default=5, help="repetitions of random / data-sampled strategies")
-    parser.add_argument("--batches-per-seed", type=int, default=8,
+    parser.add_argument("--batches-per-seed", type=int, default=16,
                         help="training batches each seed of entropy / gradient reads (sampled per seed)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per importance batch")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (importance and perplexity)")
-    parser.add_argument("--train-tokens", type=int, default=65_536,
-                        help="training tokens the per-seed batch samples are drawn from")  # fmt: skip
-    parser.add_argument("--eval-tokens", type=int, default=12_000, help="validation tokens scored per perplexity")
+    parser.add_argument("--train-tokens", type=int, default=None,
+                        help="training tokens the per-seed batch samples are drawn from (default: all)")  # fmt: skip
+    parser.add_argument("--eval-tokens", type=int, default=None,
+                        help="validation tokens scored per perplexity (default: all, about 24,600)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: shared machines thrash with more)")
     parser.add_argument("--output", type=Path, default=DOC)
     parser.add_argument("--figure", type=Path, default=FIGURE)
@@ -76,6 +77,7 @@ def study_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     data = load_text_dataset("embedded")
     train_ids = tokenize_texts(tokenizer, data.train, max_tokens=args.train_tokens)
     batches = lm_batches(train_ids, seq_len=args.seq_len, batch_size=args.batch_size)
+    eval_tokens = tokenize_texts(tokenizer, data.validation, max_tokens=args.eval_tokens).numel()
     scores = importance_by_strategy(
         model, batches, args.strategies, seeds=args.seeds, batches_per_seed=args.batches_per_seed, progress=False
     )
@@ -92,6 +94,8 @@ def study_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "table": table,
         "unpruned": unpruned,
         "train_batches": len(batches),
+        "train_tokens": train_ids.numel(),
+        "eval_tokens": eval_tokens,
         "importance_s": scored - started,
         "sweep_s": time.perf_counter() - scored,
     }
@@ -144,7 +148,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> Path:
 
     fig = new_figure(6.0 * len(results), 4.0)
     axes = fig.subplots(1, len(results), squeeze=False)[0]
-    for ax, result in zip(axes, results):
+    for ax, result in zip(axes, results, strict=True):
         plot_level_curves(result["table"], baseline=result["unpruned"], ax=ax,
                           title=f"{result['name']}: validation perplexity (global scope)")  # fmt: skip
     fig.save(path)
@@ -159,27 +163,38 @@ def generated_section(results: list[dict[str, Any]], args: argparse.Namespace, c
     from colab_helpers.study import summarize_levels
 
     counts = {s: (args.seeds if s != "magnitude" else 1) for s in args.strategies}
+    first = results[0]  # both embedded models share one tokenizer: the same token counts
+    train_pool = f"{first['train_batches']} batches ({first['train_tokens']:,} tokens)"
+    eval_pool = f"{'all' if args.eval_tokens is None else 'the first'} {first['eval_tokens']:,} tokens"
     lines = [
         START,
         "<!-- written by scripts/pruning_study.py: edit the prose outside these markers, not inside -->",
         "",
         f"Command: `{command}`  ",
-        f"Date (UTC): {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')}; {seconds / 60:.1f} min at "
-        f"{args.threads} torch thread(s) on {os.cpu_count()} CPUs; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, Python {platform.python_version()}.",
+        (
+            f"Date (UTC): {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')}; {seconds / 60:.1f} min at "
+            f"{args.threads} torch thread(s) on {os.cpu_count()} CPUs; torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, Python {platform.python_version()}."
+        ),
         "",
         "Settings:",
         "",
-        f"- levels {', '.join(f'{x:.0%}' for x in args.levels)} of all heads, **global** scope (lowest scores first "
-        "over the whole model, at least one head left per layer); heads are gated (exact zero of their output).",
-        f"- runs per strategy: {', '.join(f'{s} {n}' for s, n in counts.items())}. `random`: a new draw per seed; "
-        f"`entropy` and `gradient`: per seed a different sample of {args.batches_per_seed} training batches of "
-        f"{args.batch_size} x {args.seq_len} tokens, drawn from the first {args.train_tokens:,} training tokens; "
-        "`magnitude`: deterministic, one run.",
-        f"- perplexity: the first {args.eval_tokens:,} tokens of the embedded validation split, windows of "
-        f"{args.seq_len} tokens moved by {args.seq_len // 2} (each token scored once, with up to "
-        f"{args.seq_len // 2} tokens of context; the model card's ~155 uses non-overlapping 128-token blocks, "
-        "hence slightly different unpruned values).",
+        (
+            f"- levels {', '.join(f'{x:.0%}' for x in args.levels)} of all heads, **global** scope (lowest scores "
+            "first over the whole model, at least one head left per layer); heads are gated (exact zero of their "
+            "output)."
+        ),
+        (
+            f"- runs per strategy: {', '.join(f'{s} {n}' for s, n in counts.items())}. `random`: a new draw per "
+            f"seed; `entropy` and `gradient`: per seed a different sample of {args.batches_per_seed} training "
+            f"batches of {args.batch_size} x {args.seq_len} tokens, drawn from {train_pool} (the training split "
+            "tokenised into one stream cut into blocks); `magnitude`: deterministic, one run."
+        ),
+        (
+            f"- perplexity: {eval_pool} of the embedded validation split, windows of {args.seq_len} tokens moved by "
+            f"{args.seq_len // 2} (each token scored once, with up to {args.seq_len // 2} tokens of context; the "
+            "model card's ~155 uses non-overlapping 128-token blocks, hence slightly different unpruned values)."
+        ),
         "- cells: mean ± standard deviation over the runs (a single value where there is one run).",
         "",
     ]
@@ -188,8 +203,10 @@ def generated_section(results: list[dict[str, Any]], args: argparse.Namespace, c
         lines += [
             f"### {result['name']}",
             "",
-            f"{result['layout']}; unpruned perplexity **{result['unpruned']:.1f}**. Importance took {result['importance_s']:.0f} s, the level sweep "
-            f"{result['sweep_s']:.0f} s.",
+            (
+                f"{result['layout']}; unpruned perplexity **{result['unpruned']:.1f}**. Importance took "
+                f"{result['importance_s']:.0f} s, the level sweep {result['sweep_s']:.0f} s."
+            ),
             "",
             markdown_table(summary, "strategy"),
             "",

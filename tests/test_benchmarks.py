@@ -76,10 +76,12 @@ def test_pruning_flops_model_counts_removed_heads() -> None:
     import torch
 
     bench = _load("pruning")
-    model = bench.build_gpt2(dict(n_layer=2, n_head=4, n_embd=64, vocab_size=128, n_positions=32, bos_token_id=0,
-                                  eos_token_id=0))  # fmt: skip
+    config = {"n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 128, "n_positions": 32, "bos_token_id": 0}
+    model = bench.build_gpt2({**config, "eos_token_id": 0})
     d, v, tokens, seq = 64, 128, 2 * 16, 16
-    per_layer = 2 * tokens * d * 3 * d + 2 * tokens * d * d + 2 * 2 * 2 * 4 * seq * seq * 16 + 2 * 2 * tokens * d * 4 * d
+    qkv, out, mlp = 2 * tokens * d * 3 * d, 2 * tokens * d * d, 2 * 2 * tokens * d * 4 * d
+    attention = 2 * 2 * 2 * 4 * seq * seq * 16  # scores and values: 2 ops x batch 2 x 4 heads x seq^2 x head 16
+    per_layer = qkv + out + attention + mlp
     assert bench.forward_flops(model, 2, seq) == pytest.approx(2 * tokens * d * v + 2 * per_layer)
     from colab_helpers.pruning import remove_heads
 
@@ -93,7 +95,7 @@ def test_finetune_quick_trains_the_same_thing_both_ways(finetune_result: dict[st
     _assert_result(
         finetune_result,
         "finetune",
-        ["guarded step", "live plot"],
+        ["guarded step", "live plot: time inside"],
         ["embedded-gpt2_step_ratio", "live_plot_share", "live_plot_render_s", "live_plot_redraws"],
     )
     figures = finetune_result["figures"]
