@@ -19,6 +19,17 @@ _SENTENCES = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tiny models on 2 shared cores: one torch thread is ~10x faster than two OpenMP threads fighting for them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _hub_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep every test offline: the hub is unreachable and a retry would cost ~20 s."""

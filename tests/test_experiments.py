@@ -13,20 +13,10 @@ from pathlib import Path
 import pytest
 
 from colab_helpers.experiments import PruningFineTuningExperiment, run_config, run_sweep
-from colab_helpers.tracking import read_runs, read_runs_table
+from colab_helpers.tracking import read_runs_table
 
 TINY = dict(dataset="embedded", fine_tuning_steps=2, eval_tokens=400, seq_len=32, importance_batches=1,
             micro_batch_size=2, max_new_tokens=3)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fake_result(config) -> dict:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,15 +15,6 @@ from _finetune_faults import EVAL_TEXTS, TRAIN_TEXTS, all_finite, tiny_model, to
 from colab_helpers.errors import ColabHelpersWarning
 from colab_helpers.finetune import FineTuneConfig, FineTuner, fine_tune
 from colab_helpers.finetune.lora import choose_backend, resolve_precision, resolve_targets
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on 2 shared cores: one thread is ~10x faster than two fighting for them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small(tmp_path, **changes) -> FineTuneConfig:

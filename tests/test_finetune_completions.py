@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,14 +17,6 @@ from colab_helpers.finetune.completions import IGNORE_INDEX, as_pairs, tokenize_
 
 WORDS = ["fox", "dog", "cat", "sun", "model", "laptop", "heads", "lora", "colab", "gpu", "save", "nan"]
 PAIRS = [(f"Q: Spell '{word}'.\nA:", " " + " ".join(word)) for word in WORDS]  # completions of 3 to 6 letters
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(tmp_path: Any, **changes: Any) -> FineTuneConfig:

@@ -84,14 +84,6 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     yield home / "run", json.loads((home / "run" / "ddp_report.json").read_text())
 
 
-@pytest.fixture()
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("_one_thread")
 def test_two_processes_train_one_run_in_sync(ddp_run, tmp_path) -> None:
     run, report = ddp_run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ from colab_helpers.finetune import FineTuneConfig, fine_tune, merge_adapter, sav
 pruning = pytest.importorskip("colab_helpers.pruning", reason="colab_helpers.pruning is not there yet")
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 61, 8, 120]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(model, tmp_path, **changes):

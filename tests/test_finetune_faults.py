@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,6 @@ from _finetune_faults import (
 )
 from colab_helpers.errors import ColabHelpersWarning, CudaFallbackWarning
 from colab_helpers.finetune import FineTuneConfig, LivePlotCallback, fine_tune, list_checkpoints
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(tmp_path, **changes) -> FineTuneConfig:

@@ -69,15 +69,6 @@ CASES = [(arch, impl) for arch, (_, _, impls, _) in ARCHS.items() for impl in im
 GQA = ("llama", "qwen2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models run ~10x faster on one thread when the 2 shared cores are busy (no spin-waiting workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(arch: str, impl: str | None = None, seed: int = 0) -> Any:
     """Return a tiny random model of ``arch`` in eval mode."""
     config_class, kwargs, impls, _ = ARCHS[arch]
