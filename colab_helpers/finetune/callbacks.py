@@ -76,7 +76,7 @@ class LivePlotCallback(Callback):
     ``path`` (default: ``<output_dir>/training.png``) and ``self.path`` holds where.
     """
 
-    def __init__(self, path: str | Path, *, min_interval: float = 5.0, title: str = "LoRA fine-tuning") -> None:
+    def __init__(self, path: str | Path, *, min_interval: float = 10.0, title: str = "LoRA fine-tuning") -> None:
         from ..plotting import LivePlot
 
         self.plot = LivePlot(

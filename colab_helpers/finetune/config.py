@@ -110,7 +110,7 @@ class FineTuneConfig:
                        "(old checkpoints there are deleted)."),
     )  # fmt: skip
     plot_every_seconds: float = field(
-        default=5.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.1-0.3 s on a CPU).")
+        default=10.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
     )
 
     def __post_init__(self) -> None:
