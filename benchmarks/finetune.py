@@ -36,6 +36,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path: find the shared harness beside it
+from _timing import check, interleaved, median, ratio  # noqa: E402
 from unittest import mock
 
 TARGET_STEP = 1.10
@@ -49,52 +55,6 @@ QUICK = {"embedded-gpt2": (2, 2, 32, 1)}
 LIVE_PLOT_FULL = (200, 4, 128, 3)
 LIVE_PLOT_QUICK = (2, 2, 32, 1)
 TRAIN_PARAGRAPHS = {False: 600, True: 40}  # of the embedded corpus (tokenizing all of it takes ~2 s per run)
-
-
-def interleaved(
-    variants: dict[str, Callable[[], Any]], repeats: int, *, warmup: bool = True
-) -> dict[str, dict[str, list[float]]]:
-    """Return ``{"cpu": {name: [seconds]}, "wall": {name: [seconds]}}`` over ``repeats`` rounds.
-
-    The variants run one after another within a round, in an order that rotates every round, so slow drift of
-    the machine's load falls on all of them alike; with ``warmup`` each runs once first, untimed. ``cpu`` is
-    this process's CPU time (``time.process_time``): at one torch thread it counts the work done and not the
-    time other processes held the core, which is what makes ratios stable on a shared machine. A callable
-    that returns a ``(cpu, wall)`` pair of floats reports its own window (e.g. the steps inside ``train()``).
-    """
-    names = list(variants)
-    if warmup:
-        for name in names:
-            variants[name]()
-    times: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in names}, "wall": {n: [] for n in names}}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            cpu, wall = time.process_time(), time.perf_counter()
-            reported = variants[name]()
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            if isinstance(reported, tuple) and len(reported) == 2:
-                cpu, wall = reported
-            times["cpu"][name].append(float(cpu))
-            times["wall"][name].append(float(wall))
-    return times
-
-
-def ratio(times: dict[str, dict[str, list[float]]], numerator: str, denominator: str, clock: str = "cpu") -> float:
-    """Return median(numerator) / median(denominator) on ``clock`` ("cpu" or "wall")."""
-    series = times[clock]
-    return statistics.median(series[numerator]) / statistics.median(series[denominator])
-
-
-def median(times: dict[str, dict[str, list[float]]], name: str, clock: str = "cpu") -> float:
-    """Return the median seconds of variant ``name`` on ``clock``."""
-    return statistics.median(times[clock][name])
-
-
-def check(name: str, target: str, measured: float, passed: bool, detail: str) -> dict[str, Any]:
-    """Return one result row: ``{"name", "target", "measured", "passed", "detail"}``."""
-    measured = round(float(measured), 4)
-    return {"name": name, "target": target, "measured": measured, "passed": bool(passed), "detail": detail}
 
 
 def build_model(key: str) -> tuple[Any, Any]:
