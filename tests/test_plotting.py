@@ -113,7 +113,7 @@ def test_save_every_redraw_and_default_path(tmp_path: Path, monkeypatch: pytest.
 
 def test_nan_and_inf_are_gaps_marked_and_counted(tmp_path: Path) -> None:
     plot = LivePlot(["loss", "ppl"], path=tmp_path / "p.png")
-    for step, (loss, ppl) in enumerate([(2.0, 7.4), (math.nan, math.inf), (1.8, 6.0), (-math.inf, 5.0)]):
+    for step, (loss, ppl) in enumerate([(2.0, 74.0), (math.nan, math.inf), (1.8, 6.0), (-math.inf, 5.0)]):
         plot.update(step, loss=loss, ppl=ppl)
     from matplotlib.figure import Figure
 
@@ -128,7 +128,7 @@ def test_nan_and_inf_are_gaps_marked_and_counted(tmp_path: Path) -> None:
     assert list(crosses[0].get_ydata()) == [0.03, 0.03] and crosses[0].get_marker() == "x"
     _, top = ax_ppl.get_lines()
     assert list(top.get_xdata()) == [1] and list(top.get_ydata()) == [0.97]  # +inf: at the top edge
-    assert ax_ppl.get_yscale() == "log" and ax_loss.get_yscale() == "linear"  # perplexity: log by default
+    assert ax_ppl.get_yscale() == "log" and ax_loss.get_yscale() == "linear"  # perplexity over 14x: log
     assert plot.history["loss"][1][1] != plot.history["loss"][1][1]  # the NaN itself is kept in the history
     assert plot.close().stat().st_size > 0
 
@@ -234,3 +234,26 @@ def test_no_matplotlib_on_import_and_no_pyplot_after_use(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "False"]
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_log_axis_only_for_wide_ranges_with_plain_tick_labels(tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    narrow = LivePlot(["eval_perplexity"], path=tmp_path / "narrow.png")
+    wide = LivePlot(["eval_perplexity"], path=tmp_path / "wide.png")
+    for step, value in enumerate([157.5, 158.2, 156.9]):
+        narrow.update(step, eval_perplexity=value)
+    for step, value in enumerate([2000.0, 300.0, 150.0]):
+        wide.update(step, eval_perplexity=value)
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    ax_narrow, ax_wide = figure.subplots(1, 2)
+    narrow._draw_panel(ax_narrow, ("eval_perplexity",))
+    wide._draw_panel(ax_wide, ("eval_perplexity",))
+    figure.canvas.draw()
+    assert ax_narrow.get_yscale() == "linear" and ax_wide.get_yscale() == "log"
+    assert not ax_narrow.yaxis.get_major_formatter().get_offset()  # no "+1.57e2" above the axis
+    labels = [t.get_text() for t in ax_wide.get_yticklabels() if t.get_text()]
+    assert labels and all("times" not in label and "^" not in label for label in labels), labels
+    assert any(label in ("200", "500", "1,000") for label in labels), labels

@@ -112,6 +112,7 @@ class FineTuneConfig:
     plot_every_seconds: float = field(
         default=10.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
     )
+    plot_title: str = field(default="LoRA fine-tuning", metadata=_help("title of the live plot (e.g. which run it is)."))
 
     def __post_init__(self) -> None:
         _positive_int(self, "r", "e.g. r=16")

@@ -178,6 +178,10 @@ def attach_lora(
     """Wrap ``model`` (in place) with a fresh LoRA adapter on ``targets``; return ``(peft model, backend used)``."""
     from peft import LoraConfig, get_peft_model
 
+    if getattr(model, "loss_type", "") is None:
+        # transformers finds no loss by class name for some models (GPT2LMHeadModel) and logs, in red in a
+        # notebook, "`loss_type=None` ... Using the default loss: `ForCausalLMLoss`": say so ourselves, quietly
+        model.loss_type = "ForCausalLM"
     if quantized:
         from peft import prepare_model_for_kbit_training
 

@@ -436,7 +436,8 @@ class FineTuner:
         if self._progress and self.is_main_process:
             callbacks.append(ProgressCallback(self.max_steps, initial=min(self.step, self.max_steps)))
         if self._live_plot and self.is_main_process:
-            callbacks.append(LivePlotCallback(self.output_dir / PLOT_FILE, min_interval=self.config.plot_every_seconds))
+            callbacks.append(LivePlotCallback(self.output_dir / PLOT_FILE, min_interval=self.config.plot_every_seconds,
+                                               title=self.config.plot_title))
         self._callbacks = callbacks
         self._hooks = {
             name: [getattr(cb, name) for cb in callbacks if callable(getattr(cb, name, None))] for name in _CALLBACK_HOOKS

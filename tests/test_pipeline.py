@@ -1,0 +1,102 @@
+"""The prune-then-recover pipeline: its config, cheap evaluation, latency measured side by side, the readouts."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colab_helpers.latency import LatencyReport, generation_latency, speedup
+from colab_helpers.pipeline import ExperimentConfig, PruningExperiment, recovery
+
+
+def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
+    with pytest.raises(ValueError, match=r"eval_stride must be an integer in \[1, seq_len=128\] or None, got 256"):
+        ExperimentConfig(eval_stride=256)
+    assert ExperimentConfig(eval_stride=64).eval_stride == 64
+    assert ExperimentConfig(model="smollm2-135m-instruct").smoke().model == "embedded-gpt2"
+    assert ExperimentConfig(model="embedded-llama").smoke().model == "embedded-llama"
+    with pytest.raises(ValueError, match="latency_rounds must be a positive integer"):
+        ExperimentConfig(latency_rounds=0)
+
+
+def test_recovery_share() -> None:
+    assert recovery(100.0, 150.0, 125.0) == pytest.approx(0.5)
+    assert recovery(100.0, 150.0, 90.0) == pytest.approx(1.2)  # beyond the unpruned model
+    assert recovery(100.0, 100.0, 90.0) is None  # nothing was lost
+
+
+def test_latency_is_interleaved_and_uses_medians(tiny_gpt2: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_gpt2
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    order: list[str] = []
+    for name, each in (("a", first), ("b", second)):
+        each.register_forward_pre_hook(lambda module, args, name=name: order.append(name) if not order or order[-1] != name else None)
+    reports = generation_latency({"a": first, "b": second}, tokenizer, "The quick", new_tokens=3, rounds=3)
+    assert order == ["a", "b"] * 4  # warm-up, then three interleaved rounds
+    for report in reports.values():
+        assert report.rounds == 3 and report.new_tokens == 3 and report.device == "cpu"
+        assert report.wall_spread[0] <= report.ms_per_token <= report.wall_spread[1]
+        assert report.cpu_ms_per_token > 0
+    with pytest.raises(ValueError, match="at least one model"):
+        generation_latency({}, tokenizer, "x")
+
+
+def test_speedup_uses_cpu_time_on_the_cpu_and_wall_time_on_a_gpu() -> None:
+    def report(wall: float, cpu: float, device: str) -> LatencyReport:
+        return LatencyReport(wall, cpu, (wall, wall), 5, 16, 1, device)
+
+    assert speedup(report(10, 20, "cpu"), report(20, 10, "cpu")) == pytest.approx(2.0)
+    assert speedup(report(10, 20, "cuda:0"), report(20, 10, "cuda:0")) == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PruningExperiment, dict[str, Any]]:
+    experiment = PruningExperiment(tmp_path_factory.mktemp("pipeline"), progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-llama", control=True, save_model=True).smoke()
+    return experiment, experiment.run(config)
+
+
+def test_every_stage_is_measured_with_latency_and_the_control(llama_run: tuple[PruningExperiment, dict[str, Any]]) -> None:
+    experiment, result = llama_run
+    for stage in ("baseline", "pruned", "fine_tuned"):
+        measured = result["stages"][stage]
+        assert math.isfinite(measured["perplexity"]) and measured["eval_tokens"] > 0
+        assert measured["latency_ms_per_token"] > 0 and measured["cpu_ms_per_token"] > 0
+        assert measured["latency"]["rounds"] == 2  # smoke: two interleaved rounds
+    assert result["stages"]["baseline"]["speedup"] == pytest.approx(1.0)
+    assert result["stages"]["pruned"]["parameters"] < result["stages"]["baseline"]["parameters"]
+    assert math.isfinite(result["control"]["perplexity"]) and "generation" in result["control"]
+    table = experiment.comparison()
+    assert list(table.index) == ["baseline", "pruned", "fine-tuned", "control (unpruned, fine-tuned)"]
+    assert {"perplexity", "vs baseline", "parameters", "ms / token", "speed-up", "seconds"} <= set(table.columns)
+    readout = experiment.recovery_table()["value"]
+    assert "what pruning still costs" in readout["pruned + fine-tuned vs control"]
+    assert set(experiment.generations().index) == {"baseline", "pruned", "fine-tuned", "control"}
+    assert Path(result["model_dir"], "pruning.json").is_file()
+
+
+def test_training_curves_of_run_and_control_are_both_drawn(llama_run: tuple[PruningExperiment, dict[str, Any]], tmp_path: Path) -> None:
+    experiment, result = llama_run
+    figure = experiment.plot_results(tmp_path / "results.png")
+    stages_ax, curves = figure.axes
+    labels = [line.get_label() for line in curves.lines]
+    assert any(label.endswith("control train") for label in labels)
+    assert any(label.endswith("train") and "control" not in label for label in labels)
+    assert [tick.get_text() for tick in stages_ax.get_xticklabels()] == ["baseline", "pruned", "fine-tuned", "control"]
+    low, _ = stages_ax.get_ylim()
+    assert stages_ax.get_yscale() == "log" or low > 0.5 * result["stages"]["baseline"]["perplexity"]  # not from 0
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_share_above_one_points_at_the_control() -> None:
+    from colab_helpers.pipeline import _share
+
+    assert _share(None) == "nothing was lost"
+    assert _share(0.5) == "50%"
+    assert "compare with the control" in _share(2.02)
