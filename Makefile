@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo demo-all bench sync clean embedded
+.PHONY: install test test-fast demo demo-all bench sync clean embedded gpu-check gpu-prepare
 
 install: $(STAMP)
 
@@ -53,6 +53,14 @@ demo-all: $(STAMP)
 ## Performance ratios, side by side in one run; results go to benchmarks/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+## On a machine with CUDA: GPU-marked tests and the pipeline on the real model in fp16 / bf16 / QLoRA
+## (docs/gpu-validation.md). gpu-prepare downloads the wheels and model parts a lent GPU machine needs.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+gpu-prepare:
+	bash scripts/gpu_prepare.sh
 
 ## Re-pair notebooks after editing the .py files.
 sync: $(STAMP)

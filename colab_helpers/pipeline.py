@@ -60,6 +60,10 @@ class ExperimentConfig:
     latency_rounds: int = field(default=5, metadata=_help("interleaved timing rounds per model for latency per token (medians)."))
     seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
     control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
+    dtype: str = field(default="auto", metadata=_help(
+        "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
+    load_in_4bit: bool = field(default=False, metadata=_help(
+        "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
     save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
 
     def __post_init__(self) -> None:
@@ -82,6 +86,11 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+        if self.load_in_4bit and self.remove_heads:
+            raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
+                             "set remove_heads=False to gate the pruned heads instead")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-3")
 
@@ -179,14 +188,19 @@ class PruningExperiment:
 
     # --- cached inputs --------------------------------------------------------------------------------
 
-    def _model(self, name: str) -> tuple[Any, Any]:
-        """Return a fresh copy of model ``name`` (the loaded original stays untouched) and its tokenizer."""
+    def _model(self, config: ExperimentConfig) -> tuple[Any, Any]:
+        """Return a fresh copy of the config's model (the loaded original stays untouched) and its tokenizer."""
         from .models import load_model
 
-        if name not in self._models:
-            self._models[name] = load_model(name)
-        model, tokenizer = self._models[name]
+        key = self._model_key(config)
+        if key not in self._models:
+            self._models[key] = load_model(config.model, dtype=config.dtype, load_in_4bit=config.load_in_4bit)
+        model, tokenizer = self._models[key]
         return copy.deepcopy(model), tokenizer
+
+    @staticmethod
+    def _model_key(config: ExperimentConfig) -> str:
+        return f"{config.model}|{config.dtype}|{'4bit' if config.load_in_4bit else 'full'}"
 
     def _dataset(self, name: str) -> Any:
         from .data import load_text_dataset
@@ -238,9 +252,9 @@ class PruningExperiment:
         config = dataclasses.replace(config, model=resolve_model_name(config.model))
         out = ensure_writable_dir(output_dir or self.results_dir / config.run_name())
         data = self._dataset(config.dataset)
-        model, tokenizer = self._model(config.model)
+        model, tokenizer = self._model(config)
         stages: dict[str, dict[str, Any]] = {}
-        baseline_key = (config.model, config.dataset, config.prompt, config.seq_len, config.eval_tokens,
+        baseline_key = (self._model_key(config), config.dataset, config.prompt, config.seq_len, config.eval_tokens,
                         config.eval_stride, config.max_new_tokens)  # fmt: skip
         if baseline_key not in self._baselines:
             self._baselines[baseline_key] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
@@ -303,7 +317,7 @@ class PruningExperiment:
         """Time every stage's model together (interleaved rounds, medians) and add latency and speed-up to ``stages``."""
         from .latency import generation_latency, speedup
 
-        models = {"baseline": self._models[config.model][0], "pruned": pruned, "fine_tuned": fine_tuned}
+        models = {"baseline": self._models[self._model_key(config)][0], "pruned": pruned, "fine_tuned": fine_tuned}
         timed = {name: model for name, model in models.items() if model is not None}
         reports = generation_latency(timed, tokenizer, config.prompt, rounds=config.latency_rounds)
         if "pruned" not in reports:  # only gated: the pruned model has the fine-tuned one's shape and gates
@@ -324,7 +338,7 @@ class PruningExperiment:
         ft_config = FineTuneConfig(
             r=config.lora_r, alpha=config.lora_alpha, learning_rate=config.learning_rate, max_steps=config.steps,
             epochs=config.fine_tuning_epochs, micro_batch_size=config.micro_batch_size, seq_len=config.seq_len,
-            seed=config.seed, output_dir=str(out), eval_every=max(5, (config.steps or 200) // 8), eval_batches=4,
+            seed=config.seed, dtype=config.dtype, load_in_4bit=config.load_in_4bit, output_dir=str(out), eval_every=max(5, (config.steps or 200) // 8), eval_batches=4,
             checkpoint_every=max(10, (config.steps or 200) // 4), warmup_steps=min(10, max(1, (config.steps or 200) // 10)),
             plot_title="control: the unpruned model, fine-tuned as long" if control else "LoRA recovery of the pruned model",
         )  # fmt: skip
@@ -344,7 +358,7 @@ class PruningExperiment:
 
     def _control(self, config: ExperimentConfig, data: Any, out: Path) -> dict[str, Any]:
         """Fine-tune the unpruned model for the same steps: separates 'recovery' from 'more training'."""
-        model, tokenizer = self._model(config.model)
+        model, tokenizer = self._model(config)
         training, model = self._fine_tune(model, tokenizer, data, config, out, control=True)
         stage = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
         return {**stage, "seconds": stage["seconds"] + training.get("seconds", 0.0), "training": training}

@@ -171,3 +171,15 @@ def test_cache_root_is_documented_and_overridable(monkeypatch: pytest.MonkeyPatc
     assert cache_root() == tmp_path / "xdg" / "colab_helpers"
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
+
+
+def test_the_name_is_accepted_wherever_a_model_name_is_taken(tmp_path: Path) -> None:
+    from colab_helpers.experiments import check_model_name
+    from colab_helpers.pipeline import ExperimentConfig
+    from colab_helpers.sweeps import load_config
+
+    assert check_model_name(NAME) == NAME  # sweeps and the CLI validate names with this
+    path = tmp_path / "base.yaml"
+    path.write_text(f"model: {NAME}\nstrategy: gradient\npruning_level: 0.3\n")
+    config, extra = ExperimentConfig.from_dict(load_config(path))
+    assert config.model == NAME and extra == {} and config.smoke().model == "embedded-gpt2"

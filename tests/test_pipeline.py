@@ -100,3 +100,11 @@ def test_share_above_one_points_at_the_control() -> None:
     assert _share(None) == "nothing was lost"
     assert _share(0.5) == "50%"
     assert "compare with the control" in _share(2.02)
+
+
+def test_precision_settings_are_validated_before_any_work() -> None:
+    with pytest.raises(ValueError, match="dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got 'float8'"):
+        ExperimentConfig(dtype="float8")
+    with pytest.raises(ValueError, match="set remove_heads=False to gate"):
+        ExperimentConfig(load_in_4bit=True)
+    assert ExperimentConfig(load_in_4bit=True, remove_heads=False, dtype="bf16").dtype == "bf16"
