@@ -8,7 +8,9 @@ What is measured (issue targets in brackets):
 - **Guarded step** [<= 1.10x time per step]: our ``FineTuner`` (NaN/inf checks with one host sync, history rows,
   rollback snapshots every ``snapshot_every`` steps, callbacks, a progress bar) against a plain loop of peft +
   torch AdamW (forward, backward, clipping, step, ``loss.item()``) on the same model, the same LoRA settings and
-  seed, the same sequences in the same order and the same learning-rate schedule. Time per step is taken over
+  seed, the same sequences in the same order and the same learning-rate schedule. ``compare_steps`` takes any
+  model key ``load_model`` knows, or an already loaded model: ``benchmarks/real_model.py`` runs it on
+  SmolLM2-135M-Instruct. Time per step is taken over
   the steps only (first step to last), not the set-up or the final checkpoint. The per-step losses of the two
   loops are compared as a check that they really train the same thing.
 - **Live plot** [<= 5% of training time]: the CPU time spent inside the live plot (``LivePlot.update``, ``mark``
@@ -57,20 +59,27 @@ LIVE_PLOT_QUICK = (2, 2, 32, 1)
 TRAIN_PARAGRAPHS = {False: 600, True: 40}  # of the embedded corpus (tokenizing all of it takes ~2 s per run)
 
 
+# random-weight GPT-2 shapes (trained with the embedded tokenizer); any other key is a model load_model knows
+RANDOM_GPT2 = {"gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384)}
+
+
 def build_model(key: str) -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)`` for a benchmark model key; random models use the embedded tokenizer."""
+    """Return ``(model, tokenizer)`` on the CPU for a benchmark model key.
+
+    ``RANDOM_GPT2`` keys are random-weight GPT-2s with the embedded tokenizer; any other key (``embedded-gpt2``,
+    ``smollm2-135m-instruct``) is loaded with ``colab_helpers.models.load_model``.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
     from colab_helpers.models import load_model
 
-    model, tokenizer = load_model("embedded-gpt2", device="cpu")
-    if key == "embedded-gpt2":
-        return model, tokenizer
-    sizes = {"gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384)}
+    if key not in RANDOM_GPT2:
+        return load_model(key, device="cpu")
+    _, tokenizer = load_model("embedded-gpt2", device="cpu")
     torch.manual_seed(0)
     config = GPT2Config(
-        **sizes[key], vocab_size=len(tokenizer), n_positions=256, bos_token_id=tokenizer.eos_token_id,
+        **RANDOM_GPT2[key], vocab_size=len(tokenizer), n_positions=256, bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
     return AutoModelForCausalLM.from_config(config).eval(), tokenizer
@@ -226,22 +235,27 @@ def _median_render_seconds(plot: Any, times: int = 3) -> float:
     return statistics.median(seconds)
 
 
-def _setup(key: str, quick: bool) -> tuple[Any, Any, list[str], Any]:
-    """Return ``(model, tokenizer, training paragraphs, their token ids)`` for a benchmark model key."""
+def _setup(key: str, quick: bool, loaded: tuple[Any, Any] | None = None) -> tuple[Any, Any, list[str], Any]:
+    """Return ``(model, tokenizer, training paragraphs, their token ids)`` for a benchmark model key
+    (``loaded``: a ``(model, tokenizer)`` already in memory, used instead of building the key's model again)."""
     from colab_helpers.data import load_text_dataset
     from colab_helpers.evaluation import tokenize_texts
 
-    base, tokenizer = build_model(key)
+    base, tokenizer = loaded if loaded is not None else build_model(key)
     texts = load_text_dataset("embedded").train[: TRAIN_PARAGRAPHS[quick]]
     return base, tokenizer, texts, tokenize_texts(tokenizer, texts)
 
 
 def compare_steps(
-    key: str, plan: tuple[int, int, int, int], quick: bool, *, warmup: bool
+    key: str, plan: tuple[int, int, int, int], quick: bool, *, warmup: bool, loaded: tuple[Any, Any] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Time per step of FineTuner (as ``fine_tune`` runs by default) vs the plain loop; return (checks, figures)."""
+    """Time per step of FineTuner (as ``fine_tune`` runs by default) vs the plain loop; return (checks, figures).
+
+    ``plan`` is ``(steps per run, micro-batch, seq_len, repetitions)``; ``loaded`` a ``(model, tokenizer)`` of
+    ``key`` already in memory (``benchmarks/real_model.py`` passes the real model it loaded once).
+    """
     steps, micro, seq, repeats = plan
-    base, tokenizer, texts, token_ids = _setup(key, quick)
+    base, tokenizer, texts, token_ids = _setup(key, quick, loaded)
     cfg = _config(steps, micro, seq)
     plain_losses: list[float] = []
     record: dict[str, Any] = {}

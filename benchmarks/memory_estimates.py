@@ -11,6 +11,8 @@ config (nothing is downloaded), then a no-grad forward pass (inference) or two t
 
 The tiny ``embedded-*`` cases measure the process baseline (Python + torch + transformers and a model of
 1M parameters) that ``CPU_BASELINE_BYTES`` in colab_helpers/memory_estimate.py is set from.
+``estimate_vs_measured`` (one case, a config or a loaded model) is what ``benchmarks/real_model.py`` runs on
+SmolLM2-135M-Instruct for ``make bench``.
 """
 
 from __future__ import annotations
@@ -109,24 +111,31 @@ CASES: tuple[Case, ...] = (
 )
 
 
-def run_case(case: Case) -> dict[str, Any]:
-    """Return the estimate, the measurement and their ratio for ``case`` (the measurement in a fresh process)."""
-    config = case.config()
+def estimate_vs_measured(model: Any, mode: str, batch_size: int, seq_len: int, **options: Any) -> dict[str, Any]:
+    """Return ``{"params", "estimate", "measured", "ratio", "seconds"}`` for one case, float32 on the CPU.
+
+    ``model`` is a transformers config or a loaded model: ``estimate_memory`` reads it (a loaded model's real
+    parameters are counted) and ``measure_peak_memory`` builds a random-weight model from its config in a fresh
+    process (the child inherits this process's environment, e.g. ``OMP_NUM_THREADS``).
+    """
+    config = model.config if hasattr(model, "named_parameters") else model
     start = time.perf_counter()
-    estimate = estimate_memory(
-        config, case.mode, batch_size=case.batch_size, seq_len=case.seq_len, dtype="float32", device="cpu", **case.options
-    )
-    measured = measure_peak_memory(
-        config, case.mode, batch_size=case.batch_size, seq_len=case.seq_len, dtype="float32", device="cpu", **case.options
-    )
+    kwargs = dict(batch_size=batch_size, seq_len=seq_len, dtype="float32", device="cpu", **options)
+    estimate = estimate_memory(model, mode, **kwargs)
+    measured = measure_peak_memory(config, mode, **kwargs)
     return {
-        "case": case.label,
         "params": estimate.params,
         "estimate": estimate.total,
         "measured": measured["peak"],
         "ratio": measured["peak"] / estimate.total,
         "seconds": time.perf_counter() - start,
     }
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Return the estimate, the measurement and their ratio for ``case`` (the measurement in a fresh process)."""
+    return {"case": case.label, **estimate_vs_measured(case.config(), case.mode, case.batch_size, case.seq_len,
+                                                       **case.options)}  # fmt: skip
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

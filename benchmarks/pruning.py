@@ -9,7 +9,10 @@ What is measured (issue targets in brackets):
   at all (by design), so the real cost of hooks is measured too: one head gated off in every layer, so every
   layer's output projection runs the gate multiply.
 - **Removal speed-up** [within 10% of the FLOPs prediction]: 50% of the heads of every layer removed
-  (``scope="layer"``); the measured latency ratio unpruned / pruned against the ratio the removed FLOPs predict.
+  (``scope="layer"``); the measured latency ratio unpruned / pruned against the ratio of the two models' FLOPs,
+  counted from their actual shapes after removal (``forward_flops``). ``benchmarks/real_model.py`` runs the same
+  ``removal_speedup`` on SmolLM2-135M-Instruct with a gradient-importance mask, where grouped-query attention
+  leaves some pruned heads as zeroed padding: they keep their weights, so they count as cost.
 - **Importance cost**: the entropy pass vs a plain eager forward over the same tokens [<= 1.5x]; the gradient
   pass vs a forward + backward (weight gradients included, as in training) over the same tokens [<= 1.2x].
 
@@ -63,28 +66,31 @@ def build_gpt2(overrides: dict[str, Any], seed: int = 0) -> Any:
 
 
 def forward_flops(model: Any, batch: int, seq: int, *, causal: bool = False) -> float:
-    """Return the matmul FLOPs (2 per multiply-add) of one forward of a GPT-2-style model at ``batch x seq``.
+    """Return the matmul FLOPs (2 per multiply-add) of one forward of a causal LM at ``batch x seq`` tokens.
 
-    Counted: q/k/v and output projections (per head present), attention scores and the weighted sum of values
-    (full ``seq x seq`` per head, as eager attention computes them; ``causal=True`` counts only the lower
-    triangle, as a causal kernel may), the MLP, and the LM head. Not counted: embeddings, layer norms, softmax,
-    GELU, biases, residual adds (linear in tokens and small next to the matmuls in FLOPs, not in memory traffic).
+    Read from the model's actual shapes, so a pruned model is counted as it now runs: every linear layer
+    (``nn.Linear`` and GPT-2's ``Conv1D``: q/k/v and output projections, MLP, LM head) once per token at its
+    weight's size, and per layer the attention scores and the weighted sum of values for every query head the
+    layer holds (full ``seq x seq`` per head, as eager attention computes them; ``causal=True`` counts only the
+    lower triangle, as a causal kernel may). Zeroed *padding* heads (kept by ``remove_heads`` to even
+    grouped-query groups) compute nothing useful but keep their rows and columns, so they are counted like any
+    other head. Not counted: embeddings, norms, softmax, activations, rotary embeddings, biases, residual adds
+    (linear in tokens and small next to the matmuls in FLOPs, not in memory traffic).
     """
+    from torch import nn
+
     from colab_helpers.pruning import head_layout
+    from colab_helpers.pruning.layout import in_features, is_conv1d, out_features
 
     layout = head_layout(model)
-    config = model.config
-    d, vocab = config.n_embd, config.vocab_size
-    d_ff = config.n_inner or 4 * d
     tokens = batch * seq
-    hd = layout.head_dim
     pairs = seq * (seq + 1) / 2 if causal else seq * seq  # query-key pairs per head
-    flops = 2.0 * tokens * d * vocab  # LM head
-    for n_q, n_kv in zip(layout.query_heads, layout.kv_heads, strict=True):
-        flops += 2.0 * tokens * d * (n_q + 2 * n_kv) * hd  # q, k, v
-        flops += 2.0 * tokens * n_q * hd * d  # output projection
-        flops += 2.0 * 2 * batch * n_q * pairs * hd  # scores (q k^T) and values (p v)
-        flops += 2.0 * 2 * tokens * d * d_ff  # MLP up and down
+    flops = 0.0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or is_conv1d(module, unwrap=False):
+            flops += 2.0 * tokens * in_features(module) * out_features(module)
+    for n_q in layout.query_heads:  # padding heads included: they still sit in the weights
+        flops += 2.0 * 2 * batch * n_q * pairs * layout.head_dim  # scores (q k^T) and values (p v)
     return flops
 
 
@@ -183,14 +189,22 @@ def _hook_seconds(model: Any, mask: Any, shape: tuple[int, ...], repeats: int = 
     return statistics.median(seconds)
 
 
-def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Latency of the unpruned model vs a copy with 50% of every layer's heads removed; return (checks, figures)."""
+def removal_speedup(
+    model: Any, ids: Any, repeats: int, *, mask: Any = None, what: str = "50% of heads per layer"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Latency of ``model`` vs a copy with the heads of ``mask`` removed; return (checks, figures).
+
+    ``mask`` defaults to 50% of every layer's heads chosen at random; ``what`` names the selection in the check.
+    The prediction is the FLOPs ratio of the two models' actual shapes after removal (:func:`forward_flops`),
+    so heads kept as zeroed padding for grouped-query attention count as cost, as they do in the measurement.
+    """
     import torch
 
     from colab_helpers.pruning import head_importance, remove_heads, select_heads
 
     pruned = copy.deepcopy(model)
-    mask = select_heads(head_importance(pruned, None, "random", seed=0), 0.5, scope="layer")
+    if mask is None:
+        mask = select_heads(head_importance(pruned, None, "random", seed=0), 0.5, scope="layer")
     report = remove_heads(pruned, mask)
     batch, seq = ids.shape
 
@@ -207,15 +221,19 @@ def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
     agreement = measured / predicted
     causal = forward_flops(model, batch, seq, causal=True) / forward_flops(pruned, batch, seq, causal=True)
     realized = (1 - 1 / measured) / (1 - 1 / predicted)  # share of the predicted time saving that happened
+    removed_share = report.removed_params / report.params_before
+    pruned_heads, padding = int(mask.sum()), sum(report.padding_heads)
     del pruned
     check_row = check(
-        "removal speed-up (50% of heads per layer): measured / FLOPs-predicted",
+        f"removal speed-up ({what}): measured / FLOPs-predicted",
         f"within {TARGET_REMOVAL_AGREEMENT:.0%} (0.90-1.10)",
         agreement,
         abs(agreement - 1) <= TARGET_REMOVAL_AGREEMENT,
         f"measured {measured:.3f}x ({paired_spread(times, 'unpruned', 'pruned')}), predicted {predicted:.3f}x "
         f"({causal:.3f}x counting causal attention only); time saved {1 - 1 / measured:.1%} of a predicted "
-        f"{1 - 1 / predicted:.1%} ({realized:.0%} of it); params {report.params_before:,} -> {report.params_after:,}",
+        f"{1 - 1 / predicted:.1%} ({realized:.0%} of it); {pruned_heads} heads pruned"
+        + (f", {padding} of them kept as zeroed padding (grouped-query attention)" if padding else "")
+        + f"; params {report.params_before:,} -> {report.params_after:,} ({removed_share:.1%} removed)",
     )
     figures = {
         "removal_measured_speedup": measured,
@@ -223,8 +241,11 @@ def removal_speedup(model: Any, ids: Any, repeats: int) -> tuple[list[dict[str, 
         "removal_agreement": agreement,
         "removal_predicted_speedup_causal": causal,
         "removal_saving_realized": realized,
+        "removal_heads_pruned": pruned_heads,
+        "removal_padding_heads": padding,
         "removal_params_before": report.params_before,
         "removal_params_after": report.params_after,
+        "removal_params_removed_share": removed_share,
         "removal_unpruned_cpu_s": median(times, "unpruned"),
         "removal_pruned_cpu_s": median(times, "pruned"),
         "removal_wall_speedup": ratio(times, "unpruned", "pruned", "wall"),

@@ -1,15 +1,17 @@
 """Run every benchmark, print a summary and write benchmarks/RESULTS.md (``make bench``).
 
-    .venv/bin/python benchmarks/run.py                 # all benchmarks (~10 min on 2 shared cores)
+    .venv/bin/python benchmarks/run.py                 # all benchmarks (~12-15 min on 2 shared cores)
     .venv/bin/python benchmarks/run.py --quick         # tiny sizes, seconds; prints only (no RESULTS.md)
     .venv/bin/python benchmarks/run.py --only pruning  # one benchmark (RESULTS.md then holds only that one)
 
 Performance is measured as ratios of variants run side by side in this one process (interleaved repetitions,
 medians), at ONE torch thread: the machines this runs on have few cores shared with other work, where OpenMP
-with several threads thrashes. Benchmarks: ``pruning`` and ``finetune`` (ratios against the issue's targets),
-``runs_cli`` (seconds against its own target) and ``spelling_eval`` when that module exists. A benchmark that
-fails is reported with its error and the others still run; the exit status is 1 then. A missed target is
-reported, not an error. ``benchmarks/memory_estimates.py`` is separate (it rewrites docs/memory-estimates.md).
+with several threads thrashes. Benchmarks: ``pruning`` and ``finetune`` (ratios against the issue's targets, on
+toy and random models), ``real_model`` (the same checks plus memory estimates on SmolLM2-135M-Instruct; skipped
+with the install command when its wheel is missing), ``runs_cli`` (seconds against its own target) and
+``spelling_eval`` when that module exists. A benchmark that fails is reported with its error and the others
+still run; the exit status is 1 then. A missed target is reported, not an error. ``benchmarks/memory_estimates.py``
+is separate (it rewrites docs/memory-estimates.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-BENCHMARKS = ("pruning", "finetune", "runs_cli", "spelling_eval")
+BENCHMARKS = ("pruning", "finetune", "real_model", "runs_cli", "spelling_eval")
 RUNS_CLI_TARGET_S = 1.0  # benchmarks/runs_cli.py: the runs command under 1 s end to end
 
 
@@ -56,12 +58,16 @@ def load_benchmark(name: str) -> Any | None:
 def normalize(name: str, raw: Any) -> dict[str, Any]:
     """Return a benchmark's result as ``{"name", "checks", "figures", "settings"}`` whatever it returned.
 
-    ``pruning`` and ``finetune`` already return that shape; ``runs_cli`` returns flat figures (a check against
-    its 1 s target is added); any other flat dict becomes figures with no check.
+    ``pruning``, ``finetune`` and ``real_model`` already return that shape (``real_model`` adds ``"skipped"``, the
+    reason, when its model is not installed: kept); ``runs_cli`` returns flat figures (a check against its 1 s
+    target is added); any other flat dict becomes figures with no check.
     """
     if isinstance(raw, dict) and "checks" in raw:
-        return {"name": name, "checks": list(raw["checks"]), "figures": dict(raw.get("figures", {})),
-                "settings": dict(raw.get("settings", {}))}  # fmt: skip
+        result = {"name": name, "checks": list(raw["checks"]), "figures": dict(raw.get("figures", {})),
+                  "settings": dict(raw.get("settings", {}))}  # fmt: skip
+        if raw.get("skipped"):
+            result["skipped"] = str(raw["skipped"])
+        return result
     figures = dict(raw) if isinstance(raw, dict) else {"result": raw}
     checks = []
     if name == "runs_cli" and isinstance(figures.get("cli_subprocess_s"), int | float):

