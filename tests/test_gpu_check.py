@@ -2,8 +2,9 @@
 
 The check itself runs on a lent GPU machine (docs/gpu-validation.md). What can be checked here: the shell scripts
 parse, a machine without CUDA gets a clear message, a non-zero status and no half-written output, and the
-rehearsal (``GPU_CHECK_REHEARSAL=1``: the embedded model at smoke size on the CPU) drives the pipeline through the
-same dtype wrappers, so a change to the pipeline that breaks them fails here rather than on the GPU machine.
+rehearsal (``GPU_CHECK_REHEARSAL=1``: the embedded model at smoke size on the CPU) runs the pipeline with the
+variant's ``ExperimentConfig.dtype`` and checks the model loaded and trained in it, so a change to the pipeline that
+stops passing the dtype on (or that the driver can no longer read back) fails here rather than on the GPU machine.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def test_an_unknown_step_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_rehearsal_drives_the_pipeline_in_the_asked_precision(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _run(["pipeline"], tmp_path, OUT=str(out), GPU_CHECK_REHEARSAL="1", GPU_CHECK_VARIANTS="fp16 qlora")
+    cheaper = "fine_tuning_steps=2 eval_tokens=512 latency_rounds=1 importance_batches=1"  # over the smoke values
+    result = _run(["pipeline"], tmp_path, OUT=str(out), GPU_CHECK_REHEARSAL="1", GPU_CHECK_VARIANTS="fp16 qlora",
+                  GPU_CHECK_SET=cheaper)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]  # work files stay out of $OUT
     report = json.loads((out / "gpu_check.json").read_text())
@@ -72,10 +75,17 @@ def test_rehearsal_drives_the_pipeline_in_the_asked_precision(tmp_path: Path) ->
     fp16, qlora = report["variants"]["fp16"], report["variants"]["qlora"]
     assert qlora["status"] == "skipped" and qlora["reason"] == "QLoRA needs a CUDA GPU"
     assert fp16["status"] == "passed" and fp16["problems"] == []
-    # the notebook's parameters cell was read, then shrunk to smoke size on the embedded model
-    assert fp16["config"]["model"] == "embedded-llama" and fp16["config_source"]["notebook"].endswith("05_prune_and_finetune.py")
-    assert [set(load["parameter_dtypes"]) for load in fp16["loads"]] == [{"float16"}]  # weights as asked
-    assert fp16["fine_tunes"] and all(run["autocast"] == "torch.float16" for run in fp16["fine_tunes"])  # training as asked
+    # the notebook's parameters cell was read, shrunk to smoke size on the embedded model, GPU_CHECK_SET over that
+    config = fp16["config"]
+    assert config["model"] == "embedded-llama" and fp16["config_source"]["notebook"].endswith("05_prune_and_finetune.py")
+    assert (config["dtype"], config["load_in_4bit"], config["fine_tuning_steps"], config["control"]) == ("fp16", False, 2, True)
+    assert fp16["config_source"]["variant_changes"] == {"dtype": "fp16", "load_in_4bit": False}
+    # weights as asked, read from the model the experiment loaded
+    assert [(set(load["parameter_dtypes"]), load["quantized"]) for load in fp16["loads"]] == [({"float16"}, False)]
+    # training as asked, read from each fine-tuning's checkpoint: the pruned model's and the control's
+    assert [run["run"] for run in fp16["fine_tunes"]] == ["fine_tuned", "control"]
+    for run in fp16["fine_tunes"]:
+        assert (run["steps"], run["dtype"], run["load_in_4bit"], run["autocast"]) == (2, "fp16", False, "torch.float16")
     perplexity = fp16["figures"]["perplexity"]
     assert set(perplexity) == {"baseline", "pruned", "fine_tuned", "control"}
     assert all(math.isfinite(value) for value in perplexity.values())
