@@ -61,6 +61,16 @@ def test_normalize_answer(task: str, text: str, expected: str) -> None:
     assert ss.normalize_answer(text, task) == expected
 
 
+def test_the_article_a_is_not_the_letter_a() -> None:
+    # SmolLM2-135M-Instruct's: "is a noun" once counted as the answer "a" to "What is the 3rd letter of 'peals'?"
+    assert not ss.is_correct("The word 'peals' is a noun, and the third letter is a letter.", "a", "position")
+    assert not ss.is_correct("The 8th letter of the alphabet is a classic example", "a", "position")
+    for answer in ("The 3rd letter is a.", "The 3rd letter is 'a' in apple", "The letter a is the 3rd letter",
+                   "It is a", "The letter is a"):  # fmt: skip
+        assert ss.is_correct(answer, "a", "position"), answer
+    assert ss.normalize_answer("The letter is b here", "position") == "b"  # only "a" is an article
+
+
 def test_is_correct_ignores_separators_but_not_letters() -> None:
     assert ss.is_correct("A, P, P, L, E", "a-p-p-l-e", "spelling")
     assert not ss.is_correct("a p l e", "a p p l e", "spelling")
@@ -84,6 +94,53 @@ def test_bootstrap_ci_sanity() -> None:
     assert scores["accuracy"] == 0.75 and scores["n"] == 4 and scores["ci_low"] <= 0.75 <= scores["ci_high"]
     with pytest.raises(ValueError, match="n_boot"):
         ss.bootstrap_ci([1.0], n_boot=0)
+
+
+def test_paired_difference_ci() -> None:
+    ours, theirs = [1, 1, 0, 1, 0, 1, 1, 0] * 5, [0, 1, 0, 1, 0, 1, 0, 0] * 5  # 2 of every 8 questions gained
+    gain = ss.paired_difference_ci(ours, theirs, n_boot=500, seed=1)
+    assert gain["difference"] == pytest.approx(0.25) and gain["n"] == 40
+    assert 0 < gain["ci_low"] < 0.25 < gain["ci_high"] < 0.5
+    unpaired = ss.bootstrap_ci(ours, n_boot=500, seed=1)[1] - ss.bootstrap_ci(ours, n_boot=500, seed=2)[0]
+    assert gain["ci_high"] - gain["ci_low"] < unpaired  # pairing: narrower than two separate intervals
+    same = ss.paired_difference_ci([1, 0, 1], [1, 0, 1])
+    assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="pair up"):
+        ss.paired_difference_ci([1, 0], [1])
+
+
+def test_paired_gains_match_questions_by_task_and_word() -> None:
+    import pandas as pd
+
+    reference = pd.DataFrame({"task": ["spelling"] * 4 + ["count"] * 2, "word": ["a", "b", "c", "d", "a", "b"],
+                              "correct": [False, False, True, False, True, True]})  # fmt: skip
+    run = reference.iloc[::-1].assign(correct=[True, False, True, True, True, False])  # another order: matched by key
+    gains = ss.paired_gains(run, reference, n_boot=200)
+    assert list(gains.index) == ["spelling", "count"]  # tasks in the study's order
+    assert gains.loc["spelling", "accuracy"] == 0.75 and gains.loc["spelling", "reference_accuracy"] == 0.25
+    assert gains.loc["spelling", "gain"] == pytest.approx(0.5) and gains.loc["count", "gain"] == pytest.approx(-0.5)
+    assert gains.loc["spelling", "ci_low"] <= 0.5 <= gains.loc["spelling", "ci_high"] and gains.loc["count", "n"] == 2
+    with pytest.raises(ValueError, match="answered by one run only"):
+        ss.paired_gains(run.iloc[1:], reference)
+    with pytest.raises(ValueError, match="several answers"):
+        ss.paired_gains(pd.concat([run, run.iloc[:1]]), reference)
+
+
+def test_guess_baselines_score_answers_that_need_no_letter_skill(tmp_path: Any) -> None:
+    rows = [{"task": "position", "word": "apple", "answer": "a"}, {"task": "position", "word": "apple", "answer": "p"},
+            {"task": "count", "word": "apple", "answer": "2"}, {"task": "count", "word": "kiwi", "answer": "0"},
+            {"task": "count", "word": "pear", "answer": "0"},
+            {"task": "spelling", "word": "pear", "answer": "p e a r"}]  # fmt: skip
+    guesses = ss.guess_baselines(rows, n_boot=100)
+    assert list(guesses.index) == ["position", "count"]  # no guess for spelling: an unspelled word never matches
+    assert guesses.loc["position", "accuracy"] == 0.5 and guesses.loc["position", "guess"] == "the word's first letter"
+    assert guesses.loc["count", "accuracy"] == pytest.approx(2 / 3) and guesses.loc["count", "guess"] == "always '0'"
+    models = {"untouched": {"spelling_accuracy": 0.0, "spelling_ci_low": 0.0, "spelling_ci_high": 0.0,
+                            "position_accuracy": 0.2, "position_ci_low": 0.1, "position_ci_high": 0.3,
+                            "count_accuracy": 0.1, "count_ci_low": 0.0, "count_ci_high": 0.2},
+              "a run": {"spelling_accuracy": 0.5}}  # fmt: skip  (missing intervals: a bar without error bars)
+    figure = ss.plot_task_accuracies(models, guesses, path=tmp_path / "accuracies.png")
+    assert len(figure.axes) == 3 and (tmp_path / "accuracies.png").stat().st_size > 1000
 
 
 def test_correlations_against_hand_computed_values() -> None:
@@ -141,6 +198,41 @@ def test_evaluate_scores_by_generation(embedded: tuple[Any, Any], tiny_data: Any
     perfect = ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=100)
     assert {task: s["accuracy"] for task, s in perfect.scores.items()} == {t: 1.0 for t in sp.TASKS}
     assert perfect.metrics()["transfer_accuracy"] == 1.0
+
+
+def test_the_token_budget_leaves_room_to_restate_the_question(embedded: tuple[Any, Any], tiny_data: Any,
+                                                               monkeypatch: Any) -> None:  # fmt: skip
+    model, tokenizer = embedded
+    questions, answers = ["How many times does 'p' appear in 'apple'?"], ["2"]
+    asked = len(tokenizer(" " + questions[0], add_special_tokens=False)["input_ids"])
+    said = len(tokenizer(" 2", add_special_tokens=False)["input_ids"])
+    assert ss.answer_budget(tokenizer, answers) == 16  # the minimum
+    assert ss.answer_budget(tokenizer, answers, minimum=1, questions=questions) == asked + said + 4
+    with pytest.raises(ValueError, match="pair up"):
+        ss.answer_budget(tokenizer, answers, questions=questions * 2)
+    budgets: dict[bool, list[int]] = {True: [], False: []}
+    for restate in (True, False):
+        monkeypatch.setattr(ss, "generate_answers", lambda m, t, prompts, max_new_tokens, **kw: budgets[restate].append(
+            max_new_tokens) or [""] * len(prompts))  # fmt: skip
+        ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=10, min_new_tokens=1, restate=restate)
+    for (task, restated), plain in zip(zip(sp.TASKS, budgets[True], strict=True), budgets[False], strict=True):
+        rows = [row for row in tiny_data["test"] if row["task"] == task]
+        assert plain == ss.answer_budget(tokenizer, [r["answer"] for r in rows], minimum=1)
+        assert restated == ss.answer_budget(tokenizer, [r["answer"] for r in rows], minimum=1,
+                                            questions=[r["question"] for r in rows]) > plain  # fmt: skip
+
+
+@pytest.mark.real_model
+def test_batched_generation_on_the_real_llama_model(real_model: tuple[Any, Any]) -> None:
+    """SmolLM2 (Llama, chat template, pad = EOS): left-padded batches answer as one prompt at a time."""
+    model, tokenizer = real_model
+    data = sp.build_datasets(tokenizer, train_size=2, validation_size=2, test_size=2, max_length=8)
+    prompts = list(data["test"]["prompt"])  # 6 prompts of different lengths: padding is exercised
+    assert prompts[0].startswith("<|im_start|>") and prompts[0].endswith("<|im_start|>assistant\n")  # chat template
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1
+    batched = ss.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=6)
+    single = ss.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
+    assert batched == single and all(answer.strip() for answer in batched)
 
 
 # --- run configs ------------------------------------------------------------------------------------------
@@ -202,6 +294,9 @@ def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_
     assert sorted(references["kind"]) == ["baseline", "control"] and (references["status"] == "done").all()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # runs train copies
     assert len(read_runs(tmp_path)) == 4  # runs.csv holds the sweep and its references
+    gains = study.gains(runs["run_id"][0], runs["baseline_run_id"][0])  # paired, on the same test questions
+    assert list(gains.index) == list(sp.TASKS) and (gains["n"] == 6).all()
+    assert gains.loc["position", "gain"] == pytest.approx(runs["position_gain"][0])
     # a rerun finds every run done: nothing is trained again
     again = study.run_sweep(ss.default_sweep(smoke=True), base)
     assert len(calls) == 3 and list(again["run_id"]) == list(runs["run_id"])

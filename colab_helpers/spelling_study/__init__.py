@@ -19,6 +19,8 @@
 * **Transfer metrics** per run: the gain of each task over the baseline and over the control, and the ratio
   of the position (count) gain to the spelling gain. The ratio is **None** when the spelling gain is within
   ``min_spelling_gain`` (2 points by default) of zero: dividing by noise would say nothing.
+  ``study.gains(run_id, reference_run_id)`` gives the gains question by question with *paired* bootstrap
+  intervals (:func:`paired_gains`), much tighter than comparing two accuracies' own intervals.
 * **Analysis**: Pearson and Spearman correlations across runs with bootstrap intervals (numpy only), a
   per-parameter effect table, the top configurations, a scatter of spelling against transfer accuracy, an
   HTML report and a Markdown summary.
@@ -39,6 +41,8 @@ from .analysis import (
     analyze,
     correlation_table,
     finished_runs,
+    guess_baselines,
+    paired_gains,
     parameter_effects,
     parameter_importance,
     results_table,
@@ -71,11 +75,12 @@ from .evaluation import (
     small_model_threads,
     transfer_metrics,
 )
-from .report import TransferAnalysis, plot_parameter_effects, plot_spelling_vs_transfer
+from .report import TransferAnalysis, plot_parameter_effects, plot_spelling_vs_transfer, plot_task_accuracies
 from .stats import (
     accuracy_with_ci,
     bootstrap_ci,
     correlation_with_ci,
+    paired_difference_ci,
     pearson,
     rank,
     spearman,
@@ -113,15 +118,19 @@ __all__ = [
     "finetune_config",
     "finished_runs",
     "generate_answers",
+    "guess_baselines",
     "is_correct",
     "load_study_model",
     "merge_steps",
     "normalize_answer",
+    "paired_difference_ci",
+    "paired_gains",
     "parameter_effects",
     "parameter_importance",
     "pearson",
     "plot_parameter_effects",
     "plot_spelling_vs_transfer",
+    "plot_task_accuracies",
     "rank",
     "results_table",
     "small_model_threads",

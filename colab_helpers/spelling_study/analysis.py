@@ -6,13 +6,15 @@ HTML and Markdown report) with plain-language caveats (too few runs, intervals s
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..tasks.spelling import TASKS
 from .config import METRICS, MIN_SPELLING_GAIN, SEARCH_SPACE, TRANSFER_TASKS
+from .answers import is_correct
 from .report import TransferAnalysis, _finite
-from .stats import correlation_with_ci
+from .stats import accuracy_with_ci, correlation_with_ci, paired_difference_ci
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -25,6 +27,67 @@ def accuracy_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = [{"task": task, **{key: metrics.get(f"{task}_{key}") for key in ("accuracy", "ci_low", "ci_high", "n")}}
             for task in TASKS if f"{task}_accuracy" in metrics]  # fmt: skip
     return pd.DataFrame(rows).set_index("task")
+
+
+def guess_baselines(dataset: Any, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Return the accuracy of two guesses that need no letter-level skill, with bootstrap 95% intervals: the
+    word's *first* letter for every position question, and the split's most common answer for every count
+    question (``guess`` says which). A model at or below these has not shown the skill, whatever its score.
+
+    ``dataset`` holds rows with ``task``, ``word`` and ``answer`` (a split of ``build_datasets``).
+    """
+    import pandas as pd
+
+    rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    records = []
+    position = [row for row in rows if row["task"] == "position"]
+    if position:
+        correct = [is_correct(row["word"][0], row["answer"], "position") for row in position]
+        records.append({"task": "position", "guess": "the word's first letter",
+                        **accuracy_with_ci(correct, n_boot=n_boot, seed=seed)})  # fmt: skip
+    count = [row for row in rows if row["task"] == "count"]
+    if count:
+        common = Counter(str(row["answer"]) for row in count).most_common(1)[0][0]
+        correct = [is_correct(common, row["answer"], "count") for row in count]
+        records.append({"task": "count", "guess": f"always {common!r}",
+                        **accuracy_with_ci(correct, n_boot=n_boot, seed=seed)})  # fmt: skip
+    return pd.DataFrame(records, columns=["task", "guess", "accuracy", "ci_low", "ci_high", "n"]).set_index("task")
+
+
+def paired_gains(predictions: pd.DataFrame, reference: pd.DataFrame, *, n_boot: int = 1000,
+                 seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Return, per task, the accuracy of ``predictions``, that of ``reference`` on the same questions, the gain
+    and its paired bootstrap 95% interval (:func:`~.stats.paired_difference_ci`), and the questions counted.
+
+    Both frames hold one row per question with ``task``, ``word`` and ``correct`` (``predictions.jsonl`` of two
+    runs, see :meth:`~.sweep.SpellingStudy.gains`); questions are matched on (task, word), and both runs must
+    have answered the same ones.
+    """
+    import pandas as pd
+
+    keys = ["task", "word"]
+    for name, frame in (("predictions", predictions), ("reference", reference)):
+        missing = [c for c in (*keys, "correct") if c not in frame]
+        if missing:
+            raise ValueError(f"{name} lacks the column(s) {missing}; pass the predictions.jsonl of a run")
+        if frame.duplicated(keys).any():
+            raise ValueError(f"{name} has several answers to one (task, word) question; cannot pair them")
+    merged = predictions[[*keys, "correct"]].merge(reference[[*keys, "correct"]], on=keys, how="outer",
+                                                   suffixes=("", "_reference"), indicator=True)  # fmt: skip
+    unpaired = merged[merged["_merge"] != "both"]
+    if len(unpaired):
+        first = unpaired.iloc[0]
+        raise ValueError(f"{len(unpaired)} question(s), e.g. {first['task']} {first['word']!r}, were answered by "
+                         "one run only: compare runs evaluated on the same split of the same data")  # fmt: skip
+    records = []
+    for task in [t for t in TASKS if t in set(merged["task"])]:
+        rows = merged[merged["task"] == task]
+        ours, theirs = rows["correct"].astype(float).to_numpy(), rows["correct_reference"].astype(float).to_numpy()
+        gain = paired_difference_ci(ours, theirs, n_boot=n_boot, seed=seed)
+        records.append({"task": task, "accuracy": float(ours.mean()), "reference_accuracy": float(theirs.mean()),
+                        "gain": gain["difference"], "ci_low": gain["ci_low"], "ci_high": gain["ci_high"],
+                        "n": gain["n"]})  # fmt: skip
+    return pd.DataFrame(records).set_index("task")
 
 
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -18,8 +18,10 @@ _NUMBER_WORDS = {
     "nineteen": 19, "twenty": 20,
 }  # fmt: skip
 _Q = f"[{_QUOTES}]?"
-_LETTER_AFTER_LETTER = re.compile(rf"\bletter\s+(?:is\s+)?{_Q}([a-z]){_Q}(?![a-z])")  # "the letter p", "letter is p"
-_LETTER_AFTER_IS = re.compile(rf"\b(?:is|it's|answer:)\s+{_Q}([a-z]){_Q}(?![a-z])")  # "it is 'p'", "... is p."
+_LETTER = rf"([{_QUOTES}]?)([a-z]){_Q}(?![a-z])"  # groups: the opening quote (maybe empty), the letter
+_LETTER_AFTER_LETTER = re.compile(rf"\bletter\s+(?:is\s+)?{_LETTER}")  # "the letter p", "letter is p"
+_LETTER_AFTER_IS = re.compile(rf"\b(?:is|it's|answer:)\s+{_LETTER}")  # "it is 'p'", "... is p."
+_ARTICLE = re.compile(r"\s+[a-z]")  # a word after an unquoted "a": the article ("is a noun")
 _PREFIX = re.compile(r"^(?:a|answer)\s*:\s*")
 
 
@@ -51,9 +53,12 @@ def _normalize_letter(line: str) -> str:
     if len(bare) == 1 and bare.isalpha():
         return bare
     for pattern in (_LETTER_AFTER_LETTER, _LETTER_AFTER_IS):
-        match = pattern.search(line)
-        if match:
-            return match.group(1)
+        for match in pattern.finditer(line):
+            quote, letter = match.group(1), match.group(2)
+            after_is = line[match.start() : match.start(1)].rstrip().endswith(("is", "it's"))
+            # "is a vowel", "is a noun": an unquoted "a" after "is" and before a word is the article, not the answer
+            if quote or letter != "a" or not after_is or not _ARTICLE.match(line, match.end()):
+                return letter
     return bare
 
 
@@ -73,7 +78,8 @@ def normalize_answer(text: str, task: str) -> str:
     Only the first non-empty line counts, lowercased, emphasis and a leading "A:" / "Answer:" removed.
     ``spelling``: the longest run of single letters, whatever separates them ("A-P-P-L-E", "a, p, p, l, e",
     "The letters are a p p l e") -> ``"a p p l e"``; an unspelled "apple" stays ``"apple"`` (not a spelling).
-    ``position``: one letter ("p", "'p'", "p.", "the letter p", "The 3rd letter is p") -> ``"p"``.
+    ``position``: one letter ("p", "'p'", "p.", "the letter p", "The 3rd letter is p") -> ``"p"``; an unquoted
+    "a" between "is" and a word is the article, not a letter ("The third letter is a vowel" names none).
     ``count``: the first number, digits or a word ("2", "two", "twice", "It appears 2 times") -> ``"2"``.
     """
     if task not in TASKS:

@@ -136,10 +136,23 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
     return answers
 
 
-def answer_budget(tokenizer: Any, answers: Iterable[str], margin: int = 4, minimum: int = 16) -> int:
+def answer_budget(tokenizer: Any, answers: Iterable[str], margin: int = 4, minimum: int = 16,
+                  questions: Iterable[str] | None = None) -> int:  # fmt: skip
     """Return how many new tokens a generation gets: the longest reference answer's tokens plus ``margin``, and
-    at least ``minimum`` (an instruct model often answers in a short sentence: "The 3rd letter is 'p'.")."""
+    at least ``minimum`` (an instruct model often answers in a short sentence: "The 3rd letter is 'p'.").
+
+    With ``questions`` (one per answer), room for the longest question *and* its answer: an instruct model often
+    restates the question first ("The number of times 'f' appears in 'tariff' is 2."), and a budget of the
+    answer alone cut SmolLM2-135M-Instruct off before the number.
+    """
+    answers = list(answers)
     lengths = [len(ids) for ids in tokenizer([f" {a}" for a in answers], add_special_tokens=False)["input_ids"]]
+    if questions is not None:
+        questions = list(questions)
+        if len(questions) != len(answers):
+            raise ValueError(f"questions ({len(questions)}) and answers ({len(answers)}) must pair up one to one")
+        asked = [len(ids) for ids in tokenizer([f" {q}" for q in questions], add_special_tokens=False)["input_ids"]]
+        lengths = [a + q for a, q in zip(lengths, asked, strict=True)]
     return max(max(lengths, default=1) + margin, minimum)
 
 
@@ -182,12 +195,13 @@ class Evaluation:
 
 def evaluate(model: Any, tokenizer: Any, dataset: datasets.Dataset, *, tasks: Sequence[str] | None = None,
              batch_size: int = 32, n_boot: int = 1000, seed: int = 0, margin: int = 4,
-             min_new_tokens: int = 16) -> Evaluation:  # fmt: skip
+             min_new_tokens: int = 16, restate: bool = True) -> Evaluation:  # fmt: skip
     """Return the :class:`Evaluation` of ``model`` on ``dataset`` rows (``task``, ``prompt``, ``answer``).
 
     One batched greedy generation per task, with that task's token budget (longest answer + ``margin``, at
-    least ``min_new_tokens``); exact match after :func:`normalize_answer`; accuracy per task with a bootstrap
-    95% interval.
+    least ``min_new_tokens``; with ``restate``, and rows that have a ``question``, room to restate the longest
+    question first, see :func:`answer_budget`); exact match after :func:`normalize_answer`; accuracy per task
+    with a bootstrap 95% interval.
     """
     # the generator is looked up on the package, so that replacing ``spelling_study.generate_answers`` (a test's
     # scripted model, a faster generator) changes what ``spelling_study.evaluate`` uses, as in the single module
@@ -203,7 +217,9 @@ def evaluate(model: Any, tokenizer: Any, dataset: datasets.Dataset, *, tasks: Se
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         task_rows = [row for row in rows if row["task"] == task]
-        budget = answer_budget(tokenizer, [row["answer"] for row in task_rows], margin, min_new_tokens)
+        asked = [row.get("question") for row in task_rows]
+        questions = asked if restate and all(asked) else None
+        budget = answer_budget(tokenizer, [row["answer"] for row in task_rows], margin, min_new_tokens, questions)
         outputs = generate_answers(model, tokenizer, [row["prompt"] for row in task_rows], max_new_tokens=budget,
                                    batch_size=batch_size)  # fmt: skip
         correct = []

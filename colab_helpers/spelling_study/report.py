@@ -57,6 +57,48 @@ def plot_spelling_vs_transfer(runs: pd.DataFrame, baseline: Mapping[str, Any] | 
     return figure
 
 
+def plot_task_accuracies(models: Mapping[str, Mapping[str, Any]], guesses: pd.DataFrame | None = None, *,
+                         path: str | Path | None = None) -> Figure:  # fmt: skip
+    """Return a figure: one panel per task, one bar per model (its accuracy with the 95% interval), and a dashed
+    line for each guess of :func:`~.analysis.guess_baselines` (``guesses``, indexed by task).
+
+    ``models`` maps a label ("untouched", "LoRA lr 1e-3", ...) to flat metrics (``<task>_accuracy``,
+    ``<task>_ci_low``, ``<task>_ci_high``): the baseline, a run's row, a control's row.
+    """
+    import numpy as np
+
+    from ..figures import new_figure
+
+    labels = list(models)
+    figure = new_figure(max(9.0, 0.75 * len(labels) * len(TASKS)), 3.8)
+    axes = figure.subplots(1, len(TASKS), sharey=True)
+    colours = ["#2ca02c", "#d62728", *[f"C{i}" for i in (0, 1, 4, 5, 6, 7, 8, 9)]]
+    tops = [float(row.get(f"{t}_ci_high", 0) or 0) for row in models.values() for t in TASKS]
+    tops += [float(v) for v in guesses["accuracy"]] if guesses is not None and len(guesses) else []
+    top = min(100.0, max(50.0, 10 * math.ceil(10 * max([0.0, *[v for v in tops if math.isfinite(v)]]) + 1)))
+    for ax, task in zip(axes, TASKS, strict=True):
+        values = np.array([float(models[m].get(f"{task}_accuracy", np.nan)) for m in labels])
+        low = np.array([float(models[m].get(f"{task}_ci_low", np.nan)) for m in labels])
+        high = np.array([float(models[m].get(f"{task}_ci_high", np.nan)) for m in labels])
+        errors = np.clip(np.nan_to_num(np.vstack([values - low, high - values])), 0, None)
+        positions = np.arange(len(labels))
+        ax.bar(positions, 100 * values, yerr=100 * errors, capsize=3, color=colours[: len(labels)] * 2,
+               edgecolor="black", linewidth=0.5)  # fmt: skip
+        if guesses is not None and task in guesses.index:
+            guess = guesses.loc[task]
+            ax.axhline(100 * float(guess["accuracy"]), color="grey", linestyle="--", linewidth=1)
+            ax.text(len(labels) - 0.5, 100 * float(guess["accuracy"]), f"guess: {guess['guess']}", ha="right",
+                    va="bottom", fontsize=8, color="dimgrey")  # fmt: skip
+        ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(task)
+        ax.set_ylim(0, top)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("exact-match accuracy, % (95% interval)")
+    if path is not None:
+        figure.save(path)
+    return figure
+
+
 def _error_bars(runs: pd.DataFrame, task: str) -> Any:
     import numpy as np
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir
 from ..tasks.spelling import TASKS, fingerprint
-from .analysis import analyze
+from .analysis import analyze, paired_gains
 from .config import (
     CONTROL_MODES,
     METRICS,
@@ -241,6 +241,12 @@ class SpellingStudy:
         if not path.is_file():
             raise FileNotFoundError(f"run {run_id!r} has no predictions.jsonl (it did not finish its evaluation)")
         return pd.read_json(path, lines=True)
+
+    def gains(self, run_id: str, reference_run_id: str) -> pd.DataFrame:
+        """Return the per-task gain of run ``run_id`` over run ``reference_run_id`` (the baseline's or a control's
+        ``run_id``) on the same test questions, with paired bootstrap 95% intervals (see :func:`paired_gains`)."""
+        return paired_gains(self.predictions(run_id), self.predictions(reference_run_id), n_boot=self.n_boot,
+                            seed=self.seed)  # fmt: skip
 
     def references(self) -> pd.DataFrame:
         """Return the baseline and control runs (sweep ``"reference"``)."""
