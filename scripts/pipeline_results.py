@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--level", type=float, default=0.3)
+    parser.add_argument("--level", type=float, default=0.15)
     parser.add_argument("--strategy", default="gradient")
     parser.add_argument("--output", default=str(ROOT / "docs" / "pipeline-results.md"))
     parser.add_argument("--results", default="/tmp/pipeline-results")
