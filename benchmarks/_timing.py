@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_benchmark(name: str) -> ModuleType | None:
+    """Return ``benchmarks/<name>.py`` as module ``bench_<name>`` (reusing one already loaded), or None when the
+    file does not exist. Benchmarks are files, not a package: run.py, other benchmarks and tests load them so."""
+    loaded = sys.modules.get(f"bench_{name}")
+    if loaded is not None:
+        return loaded
+    path = HERE / f"{name}.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def interleaved(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import os
 import sys
 import time
@@ -42,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model comes from a wheel; ne
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
-from _timing import check  # noqa: E402
+from _timing import check, load_benchmark  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 QUANTIZATION = "Q4_1 GGUF, dequantized"
@@ -71,19 +70,6 @@ NOT_SHOWN = (
 )
 
 
-def _sibling(name: str) -> Any:
-    """Return ``benchmarks/<name>.py`` as module ``bench_<name>`` (the one run.py or a test already loaded, if any)."""
-    module = sys.modules.get(f"bench_{name}")
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def skip_reason() -> str | None:
     """Return why the real-model benchmark cannot run here (the wheel is missing), or None when it can."""
     from colab_helpers.packaged_models import PACKAGED_MODELS, packaged_installed
@@ -98,7 +84,7 @@ def _start_memory_cases(model: Any, plan: dict[str, Any]) -> list[tuple[str, int
 
     The children inherit ``os.environ`` as it is when each starts (``run`` sets one OpenMP thread for its whole run).
     """
-    memory = _sibling("memory_estimates")
+    memory = load_benchmark("memory_estimates")
     source: Any = model
     if plan["memory_layers"] is not None:  # quick: the real config, fewer layers
         source = copy.deepcopy(model.config)
@@ -140,7 +126,7 @@ def _removal(model: Any, token_ids: Any, plan: dict[str, Any]) -> tuple[list[dic
     from colab_helpers.evaluation import lm_batches
     from colab_helpers.pruning import head_importance, select_heads
 
-    pruning = _sibling("pruning")
+    pruning = load_benchmark("pruning")
     n_batches, batch_size, seq = plan["importance"]
     batches = lm_batches(token_ids, seq_len=seq, batch_size=batch_size, max_batches=n_batches)
     started = time.process_time()
@@ -176,7 +162,7 @@ def _measure(plan: dict[str, Any], quick: bool) -> tuple[list[dict[str, Any]], d
     token_ids = tokenize_texts(tokenizer, load_text_dataset("embedded").train[:600])
     for part in (
         lambda: _removal(model, token_ids, plan),
-        lambda: _sibling("finetune").compare_steps(MODEL, plan["lora"], quick, warmup=False,
+        lambda: load_benchmark("finetune").compare_steps(MODEL, plan["lora"], quick, warmup=False,
                                                    loaded=(model, tokenizer)),  # fmt: skip
         lambda: _memory_checks(futures, quick),
     ):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import inspect
 import math
 import os
@@ -37,22 +36,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # loaded by file path too (tests): find the shared harness beside it
+from _timing import load_benchmark  # noqa: E402
 RESULTS = HERE / "RESULTS.md"
 BENCHMARKS = ("pruning", "finetune", "real_model", "runs_cli", "spelling_eval")
 RUNS_CLI_TARGET_S = 1.0  # benchmarks/runs_cli.py: the runs command under 1 s end to end
-
-
-def load_benchmark(name: str) -> Any | None:
-    """Import ``benchmarks/<name>.py`` as module ``bench_<name>``; return None when the file does not exist."""
-    path = HERE / f"{name}.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def normalize(name: str, raw: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ figures are finite, and that ``benchmarks/run.py`` renders them into a RESULTS.m
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import sys
@@ -21,12 +20,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CHECK_KEYS = {"name", "target", "measured", "passed", "detail"}
 
 
+sys.path.insert(0, str(BENCHMARKS))
+from _timing import load_benchmark  # noqa: E402
+
+
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    """Load ``benchmarks/<name>.py`` afresh (a test may have changed the module object of another)."""
+    sys.modules.pop(f"bench_{name}", None)
+    module = load_benchmark(name)
+    assert module is not None, name
     return module
 
 
