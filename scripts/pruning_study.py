@@ -1,28 +1,33 @@
 #!/usr/bin/env python
-"""Pruning quality study on the embedded models: perplexity against pruning level, per importance strategy.
+"""Pruning quality on a real model: perplexity with heads gated, per importance strategy, level, scope and
+score normalisation.
 
-For each model (``embedded-gpt2``, ``embedded-llama``) and each strategy (random, magnitude, entropy, gradient),
-heads are scored (``colab_helpers.study.importance_by_strategy``), the lowest-scored ones gated off over the
-whole model (global scope) at each level, and validation perplexity measured (``level_sweep``). Strategies that
-depend on a seed or on data are repeated over ``--seeds`` seeds: ``random`` draws new scores, ``entropy`` and
-``gradient`` each read a different sample of ``--batches-per-seed`` training batches; ``magnitude`` needs no
-data and no seed (one run).
+On ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized): heads are scored once per strategy
+on the embedded training text (random over ``--random-seeds`` seeds; magnitude, entropy and gradient are
+deterministic given the batches), then the lowest-scored heads are gated at each level and the perplexity of a
+fixed slice of the embedded validation text is measured. Compared: global scope with raw scores, global scope
+with per-layer normalised scores (``head_importance(..., normalize="auto")``, the package default), layer scope,
+and every normalisation per strategy at every level (the table behind ``AUTO_NORMALIZATION``). The headline
+table, the goal checks and the stability table are at ``--headline-level``.
+
+Each perplexity is measured on two disjoint halves of the evaluation slice (``--parts``) and reported for both
+halves and for the whole, so the doc can say how stable a figure is. A mask met twice is measured once.
 
 Writes the tables, the figure (``docs/pruning-results.png``), the exact command and the date into
-``docs/pruning-results.md``, between generated-section markers: prose outside them (the discussion) is kept
-when the study is run again.
+``docs/pruning-results.md``, between generated-section markers: prose outside them (the verdict) is kept when
+the study is run again.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pruning_study.py            # ~6-8 min at one thread
-    .venv/bin/python scripts/pruning_study.py --seeds 2 --eval-tokens 2000 --no-write   # a quick look
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pruning_study.py   # 55 perplexity passes: 17-25 min at one thread
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pruning_study.py --eval-tokens 512 --levels 0.3 --no-write  # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,25 +43,28 @@ sys.path.insert(0, str(REPO_ROOT))
 DOC = REPO_ROOT / "docs" / "pruning-results.md"
 FIGURE = REPO_ROOT / "docs" / "pruning-results.png"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
-MODELS = ("embedded-gpt2", "embedded-llama")
+MODEL = "smollm2-135m-instruct"
+MODEL_NOTE = "SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized to float32"
 STRATEGIES = ("random", "magnitude", "entropy", "gradient")
-LEVELS = (0.0, 0.1, 0.3, 0.5, 0.7)
+LEVELS = (0.1, 0.3, 0.5)
+COMPARE = ("none", "l2", "zscore")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Perplexity against pruning level per strategy, embedded models.")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help="models to study (default: both embedded)")
+    parser = argparse.ArgumentParser(description="Perplexity with heads gated per strategy, level, scope, normalisation.")
+    parser.add_argument("--model", default=MODEL, help="catalog name of the model to study")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS), help="fractions of heads pruned")
-    parser.add_argument("--seeds", type=int, default=5, help="repetitions of random / data-sampled strategies")
-    parser.add_argument("--batches-per-seed", type=int, default=16,
-                        help="training batches each seed of entropy / gradient reads (sampled per seed)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per importance batch")
+    parser.add_argument("--random-seeds", type=int, default=3, help="draws of the random strategy")
+    parser.add_argument("--importance-batches", type=int, default=8, help="training batches read by entropy / gradient")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (importance and perplexity)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (importance and perplexity)")
-    parser.add_argument("--train-tokens", type=int, default=None,
-                        help="training tokens the per-seed batch samples are drawn from (default: all)")  # fmt: skip
-    parser.add_argument("--eval-tokens", type=int, default=None,
-                        help="validation tokens scored per perplexity (default: all, about 24,600)")  # fmt: skip
+    parser.add_argument("--eval-tokens", type=int, default=4096,
+                        help="validation tokens per perplexity, split over --parts (a pass of 4096 is ~15-35 s)")  # fmt: skip
+    parser.add_argument("--parts", type=int, default=2, help="disjoint parts of the validation text, each reported")
+    parser.add_argument("--headline-level", type=float, default=0.3, help="level of the headline and goal checks")
+    parser.add_argument("--compare", nargs="+", default=list(COMPARE), choices=COMPARE,
+                        help="normalisations compared per strategy (global scope, every level)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: shared machines thrash with more)")
     parser.add_argument("--output", type=Path, default=DOC)
     parser.add_argument("--figure", type=Path, default=FIGURE)
@@ -64,40 +72,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def study_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Score heads with every strategy and sweep the levels on ``name``; return tables and facts for the doc."""
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_study(args: argparse.Namespace) -> dict[str, Any]:
+    """Score heads, run every sweep; return the long table (one row per measurement) and facts for the doc."""
+    import pandas as pd
+
     from colab_helpers.data import load_text_dataset
     from colab_helpers.evaluation import lm_batches, tokenize_texts
     from colab_helpers.models import load_model
     from colab_helpers.pruning import head_layout
-    from colab_helpers.study import importance_by_strategy, level_sweep
+    from colab_helpers.pruning.importance import AUTO_NORMALIZATION
+    from colab_helpers.study import GatedPerplexity, importance_by_strategy, level_sweep, renormalize
 
-    started = time.perf_counter()
-    model, tokenizer = load_model(name, device="cpu")
+    model, tokenizer = load_model(args.model, device="cpu")
+    log(f"loaded {args.model}: {head_layout(model).summary()}")
     data = load_text_dataset("embedded")
-    train_ids = tokenize_texts(tokenizer, data.train, max_tokens=args.train_tokens)
-    batches = lm_batches(train_ids, seq_len=args.seq_len, batch_size=args.batch_size)
-    eval_tokens = tokenize_texts(tokenizer, data.validation, max_tokens=args.eval_tokens).numel()
-    scores = importance_by_strategy(
-        model, batches, args.strategies, seeds=args.seeds, batches_per_seed=args.batches_per_seed, progress=False
-    )
-    scored = time.perf_counter()
-    table = level_sweep(
-        model, tokenizer, data.validation, scores, args.levels, scope="global", seq_len=args.seq_len,
-        batch_size=16, max_tokens=args.eval_tokens, progress=False,
-    )  # fmt: skip
-    unpruned = float(table.loc[table["level"] == 0, "perplexity"].iloc[0]) if 0 in args.levels else math.nan
-    table.insert(0, "model", name)
+    train_ids = tokenize_texts(tokenizer, data.train, max_tokens=args.importance_batches * args.batch_size * args.seq_len)
+    batches = lm_batches(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, max_batches=args.importance_batches)
+
+    raw: dict[str, list[Any]] = {}
+    importance_s: dict[str, float] = {}
+    for strategy in args.strategies:
+        started = time.perf_counter()
+        raw.update(importance_by_strategy(model, batches, [strategy], seeds=args.random_seeds, normalize="none",
+                                          progress=False))  # fmt: skip
+        importance_s[strategy] = time.perf_counter() - started
+        log(f"importance {strategy}: {len(raw[strategy])} run(s), {importance_s[strategy]:.0f} s")
+
+    def report(result: dict[str, Any]) -> None:
+        halves = " / ".join(f"{p:,.1f}" for p in result["parts"])
+        log(f"  measured {measure.measured}: {result['heads_pruned']} heads gated -> perplexity "
+            f"{result['perplexity']:,.1f} (parts {halves}), {result['seconds']:.0f} s")  # fmt: skip
+
+    measure = GatedPerplexity(model, tokenizer, data.validation, seq_len=args.seq_len, stride=args.seq_len,
+                              batch_size=args.batch_size, max_tokens=args.eval_tokens, parts=args.parts,
+                              on_result=report)  # fmt: skip
+    unpruned = measure()
+    tables = []
+
+    def sweep(label: str, scores: dict[str, list[Any]], levels: list[float], scope: str, normalize: str) -> None:
+        if not scores:
+            return
+        log(f"sweep: {label} ({sum(map(len, scores.values())) * len(levels)} cells)")
+        table = level_sweep(model, tokenizer, data.validation, scores, levels, scope=scope, measure=measure,
+                            progress=False)  # fmt: skip
+        table.insert(0, "scope", scope)
+        table.insert(1, "normalize", normalize)
+        tables.append(table)
+
+    levels = list(args.levels)
+    normalised = [s for s in args.strategies if AUTO_NORMALIZATION[s] != "none"]
+    sweep("global scope, raw scores", raw, levels, "global", "none")
+    for strategy in normalised:  # "auto" differs from raw only for these; the others' rows are the raw ones
+        sweep(f"global scope, {strategy} auto", renormalize({strategy: raw[strategy]}, "auto"), levels, "global",
+              AUTO_NORMALIZATION[strategy])  # fmt: skip
+    sweep("layer scope (normalisation cannot change a per-layer ranking)", raw, levels, "layer", "none")
+    scored = {s: runs for s, runs in raw.items() if s != "random"}
+    for method in args.compare:  # raw and each strategy's auto choice are measured above
+        missing = {s: runs for s, runs in scored.items() if method not in ("none", AUTO_NORMALIZATION[s])}
+        sweep(f"global scope, {method} scores", renormalize(missing, method), levels, "global", method)
+    table = pd.concat(tables, ignore_index=True)
+    table = table.drop_duplicates(subset=["scope", "normalize", "strategy", "seed", "level"])
     return {
-        "name": name,
-        "layout": head_layout(model).summary(),
         "table": table,
         "unpruned": unpruned,
-        "train_batches": len(batches),
+        "layout": head_layout(model).summary(),
         "train_tokens": train_ids.numel(),
-        "eval_tokens": eval_tokens,
-        "importance_s": scored - started,
-        "sweep_s": time.perf_counter() - scored,
+        "batches": len(batches),
+        "importance_s": importance_s,
+        "measured": measure.measured,
+        "groups": [len(group) for group in measure.groups],
+        "auto": dict(AUTO_NORMALIZATION),
     }
 
 
@@ -106,66 +154,171 @@ def markdown_table(frame: Any, index_name: str) -> str:
     header = [index_name, *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(frame.columns)]
     for index, row in frame.iterrows():
-        lines.append("| " + " | ".join([f"`{index}`", *map(str, row.tolist())]) + " |")
+        lines.append("| " + " | ".join([str(index), *map(str, row.tolist())]) + " |")
     return "\n".join(lines)
 
 
-def level_stats(table: Any) -> Any:
-    """Return mean, std, min, max and count of perplexity per (strategy, level)."""
-    return table.groupby(["strategy", "level"])["perplexity"].agg(["mean", "std", "min", "max", "count"])
+def fmt(value: float) -> str:
+    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
 
 
-def facts(result: dict[str, Any], levels: list[float]) -> list[str]:
-    """Return data-driven lines: the best strategy per level, and gradient against random at 30%."""
-    stats = level_stats(result["table"])
-    lines = []
-    for level in levels:
-        if level == 0:
+def median_cell(values: Any) -> str:
+    """One value, or the median with the min-max range of several (random's seeds)."""
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def select(table: Any, **where: Any) -> Any:
+    rows = table
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    return rows
+
+
+def median_of(table: Any, **where: Any) -> float:
+    return float(select(table, **where)["perplexity"].median())
+
+
+def headline(result: dict[str, Any], level: float) -> Any:
+    """Rows: strategy; columns: global raw, global auto (method), layer scope; at ``level``."""
+    import pandas as pd
+
+    table, auto = result["table"], result["auto"]
+    rows = {}
+    for strategy in table["strategy"].unique():
+        method = auto[strategy]
+        raw = select(table, scope="global", normalize="none", strategy=strategy, level=level)["perplexity"]
+        normed = select(table, scope="global", normalize=method, strategy=strategy, level=level)["perplexity"]
+        layer = select(table, scope="layer", strategy=strategy, level=level)
+        rows[f"`{strategy}`"] = {
+            "global, raw": median_cell(raw),
+            "global, auto": f"{median_cell(normed)} ({method})",
+            "layer scope": f"{median_cell(layer['perplexity'])} [{int(layer['heads_pruned'].iloc[0])} heads]",
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def by_level(result: dict[str, Any], scope: str, auto: bool) -> Any:
+    """Rows: strategy (with its normalisation); columns: levels; random as median (min-max)."""
+    import pandas as pd
+
+    table = result["table"]
+    rows = {}
+    for strategy in table["strategy"].unique():
+        method = result["auto"][strategy] if auto and scope == "global" else "none"
+        picked = select(table, scope=scope, normalize=method, strategy=strategy)
+        name = f"`{strategy}`" + (f" ({method})" if method != "none" else "")
+        rows[name] = {f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": median_cell(g["perplexity"])
+                      for level, g in picked.groupby("level")}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def comparison(result: dict[str, Any], methods: list[str]) -> Any:
+    """Rows: (scored strategy, normalisation), then random; columns: levels (global scope); auto's rows in bold."""
+    import pandas as pd
+
+    table = select(result["table"], scope="global")
+    rows = {}
+    for strategy in [s for s in table["strategy"].unique() if s != "random"]:
+        for method in methods:
+            picked = select(table, strategy=strategy, normalize=method)
+            bold = "**" if result["auto"][strategy] == method else ""
+            rows[f"{bold}`{strategy}`, `{method}`{bold}"] = {
+                f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": f"{bold}{median_cell(g['perplexity'])}{bold}"
+                for level, g in picked.groupby("level")
+            }
+    random = select(table, strategy="random", normalize="none")
+    rows["`random` (reference)"] = {f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": median_cell(g["perplexity"])
+                                    for level, g in random.groupby("level")}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def stability(result: dict[str, Any], level: float) -> Any:
+    """Rows: the headline measurements at ``level``; columns: perplexity on each part and their ratio."""
+    import pandas as pd
+
+    table = result["table"]
+    parts = [c for c in table.columns if c.startswith("perplexity_part")]
+    rows = {"unpruned": {**{f"part {i + 1}": fmt(v) for i, v in enumerate(result["unpruned"]["parts"])}}}
+    for _, row in select(table, level=level).iterrows():
+        if row["scope"] == "global" and row["normalize"] not in ("none", result["auto"][row["strategy"]]):
             continue
-        at = stats.xs(level, level="level")["mean"].sort_values()
-        ranking = ", ".join(f"{name} {value:.1f}" for name, value in at.items())
-        lines.append(f"- {level:.0%}: best **{at.index[0]}** (mean perplexity: {ranking})")
-    if 0.3 in levels and {"gradient", "random"} <= set(result["table"]["strategy"]):
-        g, r = stats.loc[("gradient", 0.3)], stats.loc[("random", 0.3)]
-        random_runs = result["table"].query("strategy == 'random' and level == 0.3")["perplexity"]
-        beaten = int((random_runs > g["max"]).sum())
-        verdict = "beats" if g["mean"] < r["mean"] else "does not beat"
-        lines.append(
-            f"- gradient {verdict} random at 30%: {g['mean']:.1f} ± {_std(g['std'])} vs {r['mean']:.1f} ± "
-            f"{_std(r['std'])}; the worst gradient seed ({g['max']:.1f}) is below {beaten} of {len(random_runs)} "
-            f"random seeds (best random seed {r['min']:.1f})"
-        )
+        name = f"{row['strategy']}" + (f" seed {row['seed']}" if row["strategy"] == "random" else "") + \
+               f", {row['scope']}" + (f" ({row['normalize']})" if row["normalize"] != "none" else "")
+        rows[name] = {f"part {i + 1}": fmt(row[c]) for i, c in enumerate(parts)}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if len(parts) == 2:
+        values = [[float(str(v).replace(",", "")) for v in r] for r in frame[["part 1", "part 2"]].values]
+        frame["part 2 / part 1"] = [f"{b / a:.2f}" for a, b in values]
+    return frame
+
+
+def goals(result: dict[str, Any], level: float) -> list[str]:
+    """Check the issue's goals at ``level``, global scope with the default (auto) normalisation."""
+    table, auto, base = result["table"], result["auto"], result["unpruned"]["perplexity"]
+    random = median_of(table, scope="global", normalize="none", strategy="random", level=level)
+    lines = []
+    best = None
+    for strategy in [s for s in table["strategy"].unique() if s != "random"]:
+        value = median_of(table, scope="global", normalize=auto[strategy], strategy=strategy, level=level)
+        verdict = "better than" if value < random else "WORSE than"
+        lines.append(f"- `{strategy}` ({auto[strategy]}): {fmt(value)}, {verdict} the random median {fmt(random)}")
+        best = min(best or (value, strategy), (value, strategy))
+    if best:
+        ratio = best[0] / base
+        ok = "within" if ratio <= 1.5 else "OUTSIDE"
+        lines.append(f"- best `{best[1]}`: {fmt(best[0])} = {ratio:.2f}x the unpruned {fmt(base)} ({ok} the 1.5x goal)")
     return lines
 
 
-def _std(value: float) -> str:
-    return "0.0" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+def figure(result: dict[str, Any], path: Path) -> Path:
+    """Two panels, log y: global scope (raw solid, auto-normalised dashed) and layer scope; random's range shaded."""
+    from colab_helpers.figures import new_figure, plain_log_axis
 
-
-def figure(results: list[dict[str, Any]], path: Path) -> Path:
-    """Draw one panel per model (``plot_level_curves``) and save the PNG; return its path."""
-    from colab_helpers.figures import new_figure, plot_level_curves
-
-    fig = new_figure(6.0 * len(results), 4.0)
-    axes = fig.subplots(1, len(results), squeeze=False)[0]
-    for ax, result in zip(axes, results, strict=True):
-        plot_level_curves(result["table"], baseline=result["unpruned"], ax=ax,
-                          title=f"{result['name']}: validation perplexity (global scope)")  # fmt: skip
+    table, auto = result["table"], result["auto"]
+    colours = {"random": "tab:grey", "magnitude": "tab:blue", "entropy": "tab:orange", "gradient": "tab:green"}
+    fig = new_figure(11.0, 4.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = [("global", "global scope (one ranking over all layers)"), ("layer", "layer scope (same share per layer)")]
+    for ax, (scope, title) in zip(axes, panels, strict=True):
+        for strategy in table["strategy"].unique():
+            variants = [("none", "-", strategy + (" raw" if scope == "global" and auto[strategy] != "none" else ""))]
+            if scope == "global" and auto[strategy] != "none":
+                variants.append((auto[strategy], "--", f"{strategy} {auto[strategy]} (auto)"))
+            for method, style, label in variants:
+                rows = select(table, scope=scope, normalize=method, strategy=strategy)
+                stats = rows.groupby("level")["perplexity"].agg(["median", "min", "max"]).sort_index()
+                x = stats.index * 100
+                ax.plot(x, stats["median"], style, marker="o", markersize=4, color=colours.get(strategy),
+                        label=label + (" (median, range of seeds)" if strategy == "random" else ""))  # fmt: skip
+                if strategy == "random":
+                    ax.fill_between(x, stats["min"], stats["max"], color=colours["random"], alpha=0.2, linewidth=0)
+        ax.axhline(result["unpruned"]["perplexity"], color="black", linestyle=":", linewidth=1, label="unpruned")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("heads gated (% of the model's 270)")
+        ax.set_xticks(sorted(100 * level for level in table["level"].unique()))
+        ax.grid(True, which="both", alpha=0.3)
+        plain_log_axis(ax)
+    axes[0].set_ylabel("validation perplexity (log scale)")
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: inside, it hides points
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small", frameon=False)
+    fig.suptitle(f"{MODEL_NOTE}: perplexity with heads gated", fontsize="medium")
     fig.save(path)
     return path
 
 
-def generated_section(results: list[dict[str, Any]], args: argparse.Namespace, command: str, seconds: float) -> str:
-    """Return the generated part of the doc: settings, per-model tables and facts, the figure, provenance."""
+def generated_section(result: dict[str, Any], args: argparse.Namespace, command: str, seconds: float) -> str:
+    """Return the generated part of the doc: settings, tables, goal checks, the figure, provenance."""
     import torch
     import transformers
 
-    from colab_helpers.study import summarize_levels
-
-    counts = {s: (args.seeds if s != "magnitude" else 1) for s in args.strategies}
-    first = results[0]  # both embedded models share one tokenizer: the same token counts
-    train_pool = f"{first['train_batches']} batches ({first['train_tokens']:,} tokens)"
-    eval_pool = f"{'all' if args.eval_tokens is None else 'the first'} {first['eval_tokens']:,} tokens"
+    level = args.headline_level
+    base = result["unpruned"]
+    tokens = base["tokens"]
+    importance = ", ".join(f"{s} {t:.0f} s" for s, t in result["importance_s"].items())
+    auto = ", ".join(f"{s} -> `{m}`" for s, m in result["auto"].items())
     lines = [
         START,
         "<!-- written by scripts/pruning_study.py: edit the prose outside these markers, not inside -->",
@@ -173,55 +326,74 @@ def generated_section(results: list[dict[str, Any]], args: argparse.Namespace, c
         f"Command: `{command}`  ",
         (
             f"Date (UTC): {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')}; {seconds / 60:.1f} min at "
-            f"{args.threads} torch thread(s) on {os.cpu_count()} CPUs; torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, Python {platform.python_version()}."
+            f"{args.threads} torch thread(s) on {os.cpu_count()} shared CPUs; {result['measured']} perplexity passes; "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}."
         ),
         "",
         "Settings:",
         "",
+        f"- model: `{args.model}` ({MODEL_NOTE}); {result['layout']}.",
         (
-            f"- levels {', '.join(f'{x:.0%}' for x in args.levels)} of all heads, **global** scope (lowest scores "
-            "first over the whole model, at least one head left per layer); heads are gated (exact zero of their "
-            "output)."
+            f"- importance: {result['batches']} training batches of {args.batch_size} x {args.seq_len} tokens "
+            f"({result['train_tokens']:,} tokens, the start of the embedded training split); `random` over "
+            f"{args.random_seeds} seeds, the others once (deterministic given the batches). Time: {importance}."
         ),
         (
-            f"- runs per strategy: {', '.join(f'{s} {n}' for s, n in counts.items())}. `random`: a new draw per "
-            f"seed; `entropy` and `gradient`: per seed a different sample of {args.batches_per_seed} training "
-            f"batches of {args.batch_size} x {args.seq_len} tokens, drawn from {train_pool} (the training split "
-            "tokenised into one stream cut into blocks); `magnitude`: deterministic, one run."
+            f"- perplexity: {tokens:,} scored tokens of the embedded validation split, in {len(base['parts'])} "
+            f"disjoint parts (the split's {' and '.join(map(str, result['groups']))} texts, cut in two by length; "
+            f"the first {args.eval_tokens // args.parts:,} tokens of each), non-overlapping windows of {args.seq_len} "
+            "tokens (stride = window), heads gated (their output multiplied by zero), nothing removed or fine-tuned."
         ),
         (
-            f"- perplexity: {eval_pool} of the embedded validation split, windows of {args.seq_len} tokens moved by "
-            f"{args.seq_len // 2} (each token scored once, with up to {args.seq_len // 2} tokens of context; the "
-            "model card's ~155 uses non-overlapping 128-token blocks, hence slightly different unpruned values)."
+            "- scopes: **global** ranks all heads together (at least one head left per layer); **layer** prunes the "
+            "same share of every layer, rounded per layer, so its head count differs (in brackets)."
         ),
-        "- cells: mean ± standard deviation over the runs (a single value where there is one run).",
+        f"- `normalize=\"auto\"` (the default of `head_importance`): {auto}.",
+        "- random: median over seeds, (min-max) in brackets.",
         "",
+        f"Unpruned perplexity: **{fmt(base['perplexity'])}** (parts: {' / '.join(fmt(p) for p in base['parts'])}).",
+        "",
+        f"### {level:.0%} of the heads, per strategy",
+        "",
+        markdown_table(headline(result, level), "strategy"),
+        "",
+        f"Goals at {level:.0%}, global scope, default normalisation:",
+        "",
+        *goals(result, level),
+        "",
+        "### Global scope by level: raw scores",
+        "",
+        "Columns: level [heads gated].",
+        "",
+        markdown_table(by_level(result, "global", auto=False), "strategy"),
+        "",
+        "### Global scope by level: `normalize=\"auto\"` (the default)",
+        "",
+        markdown_table(by_level(result, "global", auto=True), "strategy"),
+        "",
+        "### Layer scope by level",
+        "",
+        markdown_table(by_level(result, "layer", auto=False), "strategy"),
+        "",
+        "### Which normalisation, per strategy (global scope)",
+        "",
+        "The table behind `AUTO_NORMALIZATION`: the bold row is what `\"auto\"` picks. Columns: level [heads gated].",
+        "",
+        markdown_table(comparison(result, list(args.compare)), "strategy, normalisation"),
+        "",
+        f"### Stability: the same masks on the two halves of the text ({level:.0%})",
+        "",
+        markdown_table(stability(result, level), "measurement"),
+        "",
+        f"![Perplexity against the share of heads gated]({args.figure.name})",
+        "",
+        END,
     ]
-    for result in results:
-        summary = summarize_levels(result["table"])
-        lines += [
-            f"### {result['name']}",
-            "",
-            (
-                f"{result['layout']}; unpruned perplexity **{result['unpruned']:.1f}**. Importance took "
-                f"{result['importance_s']:.0f} s, the level sweep {result['sweep_s']:.0f} s."
-            ),
-            "",
-            markdown_table(summary, "strategy"),
-            "",
-            "Best strategy per level (lowest mean perplexity):",
-            "",
-            *facts(result, args.levels),
-            "",
-        ]
-    lines += [f"![Perplexity against pruning level]({args.figure.name})", "", END]
     return "\n".join(lines)
 
 
-_TEMPLATE = """# Pruning quality: which heads to prune
+_TEMPLATE = """# Pruning quality on a real model: which heads to prune
 
-How much perplexity each head-importance strategy costs at each pruning level, on the two embedded toy models.
 Rerun with `scripts/pruning_study.py`; the section between the markers below is regenerated, the rest is
 written by hand.
 
@@ -255,20 +427,18 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     started = time.perf_counter()
-    results = []
-    for name in args.models:
-        print(f"--- {name} ...", flush=True)
-        result = study_model(name, args)
-        results.append(result)
-        stats = level_stats(result["table"])
-        print(stats.round(2).to_string())
-        print("\n".join(facts(result, args.levels)), flush=True)
+    result = run_study(args)
     seconds = time.perf_counter() - started
+    for title, frame in [(f"{args.headline_level:.0%}", headline(result, args.headline_level)),
+                         ("global, auto", by_level(result, "global", auto=True)),
+                         ("normalisations", comparison(result, list(args.compare)))]:  # fmt: skip
+        print(f"\n{title}\n{frame.to_string()}")
+    print("\n".join(goals(result, args.headline_level)), flush=True)
     if args.no_write:
         return 0
-    figure(results, args.figure)
-    write_doc(args.output, generated_section(results, args, command.strip(), seconds))
-    print(f"wrote {args.output} and {args.figure} ({seconds / 60:.1f} min)")
+    figure(result, args.figure)
+    write_doc(args.output, generated_section(result, args, command.strip(), seconds))
+    log(f"wrote {args.output} and {args.figure} ({seconds / 60:.1f} min)")
     return 0
 
 

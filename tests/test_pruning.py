@@ -27,6 +27,7 @@ from colab_helpers.pruning import (  # noqa: E402
     select_heads,
 )
 from colab_helpers.pruning import removal as removal_module  # noqa: E402
+from colab_helpers.pruning.importance import AUTO_NORMALIZATION, NORMALIZATIONS, normalize_scores  # noqa: E402
 
 VOCAB = 128
 COMMON = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0}
@@ -431,19 +432,20 @@ def test_importance_ignores_padding(strategy: str) -> None:
     padded["input_ids"][1, 6:] = 0
     padded["attention_mask"][1, 6:] = 0
     separate = [{"input_ids": ids[:1]}, {"input_ids": ids[1:, :6]}]
-    together = head_importance(model, [padded], strategy, progress=False)
-    apart = head_importance(model, separate, strategy, progress=False)
+    together = head_importance(model, [padded], strategy, normalize="none", progress=False)  # the raw scores:
+    apart = head_importance(model, separate, strategy, normalize="none", progress=False)  # zscore magnifies 1e-6
     assert torch.allclose(together, apart, atol=1e-5, rtol=1e-4)
 
 
 def test_entropy_on_sdpa_switches_to_eager_and_back(caplog: pytest.LogCaptureFixture) -> None:
     model = build("gpt2", "sdpa")
     with caplog.at_level(logging.INFO, logger="colab_helpers.pruning"):
-        scores = head_importance(model, [inputs()], "entropy", progress=False)
+        scores = head_importance(model, [inputs()], "entropy", normalize="none", progress=False)
     assert model.config._attn_implementation == "sdpa"
     assert any("eager" in r.getMessage() for r in caplog.records)
     eager = build("gpt2", "eager")
-    assert torch.allclose(scores, head_importance(eager, [inputs()], "entropy", progress=False), atol=1e-5)
+    raw_eager = head_importance(eager, [inputs()], "entropy", normalize="none", progress=False)
+    assert torch.allclose(scores, raw_eager, atol=1e-5)
     assert bool((scores <= 0).all())  # minus an entropy
 
 
@@ -484,6 +486,89 @@ def test_max_batches_limits_the_data_read() -> None:
 
     head_importance(model, batches(), "gradient", max_batches=2, progress=False)
     assert seen == [0, 1]
+
+
+# --- normalisation -----------------------------------------------------------------------------------------------
+
+RAGGED = torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.0, 400.0, math.nan, math.nan], [-2.0, -1.0, -3.0, math.nan]])
+
+
+def test_normalize_scores_rescales_each_layer_on_its_own() -> None:
+    exists = ~torch.isnan(RAGGED)
+    for method in ("l2", "zscore"):
+        out = normalize_scores(RAGGED, method)
+        assert out.dtype == torch.float32 and torch.equal(torch.isnan(out), ~exists)  # NaN kept, nothing new
+        for layer in range(3):
+            raw, row = RAGGED[layer][exists[layer]], out[layer][exists[layer]]
+            assert torch.equal(torch.argsort(raw), torch.argsort(row))  # order within a layer kept
+            if method == "l2":
+                assert row.norm().item() == pytest.approx(1.0)
+                assert torch.allclose(row, raw / raw.norm())
+            else:
+                assert row.mean().item() == pytest.approx(0.0, abs=1e-6)
+                assert row.std(unbiased=False).item() == pytest.approx(1.0)
+    assert torch.equal(normalize_scores(RAGGED, "none").nan_to_num(-9), RAGGED.nan_to_num(-9))
+
+
+def test_normalize_scores_degenerate_layers_and_input_left_alone() -> None:
+    scores = torch.tensor([[0.0, 0.0, 0.0], [5.0, math.nan, math.nan], [2.0, 2.0, 2.0]])
+    before = scores.clone()
+    assert normalize_scores(scores, "l2")[0].tolist() == [0.0, 0.0, 0.0]  # all-zero layer: no 0/0
+    out = normalize_scores(scores, "zscore")  # one head, or all equal: no 0/0 either
+    assert out[1, 0].item() == 0.0 and out[2].tolist() == [0.0, 0.0, 0.0] and bool(torch.isnan(out[1, 1:]).all())
+    assert torch.equal(scores.nan_to_num(-9), before.nan_to_num(-9))
+
+
+def test_l2_normalisation_stops_a_global_ranking_from_emptying_a_layer() -> None:
+    """Layer 1's raw scores are 100x layer 0's: raw, layer 0 loses all but one head; normalised, both lose two."""
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.0, 200.0, 300.0, 400.0]])
+    assert select_heads(scores, 0.5).sum(dim=1).tolist() == [3, 1]
+    assert select_heads(normalize_scores(scores, "l2"), 0.5).sum(dim=1).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("strategy", ["random", "magnitude", "entropy", "gradient"])
+def test_auto_normalisation_is_the_measured_choice_per_strategy(strategy: str) -> None:
+    model = build("llama")
+    batches = [inputs(1), inputs(2)]
+    raw = head_importance(model, batches, strategy, normalize="none", progress=False)
+    auto = head_importance(model, batches, strategy, progress=False)  # the default is "auto"
+    assert torch.allclose(auto, normalize_scores(raw, AUTO_NORMALIZATION[strategy]))
+    assert torch.equal(auto, head_importance(model, batches, strategy, normalize="auto", progress=False))
+    if strategy == "entropy":
+        assert AUTO_NORMALIZATION[strategy] != "none"  # raw entropies empty whole layers in a global ranking
+        assert not torch.allclose(auto, raw)
+    else:
+        assert torch.equal(auto, raw)  # random stays a uniform draw; magnitude and gradient measured best raw
+
+
+def test_auto_table_covers_every_strategy_with_a_concrete_method() -> None:
+    from colab_helpers.pruning import STRATEGIES
+
+    assert set(AUTO_NORMALIZATION) == set(STRATEGIES)
+    assert set(AUTO_NORMALIZATION.values()) <= set(NORMALIZATIONS) - {"auto"}
+    assert AUTO_NORMALIZATION["random"] == "none"
+
+
+@pytest.mark.parametrize("method", ["none", "l2", "zscore"])
+def test_normalised_importance_keeps_nan_past_each_layers_heads(method: str) -> None:
+    model = build("gpt2")
+    remove_heads(model, mask_of(head_layout(model), {0: [0, 1, 2]}))
+    for strategy in ("random", "magnitude", "entropy", "gradient"):
+        scores = head_importance(model, [inputs()], strategy, normalize=method, progress=False)
+        assert bool(torch.isnan(scores[0, 1:]).all()) and bool(torch.isfinite(scores[0, :1]).all())
+        assert bool(torch.isfinite(scores[1]).all())
+
+
+@pytest.mark.parametrize("bad", ["L2", "rank", "", None, 2])
+def test_bad_normalize_names_the_value_and_the_choices(bad: Any) -> None:
+    model = build("gpt2")
+    choices = "'auto', 'none', 'l2', 'zscore'"
+    with pytest.raises(ValueError, match=f"normalize must be one of {choices}, got {bad!r}"):
+        head_importance(model, [inputs()], "magnitude", normalize=bad, progress=False)
+    with pytest.raises(ValueError, match=r"'auto' needs a strategy"):
+        normalize_scores(torch.rand(2, 4), "auto")
+    with pytest.raises(ValueError, match="scores must be a float tensor"):
+        normalize_scores(torch.ones(2, 4, dtype=torch.long), "l2")
 
 
 # --- selection ----------------------------------------------------------------------------------------------------

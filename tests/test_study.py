@@ -1,0 +1,93 @@
+"""Pruning studies (colab_helpers.study): renormalising raw scores, gated perplexity with a cache, level sweeps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("pandas")
+
+from colab_helpers.evaluation import perplexity  # noqa: E402
+from colab_helpers.pruning import gate_heads, head_importance  # noqa: E402
+from colab_helpers.pruning.importance import AUTO_NORMALIZATION, normalize_scores  # noqa: E402
+from colab_helpers.study import GatedPerplexity, _split_texts, level_sweep, renormalize, summarize_levels  # noqa: E402
+
+TEXTS = [
+    "the cat sat on the mat and looked at the door for a while.",
+    "a dog ran in the park, then it sat under a tree in the shade.",
+    "rain fell on the roof all night and the house was quiet.",
+    "she read the letter twice before she put it back on the table.",
+]
+
+
+def test_renormalize_applies_each_strategys_auto_choice() -> None:
+    raw = {name: [torch.rand(3, 4) * 10, torch.rand(3, 4)] for name in AUTO_NORMALIZATION}
+    auto = renormalize(raw, "auto")
+    for name, runs in auto.items():
+        assert len(runs) == 2
+        for got, scores in zip(runs, raw[name], strict=True):
+            assert torch.equal(got, normalize_scores(scores, AUTO_NORMALIZATION[name]))
+    l2 = renormalize({"mine": [torch.ones(2, 4)]}, "l2")["mine"][0]
+    assert torch.allclose(l2, torch.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match="'auto' needs strategy names"):
+        renormalize({"mine": [torch.ones(2, 4)]}, "auto")
+    with pytest.raises(ValueError, match="normalize must be one of .* got 'max'"):
+        renormalize(raw, "max")
+
+
+def test_split_texts_keeps_order_and_balances_length() -> None:
+    texts = ["a" * 10, "b" * 10, "c" * 10, "d" * 10]
+    assert _split_texts(texts, 2) == [["a" * 10, "b" * 10], ["c" * 10, "d" * 10]]
+    assert _split_texts(texts, 1) == [texts]
+    assert sum(_split_texts(["x" * 100, "y"], 2), []) == ["x" * 100, "y"]
+
+
+def test_gated_perplexity_parts_combine_and_masks_are_measured_once(tiny_gpt2: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_gpt2
+    seen: list[dict[str, Any]] = []
+    measure = GatedPerplexity(model, tokenizer, TEXTS, seq_len=16, stride=16, parts=2, on_result=seen.append)
+    unpruned = measure()
+    halves = [perplexity(model, tokenizer, g, seq_len=16, stride=16, progress=False) for g in (TEXTS[:2], TEXTS[2:])]
+    assert unpruned["parts"] == pytest.approx([h.perplexity for h in halves])
+    nll = sum(h.nll * h.tokens for h in halves) / sum(h.tokens for h in halves)
+    assert unpruned["perplexity"] == pytest.approx(math.exp(nll))
+    assert measure(torch.zeros(2, 2, dtype=torch.bool))["cached"]  # nothing pruned is the unpruned model
+    mask = torch.tensor([[True, False], [False, False]])
+    gated = measure(mask)
+    with gate_heads(model, mask):
+        direct = perplexity(model, tokenizer, TEXTS[:2], seq_len=16, stride=16, progress=False)
+    assert gated["parts"][0] == pytest.approx(direct.perplexity) and gated["heads_pruned"] == 1
+    assert measure(mask.clone())["cached"] and measure.measured == 2 and len(seen) == 2
+    with pytest.raises(ValueError, match="parts must be in"):
+        GatedPerplexity(model, tokenizer, TEXTS, parts=5)
+
+
+def test_level_sweep_shares_a_measure_and_reports_parts(tiny_gpt2: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_gpt2
+    raw = {"magnitude": [head_importance(model, None, "magnitude", normalize="none", progress=False)],
+           "random": [head_importance(model, None, "random", seed=s, progress=False) for s in range(2)]}  # fmt: skip
+    measure = GatedPerplexity(model, tokenizer, TEXTS, seq_len=16, stride=16, parts=2)
+    table = level_sweep(model, tokenizer, TEXTS, raw, [0.0, 0.5], measure=measure, progress=False)
+    assert list(table.columns) == ["strategy", "seed", "level", "heads_pruned", "perplexity", "perplexity_part1",
+                                   "perplexity_part2"]  # fmt: skip
+    assert len(table) == 6 and set(table.loc[table.level == 0.5, "heads_pruned"]) == {2}
+    assert table.loc[table.level == 0, "perplexity"].nunique() == 1
+    layer = level_sweep(model, tokenizer, TEXTS, raw, [0.5], scope="layer", measure=measure, progress=False)
+    assert measure.measured <= 1 + 3 + 3  # unpruned + at most one pass per distinct mask
+    assert set(layer["heads_pruned"]) == {2}
+
+
+def test_summarize_levels_mean_or_median() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({"strategy": ["random"] * 3 + ["gradient"], "level": [0.3] * 4,
+                          "perplexity": [100.0, 200.0, 1200.0, 90.0]})  # fmt: skip
+    median = summarize_levels(table, stat="median")
+    assert median.loc["random", "30%"] == "200.0 (100.0-1,200.0)" and median.loc["gradient", "30%"] == "90.0"
+    assert summarize_levels(table).loc["random", "30%"].startswith("500.0 ± ")
+    with pytest.raises(ValueError, match="stat must be 'mean' or 'median', got 'max'"):
+        summarize_levels(table, stat="max")
