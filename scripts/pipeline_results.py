@@ -50,6 +50,27 @@ def evaluation_cost(model_name: str, config: ch.ExperimentConfig) -> list[str]:
     return rows
 
 
+def compare_levels(main: dict[str, Any], others: list[str]) -> list[str]:
+    """Table rows, one per run (the main one and ``others``) by level: perplexities and the gap to the control."""
+    reader = ch.PruningExperiment("/tmp/pipeline-results-compare", progress=False, live_plot=False)
+    runs = [main] + [reader.load_result(path) for path in others]
+    control = main["control"]["perplexity"]
+    same = ("model", "dataset", "fine_tuning_steps", "micro_batch_size", "learning_rate", "seed", "lora_r", "seq_len")
+    rows = []
+    for run in sorted(runs, key=lambda r: r["config"]["pruning_level"]):
+        differs = [key for key in same if run["config"].get(key) != main["config"].get(key)]
+        if differs:
+            raise ValueError(f"run {run['output_dir']} differs from the main run in {differs}: not comparable")
+        stages = run["stages"]
+        removed = 1 - stages["pruned"]["parameters"] / stages["baseline"]["parameters"]
+        rows.append(
+            f"| {run['config']['pruning_level']:.0%} | {run['pruning']['heads_pruned']} | {removed:.1%} | "
+            f"{run['config']['importance_batches']} | {stages['pruned']['perplexity']:.2f} | "
+            f"{stages['fine_tuned']['perplexity']:.2f} | {stages['fine_tuned']['perplexity'] / control - 1:+.1%} |"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -60,6 +81,8 @@ def main() -> None:
     parser.add_argument("--strategy", default="gradient")
     parser.add_argument("--output", default=str(ROOT / "docs" / "pipeline-results.md"))
     parser.add_argument("--results", default="/tmp/pipeline-results")
+    parser.add_argument("--compare", nargs="*", default=[], help="other saved runs (folders or result.json) of "
+                        "the same model at other levels, tabulated against the control")  # fmt: skip
     parser.add_argument("--from-run", default=None, help="write the page from this finished run (its folder or "
                         "result.json, e.g. make demo's) instead of running the pipeline again")  # fmt: skip
     args = parser.parse_args()
@@ -92,6 +115,7 @@ def main() -> None:
                    for label, stage in (("unpruned", stages["baseline"]), ("pruned", stages["pruned"]),
                                         ("pruned + LoRA", stages["fine_tuned"]), ("control", control))]  # fmt: skip
     experiment.plot_results(ROOT / "docs" / "pipeline-results.png")
+    level_rows = compare_levels(result, args.compare)
     cost_rows = evaluation_cost(args.model, config)
     share = result["recovery"]
     if args.from_run:
@@ -101,6 +125,8 @@ def main() -> None:
         source = f" ({torch.get_num_threads()} torch threads)"
         command = (f".venv/bin/python scripts/pipeline_results.py --model {args.model} --steps {args.steps} --micro-batch "
                    f"{args.micro_batch} --learning-rate {args.learning_rate} --level {args.level} --strategy {args.strategy}")
+    if args.compare:
+        command += " --compare " + " ".join(args.compare)
     gap = ppl["fine_tuned"] / control["perplexity"] - 1
     pruned_speed = stages["pruned"]["speedup"]
     report = result["pruning"].get("report", {})
@@ -160,6 +186,19 @@ Generations (greedy, {config.max_new_tokens} tokens):
   making the model much smaller needs MLP and layer pruning (issue #12).
 - One model, one text, one seed, a CPU: the figures show the pipeline's effect on a real pretrained model, not
   how it ranks against other methods or behaves on other data.
+
+## How much to prune: the recovery gap grows with the level
+Each row is a saved run of the same pipeline at another level (same model, text, LoRA settings and seed), read
+against the control above (the unpruned model fine-tuned as long on the same text). The runs are the folders
+given with `--compare` in the command; any run of the pipeline with these settings can be one (notebook 05 with
+another `PRUNING_LEVEL`, or `scripts/pipeline_results.py --level <level> --results <dir>`). The script refuses
+runs whose model, text or LoRA settings differ; the importance batches are shown because they may.
+
+| level | heads pruned | parameters removed | importance batches | pruned | pruned + LoRA | vs control |
+|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(level_rows) if level_rows else "| (no other runs given) | | | | | | |"}
+
+The demo's level is the largest of these whose recovered model stays within 10% of the control.
 
 ## What evaluation costs, and how stable it is
 Perplexity of the unpruned model under several settings (same model, same validation text):

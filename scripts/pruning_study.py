@@ -39,10 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from _docs import END, START, write_doc  # noqa: E402  (scripts/_docs.py, beside this file)
 
 DOC = REPO_ROOT / "docs" / "pruning-results.md"
 FIGURE = REPO_ROOT / "docs" / "pruning-results.png"
-START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 MODEL = "smollm2-135m-instruct"
 MODEL_NOTE = "SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized to float32"
 STRATEGIES = ("random", "magnitude", "entropy", "gradient")
@@ -405,19 +405,6 @@ written by hand.
 """
 
 
-def write_doc(path: Path, generated: str) -> Path:
-    """Replace the generated section of ``path`` (or create it from a template); return the path."""
-    from colab_helpers._io import atomic_write_text
-
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            tail = rest.split(END, 1)[1]
-            return atomic_write_text(path, head + generated + tail)
-    return atomic_write_text(path, _TEMPLATE.format(generated=generated))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -437,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     figure(result, args.figure)
-    write_doc(args.output, generated_section(result, args, command.strip(), seconds))
+    write_doc(args.output, generated_section(result, args, command.strip(), seconds), _TEMPLATE)
     log(f"wrote {args.output} and {args.figure} ({seconds / 60:.1f} min)")
     return 0
 

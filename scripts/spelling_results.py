@@ -39,10 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from _docs import END, START, write_doc  # noqa: E402  (scripts/_docs.py, beside this file)
 
 DOC = REPO_ROOT / "docs" / "spelling-transfer.md"
 FIGURE = REPO_ROOT / "docs" / "spelling-transfer.png"
-START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 MODEL = "smollm2-135m-instruct"
 MODEL_LABEL = {MODEL: "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"}
 TASK_LABEL = {"spelling": "spelling", "position": "letter position", "count": "letter count"}
@@ -389,19 +389,6 @@ _TEMPLATE = """# Spelling transfer: does learning to spell teach letter position
 """
 
 
-def write_doc(path: Path, generated: str) -> Path:
-    """Replace the generated section of ``path`` (or create it from a template); return the path."""
-    from colab_helpers._io import atomic_write_text
-
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            tail = rest.split(END, 1)[1]
-            return atomic_write_text(path, head + generated + tail)
-    return atomic_write_text(path, _TEMPLATE.format(generated=generated))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "HF_HUB_OFFLINE=1 .venv/bin/python scripts/spelling_results.py " + " ".join(
@@ -420,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         models["control (plain text)"] = result["control"]
     models.update({entry["label"].removeprefix("LoRA "): entry["run"] for entry in result["gains"]})
     plot_task_accuracies(models, result["guesses"], path=args.figure)
-    write_doc(args.output, section)
+    write_doc(args.output, section, _TEMPLATE)
     say(f"wrote {args.output} and {args.figure} ({seconds / 60:.1f} min)")
     return 0
 
