@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "LivePlot": "plotting",
     # models and data
     "load_model": "models",
+    "generation_latency": "latency",
     "available_models": "models",
     "load_text_dataset": "data",
     "available_datasets": "data",
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
     "HeadLayout": "pruning",
     "head_importance": "pruning",
     "select_heads": "pruning",
+    "normalize_scores": "pruning",
     "gate_heads": "pruning",
     "HeadGates": "pruning",
     "remove_heads": "pruning",
@@ -184,6 +186,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         pruning_comparison,
         summarize_levels,
     )
+    from .latency import generation_latency
     from .pruning import (
         HeadGates,
         HeadLayout,
@@ -192,6 +195,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         head_importance,
         head_layout,
         load_pruned,
+        normalize_scores,
         remove_heads,
         save_pruned,
         select_heads,

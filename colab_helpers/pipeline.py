@@ -263,7 +263,10 @@ class PruningExperiment:
         pruning_started = time.perf_counter()
         scores = self._importance(model, tokenizer, data, config)
         mask = select_heads(scores, config.pruning_level, scope=config.scope)
-        pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist()}
+        from .pruning import AUTO_NORMALIZATION
+
+        pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist(),
+                                   "normalization": AUTO_NORMALIZATION[config.strategy]}  # fmt: skip
         pruned_copy = None  # the pruned model as it was before fine-tuning, kept for the latency comparison
         if config.remove_heads and mask.any():
             pruning["report"] = remove_heads(model, mask).to_dict()

@@ -16,12 +16,13 @@ torch and transformers are imported by the functions that use them, never at imp
 from __future__ import annotations
 
 from .gating import HeadGates, gate_heads
-from .importance import STRATEGIES, head_importance, select_heads
+from .importance import AUTO_NORMALIZATION, NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores, select_heads
 from .io import load_pruned, save_pruned
 from .layout import AttentionSpec, HeadLayout, head_layout, supported_architectures
 from .removal import PruneReport, remove_heads
 
 __all__ = [
+    "AUTO_NORMALIZATION",
     "AttentionSpec",
     "HeadGates",
     "HeadLayout",
@@ -31,6 +32,8 @@ __all__ = [
     "head_importance",
     "head_layout",
     "load_pruned",
+    "NORMALIZATIONS",
+    "normalize_scores",
     "remove_heads",
     "save_pruned",
     "select_heads",
