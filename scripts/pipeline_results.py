@@ -131,7 +131,7 @@ def main() -> None:
     pruned_speed = stages["pruned"]["speedup"]
     report = result["pruning"].get("report", {})
     goals = [
-        ("pruning raises perplexity clearly", f"{ppl['pruned'] / ppl['baseline'] - 1:+.0%}", ppl["pruned"] > 1.1 * ppl["baseline"]),
+        ("pruning raises perplexity clearly (bar: at least +10%)", f"{ppl['pruned'] / ppl['baseline'] - 1:+.0%}", ppl["pruned"] > 1.1 * ppl["baseline"]),
         ("LoRA wins back at least half of the loss", f"{share:.0%}" if share is not None else "n/a", share is not None and share >= 0.5),
         ("pruned + LoRA within 10% of the control", f"{gap:+.1%}", abs(gap) <= 0.10 or gap < 0),
         ("pruned model not slower per token", f"{pruned_speed:.3f}x the unpruned speed", pruned_speed >= 1.0),
@@ -198,7 +198,9 @@ runs whose model, text or LoRA settings differ; the importance batches are shown
 |---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(level_rows) if level_rows else "| (no other runs given) | | | | | | |"}
 
-The demo's level is the largest of these whose recovered model stays within 10% of the control.
+The demo's level is the largest of these whose recovered model stays within 10% of the control. The two goals
+pull apart: the levels at which pruning costs a lot of perplexity are those LoRA cannot fully make up for in
+{args.steps} steps, since the control keeps improving too.
 
 ## What evaluation costs, and how stable it is
 Perplexity of the unpruned model under several settings (same model, same validation text):
