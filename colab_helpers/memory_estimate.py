@@ -653,8 +653,22 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 if spec["mode"] in ("lora", "qlora"):
     from peft import LoraConfig, get_peft_model
+def _hwm():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+# ru_maxrss is inherited through fork + exec: a child of a large process would report the parent's size. On Linux,
+# reset this process's own peak (clear_refs 5) and read VmHWM instead.
+try:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    _own = _hwm() is not None
+except OSError:
+    _own = False
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _hwm() if _own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 result = {"after_imports": peak()}
 torch.manual_seed(0)
 config = dict(spec["config"])

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -85,11 +86,25 @@ def test_summary_of_real_snapshot_on_cpu():
     assert re.fullmatch(pattern, line), line
 
 
+def _fresh_block(size: int) -> Any:
+    """Return ``size`` bytes of newly mapped memory with every page touched.
+
+    Not a bytearray: a process that freed a large model earlier (the real-model tests) serves a bytearray from
+    pages it already holds, and its resident memory does not grow.
+    """
+    import mmap
+
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_track_peak_memory_sees_a_large_allocation():
     with track_peak_memory() as peak:
         assert peak.peak_rss_bytes is None  # filled on exit only
-        block = bytearray(200 * MIB)  # zero-filled: every page is touched
-        del block
+        block = _fresh_block(200 * MIB)
+        block.close()
     assert peak.rss_delta_bytes >= 150 * MIB
     assert peak.peak_rss_bytes == peak.start_rss_bytes + peak.rss_delta_bytes
     assert peak.seconds is not None and peak.seconds >= 0
@@ -101,9 +116,9 @@ def test_track_peak_memory_sees_a_large_allocation():
 def test_sampler_alone_sees_a_short_lived_allocation(monkeypatch):
     monkeypatch.setattr(memory, "_reset_hwm", lambda: False)  # no kernel peak counter: the thread must see it
     with track_peak_memory(interval=0.001) as peak:
-        block = bytearray(200 * MIB)
+        block = _fresh_block(200 * MIB)
         time.sleep(0.05)  # hold it for many sampling intervals
-        del block
+        block.close()
     assert peak.rss_delta_bytes >= 150 * MIB
 
 
