@@ -76,11 +76,10 @@ before
 # Each strategy scores every head (brighter = more important). `random` is the baseline any method must beat;
 # `magnitude` looks only at weights; `entropy` calls focused heads important; `gradient` measures how much the
 # loss changes when a head is dimmed (Michel et al., 2019). Random and data-based strategies are repeated over
-# seeds: the heatmaps show the mean. Scores are normalised per layer where that was measured to help a global
-# ranking (entropy: z-scores). On a real model (SmolLM2-135M, `docs/pruning-results.md`) gradient is by far the
-# best and entropy the worst, worse than random: many heads park their attention on the first token (an
-# "attention sink"), which entropy mistakes for focus. The original notebook's advice that entropy works best
-# does not hold there.
+# seeds: the heatmaps show the mean. On a real model (SmolLM2-135M, `docs/pruning-results.md`) gradient is by far
+# the best. Plain entropy was the worst there, worse than random: a third of the heads park their attention on the
+# first token (an "attention sink", close to a no-op), which low entropy mistakes for focus; the `entropy` here
+# measures focus on the *other* tokens. The original notebook's advice that entropy works best does not hold.
 
 # %%
 train_batches = ch.lm_batches(ch.tokenize_texts(tokenizer, data.train, max_tokens=16 * 8 * SEQ_LEN),
