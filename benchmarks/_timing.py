@@ -82,3 +82,22 @@ def check(name: str, target: str, measured: float, passed: bool, detail: str) ->
     """Return one result row: ``{"name", "target", "measured", "passed", "detail"}``."""
     measured = round(float(measured), 4)
     return {"name": name, "target": target, "measured": measured, "passed": bool(passed), "detail": detail}
+
+
+def command_line(run: Callable[..., dict[str, Any]], description: str) -> None:
+    """Run one benchmark from the shell (``--quick`` for tiny sizes) and print its checks, one line each."""
+    import argparse
+    import math
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
+    result = run(quick=parser.parse_args().quick)
+    if result.get("skipped"):
+        print(f"skipped: {result['skipped']}")
+        return
+    for row in result["checks"]:
+        status = "pass" if row["passed"] else "MISS"
+        print(f"{status:4}  {row['name']}: {row['measured']} (target {row['target']}) - {row['detail']}")
+    print(f"settings: {result['settings']}")
+    if any(not math.isfinite(v) for v in result.get("figures", {}).values() if isinstance(v, float)):
+        raise SystemExit("non-finite figure")

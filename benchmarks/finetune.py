@@ -28,7 +28,6 @@ processes held the core), medians of interleaved repetitions; wall-clock ratios 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import io
@@ -43,7 +42,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path: find the shared harness beside it
-from _timing import check, interleaved, median, ratio  # noqa: E402
+from _timing import check, command_line, interleaved, median, ratio  # noqa: E402
 from unittest import mock
 
 TARGET_STEP = 1.10
@@ -391,15 +390,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {"name": "finetune", "checks": checks, "figures": figures, "settings": settings}
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny runs: seconds, for smoke tests")
-    result = run(quick=parser.parse_args().quick)
-    for row in result["checks"]:
-        status = "pass" if row["passed"] else "MISS"
-        print(f"{status:4}  {row['name']}: {row['measured']} (target {row['target']}) - {row['detail']}")
-    print(f"settings: {result['settings']}")
-
-
 if __name__ == "__main__":
-    _main()
+    command_line(run, __doc__.splitlines()[0])

@@ -24,9 +24,7 @@ each check has ``target``, ``measured``, ``passed`` and a ``detail`` line.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path: find the shared harness beside it
-from _timing import check, interleaved, median, paired_spread, ratio  # noqa: E402
+from _timing import check, command_line, interleaved, median, paired_spread, ratio  # noqa: E402
 
 TARGET_GATING = 1.03
 TARGET_REMOVAL_AGREEMENT = 0.10  # |measured / predicted - 1|
@@ -364,17 +362,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {"name": "pruning", "checks": checks, "figures": figures, "settings": settings}
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny model: seconds, for smoke tests")
-    result = run(quick=parser.parse_args().quick)
-    for row in result["checks"]:
-        status = "pass" if row["passed"] else "MISS"
-        print(f"{status:4}  {row['name']}: {row['measured']} (target {row['target']}) - {row['detail']}")
-    print(f"settings: {result['settings']}")
-    if any(not math.isfinite(v) for v in result["figures"].values() if isinstance(v, float)):
-        raise SystemExit("non-finite figure")
-
-
 if __name__ == "__main__":
-    _main()
+    command_line(run, __doc__.splitlines()[0])

@@ -27,7 +27,6 @@ the reason when the wheel is missing).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -41,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model comes from a wheel; ne
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
-from _timing import check, load_benchmark  # noqa: E402
+from _timing import check, command_line, load_benchmark  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 QUANTIZATION = "Q4_1 GGUF, dequantized"
@@ -219,18 +218,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {"name": "real_model", "checks": checks, "figures": figures, "settings": settings}
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
-    result = run(quick=parser.parse_args().quick)
-    if result.get("skipped"):
-        print(f"skipped: {result['skipped']}")
-        return
-    for row in result["checks"]:
-        status = "pass" if row["passed"] else "MISS"
-        print(f"{status:4}  {row['name']}: {row['measured']} (target {row['target']}) - {row['detail']}")
-    print(f"settings: {result['settings']}")
-
-
 if __name__ == "__main__":
-    _main()
+    command_line(run, __doc__.splitlines()[0])
