@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .pruning.layout import model_device
+
 
 @dataclass(frozen=True)
 class LatencyReport:
@@ -71,7 +73,7 @@ def generation_latency(
             rounds=rounds,
             new_tokens=new_tokens,
             threads=threads,
-            device=str(_device(models[name])),
+            device=str(model_device(models[name])),
         )
         for name in runners
     }
@@ -84,15 +86,11 @@ def speedup(baseline: LatencyReport, other: LatencyReport) -> float:
     return baseline.ms_per_token / other.ms_per_token
 
 
-def _device(model: Any) -> Any:
-    return next(model.parameters()).device
-
-
 def _runner(model: Any, tokenizer: Any, prompt: str, new_tokens: int) -> Any:
     """Return ``run(n) -> (wall seconds, CPU seconds)`` generating exactly ``n`` tokens greedily."""
     import torch
 
-    device = _device(model)
+    device = model_device(model)
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
 
     def run(count: int) -> tuple[float, float]:

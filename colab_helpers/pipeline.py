@@ -247,6 +247,7 @@ class PruningExperiment:
         """Run the pipeline for ``config`` (see :meth:`run_single_experiment`); return the result dict."""
         from .models import resolve_model_name
         from .pruning import remove_heads, select_heads
+        from .pruning.importance import resolve_normalization
 
         started = time.perf_counter()
         config = dataclasses.replace(config, model=resolve_model_name(config.model))
@@ -263,10 +264,8 @@ class PruningExperiment:
         pruning_started = time.perf_counter()
         scores = self._importance(model, tokenizer, data, config)
         mask = select_heads(scores, config.pruning_level, scope=config.scope)
-        from .pruning import AUTO_NORMALIZATION
-
         pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist(),
-                                   "normalization": AUTO_NORMALIZATION[config.strategy]}  # fmt: skip
+                                   "normalization": resolve_normalization("auto", config.strategy)}  # fmt: skip
         pruned_copy = None  # the pruned model as it was before fine-tuning, kept for the latency comparison
         if config.remove_heads and mask.any():
             pruning["report"] = remove_heads(model, mask).to_dict()

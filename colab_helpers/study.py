@@ -6,6 +6,7 @@ these functions run them over a grid so that a notebook cell is one call and a t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -72,15 +73,13 @@ def renormalize(
     ``"auto"`` applies each strategy's own choice (``AUTO_NORMALIZATION``), so one scoring pass can be compared
     raw and normalised without scoring again. Keys must be strategy names when ``normalize`` is ``"auto"``.
     """
-    from .pruning.importance import AUTO_NORMALIZATION, NORMALIZATIONS, normalize_scores
+    from .pruning.importance import AUTO_NORMALIZATION, normalize_scores, resolve_normalization
 
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {', '.join(map(repr, NORMALIZATIONS))}, got {normalize!r}")
     result = {}
     for name, runs in scores_by_strategy.items():
         if normalize == "auto" and name not in AUTO_NORMALIZATION:
             raise ValueError(f"'auto' needs strategy names as keys ({', '.join(AUTO_NORMALIZATION)}), got {name!r}")
-        method = AUTO_NORMALIZATION[name] if normalize == "auto" else normalize
+        method = resolve_normalization(normalize, name)  # validates; the key matters only for "auto"
         result[name] = [normalize_scores(scores, method) for scores in runs]
     return result
 
@@ -128,10 +127,7 @@ class GatedPerplexity:
         if key in self._cache:
             return {**self._cache[key], "cached": True}
         started = time.perf_counter()
-        if key:
-            with gate_heads(self.model, mask):
-                results = [perplexity(self.model, self.tokenizer, group, **self.options) for group in self.groups]
-        else:
+        with gate_heads(self.model, mask) if key else contextlib.nullcontext():
             results = [perplexity(self.model, self.tokenizer, group, **self.options) for group in self.groups]
         tokens = sum(r.tokens for r in results)
         result = {

@@ -1,13 +1,20 @@
-"""Write the generated part of a findings page (docs/*.md) and keep the hand-written prose around it.
-
-The scripts that measure findings write their tables between two markers; what a person wrote outside them
-(the verdict, the reading of the tables) survives a rerun. Shared by scripts/pruning_study.py and
-scripts/spelling_results.py.
+"""What the findings scripts (scripts/pruning_study.py, scripts/spelling_results.py) share: they run offline and
+quiet, and write the generated part of a page in docs/ between two markers, keeping the hand-written prose
+around it (the verdict, the reading of the tables) across reruns. Import it before colab_helpers.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # colab_helpers from this checkout
 
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 

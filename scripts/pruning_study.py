@@ -33,13 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from _docs import END, START, write_doc  # noqa: E402  (scripts/_docs.py, beside this file)
+from _docs import END, REPO_ROOT, START, write_doc  # scripts/_docs.py, beside this file: offline settings first
 
 DOC = REPO_ROOT / "docs" / "pruning-results.md"
 FIGURE = REPO_ROOT / "docs" / "pruning-results.png"

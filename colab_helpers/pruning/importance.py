@@ -79,7 +79,7 @@ def head_importance(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    method = _check_normalize(normalize, strategy)
+    method = resolve_normalization(normalize, strategy)
     return normalize_scores(_raw_scores(model, batches, strategy, seed, max_batches, progress), method)
 
 
@@ -123,7 +123,7 @@ def _normalize_row(x: torch.Tensor, method: str) -> torch.Tensor:
     return (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
 
 
-def _check_normalize(normalize: Any, strategy: str) -> str:
+def resolve_normalization(normalize: Any, strategy: str) -> str:
     """Return the concrete method for ``normalize`` (resolving ``"auto"`` for ``strategy``), or raise."""
     if not isinstance(normalize, str) or normalize not in NORMALIZATIONS:
         raise ValueError(
