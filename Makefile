@@ -44,11 +44,11 @@ test-fast: $(STAMP)
 ## and the embedded corpus, offline, into results/. Every core by default: a 135M model runs 1.8x faster on two
 ## threads than on one (an idle 2-core machine); set OMP_NUM_THREADS to override.
 demo: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.notebook_runner notebooks/05_prune_and_finetune.ipynb --output results
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/05_prune_and_finetune.ipynb --output results
 
 ## Every notebook at full (non-smoke) settings, offline, into results/.
 demo-all: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m colab_helpers.notebook_runner --all --output results
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m colab_helpers.runtime.notebooks --all --output results
 
 ## Performance ratios, side by side in one run; results go to benchmarks/RESULTS.md.
 bench: $(STAMP)

@@ -66,12 +66,12 @@ def build_model(key: str) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` on the CPU for a benchmark model key.
 
     ``RANDOM_GPT2`` keys are random-weight GPT-2s with the embedded tokenizer; any other key (``embedded-gpt2``,
-    ``smollm2-135m-instruct``) is loaded with ``colab_helpers.models.load_model``.
+    ``smollm2-135m-instruct``) is loaded with ``colab_helpers.models.loading.load_model``.
     """
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from colab_helpers.models import load_model
+    from colab_helpers.models.loading import load_model
 
     if key not in RANDOM_GPT2:
         return load_model(key, device="cpu")
@@ -175,7 +175,7 @@ def guarded_run(
 
     stamps = Stamps()
     kernel = (
-        mock.patch.multiple("colab_helpers.plotting", _in_kernel=lambda: True, _show_png=_fake_show_png)
+        mock.patch.multiple("colab_helpers.plots.live", _in_kernel=lambda: True, _show_png=_fake_show_png)
         if notebook
         else contextlib.nullcontext()
     )
@@ -198,7 +198,7 @@ def guarded_run(
 def _timed_live_plot(total: list[float]) -> contextlib.ExitStack:
     """Patch ``LivePlot.update``, ``mark`` and ``close`` to add their CPU time to ``total[0]`` (renders included:
     they happen inside those calls); return the context that undoes it."""
-    from colab_helpers import plotting
+    from colab_helpers.plots import live as plotting
 
     stack = contextlib.ExitStack()
     for name in ("update", "mark", "close"):
@@ -237,8 +237,8 @@ def _median_render_seconds(plot: Any, times: int = 3) -> float:
 def _setup(key: str, quick: bool, loaded: tuple[Any, Any] | None = None) -> tuple[Any, Any, list[str], Any]:
     """Return ``(model, tokenizer, training paragraphs, their token ids)`` for a benchmark model key
     (``loaded``: a ``(model, tokenizer)`` already in memory, used instead of building the key's model again)."""
-    from colab_helpers.data import load_text_dataset
-    from colab_helpers.evaluation import tokenize_texts
+    from colab_helpers.evaluation.data import load_text_dataset
+    from colab_helpers.evaluation.perplexity import tokenize_texts
 
     base, tokenizer = loaded if loaded is not None else build_model(key)
     texts = load_text_dataset("embedded").train[: TRAIN_PARAGRAPHS[quick]]
@@ -316,7 +316,7 @@ def compare_live_plot(
     wall_share = ratio(train, "with", "without", "wall") - 1
     share = statistics.median(plot / (total - plot) for plot, total in zip(plot_cpu, train["cpu"]["with"], strict=True))
     render = _median_render_seconds(records["with"]["plot"], 1 if quick else 3)
-    from colab_helpers import plotting
+    from colab_helpers.plots import live as plotting
 
     spacing = getattr(plotting, "_MAX_DRAW_SHARE_INV", 10)  # LivePlot waits >= this many renders' time
     interval = max(cfg.plot_every_seconds, spacing * render)

@@ -34,7 +34,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import AutoConfig  # noqa: E402  (imported here: its lazy imports are not thread-safe)
 
-from colab_helpers.memory_estimate import estimate_memory, measure_peak_memory  # noqa: E402
+from colab_helpers.models.memory_estimate import estimate_memory, measure_peak_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "memory-estimates.md"
@@ -78,7 +78,7 @@ class Case:
         if self.model in SMALL:
             family, kwargs = SMALL[self.model]
             return AutoConfig.for_model(family, **kwargs)
-        from colab_helpers.catalog import get_entry
+        from colab_helpers.models.registry import get_entry
 
         return get_entry(self.model).to_config()
 
@@ -172,7 +172,7 @@ def write_doc(table: str, command: str) -> None:
         text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    from colab_helpers._io import atomic_write_text
+    from colab_helpers.runtime.files import atomic_write_text
 
     atomic_write_text(DOC, text)
 

@@ -71,7 +71,7 @@ NOT_SHOWN = (
 
 def skip_reason() -> str | None:
     """Return why the real-model benchmark cannot run here (the wheel is missing), or None when it can."""
-    from colab_helpers.packaged_models import PACKAGED_MODELS, packaged_installed
+    from colab_helpers.models.packaged import PACKAGED_MODELS, packaged_installed
 
     if packaged_installed(MODEL):
         return None
@@ -122,7 +122,7 @@ def _memory_checks(
 
 def _removal(model: Any, token_ids: Any, plan: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Gradient importance -> 30% of heads, global -> removed; measured speed-up vs FLOPs; return (checks, figures)."""
-    from colab_helpers.evaluation import lm_batches
+    from colab_helpers.evaluation.perplexity import lm_batches
     from colab_helpers.pruning import head_importance, select_heads
 
     pruning = load_benchmark("pruning")
@@ -143,10 +143,10 @@ def _removal(model: Any, token_ids: Any, plan: dict[str, Any]) -> tuple[list[dic
 
 def _measure(plan: dict[str, Any], quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any], Any, int]:
     """Load the model and run every part; return ``(checks, figures, the model's config, its parameter count)``."""
-    from colab_helpers.data import load_text_dataset
-    from colab_helpers.evaluation import tokenize_texts
-    from colab_helpers.models import load_model
-    from colab_helpers.packaged_models import packaged_model_dir
+    from colab_helpers.evaluation.data import load_text_dataset
+    from colab_helpers.evaluation.perplexity import tokenize_texts
+    from colab_helpers.models.loading import load_model
+    from colab_helpers.models.packaged import packaged_model_dir
 
     checks: list[dict[str, Any]] = []
     figures: dict[str, Any] = {}

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is not None:
-        from colab_helpers._io import atomic_write_text
+        from colab_helpers.runtime.files import atomic_write_text
 
         atomic_write_text(output, render(results, info, command, seconds))
         print(f"wrote {output}")

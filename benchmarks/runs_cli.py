@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from colab_helpers._io import atomic_write_text
-from colab_helpers.cli import main
-from colab_helpers.tracking import CORE_COLUMNS, RunManager, _format_value, _render_table, config_hash, new_run_id
+from colab_helpers.runtime.files import atomic_write_text
+from colab_helpers.experiments.cli import main
+from colab_helpers.experiments.tracking import CORE_COLUMNS, RunManager, _format_value, _render_table, config_hash, new_run_id
 
 RUNS = 10_000
 REPEATS = 3

@@ -22,7 +22,7 @@ TARGET_SPEEDUP = 3.0
 
 def _prompts(tokenizer: Any, count: int) -> list[str]:
     """Return ``count`` prompts of all three tasks from the test split (plain "Q: ...\\nA:" format)."""
-    from colab_helpers.tasks.spelling import build_datasets
+    from colab_helpers.spelling.data import build_datasets
 
     words = -(-count // 3)  # each test word gives one prompt per task
     data = build_datasets(tokenizer, train_size=1, validation_size=1, test_size=words, seed=0)
@@ -35,8 +35,8 @@ def run(prompts: int = PROMPTS, batch_size: int = BATCH_SIZE, new_tokens: int = 
 
     ``quick=True`` times 32 prompts (seconds, for ``benchmarks/run.py --quick``).
     """
-    from colab_helpers.models import load_model
-    from colab_helpers.spelling_study import generate_answers
+    from colab_helpers.models.loading import load_model
+    from colab_helpers.spelling import generate_answers
 
     if quick:
         prompts, batch_size = min(prompts, 32), min(batch_size, 32)

@@ -11,43 +11,46 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .deprecated import install as _install_moved_module_finder
 from .errors import ColabHelpersWarning, CudaFallbackWarning, OfflineFallbackWarning
+
+_install_moved_module_finder()  # old module paths (colab_helpers.pipeline, ...) import with a DeprecationWarning
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     # environment
-    "detect_environment": "environment",
-    "EnvironmentReport": "environment",
-    "Recommendations": "environment",
+    "detect_environment": "runtime.environment",
+    "EnvironmentReport": "runtime.environment",
+    "Recommendations": "runtime.environment",
     # memory
-    "MemorySnapshot": "memory",
-    "memory_snapshot": "memory",
-    "show_memory": "memory",
-    "track_peak_memory": "memory",
-    "free_memory": "memory",
-    "format_bytes": "memory",
-    "PeakMemory": "memory",
+    "MemorySnapshot": "runtime.memory",
+    "memory_snapshot": "runtime.memory",
+    "show_memory": "runtime.memory",
+    "track_peak_memory": "runtime.memory",
+    "free_memory": "runtime.memory",
+    "format_bytes": "runtime.memory",
+    "PeakMemory": "runtime.memory",
     # CUDA fallback
-    "is_cuda_error": "fallback",
-    "is_cuda_oom": "fallback",
-    "CudaFallbackError": "fallback",
-    "cuda_fallback": "fallback",
-    "safe_generate": "fallback",
-    "GenerationResult": "fallback",
+    "is_cuda_error": "runtime.cuda_fallback",
+    "is_cuda_oom": "runtime.cuda_fallback",
+    "CudaFallbackError": "runtime.cuda_fallback",
+    "cuda_fallback": "runtime.cuda_fallback",
+    "safe_generate": "runtime.cuda_fallback",
+    "GenerationResult": "runtime.cuda_fallback",
     # downloads
-    "bundle": "downloads",
-    "download": "downloads",
-    "persist_to_drive": "downloads",
-    "drive_results_dir": "downloads",
+    "bundle": "runtime.downloads",
+    "download": "runtime.downloads",
+    "persist_to_drive": "runtime.downloads",
+    "drive_results_dir": "runtime.downloads",
     # live plots
-    "LivePlot": "plotting",
+    "LivePlot": "plots.live",
     # models and data
-    "load_model": "models",
-    "generation_latency": "latency",
-    "available_models": "models",
-    "load_text_dataset": "data",
-    "available_datasets": "data",
-    "TextDataset": "data",
+    "load_model": "models.loading",
+    "generation_latency": "evaluation.latency",
+    "available_models": "models.loading",
+    "load_text_dataset": "evaluation.data",
+    "available_datasets": "evaluation.data",
+    "TextDataset": "evaluation.data",
     # head pruning
     "head_layout": "pruning",
     "HeadLayout": "pruning",
@@ -61,23 +64,24 @@ _LAZY: dict[str, str] = {
     "save_pruned": "pruning",
     "load_pruned": "pruning",
     # evaluation and figures
-    "perplexity": "evaluation",
-    "PerplexityResult": "evaluation",
-    "tokenize_texts": "evaluation",
-    "lm_batches": "evaluation",
-    "compare_generations": "evaluation",
-    "plot_head_importance": "figures",
-    "plot_importance_grid": "figures",
-    "plot_pruned_per_layer": "figures",
-    "plot_level_curves": "figures",
+    "perplexity": "evaluation.perplexity",
+    "PerplexityResult": "evaluation.perplexity",
+    "tokenize_texts": "evaluation.perplexity",
+    "lm_batches": "evaluation.perplexity",
+    "compare_generations": "evaluation.perplexity",
+    "plot_head_importance": "plots.pruning",
+    "plot_importance_grid": "plots.pruning",
+    "plot_pruned_per_layer": "plots.pruning",
+    "plot_level_curves": "plots.pruning",
     # pruning studies
-    "importance_by_strategy": "study",
-    "mean_scores": "study",
-    "level_sweep": "study",
-    "summarize_levels": "study",
-    "forward_latency": "study",
-    "parameter_count": "study",
-    "pruning_comparison": "study",
+    "importance_by_strategy": "pruning.study",
+    "mean_scores": "pruning.study",
+    "level_sweep": "pruning.study",
+    "summarize_levels": "pruning.study",
+    "forward_latency": "evaluation.latency",
+    "parameter_count": "runtime.modules",
+    "model_device": "runtime.modules",
+    "pruning_comparison": "pruning.study",
     # LoRA fine-tuning
     "FineTuneConfig": "finetune",
     "FineTuneResult": "finetune",
@@ -87,39 +91,39 @@ _LAZY: dict[str, str] = {
     "merge_adapter": "finetune",
     "save_merged": "finetune",
     # model catalog and memory estimates
-    "catalog_table": "catalog",
-    "pick_model": "catalog",
-    "get_entry": "catalog",
-    "ModelPick": "catalog",
-    "CatalogEntry": "catalog",
-    "CATALOG": "catalog",
-    "estimate_memory": "memory_estimate",
-    "MemoryEstimate": "memory_estimate",
-    "measure_peak_memory": "memory_estimate",
+    "catalog_table": "models.registry",
+    "pick_model": "models.registry",
+    "get_entry": "models.registry",
+    "ModelPick": "models.registry",
+    "CatalogEntry": "models.registry",
+    "CATALOG": "models.registry",
+    "estimate_memory": "models.memory_estimate",
+    "MemoryEstimate": "models.memory_estimate",
+    "measure_peak_memory": "models.memory_estimate",
     # the prune-then-recover pipeline
-    "PruningExperiment": "pipeline",
-    "ExperimentConfig": "pipeline",
-    "PruningFineTuningExperiment": "experiments",
-    "run_sweep": "experiments",
-    "run_config": "experiments",
+    "PruningExperiment": "experiments.pipeline",
+    "ExperimentConfig": "experiments.pipeline",
+    "PruningFineTuningExperiment": "experiments.sweep",
+    "run_sweep": "experiments.sweep",
+    "run_config": "experiments.sweep",
     # the spelling-transfer study
-    "SpellingStudy": "spelling_study",
-    "load_study_model": "spelling_study",
+    "SpellingStudy": "spelling",
+    "load_study_model": "spelling",
     # run tracking and sweep configs
-    "RunManager": "tracking",
-    "Run": "tracking",
-    "read_runs": "tracking",
-    "plot_gradient_norms": "tracking",
-    "load_gradient_norms": "tracking",
-    "load_config": "sweeps",
-    "load_sweep": "sweeps",
-    "merge": "sweeps",
-    "expand": "sweeps",
-    "SweepConfig": "sweeps",
+    "RunManager": "experiments.tracking",
+    "Run": "experiments.tracking",
+    "read_runs": "experiments.tracking",
+    "plot_gradient_norms": "experiments.tracking",
+    "load_gradient_norms": "experiments.tracking",
+    "load_config": "experiments.sweep_config",
+    "load_sweep": "experiments.sweep_config",
+    "merge": "experiments.sweep_config",
+    "expand": "experiments.sweep_config",
+    "SweepConfig": "experiments.sweep_config",
     # results on disk
-    "ensure_writable_dir": "_io",
-    "save_results": "results",
-    "to_jsonable": "results",
+    "ensure_writable_dir": "runtime.files",
+    "save_results": "runtime.records",
+    "to_jsonable": "runtime.records",
 }
 
 __all__ = [
@@ -145,13 +149,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .catalog import CATALOG, CatalogEntry, ModelPick, catalog_table, get_entry, pick_model
-    from .data import TextDataset, available_datasets, load_text_dataset
-    from .downloads import bundle, download, drive_results_dir, persist_to_drive
-    from .environment import EnvironmentReport, Recommendations, detect_environment
-    from .fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
-    from .memory_estimate import MemoryEstimate, estimate_memory, measure_peak_memory
-    from .memory import (
+    from .models.registry import CATALOG, CatalogEntry, ModelPick, catalog_table, get_entry, pick_model
+    from .evaluation.data import TextDataset, available_datasets, load_text_dataset
+    from .runtime.downloads import bundle, download, drive_results_dir, persist_to_drive
+    from .runtime.environment import EnvironmentReport, Recommendations, detect_environment
+    from .runtime.cuda_fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
+    from .models.memory_estimate import MemoryEstimate, estimate_memory, measure_peak_memory
+    from .runtime.memory import (
         MemorySnapshot,
         PeakMemory,
         format_bytes,
@@ -160,9 +164,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         show_memory,
         track_peak_memory,
     )
-    from .models import available_models, load_model
-    from ._io import ensure_writable_dir
-    from .evaluation import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
+    from .models.loading import available_models, load_model
+    from .runtime.files import ensure_writable_dir
+    from .evaluation.perplexity import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
     from .finetune import (
         FineTuneConfig,
         FineTuner,
@@ -172,21 +176,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         save_adapter,
         save_merged,
     )
-    from .experiments import PruningFineTuningExperiment, run_config, run_sweep
-    from .figures import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
-    from .pipeline import ExperimentConfig, PruningExperiment
-    from .plotting import LivePlot
-    from .spelling_study import SpellingStudy, load_study_model
-    from .study import (
-        forward_latency,
-        importance_by_strategy,
-        level_sweep,
-        mean_scores,
-        parameter_count,
-        pruning_comparison,
-        summarize_levels,
-    )
-    from .latency import generation_latency
+    from .experiments.sweep import PruningFineTuningExperiment, run_config, run_sweep
+    from .plots.pruning import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
+    from .experiments.pipeline import ExperimentConfig, PruningExperiment
+    from .plots.live import LivePlot
+    from .spelling import SpellingStudy, load_study_model
+    from .pruning.study import importance_by_strategy, level_sweep, mean_scores, pruning_comparison, summarize_levels
+    from .evaluation.latency import forward_latency, generation_latency
+    from .runtime.modules import model_device, parameter_count
     from .pruning import (
         HeadGates,
         HeadLayout,
@@ -200,6 +197,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         save_pruned,
         select_heads,
     )
-    from .results import save_results, to_jsonable
-    from .sweeps import SweepConfig, expand, load_config, load_sweep, merge
-    from .tracking import Run, RunManager, load_gradient_norms, plot_gradient_norms, read_runs
+    from .runtime.records import save_results, to_jsonable
+    from .experiments.sweep_config import SweepConfig, expand, load_config, load_sweep, merge
+    from .experiments.tracking import Run, RunManager, load_gradient_norms, plot_gradient_norms, read_runs

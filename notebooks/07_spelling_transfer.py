@@ -57,8 +57,8 @@ SEED: int = 0  # words, splits, random search draws and LoRA initialisation
 
 # %%
 import colab_helpers as ch
-from colab_helpers import spelling_study as ss
-from colab_helpers.tasks import spelling as sp
+from colab_helpers import spelling as ss
+from colab_helpers.spelling import data as sp
 
 data_config = sp.SpellingDataConfig(train_size=TRAIN_WORDS, validation_size=VALIDATION_WORDS, test_size=TEST_WORDS,
                                     min_length=MIN_LENGTH, max_length=MAX_LENGTH, seed=SEED)

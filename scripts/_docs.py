@@ -21,7 +21,7 @@ START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
 def write_doc(path: Path, generated: str, template: str) -> Path:
     """Replace the generated section of ``path`` (or create it from ``template``, which holds ``{generated}``)."""
-    from colab_helpers._io import atomic_write_text
+    from colab_helpers.runtime.files import atomic_write_text
 
     if path.is_file():
         text = path.read_text(encoding="utf-8")

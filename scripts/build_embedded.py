@@ -46,7 +46,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from colab_helpers._io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from colab_helpers.runtime.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("build_embedded")
 

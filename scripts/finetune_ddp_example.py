@@ -30,10 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from colab_helpers.data import load_text_dataset
+from colab_helpers.evaluation.data import load_text_dataset
 from colab_helpers.finetune import Callback, FineTuneConfig, fine_tune
 from colab_helpers.finetune.distributed import gather_object
-from colab_helpers.models import load_model
+from colab_helpers.models.loading import load_model
 
 REPORT_FILE = "ddp_report.json"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import colab_helpers as ch
-from colab_helpers._io import atomic_write_text
+from colab_helpers.runtime.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

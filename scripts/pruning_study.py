@@ -74,12 +74,12 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     """Score heads, run every sweep; return the long table (one row per measurement) and facts for the doc."""
     import pandas as pd
 
-    from colab_helpers.data import load_text_dataset
-    from colab_helpers.evaluation import lm_batches, tokenize_texts
-    from colab_helpers.models import load_model
+    from colab_helpers.evaluation.data import load_text_dataset
+    from colab_helpers.evaluation.perplexity import lm_batches, tokenize_texts
+    from colab_helpers.models.loading import load_model
     from colab_helpers.pruning import head_layout
     from colab_helpers.pruning.importance import AUTO_NORMALIZATION
-    from colab_helpers.study import GatedPerplexity, importance_by_strategy, level_sweep, renormalize
+    from colab_helpers.pruning.study import GatedPerplexity, importance_by_strategy, level_sweep, renormalize
 
     model, tokenizer = load_model(args.model, device="cpu")
     log(f"loaded {args.model}: {head_layout(model).summary()}")
@@ -269,7 +269,7 @@ def goals(result: dict[str, Any], level: float) -> list[str]:
 
 def figure(result: dict[str, Any], path: Path) -> Path:
     """Two panels, log y: global scope (raw solid, auto-normalised dashed) and layer scope; random's range shaded."""
-    from colab_helpers.figures import new_figure, plain_log_axis
+    from colab_helpers.plots.pruning import new_figure, plain_log_axis
 
     table, auto = result["table"], result["auto"]
     colours = {"random": "tab:grey", "magnitude": "tab:blue", "entropy": "tab:orange", "gradient": "tab:green"}

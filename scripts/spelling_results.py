@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Spelling transfer on a real model: zero-shot accuracy, a small LoRA sweep on spelling only, a control adapter.
 
-On ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized; see ``colab_helpers.packaged_models``)
-on the CPU, through the package's own study (``colab_helpers.spelling_study.SpellingStudy``):
+On ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized; see ``colab_helpers.models.packaged``)
+on the CPU, through the package's own study (``colab_helpers.spelling.SpellingStudy``):
 
 1. the untouched model answers the test questions of all three tasks (spelling, letter position, letter count)
    through its chat template: exact match after normalisation, bootstrap 95% intervals;
@@ -86,7 +86,7 @@ def interval(value: float, low: float, high: float, signed: bool = False) -> str
 
 
 def accuracy_cells(row: Any) -> list[str]:
-    from colab_helpers.spelling_study import TASKS
+    from colab_helpers.spelling import TASKS
 
     return [interval(row[f"{t}_accuracy"], row[f"{t}_ci_low"], row[f"{t}_ci_high"]) for t in TASKS]
 
@@ -100,9 +100,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import colab_helpers as ch
-    from colab_helpers import spelling_study as ss
-    from colab_helpers.sweeps import SweepConfig
-    from colab_helpers.tasks import spelling as sp
+    from colab_helpers import spelling as ss
+    from colab_helpers.experiments.sweep_config import SweepConfig
+    from colab_helpers.spelling import data as sp
 
     torch.set_num_threads(args.threads)
     if args.fresh and args.results.exists():
@@ -164,7 +164,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
 def gain_table(result: dict[str, Any]) -> list[str]:
     """Markdown rows: each run's (and the control's) paired gain per task over the baseline and the control."""
-    from colab_helpers.spelling_study import TASKS
+    from colab_helpers.spelling import TASKS
 
     lines = ["| model | compared with | " + " | ".join(TASK_LABEL[t] for t in TASKS) + " |",
              "|---|---|" + "---:|" * len(TASKS)]  # fmt: skip
@@ -190,7 +190,7 @@ def _moved(gain: Any) -> str:
 
 def verdict(result: dict[str, Any]) -> list[str]:
     """Return the answer in words per run, read off the paired intervals (generated: it follows the numbers)."""
-    from colab_helpers.spelling_study import TASKS
+    from colab_helpers.spelling import TASKS
 
     lines = []
     for entry in result["gains"]:
@@ -215,7 +215,7 @@ def verdict(result: dict[str, Any]) -> list[str]:
 
 def examples(result: dict[str, Any], per_task: int = 2) -> list[str]:
     """Markdown rows: a few test questions with the untouched model's, the control's and the strongest run's answers."""
-    from colab_helpers.spelling_study import TASKS
+    from colab_helpers.spelling import TASKS
 
     study, data = result["study"], result["data"]
     best = max(result["gains"], key=lambda e: e["run"]["spelling_accuracy"])
@@ -238,7 +238,7 @@ def answer_shapes(result: dict[str, Any]) -> list[str]:
     import difflib
     from collections import Counter
 
-    from colab_helpers.spelling_study import normalize_answer
+    from colab_helpers.spelling import normalize_answer
 
     study = result["study"]
     models = [("untouched", result["baseline"]["run_id"])]
@@ -275,8 +275,8 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
     import torch
     import transformers
 
-    from colab_helpers.spelling_study import TASKS
-    from colab_helpers.tasks.spelling import summary_table, uses_chat
+    from colab_helpers.spelling import TASKS
+    from colab_helpers.spelling.data import summary_table, uses_chat
 
     baseline, base, runs, control = result["baseline"], result["base"], result["runs"], result["control"]
     label = MODEL_LABEL.get(args.model, args.model)
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if args.no_write:
         return 0
-    from colab_helpers.spelling_study import plot_task_accuracies
+    from colab_helpers.spelling import plot_task_accuracies
 
     models = {"untouched": result["baseline"]}
     if result["control"] is not None:

@@ -82,7 +82,7 @@ def real_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Skipped when the wheel is missing, except in CI (``CI`` set), where ``make install`` must have installed it.
     """
-    from colab_helpers.packaged_models import PACKAGED_MODELS, packaged_installed, packaged_model_dir
+    from colab_helpers.models.packaged import PACKAGED_MODELS, packaged_installed, packaged_model_dir
 
     if not packaged_installed(REAL_MODEL):
         message = f"{REAL_MODEL} is not installed: {PACKAGED_MODELS[REAL_MODEL].install_hint}"

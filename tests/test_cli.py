@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from colab_helpers.cli import main, parse_filter
-from colab_helpers.tracking import RunManager
+from colab_helpers.experiments.cli import main, parse_filter
+from colab_helpers.experiments.tracking import RunManager
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"a": 9, "b": 10, "c": 100, "d": 2}  # as text "10" < "9"; as numbers 2 < 9 < 10 < 100
@@ -144,16 +144,6 @@ def yaml_files(tmp_path: Path) -> tuple[Path, Path]:
     return base, sweep
 
 
-def test_sweep_and_run_without_a_pipeline_say_so(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, yaml_files: tuple[Path, Path]
-) -> None:
-    monkeypatch.setitem(sys.modules, "colab_helpers.pipeline", None)  # as if the module did not exist
-    base, sweep = yaml_files
-    for argv in (["sweep", str(base), str(sweep)], ["run", str(base), "--root", "elsewhere"]):
-        assert main(argv) == 2
-        assert "the pipeline is not available in this version" in capsys.readouterr().err
-
-
 def test_sweep_dry_run_and_bad_yaml(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, yaml_files: tuple[Path, Path]
 ) -> None:
@@ -170,13 +160,13 @@ def test_sweep_dry_run_and_bad_yaml(
 def test_sweep_and_run_call_the_pipeline(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, yaml_files: tuple[Path, Path]
 ) -> None:
+    from colab_helpers.experiments import sweep as sweep_module
+
     calls: list[tuple[str, Any, Any, str]] = []
-    pipeline = types.ModuleType("colab_helpers.pipeline")
-    pipeline.run_sweep = lambda base, sweep, root: calls.append(("sweep", base, sweep, root)) or "4 runs done"  # type: ignore[attr-defined]
-    pipeline.run_config = lambda config, root: calls.append(("run", config, None, root))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "colab_helpers.pipeline", pipeline)
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda base, sweep, root, max_runtime: calls.append(("sweep", base, sweep, root)) or "4 runs done")
+    monkeypatch.setattr(sweep_module, "run_config", lambda config, root: calls.append(("run", config, None, root)))
     base, sweep = yaml_files
-    assert main(["sweep", str(base), str(sweep), "--root", "out"]) == 0
+    assert main(["sweep", str(base), str(sweep), "--root", "out", "--max-runtime", "60"]) == 0
     assert main(["run", str(base)]) == 0
     assert capsys.readouterr().out.strip() == "4 runs done"
     (kind, config, sweep_config, root), (kind2, config2, _, root2) = calls

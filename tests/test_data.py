@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from colab_helpers import hub
-from colab_helpers.data import TextDataset, available_datasets, load_text_dataset
+from colab_helpers.runtime import hub
+from colab_helpers.evaluation.data import TextDataset, available_datasets, load_text_dataset
 from colab_helpers.errors import OfflineFallbackWarning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_hub_name_unreachable_names_embedded(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_hub_name_with_offline_variable_and_empty_cache(tmp_path: Path) -> None:
     code = (
-        "from colab_helpers.data import load_text_dataset\n"
+        "from colab_helpers.evaluation.data import load_text_dataset\n"
         "try:\n    load_text_dataset('wikitext-2-raw-v1')\n"
         "except ConnectionError as exc:\n    print('ERR', exc)\n"
     )
@@ -118,7 +118,7 @@ def test_hub_name_with_offline_variable_and_empty_cache(tmp_path: Path) -> None:
 
 
 def test_import_does_not_load_datasets() -> None:
-    code = "import sys, colab_helpers.data, colab_helpers.models; print(sorted({'datasets', 'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, colab_helpers.evaluation.data, colab_helpers.models.loading; print(sorted({'datasets', 'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
@@ -155,7 +155,7 @@ def test_hub_reachable_probes_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_auto_falls_back_with_warning_when_hub_load_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import colab_helpers.data as data
+    import colab_helpers.evaluation.data as data
 
     monkeypatch.setattr(data, "hub_reachable", lambda: True)
 
@@ -168,7 +168,7 @@ def test_auto_falls_back_with_warning_when_hub_load_fails(monkeypatch: pytest.Mo
 
 
 def test_wikitext_rows_become_paragraphs() -> None:
-    from colab_helpers.data import _paragraphs
+    from colab_helpers.evaluation.data import _paragraphs
 
     rows = ["", " = Title = \n", "", " First line .\n", " Second line .\n", "", "", " Last .\n"]
     assert _paragraphs(rows) == ["= Title =", "First line .\nSecond line .", "Last ."]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from colab_helpers import downloads
-from colab_helpers.downloads import bundle, download, is_credential_file, persist_to_drive
+from colab_helpers.runtime import downloads
+from colab_helpers.runtime.downloads import bundle, download, is_credential_file, persist_to_drive
 from colab_helpers.errors import ColabHelpersWarning
 
 TOKEN = "hf_TESTtoken1234567890abcdef"  # not a real token: a value the redactor must find
@@ -263,7 +263,7 @@ def test_download_headless_only_logs(
     tmp_path: Path, fake_colab: _FakeColab, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     file = _write(tmp_path, "metrics.csv", "step,loss\n")
-    with caplog.at_level(logging.INFO, logger="colab_helpers.downloads"):
+    with caplog.at_level(logging.INFO, logger="colab_helpers.runtime.downloads"):
         assert download(file) == "logged"  # no kernel in pytest
         monkeypatch.setattr(downloads, "_in_kernel", lambda: True)
         monkeypatch.setenv("COLAB_HELPERS_HEADLESS", "1")  # papermill inside Colab: a kernel, no browser
@@ -331,7 +331,7 @@ def test_persist_to_drive_mount_refused(tmp_path: Path, fake_colab: _FakeColab) 
 def test_final_lora_adapter_goes_in_but_checkpoints_and_models_stay_out(tmp_path) -> None:
     import zipfile
 
-    from colab_helpers.downloads import bundle
+    from colab_helpers.runtime.downloads import bundle
 
     root = tmp_path / "run"
     for relative in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json",
@@ -344,7 +344,7 @@ def test_final_lora_adapter_goes_in_but_checkpoints_and_models_stay_out(tmp_path
 
 
 def test_drive_results_dir_on_colab_and_elsewhere(tmp_path: Path, fake_colab: _FakeColab) -> None:
-    from colab_helpers.downloads import drive_results_dir
+    from colab_helpers.runtime.downloads import drive_results_dir
 
     mount = tmp_path / "drive"
     target = drive_results_dir("results/06_sweeps", mount_point=mount)
@@ -353,7 +353,7 @@ def test_drive_results_dir_on_colab_and_elsewhere(tmp_path: Path, fake_colab: _F
 
 
 def test_drive_results_dir_off_colab_warns_and_keeps_the_path(no_colab: None) -> None:
-    from colab_helpers.downloads import drive_results_dir
+    from colab_helpers.runtime.downloads import drive_results_dir
     from colab_helpers.errors import ColabHelpersWarning
 
     with pytest.warns(ColabHelpersWarning, match="not on Colab"):

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from colab_helpers import environment
-from colab_helpers.environment import RUNTIMES, EnvironmentReport, detect_environment
+from colab_helpers.runtime import environment
+from colab_helpers.runtime.environment import RUNTIMES, EnvironmentReport, detect_environment
 
 GIB = 1024**3
 MARKERS = (
@@ -189,9 +189,9 @@ def test_mps_and_tpu_use_float32_with_a_note(clean):
 
 def test_hub_check_is_skippable(monkeypatch):
     calls: list[float] = []
-    hub = types.ModuleType("colab_helpers.hub")
+    hub = types.ModuleType("colab_helpers.runtime.hub")
     hub.hub_reachable = lambda timeout=2.0: calls.append(timeout) or False
-    monkeypatch.setitem(sys.modules, "colab_helpers.hub", hub)  # the real _hub_reachable imports this stub
+    monkeypatch.setitem(sys.modules, "colab_helpers.runtime.hub", hub)  # the real _hub_reachable imports this stub
     assert detect_environment(check_hub=False).hub_reachable is None
     assert calls == []
     report = detect_environment(check_hub=True)
@@ -246,7 +246,7 @@ def test_report_never_contains_secrets(clean):
 
 def test_import_stays_light():
     code = (
-        "import sys, colab_helpers.environment, colab_helpers.memory; "
+        "import sys, colab_helpers.runtime.environment, colab_helpers.runtime.memory; "
         "heavy = {'torch', 'transformers', 'IPython', 'ipywidgets', 'bitsandbytes', 'unsloth'} & set(sys.modules); "
         "print(sorted(heavy))"
     )

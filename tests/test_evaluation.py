@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from colab_helpers.evaluation import _windows, lm_batches, perplexity, tokenize_texts
+from colab_helpers.evaluation.perplexity import _windows, lm_batches, perplexity, tokenize_texts
 
 TEXT = [
     "The quick brown fox jumps over the lazy dog. " * 3,

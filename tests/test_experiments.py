@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from colab_helpers.experiments import PruningFineTuningExperiment, run_config, run_sweep
-from colab_helpers.tracking import read_runs_table
+from colab_helpers.experiments.sweep import PruningFineTuningExperiment, run_config, run_sweep
+from colab_helpers.experiments.tracking import read_runs_table
 
 TINY = dict(dataset="embedded", fine_tuning_steps=2, eval_tokens=400, seq_len=32, importance_batches=1,
             micro_batch_size=2, max_new_tokens=3)  # fmt: skip
@@ -98,7 +98,7 @@ def test_yaml_forms_run_and_track_extra_keys(tmp_path: Path) -> None:
 KILLABLE_SWEEP = textwrap.dedent(
     """
     import os, sys, time
-    from colab_helpers.experiments import PruningFineTuningExperiment
+    from colab_helpers.experiments.sweep import PruningFineTuningExperiment
 
     def run(self, config, output_dir=None):
         marker = os.path.join(sys.argv[1], "executions.log")

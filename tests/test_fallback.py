@@ -17,14 +17,7 @@ import pytest
 import torch
 
 from colab_helpers.errors import ColabHelpersWarning, CudaFallbackWarning
-from colab_helpers.fallback import (
-    CudaFallbackError,
-    GenerationResult,
-    cuda_fallback,
-    is_cuda_error,
-    is_cuda_oom,
-    safe_generate,
-)
+from colab_helpers.runtime.cuda_fallback import CudaFallbackError, GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
 
 # Real texts, as torch 2.x prints them.
 DEVICE_ASSERT = (
@@ -92,7 +85,7 @@ def test_predicates(exc: BaseException, cuda: bool, oom: bool) -> None:
 
 def test_predicate_needs_no_torch() -> None:
     code = (
-        "import sys; from colab_helpers.fallback import is_cuda_error as f\n"
+        "import sys; from colab_helpers.runtime.cuda_fallback import is_cuda_error as f\n"
         f"print(f(RuntimeError({DEVICE_ASSERT!r})), f(ValueError('CUDA error')), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from colab_helpers import figures
+from colab_helpers.plots import pruning as figures
 
 PNG = b"\x89PNG"
 

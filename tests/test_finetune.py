@@ -205,8 +205,8 @@ def test_the_model_is_wrapped_in_place_so_a_second_call_says_what_to_pass(tmp_pa
 
 
 def test_the_embedded_model_and_corpus_train_in_smoke_mode(tmp_path) -> None:
-    from colab_helpers.data import load_text_dataset
-    from colab_helpers.models import load_model
+    from colab_helpers.evaluation.data import load_text_dataset
+    from colab_helpers.models.loading import load_model
 
     model, tok = load_model("embedded-gpt2", device="cpu")
     data = load_text_dataset("embedded", max_chars=40_000)
@@ -227,7 +227,7 @@ def test_importing_the_subpackage_stays_light() -> None:
 
 
 def test_gradient_norms_are_saved_at_checkpoints_and_plotted(tmp_path) -> None:
-    from colab_helpers.tracking import load_gradient_norms, plot_gradient_norms
+    from colab_helpers.experiments.tracking import load_gradient_norms, plot_gradient_norms
 
     config = small(tmp_path, save_gradients=True)
     fine_tune(tiny_model("gpt2"), tokenizer(), TRAIN_TEXTS, EVAL_TEXTS, config, live_plot=False, progress=False)

@@ -189,9 +189,9 @@ def test_a_plain_text_checkpoint_does_not_resume_on_pairs(tmp_path) -> None:
 
 def test_the_spelling_study_trains_runs_on_pairs_and_the_control_on_text(tmp_path, monkeypatch) -> None:
     import colab_helpers.finetune as finetune
-    from colab_helpers import spelling_study as ss
-    from colab_helpers.models import load_model
-    from colab_helpers.tasks import spelling as sp
+    from colab_helpers import spelling as ss
+    from colab_helpers.models.loading import load_model
+    from colab_helpers.spelling import data as sp
 
     model, tok = load_model("embedded-gpt2")
     data = sp.build_datasets(tok, train_size=8, validation_size=3, test_size=3, max_length=5)

@@ -113,7 +113,7 @@ from pathlib import Path
 import torch
 
 import colab_helpers.finetune as finetune
-import colab_helpers.models as models
+import colab_helpers.models.loading as models
 from colab_helpers.finetune import checkpoint, export
 from _finetune_faults import StepClock, poison_loss
 

@@ -57,7 +57,7 @@ def test_bf16_autocast_trains(tmp_path) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_qlora_trains_a_4bit_model_without_warnings(tmp_path) -> None:
-    from colab_helpers.models import load_model
+    from colab_helpers.models.loading import load_model
 
     tiny_model("llama").save_pretrained(tmp_path / "base")
     tokenizer().save_pretrained(tmp_path / "base")

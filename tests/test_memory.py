@@ -10,16 +10,8 @@ from typing import Any
 
 import pytest
 
-from colab_helpers import memory
-from colab_helpers.memory import (
-    MemorySnapshot,
-    PeakMemory,
-    format_bytes,
-    free_memory,
-    memory_snapshot,
-    show_memory,
-    track_peak_memory,
-)
+from colab_helpers.runtime import memory
+from colab_helpers.runtime.memory import MemorySnapshot, PeakMemory, format_bytes, free_memory, memory_snapshot, show_memory, track_peak_memory
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 cuda_present = pytest.importorskip("torch").cuda.is_available()
@@ -138,14 +130,14 @@ def test_free_memory_runs_on_cpu(caplog):
     garbage = [[i] for i in range(1000)]
     garbage.append(garbage)  # a reference cycle only gc.collect can free
     del garbage
-    with caplog.at_level(logging.INFO, logger="colab_helpers.memory"):
+    with caplog.at_level(logging.INFO, logger="colab_helpers.runtime.memory"):
         snap = free_memory()
     assert isinstance(snap, MemorySnapshot)
     assert any("objects collected" in record.getMessage() for record in caplog.records)
 
 
 def test_show_memory_outside_a_notebook_logs_and_returns(capsys, caplog):
-    with caplog.at_level(logging.INFO, logger="colab_helpers.memory"):
+    with caplog.at_level(logging.INFO, logger="colab_helpers.runtime.memory"):
         snap = show_memory()
     assert isinstance(snap, MemorySnapshot)
     assert capsys.readouterr() == ("", "")

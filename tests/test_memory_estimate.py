@@ -12,17 +12,9 @@ from typing import Any
 
 import pytest
 
-from colab_helpers import memory_estimate
-from colab_helpers.catalog import CATALOG, get_entry
-from colab_helpers.memory_estimate import (
-    GB,
-    MODES,
-    MemoryEstimate,
-    estimate_memory,
-    lora_target_modules,
-    measure_peak_memory,
-    relative_error,
-)
+from colab_helpers.models import memory_estimate
+from colab_helpers.models.registry import CATALOG, get_entry
+from colab_helpers.models.memory_estimate import GB, MODES, MemoryEstimate, estimate_memory, lora_target_modules, measure_peak_memory, relative_error
 
 CUDA16 = {"device": "cuda", "dtype": "float16"}
 CPU32 = {"device": "cpu", "dtype": "float32"}

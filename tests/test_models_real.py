@@ -15,16 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from colab_helpers import hub, models, packaged_models
+from colab_helpers.runtime import hub
+from colab_helpers.models import loading as models, packaged as packaged_models
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.packaged_models import (
-    CACHE_ENV_VAR,
-    RECORD_NAME,
-    PackagedModelMissing,
-    cache_root,
-    gguf_path,
-    packaged_model_dir,
-)
+from colab_helpers.models.packaged import CACHE_ENV_VAR, RECORD_NAME, PackagedModelMissing, cache_root, gguf_path, packaged_model_dir
 
 NAME = "smollm2-135m-instruct"
 pytestmark = pytest.mark.real_model
@@ -174,9 +168,9 @@ def test_cache_root_is_documented_and_overridable(monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_name_is_accepted_wherever_a_model_name_is_taken(tmp_path: Path) -> None:
-    from colab_helpers.experiments import check_model_name
-    from colab_helpers.pipeline import ExperimentConfig
-    from colab_helpers.sweeps import load_config
+    from colab_helpers.experiments.sweep import check_model_name
+    from colab_helpers.experiments.pipeline import ExperimentConfig
+    from colab_helpers.experiments.sweep_config import load_config
 
     assert check_model_name(NAME) == NAME  # sweeps and the CLI validate names with this
     path = tmp_path / "base.yaml"

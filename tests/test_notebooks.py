@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from colab_helpers.notebook_runner import NOTEBOOK_DIR, error_outputs, execute_notebook, list_notebooks
+from colab_helpers.runtime.notebooks import NOTEBOOK_DIR, error_outputs, execute_notebook, list_notebooks
 
 NOTEBOOKS = list_notebooks()
 FAKE_SECRETS = {"HF_TOKEN": "hf_FAKEsecretVALUE1234567890", "WANDB_API_KEY": "wandbFAKEsecret0987654321"}

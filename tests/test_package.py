@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import colab_helpers as ch
-from colab_helpers._io import atomic_path, atomic_write_text, ensure_writable_dir
-from colab_helpers.secrets import contains_secret, redact
+from colab_helpers.runtime.files import atomic_path, atomic_write_text, ensure_writable_dir
+from colab_helpers.runtime.secrets import contains_secret, redact
 
 HEAVY = ["torch", "transformers", "unsloth", "bitsandbytes", "peft", "datasets", "matplotlib", "pandas"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from colab_helpers.latency import LatencyReport, generation_latency, speedup
-from colab_helpers.pipeline import ExperimentConfig, PruningExperiment, recovery
+from colab_helpers.evaluation.latency import LatencyReport, generation_latency, speedup
+from colab_helpers.experiments.pipeline import ExperimentConfig, PruningExperiment, recovery
 
 
 def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
@@ -95,7 +95,7 @@ def test_training_curves_of_run_and_control_are_both_drawn(llama_run: tuple[Prun
 
 
 def test_share_above_one_points_at_the_control() -> None:
-    from colab_helpers.pipeline import _share
+    from colab_helpers.experiments.pipeline import _share
 
     assert _share(None) == "nothing was lost"
     assert _share(0.5) == "50%"

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from colab_helpers import plotting
-from colab_helpers.plotting import LivePlot
+from colab_helpers.plots import live as plotting
+from colab_helpers.plots.live import LivePlot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -225,7 +225,7 @@ def test_updates_from_threads(tmp_path: Path) -> None:
 def test_no_matplotlib_on_import_and_no_pyplot_after_use(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import colab_helpers.plotting as p\n"
+        "import colab_helpers.plots.live as p\n"
         "before = 'matplotlib' in sys.modules\n"
         f"plot = p.LivePlot(['loss'], path={str(tmp_path / 'x.png')!r}, display=False)\n"
         "plot.update(1, loss=1.0); plot.close()\n"

@@ -14,18 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from colab_helpers.pruning import (  # noqa: E402
-    HeadGates,
-    HeadLayout,
-    PruneReport,
-    gate_heads,
-    head_importance,
-    head_layout,
-    load_pruned,
-    remove_heads,
-    save_pruned,
-    select_heads,
-)
+from colab_helpers.pruning import HeadGates, HeadLayout, PruneReport, gate_heads, head_importance, head_layout, load_pruned, remove_heads, save_pruned, select_heads
 from colab_helpers.pruning import removal as removal_module  # noqa: E402
 from colab_helpers.pruning.importance import AUTO_NORMALIZATION, NORMALIZATIONS, normalize_scores  # noqa: E402
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from colab_helpers.tasks import spelling as sp
+from colab_helpers.spelling import data as sp
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -31,12 +31,12 @@ def data() -> Any:
 
 
 def test_shipped_word_list_is_small_lowercase_and_licensed() -> None:
-    resource = resources.files("colab_helpers.tasks").joinpath("words.txt.gz")
+    resource = resources.files("colab_helpers.spelling").joinpath("words.txt.gz")
     assert len(resource.read_bytes()) < 300 * 1024
     words = sp.shipped_words()
     assert len(words) > 50_000 and words == sorted(set(words))
     assert all(w.isascii() and w.isalpha() and w.islower() for w in words)
-    licence = resources.files("colab_helpers.tasks").joinpath("WORDS.md").read_text(encoding="utf-8")
+    licence = resources.files("colab_helpers.spelling").joinpath("WORDS.md").read_text(encoding="utf-8")
     assert "SCOWL" in licence and "Kevin Atkinson" in licence and "wamerican" in licence
     with gzip.open(resource.open("rb"), "rt") as handle:  # a plain gzip file, readable without our code
         assert handle.readline().strip() == words[0]

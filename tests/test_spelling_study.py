@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from colab_helpers import spelling_study as ss
+from colab_helpers import spelling as ss
 from colab_helpers.errors import OfflineFallbackWarning
-from colab_helpers.tasks import spelling as sp
+from colab_helpers.spelling import data as sp
 
 
 @pytest.fixture(scope="module")
 def embedded() -> tuple[Any, Any]:
-    from colab_helpers.models import load_model
+    from colab_helpers.models.loading import load_model
 
     return load_model("embedded-gpt2")
 
@@ -272,7 +272,7 @@ def test_a_sweep_value_of_the_wrong_type_fails_before_training(key: str, value: 
 def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_data: Any, tmp_path: Any,
                                                monkeypatch: Any) -> None:  # fmt: skip
     import colab_helpers.finetune as finetune
-    from colab_helpers.tracking import read_runs
+    from colab_helpers.experiments.tracking import read_runs
 
     calls = []
     real = finetune.fine_tune

@@ -1,4 +1,4 @@
-"""Pruning studies (colab_helpers.study): renormalising raw scores, gated perplexity with a cache, level sweeps."""
+"""Pruning studies (colab_helpers.pruning.study): renormalising raw scores, gated perplexity with a cache, level sweeps."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("pandas")
 
-from colab_helpers.evaluation import perplexity  # noqa: E402
+from colab_helpers.evaluation.perplexity import perplexity  # noqa: E402
 from colab_helpers.pruning import gate_heads, head_importance  # noqa: E402
 from colab_helpers.pruning.importance import AUTO_NORMALIZATION, normalize_scores  # noqa: E402
-from colab_helpers.study import GatedPerplexity, _split_texts, level_sweep, renormalize, summarize_levels  # noqa: E402
+from colab_helpers.pruning.study import GatedPerplexity, _split_texts, level_sweep, renormalize, summarize_levels  # noqa: E402
 
 TEXTS = [
     "the cat sat on the mat and looked at the door for a while.",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.sweeps import SweepConfig, expand, get_dotted, load_config, load_sweep, merge, validate_configs
+from colab_helpers.experiments.sweep_config import SweepConfig, expand, get_dotted, load_config, load_sweep, merge, validate_configs
 
 BASE: dict[str, Any] = {
     "model": {"name": "gpt2", "context_length": 128},

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from colab_helpers import tracking
+from colab_helpers.experiments import tracking
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.tracking import RunManager, new_run_id
+from colab_helpers.experiments.tracking import RunManager, new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG: dict[str, Any] = {
@@ -151,7 +151,7 @@ def test_bad_run_ids_and_unwritable_root(tmp_path: Path, manager: RunManager) ->
 def test_environment_summary_is_recorded_and_its_failure_tolerated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import colab_helpers.environment as environment
+    import colab_helpers.runtime.environment as environment
 
     fake = types.SimpleNamespace(summary=lambda: "colab (interactive) | cuda: Tesla T4")
     monkeypatch.setattr(environment, "detect_environment", lambda check_hub=True: fake)
@@ -172,7 +172,7 @@ def test_environment_summary_is_recorded_and_its_failure_tolerated(
 
 WRITER = """
 import pathlib, sys, time
-from colab_helpers.tracking import RunManager
+from colab_helpers.experiments.tracking import RunManager
 root, index, shared = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 manager = RunManager(root, record_environment=False)
 run = manager.new_run({"worker": index}, sweep="concurrency")
@@ -204,7 +204,7 @@ def test_concurrent_writers_lose_no_update(manager: RunManager) -> None:
 
 LOOPER = """
 import sys
-from colab_helpers.tracking import RunManager
+from colab_helpers.experiments.tracking import RunManager
 manager = RunManager(sys.argv[1], record_environment=False)
 counter = int(sys.argv[2])
 print("ready", flush=True)
@@ -376,7 +376,7 @@ def test_a_failing_mirror_warns_once_and_is_dropped(tmp_path: Path, monkeypatch:
 
 
 def test_tracking_import_stays_light() -> None:
-    code = "import sys, colab_helpers.tracking, colab_helpers.sweeps, colab_helpers.cli; " \
+    code = "import sys, colab_helpers.experiments.tracking, colab_helpers.experiments.sweep_config, colab_helpers.experiments.cli; " \
            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

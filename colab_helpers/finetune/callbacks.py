@@ -77,7 +77,7 @@ class LivePlotCallback(Callback):
     """
 
     def __init__(self, path: str | Path, *, min_interval: float = 10.0, title: str = "LoRA fine-tuning") -> None:
-        from ..plotting import LivePlot
+        from ..plots.live import LivePlot
 
         self.plot = LivePlot(
             [("loss", "eval_loss"), "eval_ppl", "lr", "grad_norm"], title=title, path=path, min_interval=min_interval

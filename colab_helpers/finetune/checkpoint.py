@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text
+from ..runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_dir
+from ..runtime.files import atomic_dir
 
 logger = logging.getLogger(__name__)
 

@@ -33,27 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import atomic_write_text, ensure_writable_dir
+from ..runtime.modules import model_device
+from ..runtime.files import atomic_write_text, ensure_writable_dir
 from ..errors import ColabHelpersWarning, CudaFallbackWarning
-from ..fallback import is_cuda_error, is_cuda_oom
-from ..results import to_jsonable
+from ..runtime.cuda_fallback import is_cuda_error, is_cuda_oom
+from ..runtime.records import to_jsonable
 from . import checkpoint as ckpt
 from .callbacks import LivePlotCallback, ProgressCallback
 from .completions import CompletionBatch, TrainingData, as_pairs, tokenize_pairs, weight
 from .config import FineTuneConfig
 from .distributed import setup_distributed
-from .lora import (
-    attach_lora,
-    check_4bit,
-    choose_backend,
-    fingerprint_differences,
-    hooked_modules,
-    is_quantized,
-    model_fingerprint,
-    resolve_precision,
-    resolve_targets,
-    trainable_parameters,
-)
+from .lora import attach_lora, check_4bit, choose_backend, fingerprint_differences, hooked_modules, is_quantized, model_fingerprint, resolve_precision, resolve_targets, trainable_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -246,7 +236,7 @@ class FineTuner:
         elif cfg.early_stopping_patience is not None:
             raise ValueError("early_stopping_patience needs eval_texts: pass eval_texts, or early_stopping_patience=None")
         # --- data-parallel run (accelerate launch / torchrun); None in a plain single process ---
-        self.device = _model_device(model)
+        self.device = model_device(model)
         self._dist = setup_distributed(self.device)
         self.rank = self._dist.rank if self._dist is not None else 0
         self.world_size = self._dist.world_size if self._dist is not None else 1
@@ -330,7 +320,7 @@ class FineTuner:
 
     def _tokens(self, tokenizer: Any, texts: Any, what: str, sequences: int) -> torch.Tensor:
         """Return the token ids of ``texts``; raise ValueError when they cannot fill ``sequences`` x seq_len."""
-        from ..evaluation import tokenize_texts
+        from ..evaluation.perplexity import tokenize_texts
 
         seq_len = self.config.seq_len
         needed = sequences * seq_len
@@ -611,7 +601,7 @@ class FineTuner:
                 row["overflow"] = True
             self._scaler.update()
         if finite and cfg.save_gradients and self.is_main_process and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            from ..tracking import save_gradients
+            from ..experiments.tracking import save_gradients
 
             save_gradients(self.output_dir / "gradients", self.model, step)  # the step's clipped, unscaled gradients
         self.optimizer.zero_grad(set_to_none=True)
@@ -696,7 +686,7 @@ class FineTuner:
             raise exc
 
     def _halve_for_oom(self, exc: BaseException, step: int) -> None:
-        from ..memory import free_memory
+        from ..runtime.memory import free_memory
 
         cfg = self.config
         if self.micro_batch_size <= cfg.min_micro_batch_size:
@@ -723,7 +713,7 @@ class FineTuner:
         """Checkpoint, move model and optimizer to the CPU, warn once, and let the failed step be retried there."""
         import torch
 
-        from ..fallback import CudaFallbackError, _short
+        from ..runtime.cuda_fallback import CudaFallbackError, _short
 
         try:
             self._save_checkpoint()
@@ -1070,14 +1060,6 @@ def _remote_oom(failures: int, micro_batch_size: int) -> BaseException:
     import torch
 
     return torch.OutOfMemoryError(f"CUDA out of memory on {failures} other rank(s) at micro-batch {micro_batch_size}")
-
-
-def _model_device(model: Any) -> torch.device:
-    import torch
-
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
 
 
 def _clone_state(state: dict[str, Any] | None) -> dict[str, Any] | None:

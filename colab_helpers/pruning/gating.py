@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, model_device, validate_mask
+from ..runtime.modules import model_device
+from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, validate_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

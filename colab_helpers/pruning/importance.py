@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .gating import gate_heads
-from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, model_device, o_weight, qkv_weights
+from ..runtime.modules import model_device
+from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, o_weight, qkv_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import atomic_write_text, replace_dir
+from ..runtime.files import atomic_write_text, replace_dir
 from .layout import head_layout
 from .removal import apply_record, current_record
 

@@ -377,15 +377,6 @@ def o_weight(site: AttentionSite) -> torch.Tensor:
     return w.reshape(w.shape[0], site.n_q, site.head_dim)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Return the device of the model's first parameter (CPU for a model without parameters)."""
-    import torch
-
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
 def validate_mask(mask: Any, layout: HeadLayout, *, name: str = "mask") -> torch.Tensor:
     """Return ``mask`` as a CPU bool tensor after checking its shape, dtype and that it names existing heads."""
     import torch

