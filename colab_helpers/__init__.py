@@ -113,8 +113,8 @@ _LAZY: dict[str, str] = {
     "RunManager": "experiments.tracking",
     "Run": "experiments.tracking",
     "read_runs": "experiments.tracking",
-    "plot_gradient_norms": "experiments.tracking",
-    "load_gradient_norms": "experiments.tracking",
+    "plot_gradient_norms": "finetune.gradients",
+    "load_gradient_norms": "finetune.gradients",
     "load_config": "experiments.sweep_config",
     "load_sweep": "experiments.sweep_config",
     "merge": "experiments.sweep_config",
@@ -199,4 +199,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .runtime.records import save_results, to_jsonable
     from .experiments.sweep_config import SweepConfig, expand, load_config, load_sweep, merge
-    from .experiments.tracking import Run, RunManager, load_gradient_norms, plot_gradient_norms, read_runs
+    from .experiments.tracking import Run, RunManager, read_runs
+    from .finetune.gradients import load_gradient_norms, plot_gradient_norms

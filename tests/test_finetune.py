@@ -227,7 +227,7 @@ def test_importing_the_subpackage_stays_light() -> None:
 
 
 def test_gradient_norms_are_saved_at_checkpoints_and_plotted(tmp_path) -> None:
-    from colab_helpers.experiments.tracking import load_gradient_norms, plot_gradient_norms
+    from colab_helpers.finetune.gradients import load_gradient_norms, plot_gradient_norms
 
     config = small(tmp_path, save_gradients=True)
     fine_tune(tiny_model("gpt2"), tokenizer(), TRAIN_TEXTS, EVAL_TEXTS, config, live_plot=False, progress=False)

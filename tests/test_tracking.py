@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from colab_helpers.experiments import tracking
+from colab_helpers.finetune import gradients
 from colab_helpers.errors import ColabHelpersWarning
 from colab_helpers.experiments.tracking import RunManager, new_run_id
 
@@ -280,12 +281,12 @@ def test_gradients_are_saved_and_plotted(manager: RunManager) -> None:
     norms_file = run.save_gradients(model, step=10)
     full_file = manager.save_gradients(run.run_id, model, step=20, full=True)
     assert norms_file.name == "step_00000010.safetensors" and full_file.parent == run.path / "gradients"
-    norms = tracking.load_gradient_norms(run.path)
+    norms = gradients.load_gradient_norms(run.path)
     assert list(norms) == [10, 20]
     assert list(norms[10]) == ["embed", "h.0", "h.1", "h.2"]
     for layer, value in norms[10].items():  # norms only or full tensors: the same layer norms
         assert value == pytest.approx(norms[20][layer], rel=1e-5) and value > 0
-    figure = tracking.plot_gradient_norms(run.path)
+    figure = gradients.plot_gradient_norms(run.path)
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     assert len(figure.axes[1].get_lines()) == 4
     with pytest.raises(ValueError, match="backward"):
@@ -293,7 +294,7 @@ def test_gradients_are_saved_and_plotted(manager: RunManager) -> None:
 
         manager.save_gradients(run.run_id, torch.nn.Linear(2, 2), step=1)
     with pytest.raises(FileNotFoundError, match="save_gradients"):
-        tracking.plot_gradient_norms(manager.new_run(CONFIG).path)
+        gradients.plot_gradient_norms(manager.new_run(CONFIG).path)
 
 
 # --- mirrors -------------------------------------------------------------------------------------------------

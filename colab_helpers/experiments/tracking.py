@@ -61,7 +61,6 @@ from ..runtime.secrets import redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
-    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -664,6 +663,8 @@ class RunManager:
         the trainable parameters). ``model`` is a torch module after ``backward()`` or a dict name -> gradient.
         Returns the file written.
         """
+        from ..finetune.gradients import save_gradients
+
         return save_gradients(self.run_dir(run_id) / "gradients", model, step, full=full)
 
     # -- mirrors --------------------------------------------------------------------------------------------
@@ -791,127 +792,3 @@ class _TensorBoardMirror(_Mirror):
     def finish(self, status: str) -> None:
         self.writer.add_text("status", status)
         self.writer.close()
-
-
-# --- gradients ---------------------------------------------------------------------------------------------
-
-
-def save_gradients(directory: str | os.PathLike[str], model: Any, step: int, *, full: bool = False) -> Path:
-    """Write the gradients of ``model`` at ``step`` to ``directory/step_<step>.safetensors``; return the path.
-
-    ``full=False`` stores one L2 norm per parameter; ``full=True`` every gradient tensor. ``model`` is a torch
-    module (parameters without a gradient are skipped) or a dict name -> gradient tensor.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
-    if isinstance(model, Mapping):
-        grads = {str(name): grad for name, grad in model.items() if grad is not None}
-    else:
-        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    if not grads:
-        raise ValueError("the model has no gradients; call loss.backward() before save_gradients(run_id, model, step)")
-    tensors: dict[str, Any] = {}
-    for name, grad in grads.items():
-        grad = grad.detach()
-        if full:
-            tensors[name] = grad.to("cpu", copy=True).contiguous()
-        else:
-            tensors[name] = torch.linalg.vector_norm(grad.float()).reshape(1).cpu()
-    target = Path(directory) / f"step_{step:08d}.safetensors"
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(step), "kind": "gradients" if full else "norms"})
-    logger.info("saved %s of %d parameters at step %d to %s", "gradients" if full else "gradient norms",
-                len(tensors), step, target)
-    return target
-
-
-def layer_of(name: str) -> str:
-    """Return the layer a parameter belongs to: ``transformer.h.3.attn.c_attn.weight`` -> ``transformer.h.3``.
-
-    Names without a block index are grouped by their module (``transformer.wte.weight`` -> ``transformer.wte``).
-    """
-    parts = name.split(".")
-    for index, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: index + 1])
-    return ".".join(parts[:-1]) or name
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text)]
-
-
-def load_gradient_norms(run_dir: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
-    """Return ``{step: {layer: L2 norm of the layer's gradients}}`` from the files ``save_gradients`` wrote.
-
-    ``run_dir`` is a run directory (its ``gradients/`` folder is read) or the gradients folder itself.
-    """
-    import torch
-    from safetensors import safe_open
-
-    folder = Path(run_dir)
-    if (folder / "gradients").is_dir():
-        folder = folder / "gradients"
-    files = sorted(folder.glob("step_*.safetensors"))
-    if not files:
-        raise FileNotFoundError(
-            f"no gradient files (step_*.safetensors) in {str(folder)!r}; call "
-            "RunManager.save_gradients(run_id, model, step) at your checkpoints first"
-        )
-    norms: dict[int, dict[str, float]] = {}
-    for file in files:
-        squares: dict[str, float] = {}
-        with safe_open(str(file), framework="pt") as handle:
-            step = int((handle.metadata() or {}).get("step", file.stem.removeprefix("step_")))
-            for name in handle.keys():
-                norm = float(torch.linalg.vector_norm(handle.get_tensor(name).float()))
-                layer = layer_of(name)
-                squares[layer] = squares.get(layer, 0.0) + norm * norm
-        norms[step] = {layer: math.sqrt(squares[layer]) for layer in sorted(squares, key=_natural_key)}
-    return dict(sorted(norms.items()))
-
-
-def plot_gradient_norms(run_dir: str | os.PathLike[str], *, max_legend: int = 12) -> Figure:
-    """Return a figure: gradient norm per layer at the last checkpoint (bars) and across checkpoints (lines).
-
-    Uses matplotlib's object API (no pyplot state); show it in a notebook by leaving it as a cell's value, or
-    save it with ``fig.savefig(path)``.
-    """
-    from matplotlib.figure import Figure
-
-    norms = load_gradient_norms(run_dir)
-    steps = list(norms)
-    layers = sorted({layer for per_step in norms.values() for layer in per_step}, key=_natural_key)
-    last = norms[steps[-1]]
-
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    bars, lines = fig.subplots(1, 2)
-    bars.bar(range(len(last)), list(last.values()), color="#1f77b4")
-    bars.set_xticks(range(len(last)), list(last), rotation=90, fontsize=7)
-    bars.set_ylabel("gradient L2 norm")
-    bars.set_title(f"Gradient norm per layer (step {steps[-1]})")
-
-    colors = _colors(len(layers))
-    for color, layer in zip(colors, layers, strict=True):
-        values = [norms[step].get(layer, math.nan) for step in steps]
-        lines.plot(steps, values, marker="o", markersize=3, color=color, label=layer)
-    positive = [value for per_step in norms.values() for value in per_step.values() if value > 0]
-    if positive and min(positive) > 0 and max(positive) / min(positive) > 100:
-        lines.set_yscale("log")
-    lines.set_xlabel("step")
-    lines.set_ylabel("gradient L2 norm")
-    lines.set_title("Gradient norm per layer across checkpoints")
-    lines.grid(True, alpha=0.3)
-    if len(layers) <= max_legend:
-        lines.legend(fontsize=7, loc="best")
-    return fig
-
-
-def _colors(count: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return [cmap(index / max(count - 1, 1)) for index in range(count)]

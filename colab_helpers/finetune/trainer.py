@@ -601,7 +601,7 @@ class FineTuner:
                 row["overflow"] = True
             self._scaler.update()
         if finite and cfg.save_gradients and self.is_main_process and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            from ..experiments.tracking import save_gradients
+            from .gradients import save_gradients
 
             save_gradients(self.output_dir / "gradients", self.model, step)  # the step's clipped, unscaled gradients
         self.optimizer.zero_grad(set_to_none=True)

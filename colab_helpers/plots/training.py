@@ -1,0 +1,58 @@
+"""Figures of a training run: gradient norms per layer (the loss curves are the live plot, :mod:`.live`)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``h.2`` before ``h.10``."""
+    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text)]
+
+
+def plot_layer_norms(norms: Mapping[int, Mapping[str, float]], *, max_legend: int = 12) -> Figure:
+    """Return a figure of ``{step: {layer: norm}}``: norm per layer at the last step (bars) and across steps (lines).
+
+    Uses matplotlib's object API (no pyplot state); show it in a notebook by leaving it as a cell's value, or
+    save it with ``fig.savefig(path)``.
+    """
+    from matplotlib.figure import Figure
+
+    steps = list(norms)
+    layers = sorted({layer for per_step in norms.values() for layer in per_step}, key=natural_key)
+    last = norms[steps[-1]]
+
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    bars, lines = fig.subplots(1, 2)
+    bars.bar(range(len(last)), list(last.values()), color="#1f77b4")
+    bars.set_xticks(range(len(last)), list(last), rotation=90, fontsize=7)
+    bars.set_ylabel("gradient L2 norm")
+    bars.set_title(f"Gradient norm per layer (step {steps[-1]})")
+
+    colors = _colors(len(layers))
+    for color, layer in zip(colors, layers, strict=True):
+        values = [norms[step].get(layer, math.nan) for step in steps]
+        lines.plot(steps, values, marker="o", markersize=3, color=color, label=layer)
+    positive = [value for per_step in norms.values() for value in per_step.values() if value > 0]
+    if positive and min(positive) > 0 and max(positive) / min(positive) > 100:
+        lines.set_yscale("log")
+    lines.set_xlabel("step")
+    lines.set_ylabel("gradient L2 norm")
+    lines.set_title("Gradient norm per layer across checkpoints")
+    lines.grid(True, alpha=0.3)
+    if len(layers) <= max_legend:
+        lines.legend(fontsize=7, loc="best")
+    return fig
+
+
+def _colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(index / max(count - 1, 1)) for index in range(count)]
