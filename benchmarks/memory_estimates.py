@@ -6,11 +6,11 @@ config (nothing is downloaded), then a no-grad forward pass (inference) or two t
 (``ru_maxrss``) is compared with the estimate for the same case on the CPU in float32.
 
     python benchmarks/memory_estimates.py            # every case, rewrites the table in the doc (~10-20 min)
-    python benchmarks/memory_estimates.py --quick    # the small cases tests/test_memory_estimate.py runs
+    python benchmarks/memory_estimates.py --quick    # the small cases tests/test_models_memory_estimate.py runs
     python benchmarks/memory_estimates.py --jobs 2 --no-write
 
 The tiny ``embedded-*`` cases measure the process baseline (Python + torch + transformers and a model of
-1M parameters) that ``CPU_BASELINE_BYTES`` in colab_helpers/memory_estimate.py is set from.
+1M parameters) that ``CPU_BASELINE_BYTES`` in colab_helpers/models/memory_estimate.py is set from.
 ``estimate_vs_measured`` (one case, a config or a loaded model) is what ``benchmarks/real_model.py`` runs on
 SmolLM2-135M-Instruct for ``make bench``.
 """
@@ -34,7 +34,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import AutoConfig  # noqa: E402  (imported here: its lazy imports are not thread-safe)
 
-from colab_helpers.models.memory_estimate import estimate_memory, measure_peak_memory  # noqa: E402
+from colab_helpers.models.memory_estimate import estimate_memory  # noqa: E402
+from colab_helpers.models.peak_memory import measure_peak_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "memory-estimates.md"
@@ -88,7 +89,7 @@ CASES: tuple[Case, ...] = (
     Case("embedded-gpt2", "inference", 8, 128),
     Case("embedded-gpt2", "full", 8, 128),
     Case("embedded-llama", "lora", 8, 128),
-    # the small cases of tests/test_memory_estimate.py
+    # the small cases of tests/test_models_memory_estimate.py
     Case("gpt2-16M", "full", 4, 128, quick=True),
     Case("llama-21M", "lora", 4, 128, quick=True),
     Case("neox-29M", "inference", 8, 256, quick=True),

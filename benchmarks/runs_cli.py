@@ -20,7 +20,8 @@ from typing import Any
 
 from colab_helpers.runtime.files import atomic_write_text
 from colab_helpers.experiments.cli import main
-from colab_helpers.experiments.tracking import CORE_COLUMNS, RunManager, _format_value, _render_table, config_hash, new_run_id
+from colab_helpers.experiments.runs_table import CORE_COLUMNS, format_value, render_table
+from colab_helpers.experiments.tracking import RunManager, config_hash, new_run_id
 
 RUNS = 10_000
 REPEATS = 3
@@ -63,7 +64,7 @@ def build_runs_csv(root: Path, runs: int = RUNS, seed: int = 0) -> Path:
             "env": "colab (interactive) | cuda: Tesla T4 (cc 7.5, 14.7 GB free of 15.0 GB) | dtype float16",
             "version": "0.1.0",
         }
-        row.update({key: _format_value(value) for key, value in config.items()})
+        row.update({key: format_value(value) for key, value in config.items()})
         if status == "done":
             metrics = {
                 "baseline_perplexity": rng.uniform(20, 40),
@@ -74,12 +75,12 @@ def build_runs_csv(root: Path, runs: int = RUNS, seed: int = 0) -> Path:
                 "params_m": rng.uniform(60, 125),
                 "peak_memory_mb": rng.uniform(500, 9000),
             }
-            row.update({key: _format_value(value) for key, value in metrics.items()})
+            row.update({key: format_value(value) for key, value in metrics.items()})
         for key in row:
             if key not in header:
                 header.append(key)
         rows.append(row)
-    return atomic_write_text(root / "runs.csv", _render_table(header, rows))
+    return atomic_write_text(root / "runs.csv", render_table(header, rows))
 
 
 def _best(function: Callable[[], Any], repeats: int = REPEATS) -> float:

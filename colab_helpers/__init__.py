@@ -74,6 +74,7 @@ _LAZY: dict[str, str] = {
     "plot_pruned_per_layer": "plots.pruning",
     "plot_level_curves": "plots.pruning",
     # pruning studies
+    "PruningStudyConfig": "pruning.study",
     "importance_by_strategy": "pruning.study",
     "mean_scores": "pruning.study",
     "level_sweep": "pruning.study",
@@ -91,18 +92,18 @@ _LAZY: dict[str, str] = {
     "merge_adapter": "finetune",
     "save_merged": "finetune",
     # model catalog and memory estimates
-    "catalog_table": "models.registry",
-    "pick_model": "models.registry",
+    "catalog_table": "models.picking",
+    "pick_model": "models.picking",
     "get_entry": "models.registry",
-    "ModelPick": "models.registry",
+    "ModelPick": "models.picking",
     "CatalogEntry": "models.registry",
     "CATALOG": "models.registry",
     "estimate_memory": "models.memory_estimate",
     "MemoryEstimate": "models.memory_estimate",
-    "measure_peak_memory": "models.memory_estimate",
+    "measure_peak_memory": "models.peak_memory",
     # the prune-then-recover pipeline
     "PruningExperiment": "experiments.pipeline",
-    "ExperimentConfig": "experiments.pipeline",
+    "ExperimentConfig": "experiments.config",
     "PruningFineTuningExperiment": "experiments.sweep",
     "run_sweep": "experiments.sweep",
     "run_config": "experiments.sweep",
@@ -120,6 +121,10 @@ _LAZY: dict[str, str] = {
     "merge": "experiments.sweep_config",
     "expand": "experiments.sweep_config",
     "SweepConfig": "experiments.sweep_config",
+    # smoke mode
+    "smoke_model": "smoke",
+    "SMOKE_DATASET": "smoke",
+    "SMOKE_EVAL_TOKENS": "smoke",
     # results on disk
     "ensure_writable_dir": "runtime.files",
     "save_results": "runtime.records",
@@ -149,12 +154,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .models.registry import CATALOG, CatalogEntry, ModelPick, catalog_table, get_entry, pick_model
+    from .models.picking import ModelPick, catalog_table, pick_model
+    from .models.registry import CATALOG, CatalogEntry, get_entry
     from .evaluation.data import TextDataset, available_datasets, load_text_dataset
     from .runtime.downloads import bundle, download, drive_results_dir, persist_to_drive
     from .runtime.environment import EnvironmentReport, Recommendations, detect_environment
     from .runtime.cuda_fallback import GenerationResult, cuda_fallback, is_cuda_error, is_cuda_oom, safe_generate
-    from .models.memory_estimate import MemoryEstimate, estimate_memory, measure_peak_memory
+    from .models.memory_estimate import MemoryEstimate, estimate_memory
+    from .models.peak_memory import measure_peak_memory
     from .runtime.memory import (
         MemorySnapshot,
         PeakMemory,
@@ -178,10 +185,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .experiments.sweep import PruningFineTuningExperiment, run_config, run_sweep
     from .plots.pruning import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
-    from .experiments.pipeline import ExperimentConfig, PruningExperiment
+    from .experiments.config import ExperimentConfig
+    from .experiments.pipeline import PruningExperiment
     from .plots.live import LivePlot
     from .spelling import SpellingStudy, load_study_model
-    from .pruning.study import importance_by_strategy, level_sweep, mean_scores, pruning_comparison, summarize_levels
+    from .smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, smoke_model
+    from .pruning.study import PruningStudyConfig, importance_by_strategy, level_sweep, mean_scores, pruning_comparison, summarize_levels
     from .evaluation.latency import forward_latency, generation_latency
     from .runtime.modules import model_device, parameter_count
     from .pruning import (

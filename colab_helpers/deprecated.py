@@ -94,6 +94,7 @@ def _caller_stacklevel() -> int:
 
 
 def install() -> None:
-    """Put the finder on ``sys.meta_path`` once (after the normal finders: only paths that no longer exist reach it)."""
+    """Put the finder first on ``sys.meta_path``, once: a stale folder of an old install (``spelling_study/`` holding
+    only ``__pycache__``) would otherwise be imported as an empty namespace package. It answers old paths only."""
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.append(MovedModuleFinder())
+        sys.meta_path.insert(0, MovedModuleFinder())

@@ -52,11 +52,14 @@ PROMPT: str = "A hacker is"  # prompt for generations before / after
 # %%
 import colab_helpers as ch
 
+study = ch.PruningStudyConfig(model=MODEL, dataset=DATASET, strategies=STRATEGIES, levels=LEVELS, seeds=SEEDS,
+                              level=LEVEL, strategy=STRATEGY, scope=SCOPE, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
+                              prompt=PROMPT)
 if SMOKE:
-    MODEL, STRATEGIES, LEVELS, SEEDS, SEQ_LEN, EVAL_TOKENS = "embedded-gpt2", ["random", "gradient"], [0.0, 0.3], 2, 64, 1500
+    study = study.smoke()
 results_dir = ch.ensure_writable_dir(RESULTS_DIR)
-model, tokenizer = ch.load_model(MODEL)
-data = ch.load_text_dataset(DATASET)
+model, tokenizer = ch.load_model(study.model)
+data = ch.load_text_dataset(study.dataset)
 layout = ch.head_layout(model)
 layout
 
@@ -65,9 +68,9 @@ layout
 # Perplexity on held-out text (lower is better), and what the model writes before anything is pruned.
 
 # %%
-evaluate = dict(seq_len=SEQ_LEN, max_tokens=EVAL_TOKENS)
+evaluate = study.evaluate
 baseline = ch.perplexity(model, tokenizer, data.validation, **evaluate)
-before = ch.safe_generate(model, tokenizer, PROMPT, do_sample=False, max_new_tokens=30)
+before = ch.safe_generate(model, tokenizer, study.prompt, do_sample=False, max_new_tokens=30)
 print(baseline)
 before
 
@@ -82,9 +85,9 @@ before
 # measures focus on the *other* tokens. The original notebook's advice that entropy works best does not hold.
 
 # %%
-train_batches = ch.lm_batches(ch.tokenize_texts(tokenizer, data.train, max_tokens=16 * 8 * SEQ_LEN),
-                              seq_len=SEQ_LEN, batch_size=8)
-scores = ch.importance_by_strategy(model, train_batches, STRATEGIES, seeds=SEEDS, batches_per_seed=4)
+train_batches = ch.lm_batches(ch.tokenize_texts(tokenizer, data.train, max_tokens=16 * 8 * study.seq_len),
+                              seq_len=study.seq_len, batch_size=8)
+scores = ch.importance_by_strategy(model, train_batches, study.strategies, seeds=study.seeds, batches_per_seed=4)
 ch.plot_importance_grid(ch.mean_scores(scores), path=results_dir / "importance.png")
 
 # %% [markdown]
@@ -93,7 +96,7 @@ ch.plot_importance_grid(ch.mean_scores(scores), path=results_dir / "importance.p
 # the spread over seeds.
 
 # %%
-curves = ch.level_sweep(model, tokenizer, data.validation, scores, LEVELS, scope=SCOPE, **evaluate)
+curves = ch.level_sweep(model, tokenizer, data.validation, scores, study.levels, scope=study.scope, **evaluate)
 ch.save_results(results_dir, level_curves=curves.to_dict(orient="records"))
 ch.plot_level_curves(curves, baseline=baseline.perplexity, path=results_dir / "perplexity_vs_level.png")
 
@@ -106,10 +109,10 @@ ch.summarize_levels(curves)
 # output by zero through a hook, so we can compare before and after on the same model.
 
 # %%
-mask = ch.select_heads(ch.mean_scores(scores)[STRATEGY], LEVEL, scope=SCOPE)
+mask = ch.select_heads(ch.mean_scores(scores)[study.strategy], study.level, scope=study.scope)
 gates = ch.gate_heads(model, mask)
 gated = ch.perplexity(model, tokenizer, data.validation, **evaluate)
-after = ch.safe_generate(model, tokenizer, PROMPT, do_sample=False, max_new_tokens=30)
+after = ch.safe_generate(model, tokenizer, study.prompt, do_sample=False, max_new_tokens=30)
 gates.remove()
 print(f"{int(mask.sum())} of {layout.total_heads} heads gated: {baseline.perplexity:.1f} -> {gated.perplexity:.1f}")
 after
@@ -123,9 +126,9 @@ ch.plot_pruned_per_layer(mask, layout.query_heads, path=results_dir / "pruned_pe
 # parameters, less compute. The removed model must give the same perplexity as the gated one.
 
 # %%
-speed_before = ch.forward_latency(model, seq_len=SEQ_LEN)
+speed_before = ch.forward_latency(model, seq_len=study.seq_len)
 report = ch.remove_heads(model, mask)
-speed_after = ch.forward_latency(model, seq_len=SEQ_LEN)
+speed_after = ch.forward_latency(model, seq_len=study.seq_len)
 removed = ch.perplexity(model, tokenizer, data.validation, **evaluate)
 report
 

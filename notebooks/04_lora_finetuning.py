@@ -55,10 +55,10 @@ import colab_helpers as ch
 results_dir = ch.ensure_writable_dir(RESULTS_DIR)
 config = ch.FineTuneConfig(r=LORA_R, alpha=LORA_ALPHA, learning_rate=LEARNING_RATE, max_steps=STEPS,
                            micro_batch_size=MICRO_BATCH_SIZE, seq_len=SEQ_LEN, load_in_4bit=QLORA,
-                           early_stopping_patience=EARLY_STOPPING or None, eval_every=max(5, STEPS // 10),
-                           output_dir=str(results_dir / "training"), resume=RESUME)
+                           early_stopping_patience=EARLY_STOPPING or None,
+                           output_dir=str(results_dir / "training"), resume=RESUME).with_intervals(evaluations=10)
 if SMOKE:
-    MODEL, DATASET, config = "embedded-gpt2", "embedded", config.smoke()
+    MODEL, DATASET, config = ch.smoke_model(MODEL), ch.SMOKE_DATASET, config.smoke()
 config
 
 # %% [markdown]
@@ -74,7 +74,7 @@ data
 # Perplexity on held-out text (lower is better) and a greedy generation.
 
 # %%
-evaluate = dict(seq_len=config.seq_len, max_tokens=1500 if SMOKE else 20000)
+evaluate = dict(seq_len=config.seq_len, max_tokens=ch.SMOKE_EVAL_TOKENS if SMOKE else 20000)
 before = ch.perplexity(model, tokenizer, data.validation, **evaluate)
 generation_before = ch.safe_generate(model, tokenizer, PROMPT, do_sample=False, max_new_tokens=30)
 print(before)

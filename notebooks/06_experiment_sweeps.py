@@ -48,8 +48,8 @@ ON_DRIVE: bool = False  # Colab: keep results on Google Drive so they survive a 
 # %%
 import colab_helpers as ch
 
-if SMOKE:
-    MODELS, STRATEGIES, LEVELS, FINE_TUNING_STEPS = ["embedded-gpt2"], ["random", "gradient"], [0.3], 6
+if SMOKE:  # a smaller grid; each run is shrunk by ExperimentConfig.smoke() (smoke=SMOKE below)
+    MODELS, STRATEGIES, LEVELS = MODELS[:1], STRATEGIES[:1] + STRATEGIES[-1:], LEVELS[1:2]
 root = ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR
 experiment = ch.PruningFineTuningExperiment(root)
 sweep = dict(strategies=STRATEGIES, pruning_levels=LEVELS, models=MODELS, fine_tuning_steps=FINE_TUNING_STEPS,

@@ -48,7 +48,7 @@ VALIDATION_WORDS: int = 200  # words for early stopping on the validation loss
 TEST_WORDS: int = 500  # words of the reported accuracies (one spelling, position and count question each)
 MIN_LENGTH: int = 3  # shortest word, in letters
 MAX_LENGTH: int = 10  # longest word, in letters
-STRATEGY: str = "random"  # "random": NUM_RUNS draws from the search space; "grid": all 4,096 combinations
+SEARCH: str = "random"  # "random": NUM_RUNS draws from the search space; "grid": all 4,096 combinations
 NUM_RUNS: int = 8  # runs of a random search (the 5000-step ones dominate the time)
 CONTROL: str = "per_steps"  # control adapter: "per_steps" (one per step count), "per_run" (2x cost) or "none"
 MAX_RUNTIME_HOURS: float = 0.0  # no new run starts after this many hours, 0 for no limit; rerun to go on
@@ -64,7 +64,7 @@ data_config = sp.SpellingDataConfig(train_size=TRAIN_WORDS, validation_size=VALI
                                     min_length=MIN_LENGTH, max_length=MAX_LENGTH, seed=SEED)
 if SMOKE:
     data_config = data_config.smoke()
-sweep = ss.default_sweep(smoke=SMOKE, strategy=STRATEGY, num_runs=NUM_RUNS, seed=SEED)
+sweep = ss.default_sweep(smoke=SMOKE, search=SEARCH, num_runs=NUM_RUNS, seed=SEED)
 max_runtime = MAX_RUNTIME_HOURS * 3600 or None
 data_config
 

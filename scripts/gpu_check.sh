@@ -248,7 +248,7 @@ def convert(record):
     """Convert the notebook's packaged model into the cache (once); record where and how long."""
     import colab_helpers as ch
     from colab_helpers.models import resolve_model_name
-    from colab_helpers.packaged_models import gguf_path, packaged_model, packaged_model_dir
+    from colab_helpers.models.packaged import gguf_path, packaged_model, packaged_model_dir
 
     name = resolve_model_name(experiment_config(ch, "fp32", False)[0].model)  # the notebook's, or GPU_CHECK_SET's
     record["model"] = name
@@ -277,7 +277,7 @@ def run_variant(record, variant, runs, rehearsal):
         except Exception as exc:
             raise Skip(f"bitsandbytes is not importable ({exc.__class__.__name__}: {exc})") from None
     import colab_helpers as ch
-    from colab_helpers.pipeline import STAGES
+    from colab_helpers.experiments.config import STAGES
 
     config, source = experiment_config(ch, variant, rehearsal)
     record["config"] = config.to_dict()

@@ -134,7 +134,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     grid: dict[str, Any] = {"training.learning_rate": {"values": list(args.learning_rates)}}
     if len(args.ranks) > 1:
         grid["lora.r"] = {"values": list(args.ranks)}
-    sweep = SweepConfig(parameters=grid, strategy="grid", name="spelling-lora")
+    sweep = SweepConfig(parameters=grid, search="grid", name="spelling-lora")
     say(f"sweep: {sweep.size} LoRA runs on spelling + 1 control, {args.steps} steps each ...")
     runs = study.run_sweep(sweep, base)
     for _, row in runs.iterrows():

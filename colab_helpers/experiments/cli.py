@@ -254,11 +254,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     base = load_config(args.base)
     sweep = load_sweep(args.sweep)
     if args.dry_run:
-        from .tracking import _format_value
+        from .runs_table import format_value
 
         overrides = sweep_overrides(sweep)
-        print(f"sweep {sweep.name!r} ({sweep.strategy}): {len(overrides)} runs")
-        rows = [{"#": str(i), **{k: _format_value(v) for k, v in combo.items()}} for i, combo in enumerate(overrides)]
+        print(f"sweep {sweep.name!r} ({sweep.search}): {len(overrides)} runs")
+        rows = [{"#": str(i), **{k: format_value(v) for k, v in combo.items()}} for i, combo in enumerate(overrides)]
         print(format_table(["#", *sweep.parameters], rows))
         return 0
     from .sweep import run_sweep

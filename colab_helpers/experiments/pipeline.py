@@ -13,119 +13,15 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from ..runtime.records import save_results
+from .config import STAGES, ExperimentConfig
 
 logger = logging.getLogger(__name__)
-
-STAGES = ("baseline", "pruned", "fine_tuned")
-PRUNING_STRATEGIES = ("random", "magnitude", "entropy", "gradient")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
-
-    model: str = field(default="auto", metadata=_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
-    dataset: str = field(default="auto", metadata=_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
-    strategy: str = field(default="gradient", metadata=_help("head importance: random, magnitude, entropy or gradient."))
-    pruning_level: float = field(default=0.3, metadata=_help("fraction of attention heads to prune, in [0, 1)."))
-    scope: str = field(default="global", metadata=_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
-    remove_heads: bool = field(default=True, metadata=_help("slice pruned heads out (smaller, faster) or only gate them."))
-    prompt: str = field(default="A hacker is", metadata=_help("prompt for the generation at each stage."))
-    max_new_tokens: int = field(default=30, metadata=_help("tokens generated at each stage."))
-    fine_tuning_steps: int | None = field(default=None, metadata=_help("LoRA optimizer steps (default 200 when epochs is None)."))
-    fine_tuning_epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides steps."))
-    learning_rate: float = field(default=1e-3, metadata=_help("peak LoRA learning rate."))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
-    lora_alpha: float = field(default=32, metadata=_help("LoRA alpha (scale alpha / r)."))
-    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass (halved on out-of-memory)."))
-    seq_len: int = field(default=128, metadata=_help("tokens per sequence for scoring, training and perplexity."))
-    eval_tokens: int = field(default=8192, metadata=_help("validation tokens scored per perplexity measurement (its cost)."))
-    eval_stride: int | None = field(default=None, metadata=_help(
-        "perplexity window step; None = seq_len (non-overlapping windows, each token scored once, cost = eval_tokens); "
-        "a smaller stride gives every token more context at seq_len / stride times the cost."))
-    importance_batches: int = field(default=8, metadata=_help("batches of 8 training sequences read by entropy / gradient."))
-    latency_rounds: int = field(default=5, metadata=_help("interleaved timing rounds per model for latency per token (medians)."))
-    seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
-    control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
-    dtype: str = field(default="auto", metadata=_help(
-        "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
-    load_in_4bit: bool = field(default=False, metadata=_help(
-        "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
-    save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
-
-    def __post_init__(self) -> None:
-        if self.strategy not in PRUNING_STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(PRUNING_STRATEGIES)}, got {self.strategy!r}")
-        if not isinstance(self.pruning_level, int | float) or not 0 <= self.pruning_level < 1:
-            raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
-        if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
-            raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
-        if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:
-            raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps}")
-        if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
-            raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs}")
-        if self.eval_stride is not None and (not isinstance(self.eval_stride, int) or not 0 < self.eval_stride <= self.seq_len):
-            raise ValueError(f"eval_stride must be an integer in [1, seq_len={self.seq_len}] or None, got {self.eval_stride!r}")
-        for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches",
-                     "latency_rounds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
-        if self.load_in_4bit and self.remove_heads:
-            raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
-                             "set remove_heads=False to gate the pruned heads instead")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-3")
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
-        """Return the config built from the known keys of ``config`` and a dict of the other keys (tracked, unused)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {key: value for key, value in config.items() if key in names}
-        extra = {key: value for key, value in config.items() if key not in names}
-        return cls(**known), extra
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def smoke(self) -> ExperimentConfig:
-        """Return a copy that runs in seconds on a CPU: an embedded toy model (``embedded-gpt2`` unless an embedded
-        model was chosen), the embedded corpus, few tokens, a few training steps."""
-        return dataclasses.replace(
-            self, model=self.model if self.model.startswith("embedded-") else "embedded-gpt2", dataset="embedded",
-            fine_tuning_steps=6, fine_tuning_epochs=None, seq_len=min(self.seq_len, 64), eval_tokens=1500,
-            eval_stride=None, importance_batches=2, micro_batch_size=4, max_new_tokens=8, latency_rounds=2,
-        )  # fmt: skip
-
-    @property
-    def steps(self) -> int | None:
-        """Fine-tuning steps (None when epochs decide)."""
-        if self.fine_tuning_epochs is not None:
-            return None
-        return 200 if self.fine_tuning_steps is None else self.fine_tuning_steps
-
-    def run_name(self) -> str:
-        """A readable, file-safe name: ``embedded-gpt2-gradient-30``."""
-        model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
-        return f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"
-
 
 # --- measurement --------------------------------------------------------------------------------------
 
@@ -335,15 +231,9 @@ class PruningExperiment:
         """LoRA fine-tune ``model``; return the training summary and the merged plain model."""
         if config.steps == 0:
             return {"steps": 0, "seconds": 0.0}, model
-        from ..finetune import FineTuneConfig, fine_tune, merge_adapter
+        from ..finetune import fine_tune, merge_adapter
 
-        ft_config = FineTuneConfig(
-            r=config.lora_r, alpha=config.lora_alpha, learning_rate=config.learning_rate, max_steps=config.steps,
-            epochs=config.fine_tuning_epochs, micro_batch_size=config.micro_batch_size, seq_len=config.seq_len,
-            seed=config.seed, dtype=config.dtype, load_in_4bit=config.load_in_4bit, output_dir=str(out), eval_every=max(5, (config.steps or 200) // 8), eval_batches=4,
-            checkpoint_every=max(10, (config.steps or 200) // 4), warmup_steps=min(10, max(1, (config.steps or 200) // 10)),
-            plot_title="control: the unpruned model, fine-tuned as long" if control else "LoRA recovery of the pruned model",
-        )  # fmt: skip
+        ft_config = config.finetune_config(out, control=control)
         eval_texts = data.validation
         result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot, progress=self.progress)
         history = result.history_frame()
@@ -464,49 +354,16 @@ class PruningExperiment:
         Stages are points joined per run on an axis that starts near the data (a 1% change is visible; the
         axis is labelled so it is not read as starting at 0); the control is drawn as a separate point.
         """
-        from ..plots.pruning import new_figure, plain_log_axis, wide_range
+        from ..plots.base import new_figure
+        from ..plots.pruning import plot_stage_perplexity
+        from ..plots.training import plot_loss_curves
 
         if not self.results:
             raise ValueError("no results yet: call run_single_experiment(...) first")
         figure = new_figure(11, 3.8)
         stages_ax, curves = figure.subplots(1, 2)
-        labels = [stage.replace("_", "-") for stage in STAGES] + ["control"]
-        values: list[float] = []
-        for result in self.results:
-            ppl = [result["stages"][stage]["perplexity"] for stage in STAGES]
-            (line,) = stages_ax.plot(range(len(STAGES)), ppl, "o-", label=result["name"])
-            values += ppl
-            if "control" in result:
-                control = result["control"]["perplexity"]
-                stages_ax.plot([len(STAGES)], [control], "s", color=line.get_color())
-                values.append(control)
-                ppl.append(control)
-            for x, value in enumerate(ppl):
-                stages_ax.annotate(f"{value:.1f}", (x, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        shown = labels if any("control" in r for r in self.results) else labels[:-1]
-        stages_ax.set_xticks(range(len(shown)), shown)
-        stages_ax.set_xlim(-0.3, len(shown) - 0.5)
-        stages_ax.margins(y=0.15)  # room for the value labels
-        if wide_range(values):
-            plain_log_axis(stages_ax)
-            stages_ax.set_ylabel("perplexity (log axis; lower is better)")
-        else:
-            stages_ax.set_ylabel("perplexity (axis not from 0; lower is better)")
-        stages_ax.set_title("Perplexity per stage", loc="left", fontsize=11)
-        stages_ax.grid(True, alpha=0.3)
-        stages_ax.legend(fontsize="small")
-        for name, history in self._histories.items():
-            if "loss" in history:
-                curves.plot(history.index, history["loss"], label=f"{name} train", linewidth=1)
-            if "eval_loss" in history:
-                evals = history["eval_loss"].dropna()
-                curves.plot(evals.index, evals, "o--", markersize=3, label=f"{name} eval")
-        curves.set_xlabel("step")
-        curves.set_ylabel("loss")
-        curves.set_title("LoRA: training curves", loc="left", fontsize=11)
-        curves.grid(True, alpha=0.3)
-        if curves.lines:
-            curves.legend(fontsize="x-small")
+        plot_stage_perplexity(stages_ax, self.results, STAGES)
+        plot_loss_curves(curves, self._histories, title="LoRA: training curves")
         figure.save(path or self.results_dir / "results.png")
         return figure
 

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .pipeline import PRUNING_STRATEGIES, STAGES, ExperimentConfig, PruningExperiment
+from ..pruning.importance import STRATEGIES as PRUNING_STRATEGIES
+from .config import STAGES, ExperimentConfig
+from .pipeline import PruningExperiment
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +29,7 @@ BACKENDS = ("local", "ray")
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it can be loaded (embedded, catalog, local directory or 'auto'); else ValueError."""
-    from ..models.registry import CATALOG, get_entry
-    from ..models.loading import EMBEDDED_MODELS
+    from ..models.registry import CATALOG, EMBEDDED_MODELS, get_entry
 
     if name == "auto" or name in EMBEDDED_MODELS or Path(name).expanduser().is_dir():
         return name
@@ -122,12 +123,11 @@ class PruningFineTuningExperiment(PruningExperiment):
         bar = tqdm(total=len(configs), desc=f"sweep {sweep}", unit="run", disable=not self.progress)
         for index, config in enumerate(configs):
             record = {**config.to_dict(), **(extras[index] if extras else {})}
-            existing = self.manager.find(record, sweep)
-            if existing is not None and self.manager.get(existing).get("status") == "done":
+            run = self.manager.start_or_skip(record, sweep=sweep).run
+            if run is None:  # done in an earlier session
                 done += 1
                 bar.update(1)
                 continue
-            run = self.manager.new_run(record, sweep=sweep, run_id=existing)
             if max_runtime is not None and time.monotonic() - started > max_runtime:
                 run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
                 skipped += 1
@@ -157,11 +157,9 @@ class PruningFineTuningExperiment(PruningExperiment):
         jobs = []
         for index, config in enumerate(configs):
             record = {**config.to_dict(), **(extras[index] if extras else {})}
-            existing = self.manager.find(record, sweep)
-            if existing is not None and self.manager.get(existing).get("status") == "done":
-                continue
-            run = self.manager.new_run(record, sweep=sweep, run_id=existing)
-            jobs.append({"run_id": run.run_id, "config": config.to_dict()})
+            run = self.manager.start_or_skip(record, sweep=sweep).run
+            if run is not None:  # not done yet
+                jobs.append({"run_id": run.run_id, "config": config.to_dict()})
         if jobs:
             started_here = not ray.is_initialized()
             if started_here:
@@ -243,8 +241,8 @@ def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] 
     from .sweep_config import expand, load_sweep
 
     sweep_config = load_sweep(sweep)
-    configs = expand(base, sweep_config, validate=_split)
-    pairs = [_split(config) for config in configs]
+    pairs: list[tuple[ExperimentConfig, dict[str, Any]]] = []  # the validate hook builds each config, once
+    expand(base, sweep_config, validate=lambda config: pairs.append(_split(config)))
     runner = PruningFineTuningExperiment(root)
     name = getattr(sweep_config, "name", None) or DEFAULT_SWEEP
     return runner.run_configs([p[0] for p in pairs], sweep=name, extras=[p[1] for p in pairs], max_runtime=max_runtime)

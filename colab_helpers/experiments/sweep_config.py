@@ -4,7 +4,7 @@ A config is any YAML mapping; every key is kept and tracked (add a hyperparamete
 A sweep names the dotted keys to vary::
 
     name: lr_sweep
-    strategy: grid            # grid: every combination; random: num_runs seeded draws
+    search: grid              # grid: every combination; random: num_runs seeded draws
     parameters:
       training.learning_rate: {values: [1.0e-4, 3.0e-4]}
       pruning.level: {values: [0.1, 0.3, 0.5]}
@@ -15,7 +15,8 @@ A sweep names the dotted keys to vary::
     configs = expand(load_config("base.yaml"), load_sweep("sweep.yaml"), validate={"model.name": MODELS})
 
 YAML is read with a ``yaml.SafeLoader`` that also reads ``1e-4`` as a number (plain YAML 1.1 makes it a string)
-and rejects a key written twice in one mapping.
+and rejects a key written twice in one mapping. Loading, merging, checking and expanding are in one module because
+they share the dotted keys and the sweep's parameter specs: a sweep file is understood here, start to end.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from ..errors import ColabHelpersWarning
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES: tuple[str, ...] = ("grid", "random")
+SEARCHES: tuple[str, ...] = ("grid", "random")  # how a sweep explores (importance strategies: pruning)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "log_uniform", "int_uniform")
 SWEEP_KEYS: tuple[str, ...] = (
-    "name", "sweep_name", "parameters", "strategy", "method", "num_runs", "seed", "description"
+    "name", "sweep_name", "parameters", "search", "strategy", "method", "num_runs", "seed", "description"
 )
 
 _MISSING = object()  # a key absent from a config
@@ -185,7 +186,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _normalize_parameter(key: Any, spec: Any, strategy: str) -> dict[str, Any]:
+def _normalize_parameter(key: Any, spec: Any, search: str) -> dict[str, Any]:
     """Return ``{"values": [...]}`` or ``{"distribution": d, "min": a, "max": b}``; ``ValueError`` naming the fix."""
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
         raise ValueError(f"sweep parameter names must be dotted keys like 'training.learning_rate', got {key!r}")
@@ -235,10 +236,10 @@ def _normalize_parameter(key: Any, spec: Any, strategy: str) -> dict[str, Any]:
         raise ValueError(
             f"sweep parameter {key!r}: int_uniform needs integer min and max, got min={low!r}, max={high!r}"
         )
-    if strategy == "grid":
+    if search == "grid":
         raise ValueError(
             f"sweep parameter {key!r} is a {distribution} range, which a grid cannot enumerate; "
-            f"use strategy: random (with num_runs) or give it a values list"
+            f"use search: random (with num_runs) or give it a values list"
         )
     return {"distribution": distribution, "min": low, "max": high}
 
@@ -252,16 +253,16 @@ class SweepConfig:
     """
 
     parameters: dict[str, Any]
-    strategy: str = "grid"  # grid: every combination; random: num_runs seeded draws
+    search: str = "grid"  # grid: every combination; random: num_runs seeded draws
     num_runs: int | None = None  # random only (required there); ignored by grid
     seed: int = 0  # random draws are reproducible from it
     name: str = "sweep"  # recorded in the `sweep` column of runs.csv
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if self.search not in SEARCHES:
             raise ValueError(
-                f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}{_near(self.strategy, STRATEGIES)}"
+                f"search must be one of {list(SEARCHES)}, got {self.search!r}{_near(self.search, SEARCHES)}"
             )
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"sweep name must be a non-empty string, got {self.name!r}; e.g. name: lr_sweep")
@@ -271,27 +272,28 @@ class SweepConfig:
             isinstance(self.num_runs, bool) or not isinstance(self.num_runs, int) or self.num_runs <= 0
         ):
             raise ValueError(f"num_runs must be an integer > 0, got {self.num_runs!r}; e.g. num_runs: 10")
-        if self.strategy == "random" and self.num_runs is None:
-            raise ValueError("strategy 'random' needs num_runs (an integer > 0); add e.g. num_runs: 10")
+        if self.search == "random" and self.num_runs is None:
+            raise ValueError("search 'random' needs num_runs (an integer > 0); add e.g. num_runs: 10")
         if not isinstance(self.parameters, Mapping) or not self.parameters:
             raise ValueError(
                 f"parameters must be a non-empty mapping of dotted keys, got {self.parameters!r}; "
                 "e.g. parameters: {training.learning_rate: {values: [1.0e-4, 3.0e-4]}}"
             )
         self.parameters = {
-            key: _normalize_parameter(key, spec, self.strategy) for key, spec in self.parameters.items()
+            key: _normalize_parameter(key, spec, self.search) for key, spec in self.parameters.items()
         }
 
     @property
     def size(self) -> int:
         """How many run configs ``expand`` returns at most (grid: the product of the list lengths)."""
-        if self.strategy == "grid":
+        if self.search == "grid":
             return math.prod(len(spec["values"]) for spec in self.parameters.values())
         return int(self.num_runs or 0)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> SweepConfig:
-        """Return a ``SweepConfig`` from a mapping (``sweep_name`` and ``method`` are accepted as aliases)."""
+        """Return a ``SweepConfig`` from a mapping (``sweep_name``, and ``strategy`` or W&B's ``method`` for
+        ``search``, are accepted as aliases)."""
         unknown = [key for key in data if key not in SWEEP_KEYS]
         if unknown:
             raise ValueError(
@@ -304,7 +306,7 @@ class SweepConfig:
             )
         return cls(
             parameters=data["parameters"],
-            strategy=data.get("strategy", data.get("method", "grid")),
+            search=data.get("search", data.get("strategy", data.get("method", "grid"))),
             num_runs=data.get("num_runs"),
             seed=data.get("seed", 0),
             name=data.get("name", data.get("sweep_name", "sweep")),
@@ -338,7 +340,7 @@ def _draw(spec: dict[str, Any], rng: random.Random) -> Any:
 def _combinations(sweep: SweepConfig) -> list[dict[str, Any]]:
     """Return the parameter assignments of ``sweep``: grid in a stable order (last key fastest), or random draws."""
     keys = list(sweep.parameters)
-    if sweep.strategy == "grid":
+    if sweep.search == "grid":
         value_lists = [sweep.parameters[key]["values"] for key in keys]
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*value_lists)]
     rng = random.Random(sweep.seed)
@@ -433,7 +435,7 @@ def sweep_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
 
 __all__ = [
     "DISTRIBUTIONS",
-    "STRATEGIES",
+    "SEARCHES",
     "SweepConfig",
     "Validator",
     "expand",

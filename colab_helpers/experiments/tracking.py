@@ -1,5 +1,11 @@
 """Run tracking: one directory and one ``runs.csv`` row per run, safe with several processes writing at once.
 
+This module owns the runs (:class:`RunManager`, :class:`Run`, resuming a sweep with ``start_or_skip``) and reading
+them back (:func:`read_runs`, :func:`read_runs_table`); the file format and its lock live in :mod:`.runs_table`, the
+optional W&B / TensorBoard mirrors in :mod:`.mirrors`. ``RunManager`` stays in one module because every one of its
+writes goes through the same lock, re-read and atomic rewrite of ``runs.csv`` (``_mutate``), and the rules of a
+run's life (statuses, restarts, errors) read best next to that.
+
 Layout under ``root`` (``results`` by default in the notebooks)::
 
     root/
@@ -34,13 +40,10 @@ A ``runs.csv`` broken by hand raises ``ValueError`` naming the file and the line
 
 from __future__ import annotations
 
-import csv
-import errno
 import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -55,43 +58,43 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.files import atomic_path, atomic_write_text, ensure_writable_dir
 from ..errors import ColabHelpersWarning
+from ..runtime.files import atomic_write_text, ensure_writable_dir
+from ..runtime.records import to_jsonable
 from ..runtime.secrets import redact
+from .mirrors import MIRRORS, Mirror, check_mirror, start_mirror
+from .runs_table import (
+    CORE_COLUMNS,
+    CSV_NAME,
+    LOCK_NAME,
+    csv_path,
+    exclusive_lock,
+    flatten,
+    format_value,
+    missing_table,
+    parse_table,
+    parse_value,
+    read_table,
+    read_text,
+    render_table,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
 logger = logging.getLogger(__name__)
 
-CSV_NAME = "runs.csv"
-LOCK_NAME = "runs.csv.lock"
-CORE_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "sweep",
-    "status",
-    "started_at",
-    "ended_at",
-    "duration_s",
-    "error",
-    "config_hash",
-    "env",
-    "version",
-)
 STATUSES: tuple[str, ...] = ("running", "done", "failed", "skipped")
 FINAL_STATUSES: tuple[str, ...] = ("done", "failed", "skipped")
-MIRRORS: tuple[str | None, ...] = (None, "wandb", "tensorboard")
 MAX_ERROR_CHARS = 500  # the runs.csv cell; error.txt keeps the whole text
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_INT = re.compile(r"^[+-]?\d+$")
 _id_lock = threading.Lock()
 _last_id_ms = 0
 _env_summary: str | None = None
 
 
-# --- run ids and values ----------------------------------------------------------------------------------
+# --- run ids and config ----------------------------------------------------------------------------------
 
 
 def new_run_id() -> str:
@@ -110,67 +113,8 @@ def new_run_id() -> str:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """Return a 12-hex fingerprint of ``config`` (key order does not matter); equal configs, equal hashes."""
-    text = json.dumps(_plain(config), sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(to_jsonable(config, keep_nonfinite=True), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Return ``mapping`` with nested dicts flattened to dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _plain(value: Any) -> Any:
-    """Return ``value`` as plain YAML/JSON data (tuples -> lists, paths -> str, numpy/torch scalars -> numbers)."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(item) for item in value]
-    if isinstance(value, str | bool | int | float) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return _plain(value.item())
-        except (TypeError, ValueError):  # arrays of several elements
-            pass
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return _plain(value.tolist())
-    return str(value)
-
-
-def _format_value(value: Any) -> str:
-    """Return the CSV text of one cell: ``None`` -> ``""``, floats exactly (``repr``), lists/dicts as JSON."""
-    value = _plain(value)
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int | str):
-        return str(value)
-    return json.dumps(value, sort_keys=False)
-
-
-def _parse_value(text: str) -> Any:
-    """Return the Python value of one CSV cell: ``""`` -> None, numbers and booleans parsed, else the text."""
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    if _INT.match(text):
-        return int(text)
-    if _NUMBER.match(text) or text.lower() in ("nan", "inf", "-inf", "+inf"):
-        return float(text)
-    return text
 
 
 def _now() -> datetime:
@@ -217,89 +161,7 @@ def _package_version() -> str:
     return __version__
 
 
-# --- the CSV file ------------------------------------------------------------------------------------------
-
-
-def _parse_table(text: str, path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Return ``(header, rows)`` of a runs.csv text; raise ``ValueError`` naming ``path`` and the bad line."""
-    if not text.strip():
-        return [], []
-    fix = "fix or delete that line by hand (the file was left untouched)"
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except csv.Error as exc:
-        raise ValueError(f"{path}, line {reader.line_num}: cannot parse the header ({exc}); {fix}") from None
-    if "run_id" not in header:
-        raise ValueError(f"{path}, line 1: the header has no 'run_id' column ({header[:5]}...); {fix}")
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates or "" in header:
-        what = f"repeats the column(s) {duplicates}" if duplicates else "has an empty column name"
-        raise ValueError(f"{path}, line 1: the header {what}; {fix}")
-    rows: list[dict[str, str]] = []
-    seen: set[str] = set()
-    while True:
-        line = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: cannot parse the row ({exc}); {fix}") from None
-        if not fields:  # a blank line
-            continue
-        if len(fields) != len(header):
-            raise ValueError(
-                f"{path}, line {line}: {len(fields)} fields but the header has {len(header)}; {fix}"
-            )
-        row = dict(zip(header, fields, strict=True))
-        run_id = row["run_id"]
-        if not run_id or run_id in seen:
-            what = "has an empty run_id" if not run_id else f"repeats run_id {run_id!r}"
-            raise ValueError(f"{path}, line {line}: the row {what}; {fix}")
-        seen.add(run_id)
-        rows.append(row)
-    return header, rows
-
-
-def _read_text(path: Path) -> str:
-    """Return the text of ``path``; ``ValueError`` naming it when it is not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); restore it from a copy or delete it"
-        ) from None
-
-
-def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Return ``(header, rows)`` of ``path`` (empty when the file does not exist)."""
-    try:
-        text = _read_text(path)
-    except FileNotFoundError:
-        return [], []
-    return _parse_table(text, path)
-
-
-def _render_table(header: list[str], rows: list[dict[str, str]]) -> str:
-    """Return the CSV text of ``header`` and ``rows``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([row.get(name, "") for name in header] for row in rows)
-    return buffer.getvalue()
-
-
-def _csv_path(root: str | os.PathLike[str]) -> Path:
-    path = Path(root).expanduser()
-    return path / CSV_NAME if path.is_dir() else path
-
-
-def _missing_table(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"no runs table at {str(path)!r}; start a run with RunManager(root).new_run(config) or pass the "
-        "results dir that holds runs.csv"
-    )
+# --- reading runs.csv ---------------------------------------------------------------------------------------
 
 
 def read_runs_table(root: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -308,10 +170,10 @@ def read_runs_table(root: str | os.PathLike[str]) -> tuple[list[str], list[dict[
     No pandas: this is what ``python -m colab_helpers runs`` reads. ``FileNotFoundError`` without a
     ``runs.csv``, ``ValueError`` (file and line) when it is broken.
     """
-    path = _csv_path(root)
+    path = csv_path(root)
     if not path.is_file():
-        raise _missing_table(path)
-    return _read_table(path)
+        raise missing_table(path)
+    return read_table(path)
 
 
 def read_runs(root: str | os.PathLike[str], sweep: str | None = None) -> pandas.DataFrame:
@@ -323,12 +185,12 @@ def read_runs(root: str | os.PathLike[str], sweep: str | None = None) -> pandas.
     """
     import pandas as pd
 
-    path = _csv_path(root)
+    path = csv_path(root)
     try:
-        text = _read_text(path)
+        text = read_text(path)
     except FileNotFoundError:
-        raise _missing_table(path) from None
-    header, _ = _parse_table(text, path)  # clear errors before pandas sees the text
+        raise missing_table(path) from None
+    header, _ = parse_table(text, path)  # clear errors before pandas sees the text
     if not header:
         return pd.DataFrame(columns=list(CORE_COLUMNS))
     frame = pd.read_csv(
@@ -389,6 +251,28 @@ class Run:
             self.finish("failed", error=exc)
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What ``RunManager.start_or_skip`` did: started ``run`` (new or restarted), or skipped a run already done.
+
+    ``run`` is the started run (status ``running``), None when skipped; ``row`` is the done run's row (as ``get``
+    returns it: metrics included), None when started.
+    """
+
+    run: Run | None
+    row: dict[str, Any] | None = None
+
+    @property
+    def skipped(self) -> bool:
+        """True when the config had a ``done`` run, so nothing was started."""
+        return self.run is None
+
+    @property
+    def run_id(self) -> str:
+        """The id of the started run, or of the done one."""
+        return self.run.run_id if self.run is not None else str(self.row["run_id"])  # type: ignore[index]
+
+
 class RunManager:
     """Create runs under ``root``, record their config, status and metrics in ``root/runs.csv``.
 
@@ -411,8 +295,8 @@ class RunManager:
         (self.root / "runs").mkdir(exist_ok=True)
         self.project = project
         self.record_environment = record_environment
-        self.mirror = _check_mirror(mirror)
-        self._mirrors: dict[str, _Mirror] = {}
+        self.mirror = check_mirror(mirror)
+        self._mirrors: dict[str, Mirror] = {}
         self._warned_lock = False
 
     def __repr__(self) -> str:
@@ -431,40 +315,28 @@ class RunManager:
 
         Yields False when the file system cannot lock (one warning): writes stay atomic but may race.
         """
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        locked = False
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                locked = True
-            except (ImportError, OSError) as exc:
-                if isinstance(exc, OSError) and exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                if not self._warned_lock:
-                    self._warned_lock = True
-                    warnings.warn(
-                        f"file locking is not available for {self.root} ({exc}); runs.csv is still written "
-                        "atomically, but several processes writing at once may lose updates",
-                        ColabHelpersWarning,
-                        stacklevel=4,
-                    )
-            yield locked
-        finally:
-            os.close(fd)
+        with exclusive_lock(self.root / LOCK_NAME) as problem:
+            if problem is not None and not self._warned_lock:
+                self._warned_lock = True
+                warnings.warn(
+                    f"file locking is not available for {self.root} ({problem}); runs.csv is still written "
+                    "atomically, but several processes writing at once may lose updates",
+                    ColabHelpersWarning,
+                    stacklevel=4,
+                )
+            yield problem is None
 
     def _mutate(self, change: Callable[[list[str], list[dict[str, str]]], None]) -> None:
         """Under the lock: re-read runs.csv, apply ``change(header, rows)`` in place, write it back atomically."""
         with self._locked() as locked:
-            header, rows = _read_table(self.csv_path)
+            header, rows = read_table(self.csv_path)
             if not header:
                 header = list(CORE_COLUMNS)
             change(header, rows)
             if locked:  # only a lock holder writes temp files, so any left now is from a killed writer
                 for stale in self.root.glob(f".{CSV_NAME}.*.tmp"):
                     stale.unlink(missing_ok=True)
-            atomic_write_text(self.csv_path, _render_table(header, rows))
+            atomic_write_text(self.csv_path, render_table(header, rows))
 
     @staticmethod
     def _find_row(rows: list[dict[str, str]], run_id: str, path: Path) -> dict[str, str]:
@@ -492,7 +364,7 @@ class RunManager:
             raise TypeError(f"config must be a dict, got {type(config).__name__}; load YAML with load_config(path)")
         if sweep is not None and (not isinstance(sweep, str) or not sweep.strip()):
             raise ValueError(f"sweep must be a non-empty name or None, got {sweep!r}")
-        plain = _plain(config)
+        plain = to_jsonable(config, keep_nonfinite=True)
         generated = run_id is None
         if run_id is None:
             run_id, path = self._claim_new_dir()
@@ -515,7 +387,7 @@ class RunManager:
             "version": _package_version(),
         }
         for key, value in flatten(plain).items():
-            cells[f"config.{key}" if key in CORE_COLUMNS else key] = redact(_format_value(value))
+            cells[f"config.{key}" if key in CORE_COLUMNS else key] = redact(format_value(value))
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
             fresh: dict[str, str] = {}
@@ -563,7 +435,7 @@ class RunManager:
                 f"metric name(s) {reserved} are runs.csv columns kept by the tracker; rename them, "
                 f"e.g. {{'metric_{reserved[0]}': ...}}"
             )
-        cells = {key: redact(_format_value(value)) for key, value in flat.items()}
+        cells = {key: redact(format_value(value)) for key, value in flat.items()}
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
             self._merge_cells(header, self._find_row(rows, run_id, self.csv_path), cells)
@@ -618,9 +490,9 @@ class RunManager:
 
     def get(self, run_id: str) -> dict[str, Any]:
         """Return the row of ``run_id`` as a dict (numbers and booleans parsed; empty cells left out)."""
-        _, rows = _read_table(self.csv_path)
+        _, rows = read_table(self.csv_path)
         row = self._find_row(rows, run_id, self.csv_path)
-        parsed = {name: _parse_value(text) for name, text in row.items() if text != "" or name in CORE_COLUMNS}
+        parsed = {name: parse_value(text) for name, text in row.items() if text != "" or name in CORE_COLUMNS}
         for name in ("run_id", "sweep", "status"):  # ids and names stay text even when they look like numbers
             parsed[name] = row.get(name) or None
         return parsed
@@ -636,16 +508,31 @@ class RunManager:
     def find(self, config: Mapping[str, Any], sweep: str | None = None) -> str | None:
         """Return the id of a run of ``sweep`` with the same config fingerprint, or None.
 
-        A ``done`` run is preferred, then the latest one; the caller reads its status with ``get`` (a sweep
-        rerun skips ``done`` runs and restarts ``running`` or ``failed`` ones with ``new_run(..., run_id=id)``).
+        A ``done`` run is preferred, then the latest one. To resume a sweep, ``start_or_skip`` skips ``done`` runs
+        and restarts ``running`` or ``failed`` ones with ``new_run(..., run_id=id)``.
         """
         wanted = config_hash(config)
-        _, rows = _read_table(self.csv_path)
+        _, rows = read_table(self.csv_path)
         matches = [row for row in rows if row.get("config_hash") == wanted and row.get("sweep", "") == (sweep or "")]
         if not matches:
             return None
         done = [row for row in matches if row.get("status") == "done"]
         return max(done or matches, key=lambda row: row["run_id"])["run_id"]
+
+    def start_or_skip(self, config: Mapping[str, Any], sweep: str | None = None) -> RunStart:
+        """Resume ``config`` in ``sweep``: skip it when a run of it is ``done``, else start it; say which.
+
+        A ``running`` (interrupted) or ``failed`` run of the same config is restarted under its own id (see
+        ``find`` and ``new_run(..., run_id=...)``); a config never run starts a new run. A skipped run's row
+        (with its metrics) comes back in ``RunStart.row``.
+        """
+        existing = self.find(config, sweep)
+        if existing is not None:
+            row = self.get(existing)
+            if row.get("status") == "done":
+                logger.info("run %s is done already; skipped", existing)
+                return RunStart(run=None, row=row)
+        return RunStart(run=self.new_run(config, sweep=sweep, run_id=existing))
 
     def run_dir(self, run_id: str) -> Path:
         """Return ``root/runs/<run_id>``; ``KeyError`` when that run directory does not exist."""
@@ -670,11 +557,8 @@ class RunManager:
     # -- mirrors --------------------------------------------------------------------------------------------
 
     def _start_mirror(self, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
-        kind = self.mirror
         try:
-            mirror = _WandbMirror(self.project, run_id, config, sweep, path) if kind == "wandb" else None
-            if kind == "tensorboard":
-                mirror = _TensorBoardMirror(run_id, config, path)
+            mirror = start_mirror(str(self.mirror), self.project, run_id, config, sweep, path)
         except Exception as exc:
             self._disable_mirror(exc)
             return
@@ -701,94 +585,22 @@ class RunManager:
         self._mirrors.clear()
 
 
-# --- W&B and TensorBoard mirrors ------------------------------------------------------------------------
-
-
-class _Mirror:
-    def log(self, metrics: dict[str, Any]) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def finish(self, status: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def _check_mirror(kind: str | None) -> str | None:
-    """Return ``kind`` when its package (and key) is there; else warn once and return None."""
-    if kind is None:
-        return None
-    problem = ""
-    if kind == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            problem = "the wandb package is not installed (pip install wandb)"
-        else:
-            if not os.environ.get("WANDB_API_KEY"):
-                problem = "WANDB_API_KEY is not set (on Colab, add it as a secret and export it)"
-    else:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            problem = "the tensorboard package is not installed (pip install tensorboard)"
-    if problem:
-        warnings.warn(
-            f"mirror={kind!r} is off: {problem}; runs are still tracked in runs.csv", ColabHelpersWarning, stacklevel=3
-        )
-        return None
-    return kind
-
-
-def _redact_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _redact_tree(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redact_tree(item) for item in value]
-    return redact(value) if isinstance(value, str) else value
-
-
-class _WandbMirror(_Mirror):
-    """Sends a run to Weights & Biases (``wandb`` reads ``WANDB_API_KEY`` itself; we never touch the key)."""
-
-    def __init__(self, project: str, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
-        import wandb
-
-        self.run = wandb.init(
-            project=project,
-            name=run_id,
-            id=run_id,
-            resume="allow",  # a run restarted with new_run(..., run_id=...) continues the same W&B run
-            group=sweep,
-            config=_redact_tree(config),
-            dir=str(path),
-        )
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        self.run.log(_redact_tree(_plain(metrics)))
-
-    def finish(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status in ("done", "skipped") else 1)
-
-
-class _TensorBoardMirror(_Mirror):
-    """Writes a run's numeric metrics as scalars (and its config as text) under ``<run dir>/tensorboard``."""
-
-    def __init__(self, run_id: str, config: dict[str, Any], path: Path) -> None:
-        import yaml
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(path / "tensorboard"))
-        self.writer.add_text("config", "```\n" + redact(yaml.safe_dump(config, sort_keys=False)) + "\n```")
-        self.step = 0
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        step = metrics.get("step")
-        step = int(step) if isinstance(step, int | float) and not isinstance(step, bool) else self.step
-        for key, value in _plain(metrics).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                self.writer.add_scalar(key, value, global_step=step)
-        self.step = step + 1
-        self.writer.flush()
-
-    def finish(self, status: str) -> None:
-        self.writer.add_text("status", status)
-        self.writer.close()
+__all__ = [
+    "CORE_COLUMNS",
+    "CSV_NAME",
+    "FINAL_STATUSES",
+    "LOCK_NAME",
+    "MAX_ERROR_CHARS",
+    "MIRRORS",
+    "STATUSES",
+    "Run",
+    "RunManager",
+    "RunStart",
+    "config_hash",
+    "flatten",
+    "format_value",
+    "new_run_id",
+    "parse_value",
+    "read_runs",
+    "read_runs_table",
+]

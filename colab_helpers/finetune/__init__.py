@@ -4,10 +4,14 @@
     result.history_frame()          # one row per step, eval metrics merged in
     save_merged(result.model, tokenizer, "merged")
 
-Modules: :mod:`.config` (settings), :mod:`.trainer` (the guarded loop), :mod:`.completions` (prompt ->
-completion pairs, loss on the completion only), :mod:`.checkpoint` (atomic checkpoints), :mod:`.lora` (targets,
-backend, precision, gates), :mod:`.callbacks` (live plot, progress bar), :mod:`.export` (adapter and merged
-model). torch and peft are imported only when training starts.
+Stage 3 of the pipeline. Modules: :mod:`.config` (settings; ``with_intervals`` paces evaluation, checkpoints
+and warm-up), :mod:`.trainer` (the guarded loop), :mod:`.state` (the resumable counters), :mod:`.guard` (NaN skip,
+rollback, LR and micro-batch halving, CPU fallback), :mod:`.blocks` (tokenised training data, micro-batches),
+:mod:`.completions` (prompt -> completion pairs, loss on the completion only), :mod:`.result` (what a run
+returns), :mod:`.checkpoint` (atomic checkpoints, resume), :mod:`.lora` (targets, backend, precision, gates),
+:mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar, gradient files),
+:mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged model). torch and peft
+are imported only when training starts.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from .callbacks import Callback, LivePlotCallback, ProgressCallback
 from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import FineTuneConfig
 from .export import merge_adapter, save_adapter, save_merged
-from .trainer import FineTuner, FineTuneResult, fine_tune
+from .result import FineTuneResult
+from .trainer import FineTuner, fine_tune
 
 __all__ = [
     "Callback",

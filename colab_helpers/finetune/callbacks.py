@@ -5,6 +5,8 @@ A callback is any object with some of these methods (all optional; :class:`Callb
 * ``on_train_begin(tuner)``
 * ``on_step_end(tuner, row)``: ``row`` is the step's history dict (``step``, ``loss``, ``lr``, ``grad_norm``,
   ``micro_batch_size``, ``skipped``, ``device``, ``seconds``)
+* ``on_gradients(tuner, row)``: after the update of a step whose loss and gradients are finite, before the
+  gradients are cleared (``p.grad`` of the trainable parameters holds the step's clipped, unscaled gradients)
 * ``on_eval(tuner, row)``: the same row, now with ``eval_loss`` and ``eval_ppl``
 * ``on_event(tuner, event)``: a dict with ``step``, ``kind`` and ``message`` (NaN skip, rollback, CPU fallback ...)
 * ``on_train_end(tuner, result)``
@@ -15,7 +17,8 @@ Exceptions raised by a callback propagate: a broken callback should be seen, not
 In a data-parallel run (``accelerate launch``, see :mod:`.distributed`) callbacks run on every rank with the same
 rows and events, as transformers' ``TrainerCallback`` do; a callback that writes files or logs to a tracker should
 act only where ``tuner.is_main_process`` (``tuner.rank`` and ``tuner.world_size`` say more). The live plot and
-the progress bar are installed on rank 0 only.
+the progress bar are installed on rank 0 only, and so is :class:`GradientCallback`
+(``FineTuneConfig(save_gradients=True)``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Callback:
 
     def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
         """Called after every step, skipped ones included."""
+
+    def on_gradients(self, tuner: Any, row: dict[str, Any]) -> None:
+        """Called after each finite update, while the parameters still hold the step's clipped gradients."""
 
     def on_eval(self, tuner: Any, row: dict[str, Any]) -> None:
         """Called after each evaluation."""
@@ -133,3 +139,18 @@ class ProgressCallback(Callback):
 
     def on_train_error(self, tuner: Any, exc: BaseException) -> None:
         self.bar.close()
+
+
+class GradientCallback(Callback):
+    """Save the gradient norms of the LoRA weights every ``every`` steps (the trainer's checkpoint steps) to
+    ``directory`` with :func:`~colab_helpers.finetune.gradients.save_gradients`."""
+
+    def __init__(self, directory: str | Path, every: int) -> None:
+        self.directory = Path(directory)
+        self.every = every
+
+    def on_gradients(self, tuner: Any, row: dict[str, Any]) -> None:
+        if row["step"] % self.every == 0:
+            from .gradients import save_gradients
+
+            save_gradients(self.directory, tuner.model, row["step"])

@@ -7,22 +7,36 @@ older checkpoints beyond ``keep`` deleted. A directory counts as a checkpoint on
 every file it lists has the listed size, so a half-written directory is never resumed from, whatever ``latest``
 says.
 
-torch and safetensors are imported inside the functions that need them.
+:func:`save_run` and :func:`load_run` fill such a checkpoint with a LoRA run (adapter, optimizer, RNG states, the
+best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``); :func:`checkpoint_to_resume`
+picks the one a run continues from. torch, peft and safetensors are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import ColabHelpersWarning
 from ..runtime.files import atomic_write_text
+from ..runtime.records import to_jsonable
+from .lora import fingerprint_differences
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
@@ -189,3 +203,153 @@ def write_checkpoint(
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the ``state.json`` of a checkpoint directory."""
     return json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+
+
+# --- a LoRA run's checkpoint ------------------------------------------------------------------------------
+
+
+def save_run(
+    directory: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    *,
+    best: dict[str, torch.Tensor] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``checkpoint-<step>`` of a LoRA run under ``directory``; return its path.
+
+    It holds the peft ``model``'s adapter and config, the ``optimizer`` state, the RNG states, ``best`` (name ->
+    weights of the best evaluation) when given, and ``state`` (plus the Python and numpy RNG) as ``state.json``.
+    """
+    import torch
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    def tensors(path: Path, values: dict[str, torch.Tensor]) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(path))
+
+    def adapter_config(path: Path) -> None:
+        config = to_jsonable(model.peft_config["default"].to_dict())
+        path.write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+    writers: dict[str, Callable[[Path], None]] = {
+        "adapter_model.safetensors": lambda path: tensors(path, get_peft_model_state_dict(model)),
+        "adapter_config.json": adapter_config,
+        "optimizer.pt": lambda path: torch.save(optimizer.state_dict(), path),
+        "rng.pt": lambda path: torch.save(_torch_rng_states(), path),
+    }
+    if best is not None:
+        writers["best_adapter.safetensors"] = lambda path: tensors(path, best)
+    state = {**state, "python_rng": _python_rng_state(), "numpy_rng": _numpy_rng_state()}
+    return write_checkpoint(directory, step, writers, state, keep=keep)
+
+
+def load_run(
+    path: Path, model: Any, optimizer: Any, device: torch.device
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load checkpoint ``path`` of a LoRA run into ``model``, ``optimizer`` and the RNGs; return its ``state.json``
+    and the best evaluation's weights (name -> tensor on ``device``; None when it has none)."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = read_state(path)
+    adapter = load_file(str(path / "adapter_model.safetensors"), device=str(device))
+    unexpected = getattr(set_peft_model_state_dict(model, adapter), "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"checkpoint {path} holds adapter weights this model does not have: {unexpected[:3]}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    _set_torch_rng_states(torch.load(path / "rng.pt", weights_only=True))
+    _set_python_rng(state.get("python_rng"))
+    _set_numpy_rng(state.get("numpy_rng"))
+    best_file = path / "best_adapter.safetensors"
+    best = load_file(str(best_file), device=str(device)) if best_file.is_file() else None
+    return state, best
+
+
+def checkpoint_to_resume(
+    directory: Path,
+    fingerprint: dict[str, Any],
+    *,
+    resume: bool,
+    distributed: DistributedContext | None,
+) -> Path | None:
+    """Return the checkpoint of ``directory`` to resume (checked against ``fingerprint``), or None to start over.
+
+    With ``resume=False`` the old checkpoints are deleted (one warning says so). In a data-parallel run rank 0
+    alone cleans up and picks the checkpoint; every rank resumes that one.
+    """
+    is_main_process = distributed is None or distributed.is_main_process
+    if is_main_process:
+        remove_stale(directory)
+    if not resume:
+        removed = remove_all(directory) if is_main_process else []
+        if removed:
+            warnings.warn(
+                f"resume=False: deleted {len(removed)} old checkpoint(s) in {directory} "
+                "(pass resume=True to continue a run instead)",
+                ColabHelpersWarning,
+                stacklevel=4,
+            )
+        return None
+    latest = latest_checkpoint(directory) if is_main_process else None
+    if distributed is not None:
+        chosen = distributed.broadcast_object(str(latest) if latest is not None else None)
+        latest = Path(chosen) if chosen is not None else None
+    if latest is None:
+        logger.info("resume=True but no complete checkpoint in %s: starting from step 0", directory)
+        return None
+    diffs = fingerprint_differences(read_state(latest).get("fingerprint", {}), fingerprint)
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {latest}: it was written for a different model or config "
+            f"(checkpoint vs now: {'; '.join(diffs)}). Pass a new output_dir to start a separate run, or "
+            f"resume=False to start over in {directory.parent} (its checkpoints are deleted)"
+        )
+    return latest
+
+
+def _torch_rng_states() -> dict[str, Any]:
+    import torch
+
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_torch_rng_states(states: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _python_rng_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_rng(state: list[Any] | None) -> None:
+    if state:
+        random.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def _numpy_rng_state() -> list[Any] | None:
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    name, keys, pos, has_gauss, cached = numpy.random.get_state()
+    return [name, keys.tolist(), pos, has_gauss, cached]
+
+
+def _set_numpy_rng(state: list[Any] | None) -> None:
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not state:
+        return
+    name, keys, pos, has_gauss, cached = state
+    numpy.random.set_state((name, numpy.asarray(keys, dtype=numpy.uint32), pos, has_gauss, cached))

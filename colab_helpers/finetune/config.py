@@ -197,6 +197,25 @@ class FineTuneConfig:
             snapshot_every=min(self.snapshot_every, 2),
         )
 
+    def with_intervals(self, *, evaluations: int = 8, checkpoints: int = 4, warmup_ratio: float = 0.1) -> FineTuneConfig:
+        """Return a copy whose evaluation, checkpoint and warm-up intervals follow from ``max_steps``: about
+        ``evaluations`` evaluations and ``checkpoints`` checkpoints (0 = only at the end) per run, and
+        ``warmup_ratio`` of the steps warming up. The one formula the pipeline, the spelling study and the notebooks
+        use; with ``epochs`` set (steps not known yet) it paces a 200-step run."""
+        if not isinstance(evaluations, int) or evaluations < 1:
+            raise ValueError(f"evaluations must be an integer >= 1, got {evaluations!r}; e.g. evaluations=8")
+        if not isinstance(checkpoints, int) or checkpoints < 0:
+            raise ValueError(f"checkpoints must be an integer >= 0, got {checkpoints!r}; 0 saves only at the end")
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}; e.g. warmup_ratio=0.1")
+        steps = self.max_steps if self.epochs is None and self.max_steps else 200
+        return dataclasses.replace(
+            self,
+            eval_every=max(1, steps // evaluations),
+            checkpoint_every=max(1, steps // checkpoints) if checkpoints else None,
+            warmup_steps=int(round(steps * warmup_ratio)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serializable dict."""
         values = dataclasses.asdict(self)

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .lora import fingerprint_differences, is_quantized
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -182,6 +184,34 @@ class DistributedContext:
         if self.owns_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
             logger.debug("rank %d: process group destroyed", self.rank)
+
+
+def join_device(context: DistributedContext, model: Any, device: torch.device) -> torch.device:
+    """Under nccl, put ``model`` on this rank's GPU (``cuda:LOCAL_RANK``) and return the device it trains on; a
+    4-bit model cannot move and must be loaded there (ValueError)."""
+    target = context.device
+    if target.type != "cuda" or device == target:
+        return device
+    if is_quantized(model):
+        raise ValueError(
+            f"rank {context.rank}: the 4-bit model is on {device}, but this rank trains on {target}: load it "
+            f"there, e.g. load_model(name, load_in_4bit=True, device='cuda:{context.local_rank}') (LOCAL_RANK)"
+        )
+    logger.info("rank %d: moving the model from %s to %s", context.rank, device, target)
+    model.to(target)
+    return target
+
+
+def check_same_model(context: DistributedContext, fingerprint: dict[str, Any]) -> None:
+    """Raise ValueError when a rank's base model or settings differ from rank 0's (no sense in averaging)."""
+    prints = context.gather_object(fingerprint)
+    for rank, other in enumerate(prints[1:], start=1):
+        diffs = fingerprint_differences(prints[0], other)
+        if diffs:
+            raise ValueError(
+                f"rank {rank} trains a different model or config than rank 0 ({'; '.join(diffs)}): load the same "
+                "weights with the same settings on every rank (seed before building a random model)"
+            )
 
 
 def setup_distributed(model_device: torch.device | None = None) -> DistributedContext | None:

@@ -104,6 +104,23 @@ def resolve_targets(model: nn.Module, target_modules: list[str] | None) -> tuple
     return chosen, left_out
 
 
+def adapter_targets(model: nn.Module, target_modules: list[str] | None) -> tuple[list[str], list[str]]:
+    """Return ``(targets, gated_left_out)`` of a run: the modules a peft model already adapts (its adapter is
+    trained on), or :func:`resolve_targets` for a plain model; raise ValueError for a plain model that already
+    carries LoRA layers (a second fine_tune call on the model the first one wrapped in place)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):  # continue training the adapter it carries
+        logger.info("the model carries a LoRA adapter: training it (the config's r, alpha, dropout, targets unused)")
+        return [n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A")], []
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError(
+            "the model already carries LoRA layers, probably from an earlier fine_tune call (it wraps the "
+            "model in place): pass that call's result.model to keep training it, or reload the base model"
+        )
+    return resolve_targets(model, target_modules)
+
+
 def resolve_precision(dtype: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """Return ``(autocast dtype or None for fp32, whether a GradScaler is needed)`` for ``dtype`` on ``device``."""
     import torch

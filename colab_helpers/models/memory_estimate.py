@@ -44,25 +44,23 @@ process doing only this work, loading excluded (``from_pretrained`` can hold a s
 tensor for a moment). Allocator caching on CUDA (what nvidia-smi shows as reserved) commonly adds 5-20 %
 on top, which is why ``pick_model`` plans with a safety factor.
 ``measure_peak_memory`` runs a case for real in a fresh process to check an estimate.
+
+The rules of thumb and the arithmetic that applies them stay in one module because each constant is
+calibrated against the formula that uses it (docs/memory-estimates.md); the model's shape is :mod:`.shapes`.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import logging
-import math
-import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.modules import parameter_count
-from .registry import CatalogEntry, get_entry
+from .shapes import ModelShape, resolve_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import PretrainedConfig
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -90,35 +88,12 @@ EAGER_SCORE_COPIES = 4  # eager attention's scores, scaled, masked and softmaxed
 _NORM_WORDS = {"layernorm": 2, "rmsnorm": 3}  # saved per norm: input and output (+ normalized for RMSNorm)
 _MLP_SAVED = {"relu": 1, "gelu": 2, "gelu_new": 5, "bloom_gelu": 2, "silu_gated": 4, "gelu_gated": 4}
 _MLP_TRANSIENT = {"relu": 2, "gelu": 2, "gelu_new": 3, "bloom_gelu": 3, "silu_gated": 3, "gelu_gated": 3}
-_RMSNORM_FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2", "smollm3"})
-
-LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-}
 
 _DTYPE_ALIASES = {
     "auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32",
     "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
 }  # fmt: skip
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def lora_target_modules(family: str) -> list[str]:
-    """Return the module names LoRA adapts for a ``transformers`` model type: the attention and MLP projections.
-
-    Unknown model types raise ``ValueError``; pass ``target_modules="all-linear"`` to peft for those.
-    """
-    if family not in LORA_TARGET_MODULES:
-        raise ValueError(
-            f"no LoRA target list for model type {family!r}; known: {sorted(LORA_TARGET_MODULES)}; "
-            "use peft's target_modules='all-linear' for other architectures"
-        )
-    return list(LORA_TARGET_MODULES[family])
 
 
 @dataclass(frozen=True)
@@ -213,218 +188,10 @@ def _gb(n: float) -> str:
     return f"{n / GB:.2f} GB" if n >= GB else f"{n / MB:.0f} MB"
 
 
-# --- the model's shape ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What the estimate needs to know about a model, however it was given.
-
-    ``quantizable``: weights of the linear layers a 4-bit load quantizes (all but the output head).
-    ``lora_in_out``: sum of ``in + out`` features over the LoRA target modules (adapters = r x this).
-    ``lora_inputs``: per layer, sum of the target modules' input widths. ``mlp``: a ``_MLP_SAVED`` key.
-    """
-
-    label: str
-    family: str
-    params: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    hidden: int
-    intermediate: int
-    vocab: int
-    context: int
-    quantizable: int
-    lora_in_out: int
-    lora_inputs: int
-    mlp: str
-    norm: str
-    attention_dropout: float
-    hidden_dropout: float
-    eager_only: bool
-
-
-def _mlp_kind(activation: str | None, gated: bool, family: str) -> str:
-    """Return the ``_MLP_SAVED`` key for an activation function name."""
-    if family == "bloom":
-        return "bloom_gelu"
-    name = (activation or "gelu").lower()
-    if gated:
-        return "silu_gated" if name in ("silu", "swish") else "gelu_gated"
-    if name == "relu":
-        return "relu"
-    if name == "gelu_new":
-        return "gelu_new"
-    return "gelu"
-
-
-def _shape_from_entry(entry: CatalogEntry) -> _Shape:
-    """Return the shape of a catalog entry from its published numbers (no torch needed)."""
-    h, i, layers = entry.hidden, entry.intermediate, entry.layers
-    q, kv = entry.heads * entry.head_dim, entry.kv_heads * entry.head_dim
-    overrides = dict(entry.config_overrides)
-    extra_quantizable = 0
-    if entry.family in ("llama", "qwen2"):
-        per_layer_weights = h * q + 2 * h * kv + q * h + 3 * h * i
-        in_out = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
-        inputs = 5 * h + q + i
-    elif entry.family == "opt":
-        per_layer_weights = 4 * h * h + 2 * h * i
-        in_out = 4 * 2 * h + 2 * (h + i)
-        inputs = 5 * h + i
-        projection = int(overrides.get("word_embed_proj_dim", h))
-        if projection != h:  # project_in / project_out between the narrow embeddings and the blocks
-            extra_quantizable = 2 * projection * h
-    else:  # gpt2, gpt_neox, bloom: fused qkv (h -> 3h), output (h -> h), MLP up and down
-        per_layer_weights = 4 * h * h + 2 * h * i
-        in_out = (h + 3 * h) + 2 * h + 2 * (h + i)
-        inputs = 3 * h + i
-    activation = {"gpt2": "gelu_new", "opt": "relu", "gpt_neox": "gelu", "llama": "silu", "qwen2": "silu"}.get(entry.family)
-    return _Shape(
-        label=entry.alias,
-        family=entry.family,
-        params=entry.params,
-        layers=layers,
-        heads=entry.heads,
-        kv_heads=entry.kv_heads,
-        head_dim=entry.head_dim,
-        hidden=h,
-        intermediate=i,
-        vocab=entry.vocab,
-        context=entry.context,
-        quantizable=layers * per_layer_weights + extra_quantizable,
-        lora_in_out=layers * in_out,
-        lora_inputs=inputs,
-        mlp=_mlp_kind(activation, entry.family in ("llama", "qwen2"), entry.family),
-        norm="rmsnorm" if entry.family in _RMSNORM_FAMILIES else "layernorm",
-        attention_dropout=entry.dropout("attention"),
-        hidden_dropout=entry.dropout("hidden"),
-        eager_only=entry.family == "bloom",
-    )
-
-
-def _config_value(config: Any, *names: str, default: Any = None) -> Any:
-    """Return the first of ``names`` that ``config`` has and is not None, else ``default``."""
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return default
-
-
-def _shape_from_module(model: Any, config: Any, label: str, params: int | None = None) -> _Shape:
-    """Return the shape of a built model (real or on the meta device) by walking its linear layers."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    family = str(getattr(config, "model_type", "unknown"))
-    layers = int(_config_value(config, "num_hidden_layers", "n_layer", "num_layers"))
-    heads = int(_config_value(config, "num_attention_heads", "n_head"))
-    hidden = int(_config_value(config, "hidden_size", "n_embd", "d_model"))
-    kv_heads = int(_config_value(config, "num_key_value_heads", default=heads))
-    head_dim = int(_config_value(config, "head_dim", default=hidden // heads))
-    intermediate = int(_config_value(config, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden))
-    context = int(_config_value(config, "max_position_embeddings", "n_positions", "seq_length", default=2048))
-    targets = LORA_TARGET_MODULES.get(family)
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    quantizable = lora_in_out = lora_inputs = 0
-    gated = False
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            fan_in, fan_out = module.in_features, module.out_features
-        elif isinstance(module, Conv1D):
-            fan_in, fan_out = module.weight.shape
-        else:
-            continue
-        if module is output or "lora_" in name:  # the output head stays 16-bit; adapters are not the model
-            continue
-        parts = name.split(".")
-        if parts[-1] == "base_layer":  # a layer peft wrapped: its name is the wrapper's
-            parts = parts[:-1]
-        leaf = parts[-1]
-        gated = gated or leaf in ("gate_proj", "gate_up_proj", "w1")
-        quantizable += module.weight.numel()
-        adapted = leaf in targets if targets is not None else any(part.isdigit() for part in parts)
-        if adapted:
-            lora_in_out += int(fan_in) + int(fan_out)
-            lora_inputs += int(fan_in)
-    if params is None:
-        params = parameter_count(model, count_lora=False)
-    dropout_keys = {
-        "attention": ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"),
-        "hidden": ("resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
-    }
-    activation = _config_value(config, "hidden_act", "activation_function")
-    return _Shape(
-        label=label,
-        family=family,
-        params=int(params),
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        hidden=hidden,
-        intermediate=intermediate,
-        vocab=int(config.vocab_size),
-        context=context,
-        quantizable=int(quantizable),
-        lora_in_out=lora_in_out,
-        lora_inputs=lora_inputs // max(layers, 1),
-        mlp=_mlp_kind(activation if isinstance(activation, str) else None, gated, family),
-        norm="rmsnorm" if family in _RMSNORM_FAMILIES else "layernorm",
-        attention_dropout=float(_config_value(config, *dropout_keys["attention"], default=0.0)),
-        hidden_dropout=float(_config_value(config, *dropout_keys["hidden"], default=0.0)),
-        eager_only=family == "bloom",
-    )
-
-
-def _shape_from_config(config: PretrainedConfig) -> _Shape:
-    """Return the shape of the model ``config`` describes, built on the meta device (no memory, exact counts)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"cannot build a causal LM from this {type(config).__name__} ({error}); estimate_memory needs a "
-            "decoder-only (causal LM) config"
-        ) from error
-    label = str(getattr(config, "name_or_path", "") or config.model_type)
-    return _shape_from_module(model, config, label)
-
-
-def _is_loaded_model(model: Any) -> bool:
-    """True for a torch module with a config (a transformers or peft model)."""
-    return hasattr(model, "config") and hasattr(model, "named_parameters")
-
-
-def _resolve_model(model: Any) -> tuple[_Shape, str | None, str | None]:
-    """Return ``(shape, dtype of a loaded model or None, its device type or None)``."""
-    if isinstance(model, (str, CatalogEntry)):
-        return _shape_from_entry(get_entry(model)), None, None
-    if _is_loaded_model(model):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        first = next(base.parameters(), None)
-        dtype = str(first.dtype).removeprefix("torch.") if first is not None else None
-        device = first.device.type if first is not None else None
-        label = str(getattr(base.config, "name_or_path", "") or base.config.model_type)
-        return _shape_from_module(base, base.config, label), dtype, device
-    if hasattr(model, "model_type") and hasattr(model, "to_dict"):
-        return _shape_from_config(model), None, None
-    raise ValueError(
-        f"model must be a catalog name (e.g. 'gpt2'), a transformers config or a loaded model, got "
-        f"{type(model).__name__}: {model!r:.80}"
-    )
-
-
 # --- arguments -----------------------------------------------------------------------------------------
 
 
-def _check_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return ``value`` lower-cased if it is one of ``choices``, else raise ValueError naming both."""
     key = value.strip().lower() if isinstance(value, str) else value
     if key not in choices:
@@ -432,14 +199,14 @@ def _check_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
     return key
 
 
-def _check_positive_int(label: str, value: Any) -> int:
+def check_positive_int(label: str, value: Any) -> int:
     """Return ``value`` if it is an int >= 1, else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
     return value
 
 
-def _normalize_dtype(dtype: Any) -> str:
+def normalize_dtype(dtype: Any) -> str:
     """Return ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` for a name, alias or torch.dtype."""
     key = str(dtype).strip().lower().removeprefix("torch.")
     if key not in _DTYPE_ALIASES:
@@ -508,16 +275,16 @@ def estimate_memory(
     ``attn_implementation`` "eager" materializes the ``seq x seq`` attention scores. See the module
     docstring for every rule of thumb.
     """
-    mode = _check_choice("mode", mode, MODES)
-    dtype = _normalize_dtype(dtype)
-    device = _check_choice("device", device, DEVICES)
-    attn_implementation = _check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    seq_len = _check_positive_int("seq_len", seq_len)
-    lora_r = _check_positive_int("lora_r", lora_r)
+    mode = check_choice("mode", mode, MODES)
+    dtype = normalize_dtype(dtype)
+    device = check_choice("device", device, DEVICES)
+    attn_implementation = check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    batch_size = check_positive_int("batch_size", batch_size)
+    seq_len = check_positive_int("seq_len", seq_len)
+    lora_r = check_positive_int("lora_r", lora_r)
     if not 0.0 <= float(lora_dropout) < 1.0:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
-    shape, model_dtype, model_device = _resolve_model(model)
+    shape, model_dtype, model_device = resolve_model(model)
     device, dtype = _resolve_device_dtype(device, dtype, mode, model_dtype, model_device)
     act_bytes = _DTYPE_BYTES[dtype]
     training = mode != "inference"
@@ -570,14 +337,14 @@ def estimate_memory(
     return estimate
 
 
-def _weight_bytes(shape: _Shape, mode: str, dtype: str) -> float:
+def _weight_bytes(shape: ModelShape, mode: str, dtype: str) -> float:
     """Return the bytes of the model's own weights: dtype size each, or NF4 linears + 16-bit rest for QLoRA."""
     if mode == "qlora":
         return shape.quantizable * QLORA_BYTES_PER_WEIGHT + (shape.params - shape.quantizable) * 2
     return shape.params * _DTYPE_BYTES[dtype]
 
 
-def _scores_materialized(shape: _Shape, attn_implementation: str, device: str, training: bool) -> bool:
+def _scores_materialized(shape: ModelShape, attn_implementation: str, device: str, training: bool) -> bool:
     """True when the ``batch x heads x seq x seq`` attention scores exist in memory.
 
     Eager attention and BLOOM (ALiBi, eager only) always build them. sdpa's fused CPU kernel has no
@@ -590,7 +357,7 @@ def _scores_materialized(shape: _Shape, attn_implementation: str, device: str, t
 
 
 def _training_activations(
-    shape: _Shape,
+    shape: ModelShape,
     mode: str,
     batch: int,
     seq: int,
@@ -626,7 +393,7 @@ def _training_activations(
     return saved + outside + tokens * shape.vocab * LOSS_BYTES_PER_LOGIT
 
 
-def _inference_activations(shape: _Shape, batch: int, seq: int, act_bytes: int, materialized: bool, cpu: bool) -> float:
+def _inference_activations(shape: ModelShape, batch: int, seq: int, act_bytes: int, materialized: bool, cpu: bool) -> float:
     """Return the bytes of a no-grad forward: KV cache + the larger of one layer's transients and the logits.
 
     On the CPU the layers' transients are still mapped when the logits are built (glibc keeps freed
@@ -643,149 +410,3 @@ def _inference_activations(shape: _Shape, batch: int, seq: int, act_bytes: int, 
     if cpu:
         return kv_cache + layer * CPU_LAYER_FACTOR + logits
     return kv_cache + max(layer, logits)
-
-
-# --- measuring a case for real --------------------------------------------------------------------------
-
-_CHILD = r"""
-import json, resource, sys
-spec = json.loads(sys.stdin.read())
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-if spec["mode"] in ("lora", "qlora"):
-    from peft import LoraConfig, get_peft_model
-def _hwm():
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-# ru_maxrss is inherited through fork + exec: a child of a large process would report the parent's size. On Linux,
-# reset this process's own peak (clear_refs 5) and read VmHWM instead.
-try:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    _own = _hwm() is not None
-except OSError:
-    _own = False
-def peak():
-    return _hwm() if _own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-result = {"after_imports": peak()}
-torch.manual_seed(0)
-config = dict(spec["config"])
-config = AutoConfig.for_model(config.pop("model_type"), **config)
-dtype = getattr(torch, spec["dtype"])
-cuda = spec["device"] == "cuda"
-if cuda:
-    torch.zeros(1, device="cuda")
-    free, total = torch.cuda.mem_get_info()
-    context = total - free - torch.cuda.memory_reserved()
-model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec["attn_implementation"])
-model.to(spec["device"])
-result["after_build"] = peak()
-ids = torch.randint(0, config.vocab_size, (spec["batch_size"], spec["seq_len"]), device=spec["device"])
-if cuda:
-    torch.cuda.reset_peak_memory_stats()
-if spec["mode"] == "inference":
-    model.eval()
-    with torch.no_grad():
-        for _ in range(spec["steps"]):
-            model(ids)
-else:
-    if spec["mode"] == "lora":
-        lora = LoraConfig(r=spec["lora_r"], lora_alpha=2 * spec["lora_r"], lora_dropout=spec["lora_dropout"],
-                          target_modules=spec["targets"], fan_in_fan_out=config.model_type == "gpt2",
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    if spec["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    for _ in range(spec["steps"]):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        del loss
-if cuda:
-    torch.cuda.synchronize()
-    result["cuda_peak"] = torch.cuda.max_memory_allocated() + context
-    result["cuda_context"] = context
-result["peak"] = peak()
-print("RESULT " + json.dumps(result))
-"""
-
-
-def measure_peak_memory(
-    config: PretrainedConfig | str,
-    mode: str = "inference",
-    *,
-    batch_size: int = 1,
-    seq_len: int = 512,
-    dtype: str = "float32",
-    device: str = "cpu",
-    lora_r: int = 16,
-    lora_dropout: float = 0.0,
-    attn_implementation: str = "sdpa",
-    gradient_checkpointing: bool = False,
-    steps: int = 2,
-    timeout: float = 600.0,
-) -> dict[str, int]:
-    """Run one case for real in a fresh Python process and return its measured memory in bytes.
-
-    The child builds a random-weight model from ``config`` (a transformers config or a catalog name: no
-    download), then runs ``steps`` forward passes under ``no_grad`` (inference) or training steps with
-    AdamW (``full``; ``lora`` with peft adapters on ``LORA_TARGET_MODULES``). Returned keys: ``peak``
-    (the child's peak resident memory, ``ru_maxrss``), ``after_imports`` and ``after_build``; on CUDA also
-    ``cuda_peak`` (``max_memory_allocated`` + the context) and ``cuda_context``. QLoRA is not measured
-    here (it needs a quantized checkpoint). ``full`` in a 16-bit dtype trains the 16-bit parameters
-    directly (no float32 master copy), so compare it with ``estimate_memory`` in float32 only.
-    """
-    mode = _check_choice("mode", mode, ("inference", "lora", "full"))
-    device = _check_choice("device", device, ("cpu", "cuda"))
-    dtype = _normalize_dtype(dtype)
-    if dtype == "auto":
-        raise ValueError("measure_peak_memory needs an explicit dtype: 'float32', 'float16' or 'bfloat16'")
-    if isinstance(config, (str, CatalogEntry)):
-        config = get_entry(config).to_config()
-    family = str(config.model_type)
-    attn_implementation = _check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
-    if family == "bloom":  # transformers refuses sdpa for BLOOM (ALiBi): it always runs eager attention
-        attn_implementation = "eager"
-    spec = {
-        "config": config.to_dict(),
-        "mode": mode,
-        "batch_size": _check_positive_int("batch_size", batch_size),
-        "seq_len": _check_positive_int("seq_len", seq_len),
-        "dtype": dtype,
-        "device": device,
-        "lora_r": _check_positive_int("lora_r", lora_r),
-        "lora_dropout": float(lora_dropout),
-        "targets": lora_target_modules(family) if mode == "lora" else None,
-        "attn_implementation": attn_implementation,
-        "gradient_checkpointing": bool(gradient_checkpointing),
-        "steps": _check_positive_int("steps", steps),
-    }
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    logger.debug("measuring %s %s %dx%d (%s, %s) in a fresh process", family, mode, batch_size, seq_len, dtype, device)
-    completed = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return {key: int(value) for key, value in json.loads(line[len("RESULT ") :]).items()}
-    tail = (completed.stderr or completed.stdout)[-2000:]
-    raise RuntimeError(f"memory measurement failed (exit code {completed.returncode}): {tail}")
-
-
-def relative_error(measured: float, estimated: float) -> float:
-    """Return ``measured / estimated - 1``: positive when the estimate was too low."""
-    if estimated <= 0 or not math.isfinite(estimated):
-        raise ValueError(f"estimated must be a positive finite number of bytes, got {estimated!r}")
-    return measured / estimated - 1

@@ -343,7 +343,7 @@ class LivePlot:
 
     def _draw_panel(self, ax: Any, names: tuple[str, ...]) -> None:
         """Draw the series of ``names`` on ``ax``: gaps and ``x`` marks for non-finite values, and the markers."""
-        from .pruning import plain_log_axis, wide_range
+        from .base import plain_log_axis, wide_range
 
         edge = ax.get_xaxis_transform()  # x in data units, y in axis units (0 bottom, 1 top)
         drawn: list[float] = []

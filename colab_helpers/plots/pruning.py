@@ -1,19 +1,18 @@
 """Figures for head pruning: importance heatmaps, pruned heads per layer, perplexity against pruning level.
 
-Every function returns a :class:`NotebookFigure` (a matplotlib ``Figure`` that shows itself in a notebook
-with no pyplot state, so it works headless and under papermill) and, given ``path``, saves it as a PNG.
-matplotlib is imported only when a figure is made.
+Every function returns a figure of :mod:`.base` (it shows itself in a notebook with no pyplot state, so it works
+headless and under papermill) and, given ``path``, saves it as a PNG. matplotlib is imported only when a figure
+is made. Also the pipeline's perplexity per stage (:func:`plot_stage_perplexity`).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.files import atomic_write_bytes
+from .base import finish_figure, new_figure, plain_log_axis, wide_range
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,64 +20,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _MARK_ALL_HEADS_UP_TO = 1024  # beyond this many cells, per-head markers become noise: shade instead
-
-
-def _figure_class() -> type:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    class NotebookFigure(Figure):
-        """A matplotlib Figure that displays itself in notebooks (``_repr_png_``) and saves atomically."""
-
-        def _repr_png_(self) -> bytes:
-            return self.png()
-
-        def png(self, dpi: int = 110) -> bytes:
-            buffer = io.BytesIO()
-            if self.canvas is None or not isinstance(self.canvas, FigureCanvasAgg):
-                FigureCanvasAgg(self)
-            self.savefig(buffer, format="png", dpi=dpi)
-            return buffer.getvalue()
-
-        def save(self, path: str | os.PathLike[str], dpi: int = 110) -> Any:
-            return atomic_write_bytes(path, self.png(dpi=dpi))
-
-    return NotebookFigure
-
-
-def new_figure(width: float, height: float) -> "Figure":
-    """Return an empty :class:`NotebookFigure` of ``width`` x ``height`` inches."""
-    figure = _figure_class()(figsize=(width, height), layout="constrained")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def wide_range(values: Sequence[float], factor: float = 3.0) -> bool:
-    """True when the finite positive ``values`` span more than ``factor`` (then a log axis reads better)."""
-    positive = [float(v) for v in values if math.isfinite(float(v)) and float(v) > 0]
-    return bool(positive) and max(positive) > factor * min(positive)
-
-
-def plain_log_axis(ax: Any, axis: str = "y") -> None:
-    """Put ``ax`` on a log scale whose tick labels are plain numbers (150, 200), not ``1.5 x 10^2``."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    def plain(value: float, _: Any) -> str:
-        return f"{value:,.0f}" if value >= 10 else f"{value:g}"
-
-    getattr(ax, f"set_{axis}scale")("log")
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(FuncFormatter(plain))
-    target.set_minor_formatter(NullFormatter())
-
-
-def _finish(figure: "Figure", path: str | os.PathLike[str] | None) -> "Figure":
-    if path is not None:
-        figure.save(path)
-    return figure
 
 
 def _as_array(values: Any) -> Any:
@@ -137,7 +78,7 @@ def plot_head_importance(
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(heads, 16), integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=min(layers, 16), integer=True))
     ax.set_title(title, fontsize=11, loc="left")
-    return _finish(figure, path) if figure is not None else ax.figure
+    return finish_figure(figure, path) if figure is not None else ax.figure
 
 
 def plot_importance_grid(
@@ -159,7 +100,7 @@ def plot_importance_grid(
     for index, name in enumerate(names):
         ax = figure.add_subplot(rows, cols, index + 1)
         plot_head_importance(scores_by_strategy[name], (masks or {}).get(name), title=name, ax=ax)
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 def plot_pruned_per_layer(
@@ -195,7 +136,7 @@ def plot_pruned_per_layer(
         ax.set_xticks(positions if layers <= 24 else positions[:: max(1, layers // 12)])
     ax.legend(fontsize="small", loc="best")
     ax.set_title(f"{title}: {int(pruned_count.sum())} of {int(totals.sum())} pruned", fontsize=11, loc="left")
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 def plot_level_curves(
@@ -240,4 +181,37 @@ def plot_level_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", title=by, title_fontsize="small")
     ax.set_title(title, fontsize=11, loc="left")
-    return _finish(figure, path) if figure is not None else ax.figure
+    return finish_figure(figure, path) if figure is not None else ax.figure
+
+
+def plot_stage_perplexity(ax: Any, results: Sequence[Mapping[str, Any]], stages: Sequence[str]) -> None:
+    """Draw perplexity per pipeline stage on ``ax``: one line of points per run, the control beside it.
+
+    ``results`` are pipeline result dicts (``name``, ``stages.<stage>.perplexity``, optional ``control``). The
+    axis starts near the data (a 1% change is visible) and says so; a range over 3x goes on a plain log axis.
+    """
+    labels = [stage.replace("_", "-") for stage in stages] + ["control"]
+    values: list[float] = []
+    for result in results:
+        ppl = [result["stages"][stage]["perplexity"] for stage in stages]
+        (line,) = ax.plot(range(len(stages)), ppl, "o-", label=result["name"])
+        values += ppl
+        if "control" in result:
+            control = result["control"]["perplexity"]
+            ax.plot([len(stages)], [control], "s", color=line.get_color())
+            values.append(control)
+            ppl.append(control)
+        for x, value in enumerate(ppl):
+            ax.annotate(f"{value:.1f}", (x, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    shown = labels if any("control" in result for result in results) else labels[:-1]
+    ax.set_xticks(range(len(shown)), shown)
+    ax.set_xlim(-0.3, len(shown) - 0.5)
+    ax.margins(y=0.15)  # room for the value labels
+    if wide_range(values):
+        plain_log_axis(ax)
+        ax.set_ylabel("perplexity (log axis; lower is better)")
+    else:
+        ax.set_ylabel("perplexity (axis not from 0; lower is better)")
+    ax.set_title("Perplexity per stage", loc="left", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.files import atomic_write_text
+from .report import figure_html, table_html, write_html_report
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +38,7 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
     """Perplexity vs level per strategy (pruned solid, fine-tuned dashed; one panel per model), recovery, heat table."""
     import numpy as np
 
-    from .pruning import new_figure
+    from .base import new_figure
 
     done = finished_runs(runs)
     models = sorted(done["model"].unique())
@@ -97,22 +94,14 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
 def write_report(runs: "pd.DataFrame", path: str | os.PathLike[str], *, title: str = "Sweep report") -> Path:
     """Write one self-contained HTML file (tables, and figures as embedded PNG) summarizing a sweep; return it."""
     done = finished_runs(runs)
-    figure_png = base64.b64encode(plot_sweep(runs).png()).decode("ascii")
     status = runs["status"].value_counts().to_dict() if "status" in runs.columns else {}
     columns = [c for c in ("run_id", "model", "strategy", "pruning_level", "status", "baseline_perplexity",
                            "pruned_perplexity", "fine_tuned_perplexity", "recovery", "heads_pruned",
                            "fine_tuned_parameters", "run_seconds", "error") if c in runs.columns]  # fmt: skip
     best = done.sort_values("fine_tuned_perplexity").head(5)[[c for c in columns if c in done.columns]]
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Runs: {html.escape(str(status))}.</p>
-<h2>Figures</h2><img alt="sweep figures" src="data:image/png;base64,{figure_png}">
-<h2>Fine-tuned perplexity by strategy and level</h2>{heat_table(done).round(2).to_html()}
-<h2>Best runs (lowest fine-tuned perplexity)</h2>{best.round(3).to_html(index=False)}
-<h2>All runs</h2>{runs[columns].round(3).to_html(index=False)}
-</body></html>
-"""
-    return atomic_write_text(path, page)
+    return write_html_report(path, title, {
+        "Figures": figure_html(plot_sweep(runs), "sweep figures"),
+        "Fine-tuned perplexity by strategy and level": table_html(heat_table(done).round(2), index=True),
+        "Best runs (lowest fine-tuned perplexity)": best.round(3),
+        "All runs": runs[columns].round(3),
+    }, intro=f"Runs: {status}.")  # fmt: skip

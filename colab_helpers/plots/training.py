@@ -1,4 +1,4 @@
-"""Figures of a training run: gradient norms per layer (the loss curves are the live plot, :mod:`.live`)."""
+"""Figures of finished training runs: loss curves side by side, gradient norms per layer (live curves: :mod:`.live`)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def _colors(count: int) -> list[Any]:
 
     cmap = colormaps["viridis"]
     return [cmap(index / max(count - 1, 1)) for index in range(count)]
+
+
+def plot_loss_curves(ax: Any, histories: Mapping[str, Any], *, title: str = "Training curves") -> None:
+    """Draw each run's training loss (line) and evaluation loss (points) on ``ax``.
+
+    ``histories`` maps a run's label to its history table (a DataFrame indexed by step, with ``loss`` and
+    ``eval_loss`` columns, as ``FineTuneResult.history_frame()`` returns).
+    """
+    for name, history in histories.items():
+        if "loss" in history:
+            ax.plot(history.index, history["loss"], label=f"{name} train", linewidth=1)
+        if "eval_loss" in history:
+            evals = history["eval_loss"].dropna()
+            ax.plot(evals.index, evals, "o--", markersize=3, label=f"{name} eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="x-small")

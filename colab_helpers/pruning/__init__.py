@@ -1,25 +1,30 @@
-"""Attention-head pruning for causal LMs of many architectures: layout, importance, selection, gating, removal.
+"""Stage 2, pruning: attention heads of causal LMs of many architectures, scored, selected, gated, removed.
 
-transformers 5 dropped ``head_mask`` and ``prune_heads``; this subpackage does both through one code path
-driven by a small table of where attention lives (see :mod:`.layout`):
+transformers 5 dropped ``head_mask`` and ``prune_heads``; this sub-package does both through one code path
+driven by a small table of where attention lives. It works on any loaded ``nn.Module`` and imports no model
+loading (:mod:`colab_helpers.models` imports it to read pruned checkpoints back).
 
-- :func:`head_layout` -- per-layer query / key-value head counts and head size;
-- :func:`head_importance` -- ``[layers, max_heads]`` scores (random, magnitude, entropy, gradient);
-- :func:`select_heads` -- the mask of heads to prune at a level (global or per layer);
-- :func:`gate_heads` -- reversible gating by hooks (also learnable gates for gradient importance);
-- :func:`remove_heads` -- physical removal by slicing weights, with a :class:`PruneReport`;
-- :func:`save_pruned` / :func:`load_pruned` -- round trip of a pruned model (safetensors + ``pruning.json``).
+- :mod:`.layout` -- where attention lives per architecture; :func:`head_layout` (per-layer head counts);
+- :mod:`.importance` -- :func:`head_importance`, ``[layers, max_heads]`` scores (random, magnitude, entropy, gradient);
+- :mod:`.selection` -- :func:`select_heads`, the mask of heads to prune at a level (global or per layer);
+- :mod:`.gating` -- :func:`gate_heads`, reversible gating by hooks (learnable gates for gradient importance);
+- :mod:`.removal` -- :func:`remove_heads`, physical removal by slicing weights, with a :class:`PruneReport`;
+- :mod:`.io` -- :func:`save_pruned` / :func:`load_pruned`, safetensors + ``pruning.json``;
+- :mod:`.study` -- strategies over seeds, perplexity against level (:class:`~.study.PruningStudyConfig`).
 
-torch and transformers are imported by the functions that use them, never at import time of this package.
+A new architecture: add its attention spec to :mod:`.layout`. A new strategy: a scoring function in
+:mod:`.importance` and its name in ``STRATEGIES``. torch and transformers are imported by the functions that use
+them, never at import time of this package.
 """
 
 from __future__ import annotations
 
 from .gating import HeadGates, gate_heads
-from .importance import AUTO_NORMALIZATION, NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores, select_heads
+from .importance import AUTO_NORMALIZATION, NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores
 from .io import load_pruned, save_pruned
 from .layout import AttentionSpec, HeadLayout, head_layout, supported_architectures
 from .removal import PruneReport, remove_heads
+from .selection import SCOPES, select_heads
 
 __all__ = [
     "AUTO_NORMALIZATION",
@@ -27,6 +32,7 @@ __all__ = [
     "HeadGates",
     "HeadLayout",
     "PruneReport",
+    "SCOPES",
     "STRATEGIES",
     "gate_heads",
     "head_importance",

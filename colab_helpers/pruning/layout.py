@@ -7,6 +7,9 @@ path. Decoders missing from the table are found by name when their attention has
 
 Head counts are read from the weights, not from the config: after physical removal each layer may have a
 different number of heads while ``model.config`` keeps the original counts.
+
+The spec table and the functions that read it stay in one module because every other pruning module reads
+attention through them; split, a new architecture would be a change in two places.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ zero), so the layer still computes exactly what the gated model computes; :class
 What was kept is recorded on ``model.config.colab_helpers_pruning`` (original head indices per layer), so a
 second removal composes with the first and :func:`~colab_helpers.pruning.save_pruned` can rebuild the shapes.
 ``model.config`` itself keeps the original head counts: head counts are per layer after removal.
+
+Planning, slicing and the record that rebuilds a pruned model on load stay in one module because they must
+agree on one layout of every projection; split, a fix to one could silently break the other.
 """
 
 from __future__ import annotations

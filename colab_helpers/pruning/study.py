@@ -1,5 +1,7 @@
 """Pruning studies: importance per strategy over seeds, and perplexity against pruning level.
 
+:class:`PruningStudyConfig` holds a study's settings (notebook 03 builds one from its parameters).
+
 The building blocks (``head_importance``, ``select_heads``, ``gate_heads``, ``perplexity``) do one thing each;
 these functions run them over a grid so that a notebook cell is one call and a table comes back.
 """
@@ -7,13 +9,18 @@ these functions run them over a grid so that a notebook cell is one call and a t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..evaluation.latency import SpeedReport
+from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, smoke_model
+from .importance import STRATEGIES
+from .selection import SCOPES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,6 +28,55 @@ if TYPE_CHECKING:
 
 DATA_SAMPLED = frozenset({"entropy", "gradient"})  # strategies whose scores depend on which batches are read
 SEEDED = frozenset({"random"}) | DATA_SAMPLED  # strategies worth repeating over seeds
+
+
+@dataclass(frozen=True)
+class PruningStudyConfig:
+    """One pruning study: strategies compared over seeds, perplexity against level, one level applied."""
+
+    model: str = "auto"  # catalog or hub name, local path, 'embedded-gpt2', or 'auto'
+    dataset: str = "auto"  # 'auto', 'embedded' or a hub dataset
+    strategies: tuple[str, ...] = STRATEGIES  # importance strategies to compare
+    levels: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7)  # fractions of heads pruned for the curves
+    seeds: int = 5  # repeats of random and data-sampled strategies
+    level: float = 0.3  # the level applied and removed physically
+    strategy: str = "gradient"  # the strategy that picks the heads at that level
+    scope: str = "global"  # 'global' or 'layer'
+    seq_len: int = 128  # tokens per sequence for scoring and perplexity
+    eval_tokens: int = 20000  # validation tokens per perplexity
+    prompt: str = "A hacker is"  # prompt for generations before / after
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        object.__setattr__(self, "levels", tuple(self.levels))
+        unknown = [name for name in self.strategies if name not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"strategies must be a non-empty list of {', '.join(STRATEGIES)}, got {list(self.strategies)!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        for name, value in (("level", self.level), *(("levels", level) for level in self.levels)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}; e.g. 0.3 for 30% of the heads")
+        for name in ("seeds", "seq_len", "eval_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def smoke(self) -> PruningStudyConfig:
+        """Return a copy that runs in seconds (:mod:`colab_helpers.smoke`): the embedded toy, two strategies
+        (random and the chosen one), two levels, two seeds, few tokens."""
+        return dataclasses.replace(
+            self, model=smoke_model(self.model), dataset=SMOKE_DATASET,
+            strategies=tuple(dict.fromkeys(("random", self.strategy))), levels=(0.0, self.level), seeds=2,
+            seq_len=min(self.seq_len, SMOKE_SEQ_LEN), eval_tokens=SMOKE_EVAL_TOKENS,
+        )  # fmt: skip
+
+    @property
+    def evaluate(self) -> dict[str, int]:
+        """Keyword arguments of every perplexity measurement of the study."""
+        return {"seq_len": self.seq_len, "max_tokens": self.eval_tokens}
 
 
 def sample_batches(batches: Sequence[Any], count: int, seed: int) -> list[Any]:

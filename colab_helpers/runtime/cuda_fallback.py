@@ -12,6 +12,9 @@ After a device-side assert or an illegal memory access the CUDA context is broke
 GPU fails too. Then nothing can be rescued in this process and the error says to restart the runtime.
 
 torch is never imported here at module level; the predicate looks torch up only if it is already imported.
+
+The predicate, the retrying decorator and ``safe_generate`` stay in one module because they share the
+move-to-CPU machinery and the one-warning rule; nothing else in the package decides what a CUDA failure is.
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ def _is_sampling_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in _message(exc) for m in _SAMPLING_ERROR_MARKERS)
 
 
-def _short(exc: BaseException, limit: int = 200) -> str:
-    """Return ``"Type: first line of the message"``, cut to ``limit`` characters and with secrets redacted."""
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """Return ``exc`` as one short line for a log, a warning or an event: ``"Type: first line of the message"``,
+    cut to ``limit`` characters, with secrets (tokens, keys) redacted."""
     first_line = _message(exc).strip().splitlines()[0] if _message(exc).strip() else ""
     text = redact(f"{type(exc).__name__}: {first_line}")
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -142,7 +146,7 @@ def _free_cuda_memory() -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
     except Exception as exc:  # the context may be dead after an assert; freeing is best effort
-        logger.debug("empty_cache failed after a CUDA error: %s", _short(exc))
+        logger.debug("empty_cache failed after a CUDA error: %s", short_error(exc))
 
 
 class CudaFallbackError(RuntimeError):
@@ -206,7 +210,7 @@ def _unrecoverable(original: BaseException, move_error: BaseException) -> CudaFa
     """Build the error raised when the state cannot be moved off a failed GPU."""
     hint = f"; {_ASSERT_HINT}" if "device-side assert" in _message(original) else ""
     return CudaFallbackError(
-        f"{_short(original)} -- and moving to the CPU failed too ({_short(move_error)}): {_RESTART_HINT}{hint}"
+        f"{short_error(original)} -- and moving to the CPU failed too ({short_error(move_error)}): {_RESTART_HINT}{hint}"
     )
 
 
@@ -265,16 +269,16 @@ def cuda_fallback(fn: Callable[..., Any] | None = None, *, model_arg: str = "mod
         except Exception as move_error:
             raise _unrecoverable(original, move_error) from original
         state.on_cpu = True
-        state.errors.append(_short(original))
+        state.errors.append(short_error(original))
         if not state.warned:
             state.warned = True
             warnings.warn(
-                f"{name} failed on CUDA ({_short(original)}); continuing on the CPU (slower). "
+                f"{name} failed on CUDA ({short_error(original)}); continuing on the CPU (slower). "
                 "Restart the runtime to use the GPU again.",
                 CudaFallbackWarning,
                 stacklevel=2,
             )
-        logger.info("%s: retrying on the CPU after %s", name, _short(original))
+        logger.info("%s: retrying on the CPU after %s", name, short_error(original))
         return fn(*args, **kwargs)
 
     wrapper.cuda_fallback_state = state  # type: ignore[attr-defined]
@@ -393,21 +397,21 @@ def safe_generate(
         except Exception as exc:
             if not (is_cuda_error(exc) or _is_sampling_error(exc)):
                 raise
-            errors.append(f"as_asked: {_short(exc)}")
+            errors.append(f"as_asked: {short_error(exc)}")
             failure = exc
         if do_sample:  # greedy on the same device; pointless when greedy was what failed
-            _warn_fallback(f"generation failed ({_short(failure)}); retrying with greedy decoding", failure)
+            _warn_fallback(f"generation failed ({short_error(failure)}); retrying with greedy decoding", failure)
             _free_cuda_memory()
             try:
                 return _result(prompt, _generate_once(model, tokenizer, prompt, greedy), "greedy", errors, started)
             except Exception as exc:
                 if not is_cuda_error(exc):
                     raise
-                errors.append(f"greedy: {_short(exc)}")
+                errors.append(f"greedy: {short_error(exc)}")
                 failure = exc
         elif not is_cuda_error(failure):
             raise failure
-        _warn_fallback(f"generation failed on CUDA ({_short(failure)}); moving the model to the CPU", failure)
+        _warn_fallback(f"generation failed on CUDA ({short_error(failure)}); moving the model to the CPU", failure)
         _free_cuda_memory()
         try:
             model.to("cpu")

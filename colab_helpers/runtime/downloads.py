@@ -8,6 +8,9 @@
   every reset.
 
 Nothing heavy is imported here; IPython and ``google.colab`` are imported by the functions that use them.
+
+The three stay in one module because they share one decision, what may leave the runtime (no credentials,
+no secret values, weights only when asked), which must not drift apart.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ answers: a papermill run inside Colab is ``runtime="colab"`` with ``interactive=
 
 torch is imported only inside the probes; unsloth and bitsandbytes are never imported (their versions come
 from package metadata).
+
+Detection (runtime, accelerator, machine, packages) and the recommendations stay in one module because the
+report is one frozen record built in one pass; each detector is a small private function.
 """
 
 from __future__ import annotations

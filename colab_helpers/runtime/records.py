@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +14,28 @@ from .files import atomic_write_text, ensure_writable_dir
 from .secrets import redact
 
 
-def to_jsonable(value: Any) -> Any:
-    """Return ``value`` as plain JSON data: dataclasses, ``to_dict()`` objects, paths, tensors, NaN -> None."""
+def to_jsonable(value: Any, *, keep_nonfinite: bool = False) -> Any:
+    """Return ``value`` as plain JSON data: dataclasses, ``to_dict()`` objects, mappings, sets, paths, tensors.
+
+    NaN and infinities become None, unless ``keep_nonfinite=True`` (run tracking keeps them: ``runs.csv`` writes
+    ``nan``); numpy and torch scalars become Python numbers; anything else unknown becomes its ``str``.
+    """
     if hasattr(value, "to_dict") and callable(value.to_dict):
-        return to_jsonable(value.to_dict())
+        return to_jsonable(value.to_dict(), keep_nonfinite=keep_nonfinite)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [to_jsonable(item) for item in value]
+        return to_jsonable(dataclasses.asdict(value), keep_nonfinite=keep_nonfinite)
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item, keep_nonfinite=keep_nonfinite) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(item, keep_nonfinite=keep_nonfinite) for item in value]
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return float(value) if keep_nonfinite or math.isfinite(value) else None  # float(): numpy float64 too
     if isinstance(value, str | int | bool) or value is None:
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if hasattr(value, "tolist"):  # numpy arrays and torch tensors
-        return to_jsonable(value.tolist())
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist(), keep_nonfinite=keep_nonfinite)
     return str(value)
 
 

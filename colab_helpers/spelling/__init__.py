@@ -25,10 +25,11 @@
   per-parameter effect table, the top configurations, a scatter of spelling against transfer accuracy, an
   HTML report and a Markdown summary.
 
-Modules: :mod:`.config` (constants, run configs, checks), :mod:`.answers` (normalisation, exact match),
-:mod:`.stats` (bootstrap intervals, correlations), :mod:`.evaluation` (batched generation, scoring),
-:mod:`.training` (the study model, adapters, the control's text), :mod:`.sweep` (:class:`SpellingStudy`),
-:mod:`.analysis` (tables, correlations, effects, :func:`analyze`), :mod:`.report` (figures, HTML and Markdown).
+Modules: :mod:`.data` (the words, the question templates, the splits), :mod:`.config` (constants, run configs,
+checks), :mod:`.answers` (normalisation, exact match), :mod:`.stats` (bootstrap intervals, correlations),
+:mod:`.evaluation` (batched generation, scoring), :mod:`.training` (the study model, adapters, the control's text),
+:mod:`.sweep` (:class:`SpellingStudy`), :mod:`.analysis` (tables, correlations, effects, :func:`analyze`),
+:mod:`.report` (figures, HTML and Markdown).
 """
 
 from __future__ import annotations

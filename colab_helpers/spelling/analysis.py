@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .data import TASKS
 from .config import METRICS, MIN_SPELLING_GAIN, SEARCH_SPACE, TRANSFER_TASKS
 from .answers import is_correct
-from .report import TransferAnalysis, _finite
+from .report import TransferAnalysis, all_finite
 from .stats import accuracy_with_ci, correlation_with_ci, paired_difference_ci
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,7 +198,7 @@ def _notes(analysis: TransferAnalysis) -> list[str]:
         notes.append(f"Only {n} runs: correlation intervals are wide; treat rankings as hints.")
     for _, row in analysis.correlations.iterrows():
         low, high = row["pearson_ci_low"], row["pearson_ci_high"]
-        if _finite(low, high) and low <= 0 <= high:
+        if all_finite(low, high) and low <= 0 <= high:
             notes.append(f"The 95% interval of Pearson r for spelling vs {row['y']} includes 0: "
                          "no evidence of a linear link.")
     for task in TRANSFER_TASKS:

@@ -83,17 +83,17 @@ def base_config(model_name: str = DEFAULT_MODEL, *, smoke: bool = False) -> dict
     return config
 
 
-def default_sweep(*, smoke: bool = False, strategy: str = "random", num_runs: int = 8, seed: int = 0,
+def default_sweep(*, smoke: bool = False, search: str = "random", num_runs: int = 8, seed: int = 0,
                   name: str = "spelling") -> SweepConfig:  # fmt: skip
     """Return the study's sweep over :data:`SEARCH_SPACE`: ``num_runs`` seeded random draws by default, every
-    combination (4,096 runs) with ``strategy="grid"``; in smoke mode a 2-run grid over ``lora.r``.
+    combination (4,096 runs) with ``search="grid"``; in smoke mode a 2-run grid over ``lora.r``.
     """
     from ..experiments.sweep_config import SweepConfig
 
     if smoke:
-        return SweepConfig(parameters=copy.deepcopy(SMOKE_SEARCH_SPACE), strategy="grid", name=name)
+        return SweepConfig(parameters=copy.deepcopy(SMOKE_SEARCH_SPACE), search="grid", name=name)
     parameters = {key: {"values": list(values)} for key, values in SEARCH_SPACE.items()}
-    return SweepConfig(parameters=parameters, strategy=strategy, num_runs=num_runs if strategy == "random" else None,
+    return SweepConfig(parameters=parameters, search=search, num_runs=num_runs if search == "random" else None,
                        seed=seed, name=name)  # fmt: skip
 
 
@@ -178,18 +178,15 @@ def finetune_config(config: Mapping[str, Any], output_dir: str | Path, *,
 
     check_run_config(config)
     lora, training = config["lora"], config["training"]
-    steps = training["max_steps"]
-    checkpoints = training["checkpoints"]
     return FineTuneConfig(
         r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], learning_rate=training["learning_rate"],
-        max_steps=steps, micro_batch_size=training["batch_size"],
+        max_steps=training["max_steps"], micro_batch_size=training["batch_size"],
         gradient_accumulation_steps=training["gradient_accumulation_steps"], seq_len=training["seq_len"],
-        warmup_steps=int(round(steps * training["warmup_ratio"])), eval_every=max(1, steps // training["evaluations"]),
         eval_batches=EVAL_BATCHES_PAIRS if training["completion_only"] else EVAL_BATCHES,
         early_stopping_patience=training["early_stopping_patience"] if early_stopping else None,
-        checkpoint_every=max(1, steps // checkpoints) if checkpoints else None, keep_checkpoints=1,
-        output_dir=str(output_dir), resume=True, backend=training["backend"], seed=training["seed"],
-    )  # fmt: skip
+        keep_checkpoints=1, output_dir=str(output_dir), resume=True, backend=training["backend"], seed=training["seed"],
+    ).with_intervals(evaluations=training["evaluations"], checkpoints=training["checkpoints"],
+                     warmup_ratio=training["warmup_ratio"])  # fmt: skip
 
 
 def merge_steps(base: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ otherwise; validation and test hold all three tasks; no word is in two splits.
 
 Words come from ``words.txt.gz`` in this folder (63,875 lowercase words from Debian's ``wamerican``, SCOWL
 licence: see ``WORDS.md``), so everything works offline. ``datasets`` is imported only to build or load splits.
+The word list, the templates and the split builder are in one module because every row's fields, and the
+fingerprint that tracks a dataset, depend on all three agreeing.
 """
 
 from __future__ import annotations

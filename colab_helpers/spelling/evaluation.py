@@ -246,8 +246,9 @@ def transfer_metrics(scores: Mapping[str, Any], baseline: Mapping[str, Any] | No
     return out
 
 
-def _save_predictions(path: Path, evaluation: Evaluation) -> None:
-    """Write ``predictions.jsonl`` (task, word, answer, prediction, correct: one line per question) under ``path``."""
+def save_predictions(path: Path, evaluation: Evaluation) -> Path:
+    """Write ``predictions.jsonl`` (task, word, answer, prediction, correct: one line per question) under ``path``;
+    return the file written (``SpellingStudy.predictions`` reads it back)."""
     keys = ("task", "word", "answer", "prediction", "correct")
     lines = [json.dumps({k: row[k] for k in keys}, ensure_ascii=False) for row in evaluation.predictions]
-    atomic_write_text(path / "predictions.jsonl", "\n".join(lines) + "\n")
+    return atomic_write_text(path / "predictions.jsonl", "\n".join(lines) + "\n")

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import numbers
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..plots.report import figure_html, html_report, table_html
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from .data import TASKS
 from .config import METRICS, SEARCH_SPACE, TRANSFER_TASKS
@@ -27,7 +26,7 @@ def plot_spelling_vs_transfer(runs: pd.DataFrame, baseline: Mapping[str, Any] | 
                               path: str | Path | None = None) -> Figure:  # fmt: skip
     """Return a figure: spelling accuracy (x) against position and count accuracy (y), one point per run with
     its 95% intervals, the baseline as a star and the controls as crosses."""
-    from ..plots.pruning import new_figure
+    from ..plots.base import new_figure
 
     figure = new_figure(10, 4.2)
     axes = figure.subplots(1, 2, sharex=True, sharey=True)
@@ -67,7 +66,7 @@ def plot_task_accuracies(models: Mapping[str, Mapping[str, Any]], guesses: pd.Da
     """
     import numpy as np
 
-    from ..plots.pruning import new_figure
+    from ..plots.base import new_figure
 
     labels = list(models)
     figure = new_figure(max(9.0, 0.75 * len(labels) * len(TASKS)), 3.8)
@@ -113,7 +112,7 @@ def _error_bars(runs: pd.DataFrame, task: str) -> Any:
 def plot_parameter_effects(effects: pd.DataFrame, metrics: Sequence[str] = METRICS[:3], *,
                            path: str | Path | None = None) -> Figure:  # fmt: skip
     """Return a figure: for each swept parameter, the mean accuracy per value (one line per task)."""
-    from ..plots.pruning import new_figure
+    from ..plots.base import new_figure
 
     parameters = list(dict.fromkeys(effects["parameter"])) if len(effects) else []
     columns = min(3, max(1, len(parameters)))
@@ -205,7 +204,7 @@ class TransferAnalysis:
         if self.controls is not None:
             for _, control in self.controls.iterrows():
                 steps = control.get("training.max_steps")
-                steps = f"{int(steps)}" if _finite(steps) else "?"
+                steps = f"{int(steps)}" if all_finite(steps) else "?"
                 rows.append({"model": f"control, {steps} steps (plain text)", **_accuracy_cells(control)})
         return pd.DataFrame(rows)
 
@@ -225,37 +224,24 @@ class TransferAnalysis:
 
     def to_html(self) -> str:
         """Return a self-contained HTML report (tables, figures embedded as base64 PNG)."""
-
         def table(frame: Any) -> str:
-            if frame is None or frame.empty:
-                return "<p><i>(none)</i></p>"
-            return _display(frame).to_html(index=False)
-
-        def image(figure: Any, alt: str) -> str:
-            data = base64.b64encode(figure.png()).decode("ascii")
-            return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            return table_html(frame if frame is None or frame.empty else _display(frame))
 
         columns = [c for c in ("run_id", *SEARCH_SPACE, *METRICS, "position_gain_vs_control", "count_gain_vs_control",
                                "position_transfer_ratio", "count_transfer_ratio", "train_steps", "stopped_reason")
                    if c in self.runs]  # fmt: skip
         notes = "".join(f"<li>{html.escape(note)}</li>" for note in self.notes)
-        return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(self.title)}</h1>
-<p>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. {len(self.runs)} finished runs. Accuracy is exact
-match after normalisation, with bootstrap 95% intervals.</p>
-<h2>Reference models</h2>{table(self.reference_table())}
-<h2>Spelling vs transfer</h2>{image(self.scatter(), "spelling vs transfer accuracy")}
-<h2>Correlations across runs</h2>{table(self.correlations)}
-<h2>Which hyperparameters matter</h2>{table(self.importance)}{image(self.effects_figure(), "parameter effects")}
-{table(self.effects)}
-<h2>Top configurations for transfer</h2>{table(self.top)}
-<h2>Notes</h2><ul>{notes}</ul>
-<h2>All finished runs</h2>{table(self.runs[columns] if columns else self.runs)}
-</body></html>
-"""
+        return html_report(self.title, {
+            "Reference models": table(self.reference_table()),
+            "Spelling vs transfer": figure_html(self.scatter(), "spelling vs transfer accuracy"),
+            "Correlations across runs": table(self.correlations),
+            "Which hyperparameters matter": [table(self.importance), figure_html(self.effects_figure(), "parameter effects"),
+                                             table(self.effects)],
+            "Top configurations for transfer": table(self.top),
+            "Notes": f"<ul>{notes}</ul>",
+            "All finished runs": table(self.runs[columns] if columns else self.runs),
+        }, intro=f"{len(self.runs)} finished runs. Accuracy is exact match after normalisation, with bootstrap 95% "
+                 "intervals.")  # fmt: skip
 
     def save(self, directory: str | Path) -> dict[str, Path]:
         """Write ``report.html``, ``summary.md``, the two figures and the tables (CSV) under ``directory``."""
@@ -279,9 +265,10 @@ def _accuracy_cells(row: Mapping[str, Any]) -> dict[str, Any]:
     for task in TASKS:
         value = row.get(f"{task}_accuracy")
         low, high = row.get(f"{task}_ci_low"), row.get(f"{task}_ci_high")
-        cells[task] = f"{value:.3f} [{low:.3f}, {high:.3f}]" if _finite(value, low, high) else ""
+        cells[task] = f"{value:.3f} [{low:.3f}, {high:.3f}]" if all_finite(value, low, high) else ""
     return cells
 
 
-def _finite(*values: Any) -> bool:
+def all_finite(*values: Any) -> bool:
+    """Return True when every value is a finite real number (not a bool, None, NaN or text)."""
     return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)

@@ -17,7 +17,7 @@ from ..runtime.files import ensure_writable_dir
 from .data import TASKS, fingerprint
 from .analysis import analyze, paired_gains
 from .config import CONTROL_MODES, METRICS, MIN_SPELLING_GAIN, REFERENCE_SWEEP, base_config, check_sweep, default_sweep, merge_steps
-from .evaluation import Evaluation, _save_predictions, evaluate, transfer_metrics
+from .evaluation import Evaluation, evaluate, save_predictions, transfer_metrics
 from .report import TransferAnalysis
 from .training import completion_pairs, control_texts, train_and_evaluate
 
@@ -85,12 +85,10 @@ class SpellingStudy:
 
     def _reference(self, record: dict[str, Any], produce: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """Return the metrics of reference run ``record`` (recorded once under sweep "reference", then reused)."""
-        existing = self.manager.find(record, REFERENCE_SWEEP)
-        if existing is not None:
-            row = self.manager.get(existing)
-            if row.get("status") == "done":
-                return {**row, "run_id": existing}
-        run = self.manager.new_run(record, sweep=REFERENCE_SWEEP, run_id=existing)
+        start = self.manager.start_or_skip(record, sweep=REFERENCE_SWEEP)
+        if start.run is None:  # done earlier: its row holds the metrics
+            return {**start.row, "run_id": start.run_id}
+        run = start.run
         try:
             metrics = produce(run.path)
         except BaseException as exc:
@@ -106,7 +104,7 @@ class SpellingStudy:
 
         def produce(path: Path) -> dict[str, Any]:
             evaluation = self.evaluate(self.model)
-            _save_predictions(path, evaluation)
+            save_predictions(path, evaluation)
             return {**evaluation.metrics(), "eval_seconds": evaluation.seconds}
 
         return self._reference(record, produce)
@@ -137,14 +135,16 @@ class SpellingStudy:
 
     def run_one(self, config: Mapping[str, Any], *, sweep: str | None = None, baseline: Mapping[str, Any] | None = None
                 ) -> tuple[str, str]:  # fmt: skip
-        """Run (or skip, when already done) one tracked sweep run; return ``(run_id, status)``."""
+        """Run (or skip, when already done) one tracked sweep run; return ``(run_id, status)``.
+
+        Without ``baseline``, the baseline's metrics are looked up first (measured once, when not recorded yet).
+        """
         sweep = sweep or self.sweep_name or "spelling"
-        record = {**config, "eval": self._eval_record()}
-        existing = self.manager.find(record, sweep)
-        if existing is not None and self.manager.get(existing).get("status") == "done":
-            return existing, "skipped"
         baseline = baseline if baseline is not None else self.baseline()
-        run = self.manager.new_run(record, sweep=sweep, run_id=existing)
+        start = self.manager.start_or_skip({**config, "eval": self._eval_record()}, sweep=sweep)
+        if start.run is None:
+            return start.run_id, "skipped"
+        run = start.run
         try:
             control = self.control(config)
             pairs = config["training"].get("completion_only", False)
@@ -203,12 +203,9 @@ class SpellingStudy:
         return self.runs()
 
     def _skip(self, config: Mapping[str, Any], sweep: str, max_runtime: float) -> None:
-        record = {**config, "eval": self._eval_record()}
-        existing = self.manager.find(record, sweep)
-        if existing is not None and self.manager.get(existing).get("status") == "done":
-            return
-        run = self.manager.new_run(record, sweep=sweep, run_id=existing)
-        run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
+        run = self.manager.start_or_skip({**config, "eval": self._eval_record()}, sweep=sweep).run
+        if run is not None:  # not done yet: recorded as skipped
+            run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
 
     def _live_plot(self, baseline: Mapping[str, Any]) -> Any:
         if not self.live_plot:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OfflineFallbackWarning
 from .config import DEFAULT_MODEL, OFFLINE_MODEL, finetune_config
-from .evaluation import Evaluation, _save_predictions, small_model_threads
+from .evaluation import Evaluation, save_predictions, small_model_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..finetune import FineTuneResult
@@ -93,7 +93,7 @@ def train_and_evaluate(model: Any, tokenizer: Any, config: Mapping[str, Any], pa
                                progress=progress)  # fmt: skip
         _for_inference(result)
         evaluation = evaluate(result.model)
-        _save_predictions(path, evaluation)
+        save_predictions(path, evaluation)
         metrics = {**evaluation.metrics(), **_training_metrics(result), "eval_seconds": evaluation.seconds}
     finally:
         model = result = None  # drop the copy before freeing memory

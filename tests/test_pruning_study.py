@@ -14,7 +14,7 @@ pytest.importorskip("pandas")
 from colab_helpers.evaluation.perplexity import perplexity  # noqa: E402
 from colab_helpers.pruning import gate_heads, head_importance  # noqa: E402
 from colab_helpers.pruning.importance import AUTO_NORMALIZATION, normalize_scores  # noqa: E402
-from colab_helpers.pruning.study import GatedPerplexity, _split_texts, level_sweep, renormalize, summarize_levels  # noqa: E402
+from colab_helpers.pruning.study import GatedPerplexity, PruningStudyConfig, _split_texts, importance_by_strategy, level_sweep, renormalize, summarize_levels  # noqa: E402
 
 TEXTS = [
     "the cat sat on the mat and looked at the door for a while.",
@@ -91,3 +91,42 @@ def test_summarize_levels_mean_or_median() -> None:
     assert summarize_levels(table).loc["random", "30%"].startswith("500.0 ± ")
     with pytest.raises(ValueError, match="stat must be 'mean' or 'median', got 'max'"):
         summarize_levels(table, stat="max")
+
+
+def _batches(tokenizer: Any, count: int = 4) -> list[dict[str, Any]]:
+    ids = tokenizer(" ".join(TEXTS * 2), return_tensors="pt")["input_ids"][0]
+    width = ids.numel() // count
+    return [{"input_ids": ids[i * width:(i + 1) * width].unsqueeze(0)} for i in range(count)]
+
+
+def test_importance_by_strategy_repeats_only_what_varies(tiny_gpt2: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_gpt2
+    batches = _batches(tokenizer)
+    scores = importance_by_strategy(model, batches, ["random", "magnitude", "gradient"], seeds=3, batches_per_seed=2,
+                                    progress=False)
+    assert [len(scores[name]) for name in ("random", "magnitude", "gradient")] == [3, 1, 3]  # magnitude: no data, no seed
+    assert all(tuple(s.shape) == (2, 2) for runs in scores.values() for s in runs)
+    assert not torch.equal(scores["random"][0], scores["random"][1])  # each seed its own draw
+    assert not torch.equal(scores["gradient"][0], scores["gradient"][2])  # each seed its own sample of batches
+    again = importance_by_strategy(model, batches, ["random"], seeds=3, progress=False)["random"]
+    assert all(torch.equal(a, b) for a, b in zip(again, scores["random"], strict=True))  # seeded: reproducible
+    whole = importance_by_strategy(model, batches, ["gradient"], seeds=3, progress=False)  # every batch: one run is enough
+    assert len(whole["gradient"]) == 1
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        importance_by_strategy(model, batches, ["random"], seeds=0, progress=False)
+
+
+def test_pruning_study_config_checks_and_shrinks() -> None:
+    study = PruningStudyConfig(model="smollm2-135m-instruct", strategies=["magnitude", "gradient"], levels=[0.0, 0.5])
+    assert study.strategies == ("magnitude", "gradient") and study.levels == (0.0, 0.5)
+    assert study.evaluate == {"seq_len": 128, "max_tokens": 20000}
+    smoke = study.smoke()
+    assert (smoke.model, smoke.dataset, smoke.strategies, smoke.levels, smoke.seeds) == (
+        "embedded-gpt2", "embedded", ("random", "gradient"), (0.0, 0.3), 2)
+    assert smoke.evaluate == {"seq_len": 64, "max_tokens": 1500}
+    for bad, message in (({"strategies": ["entropy", "grid"]}, "strategies must be a non-empty list"),
+                         ({"levels": [0.1, 1.0]}, r"levels must be in \[0, 1\), got 1.0"),
+                         ({"scope": "model"}, "scope must be one of global, layer, got 'model'"),
+                         ({"seeds": 0}, "seeds must be a positive integer")):
+        with pytest.raises(ValueError, match=message):
+            PruningStudyConfig(**bad)

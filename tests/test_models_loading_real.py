@@ -169,7 +169,7 @@ def test_cache_root_is_documented_and_overridable(monkeypatch: pytest.MonkeyPatc
 
 def test_the_name_is_accepted_wherever_a_model_name_is_taken(tmp_path: Path) -> None:
     from colab_helpers.experiments.sweep import check_model_name
-    from colab_helpers.experiments.pipeline import ExperimentConfig
+    from colab_helpers.experiments.config import ExperimentConfig
     from colab_helpers.experiments.sweep_config import load_config
 
     assert check_model_name(NAME) == NAME  # sweeps and the CLI validate names with this

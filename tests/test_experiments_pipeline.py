@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from colab_helpers.evaluation.latency import LatencyReport, generation_latency, speedup
-from colab_helpers.experiments.pipeline import ExperimentConfig, PruningExperiment, recovery
+from colab_helpers.experiments.config import ExperimentConfig
+from colab_helpers.experiments.pipeline import PruningExperiment, recovery
 
 
 def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
@@ -27,6 +28,31 @@ def test_recovery_share() -> None:
     assert recovery(100.0, 150.0, 125.0) == pytest.approx(0.5)
     assert recovery(100.0, 150.0, 90.0) == pytest.approx(1.2)  # beyond the unpruned model
     assert recovery(100.0, 100.0, 90.0) is None  # nothing was lost
+    assert recovery(100.0, 99.0, 90.0) is None  # pruning helped: nothing to win back
+    assert recovery(100.0, 150.0, 150.0) == 0.0 and recovery(100.0, 150.0, 100.0) == pytest.approx(1.0)
+    assert recovery(100.0, math.inf, 120.0) is None  # a diverged pruned model has no share
+
+
+def test_the_run_config_builds_the_fine_tuning_config_in_one_place(tmp_path: Path) -> None:
+    config = ExperimentConfig(lora_r=8, lora_alpha=16, learning_rate=5e-4, fine_tuning_steps=80, seq_len=96,
+                              micro_batch_size=2, dtype="fp32", seed=3)
+    ft = config.finetune_config(tmp_path / "ft")
+    assert (ft.r, ft.alpha, ft.learning_rate, ft.max_steps, ft.seq_len, ft.micro_batch_size, ft.dtype, ft.seed) == (
+        8, 16, 5e-4, 80, 96, 2, "fp32", 3)
+    assert (ft.eval_every, ft.checkpoint_every, ft.warmup_steps) == (10, 20, 8)  # FineTuneConfig.with_intervals
+    assert ft.output_dir == str(tmp_path / "ft") and "recovery" in ft.plot_title
+    assert "control" in config.finetune_config(tmp_path, control=True).plot_title
+    by_epochs = ExperimentConfig(fine_tuning_epochs=1.0).finetune_config(tmp_path)
+    assert by_epochs.epochs == 1.0 and by_epochs.eval_every == 25  # paced like a 200-step run
+
+
+def test_smoke_means_the_same_everywhere() -> None:
+    from colab_helpers import smoke
+
+    config = ExperimentConfig(model="gpt2", dataset="wikitext-2-raw-v1", seq_len=256).smoke()
+    assert (config.model, config.dataset, config.seq_len, config.eval_tokens, config.fine_tuning_steps) == (
+        smoke.SMOKE_MODEL, smoke.SMOKE_DATASET, smoke.SMOKE_SEQ_LEN, smoke.SMOKE_EVAL_TOKENS, smoke.SMOKE_STEPS)
+    assert smoke.smoke_model("embedded-llama") == "embedded-llama" and smoke.smoke_model("Qwen/Qwen2.5-0.5B") == "embedded-gpt2"
 
 
 def test_latency_is_interleaved_and_uses_medians(tiny_gpt2: tuple[Any, Any]) -> None:

@@ -14,7 +14,10 @@ import pytest
 
 from colab_helpers.models import memory_estimate
 from colab_helpers.models.registry import CATALOG, get_entry
-from colab_helpers.models.memory_estimate import GB, MODES, MemoryEstimate, estimate_memory, lora_target_modules, measure_peak_memory, relative_error
+from colab_helpers.models import shapes
+from colab_helpers.models.memory_estimate import GB, MODES, MemoryEstimate, estimate_memory
+from colab_helpers.models.peak_memory import measure_peak_memory, relative_error
+from colab_helpers.models.shapes import lora_target_modules
 
 CUDA16 = {"device": "cuda", "dtype": "float16"}
 CPU32 = {"device": "cpu", "dtype": "float32"}
@@ -115,8 +118,8 @@ def test_catalog_name_and_its_config_give_the_same_estimate(name: str) -> None:
 
 def test_every_catalog_shape_matches_a_model_built_from_its_config() -> None:
     for entry in CATALOG.values():
-        assert memory_estimate._shape_from_entry(entry) == dataclasses.replace(
-            memory_estimate._shape_from_config(entry.to_config()), label=entry.alias
+        assert shapes.shape_from_entry(entry) == dataclasses.replace(
+            shapes.shape_from_config(entry.to_config()), label=entry.alias
         ), entry.name
 
 

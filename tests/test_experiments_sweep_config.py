@@ -22,7 +22,7 @@ STRATEGIES = ["random", "entropy", "gradient"]
 
 def _ranged(**spec: Any) -> dict[str, Any]:
     """A random sweep over one ranged parameter ``a``."""
-    return {"strategy": "random", "num_runs": 2, "parameters": {"a": spec}}
+    return {"search": "random", "num_runs": 2, "parameters": {"a": spec}}
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -147,7 +147,7 @@ parameters:
     values: [0.01, 0.02]
   initialization.init_mean:
     values: [0.0]
-strategy: "grid"
+search: "grid"
 num_runs: 3   # ignored by grid
 """)
     sweep = load_sweep(path)
@@ -171,7 +171,7 @@ num_runs: 3   # ignored by grid
         ({"strategy": "random", "num_runs": -2, "parameters": {"a": [1]}}, "num_runs must be an integer > 0, got -2"),
         ({"strategy": "random", "num_runs": True, "parameters": {"a": [1]}}, "num_runs must be an integer > 0"),
         ({"strategy": "random", "parameters": {"a": [1]}}, "needs num_runs"),
-        ({"strategy": "gird", "parameters": {"a": [1]}}, "strategy must be one of.*got 'gird'.*did you mean 'grid'"),
+        ({"strategy": "gird", "parameters": {"a": [1]}}, "search must be one of.*got 'gird'.*did you mean 'grid'"),
         (_ranged(distribution="loguniform", min=1, max=2), "distribution 'loguniform'.*did you mean 'log_uniform'"),
         (_ranged(distribution="uniform", min=2, max=1), "min must be < max, got min=2, max=1"),
         (_ranged(distribution="uniform", min=1, max=1), "min must be < max"),
@@ -180,7 +180,7 @@ num_runs: 3   # ignored by grid
         (_ranged(distribution="uniform", min="x", max=1), "min and max must be finite numbers"),
         (
             {"parameters": {"a": {"distribution": "uniform", "min": 0, "max": 1}}},
-            "a grid cannot enumerate; use strategy: random",
+            "a grid cannot enumerate; use search: random",
         ),
         ({"parameters": {"a": [1]}, "stratgy": "grid"}, "unknown key 'stratgy'.*did you mean 'strategy'"),
         ({"strategy": "grid"}, "a sweep needs 'parameters'"),
@@ -218,3 +218,21 @@ def test_validate_accepts_a_callable() -> None:
     with pytest.raises(ValueError, match="rejected by the validate hook"):
         validate_configs([BASE], lambda config: False)
     validate_configs([BASE], lambda config: True)
+
+
+def test_html_report_is_one_escaped_page_with_tables_and_figures(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from colab_helpers.plots.report import html_report, table_html, write_html_report
+
+    frame = pd.DataFrame({"run": ["a"], "loss": [1.5]}, index=["row0"])
+    page = html_report("A <b> title", {"Table": frame, "Indexed": table_html(frame, index=True),
+                                          "Both": [b"\x89PNG", "<p>raw</p>"], "Empty": pd.DataFrame()},
+                       intro="2 runs & 1 failed.")  # fmt: skip
+    assert page.startswith("<!doctype html>") and "<h1>A &lt;b&gt; title</h1>" in page and "2 runs &amp; 1 failed." in page
+    assert page.count("<h2>") == 4 and "row0" in page.split("<h2>Indexed</h2>")[1] and "row0" not in page.split("<h2>")[1]
+    assert 'alt="Both" src="data:image/png;base64,iVBORw==' in page and "<p>raw</p>" in page and "(none)" in page
+    with pytest.raises(TypeError, match="DataFrames, figures or HTML"):
+        html_report("t", {"bad": 3})
+    path = write_html_report(tmp_path / "r.html", "t", {"Table": frame})
+    assert "<h1>t</h1>" in path.read_text(encoding="utf-8") and list(tmp_path.iterdir()) == [path]  # no temp file left

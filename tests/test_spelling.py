@@ -240,7 +240,7 @@ def test_batched_generation_on_the_real_llama_model(real_model: tuple[Any, Any])
 
 def test_default_sweep_covers_the_search_space() -> None:
     sweep = ss.default_sweep(num_runs=6)
-    assert sweep.strategy == "random" and sweep.size == 6
+    assert sweep.search == "random" and sweep.size == 6
     assert {k: v["values"] for k, v in sweep.parameters.items()} == ss.SEARCH_SPACE
     configs = ss.check_sweep(ss.base_config("m"), sweep)
     assert len(configs) == 6 and all(c["lora"]["r"] in (4, 8, 16, 32) for c in configs)

@@ -12,7 +12,8 @@ import torch
 from colab_helpers.runtime import hub
 from colab_helpers.evaluation.data import load_text_dataset
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.models.loading import EMBEDDED_MODELS, available_models, embedded_model_path, load_model, resolve_model_name
+from colab_helpers.models.registry import EMBEDDED_MODELS
+from colab_helpers.models.loading import available_models, embedded_model_path, load_model, resolve_model_name
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_DIR = REPO / "colab_helpers" / "embedded"
@@ -33,8 +34,8 @@ def test_embedded_model_loads_ready_for_generation(loaded: tuple[str, object, ob
     name, model, tokenizer = loaded
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32 and model.device.type == "cpu"
-    assert model.num_parameters() == EMBEDDED_MODELS[name].parameters
-    assert model.config.model_type == EMBEDDED_MODELS[name].architecture
+    assert model.num_parameters() == EMBEDDED_MODELS[name].params
+    assert model.config.model_type == EMBEDDED_MODELS[name].family
     assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>" and tokenizer.padding_side == "left"
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id == 0
     if name == "embedded-llama":  # grouped-query attention: 8 query heads share 2 key/value heads

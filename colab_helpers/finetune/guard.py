@@ -1,0 +1,245 @@
+"""The failure guard of the training loop: what happens when a step goes wrong. :class:`FailureGuard` keeps the
+in-memory snapshots (LoRA weights and their AdamW moments, every ``snapshot_every`` good steps) and climbs the
+ladder for non-finite steps (skip, then roll back to the snapshot and halve the learning rate, then halve the
+micro-batch, then stop), halves the micro-batch and retries on out-of-memory, and moves training to the CPU
+after another CUDA error. Its counters live in the run's :class:`~.state.TrainingState`, so a resume keeps them;
+the loop (:mod:`.trainer`) only calls :meth:`FailureGuard.after_step` and :meth:`FailureGuard.recover`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ColabHelpersWarning, CudaFallbackWarning
+from ..runtime.cuda_fallback import CudaFallbackError, is_cuda_error, is_cuda_oom, short_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .trainer import FineTuner
+
+logger = logging.getLogger(__name__)
+
+
+class StopTraining(Exception):
+    """Raised inside the loop to end training early with a reason (``"non_finite"``, ``"early_stopping"``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FailureGuard:
+    """Decide and carry out what a failed step of ``tuner`` leads to; see the module docstring."""
+
+    def __init__(self, tuner: FineTuner) -> None:
+        self.tuner = tuner
+        self.snapshot: dict[str, Any] | None = None  # the rollback target
+        self.good_since_snapshot = 0
+        self.fell_back = False  # already moved to the CPU: a second CUDA error is raised
+
+    # --- non-finite steps --------------------------------------------------------------------------------
+
+    def after_step(self, row: dict[str, Any]) -> None:
+        """Count good and non-finite steps; snapshot, roll back, halve or stop (:class:`StopTraining`)."""
+        state, cfg = self.tuner.state, self.tuner.config
+        if row.get("overflow"):
+            logger.debug("step %d: fp16 gradient overflow, loss scale lowered", row["step"])
+            return
+        if not row["skipped"]:
+            state.nan_streak = 0
+            state.rolled_back_without_progress = False
+            self.good_since_snapshot += 1
+            if self.good_since_snapshot >= cfg.snapshot_every:
+                self.take_snapshot()
+            return
+        state.nan_streak += 1
+        self.good_since_snapshot = 0
+        self.tuner.record_event(
+            state.step,
+            "nan_skip",
+            f"non-finite {'loss' if not math.isfinite(row['loss']) else 'gradients'}: step skipped "
+            f"({state.nan_streak} in a row)",
+            loss=row["loss"],
+            grad_norm=row["grad_norm"],
+        )
+        if state.nan_streak >= cfg.nan_skip_patience:
+            self._roll_back()
+
+    def _roll_back(self) -> None:
+        state, cfg = self.tuner.state, self.tuner.config
+        state.nan_streak = 0
+        state.rollbacks += 1
+        snapshot_step = self.snapshot["step"] if self.snapshot else 0
+        self.restore_snapshot()
+        if state.rollbacks > cfg.max_rollbacks:
+            message = (
+                f"training stopped: non-finite loss or gradients persisted after {cfg.max_rollbacks} rollback(s) "
+                f"(learning rate now x{state.lr_scale:g}, micro-batch {state.micro_batch_size}); the adapter of step "
+                f"{snapshot_step} is kept. Lower learning_rate, use dtype='fp32', or check the data"
+            )
+            self.tuner.record_event(state.step, "stopped", message)
+            warnings.warn(message, ColabHelpersWarning, stacklevel=5)
+            raise StopTraining("non_finite")
+        state.lr_scale *= 0.5
+        self.tuner.record_event(
+            state.step,
+            "rollback",
+            f"{cfg.nan_skip_patience} non-finite steps in a row: rolled back to the state of step {snapshot_step}, "
+            f"learning rate halved (x{state.lr_scale:g})",
+            to_step=snapshot_step,
+        )
+        message = f"learning rate halved: x{state.lr_scale:g} of the schedule"
+        self.tuner.record_event(state.step, "lr_halved", message, lr_scale=state.lr_scale)
+        if state.rolled_back_without_progress and state.micro_batch_size > cfg.min_micro_batch_size:
+            state.micro_batch_size = max(cfg.min_micro_batch_size, state.micro_batch_size // 2)
+            self.tuner.record_event(
+                state.step,
+                "micro_batch_halved",
+                f"still non-finite after a rollback: micro-batch halved to {state.micro_batch_size} "
+                f"(effective batch {cfg.effective_batch_size} kept)",
+                micro_batch_size=state.micro_batch_size,
+            )
+        state.rolled_back_without_progress = True
+
+    def take_snapshot(self) -> None:
+        """Keep an in-memory copy of the LoRA weights and their optimizer state (the rollback target)."""
+        params, optimizer = self.tuner.params, self.tuner.optimizer
+        self.snapshot = {
+            "step": self.tuner.state.step,
+            "params": [p.detach().clone() for p in params],
+            "optimizer": [_clone_state(optimizer.state.get(p)) for p in params],
+        }
+        self.good_since_snapshot = 0
+
+    def restore_snapshot(self) -> None:
+        """Put the snapshot's weights and optimizer state back (nothing before the first snapshot)."""
+        if self.snapshot is None:
+            return
+        params, optimizer = self.tuner.params, self.tuner.optimizer
+        load_values(params, self.snapshot["params"])
+        for param, state in zip(params, self.snapshot["optimizer"]):
+            if state is None:
+                optimizer.state.pop(param, None)
+            else:
+                optimizer.state[param] = _clone_state(state)
+        optimizer.zero_grad(set_to_none=True)
+
+    # --- exceptions --------------------------------------------------------------------------------------
+
+    def recover(self, exc: BaseException, step: int) -> None:
+        """Handle an exception of a step or an evaluation so that it can be retried; re-raise what cannot."""
+        tuner = self.tuner
+        if is_cuda_oom(exc):
+            self._halve_for_oom(exc, step)
+        elif is_cuda_error(exc) and tuner.distributed:
+            # the other ranks train on their GPUs through nccl: this one cannot go on alone on the CPU
+            raise RuntimeError(
+                f"rank {tuner.rank}: CUDA error in a data-parallel run ({exc}); the launcher stops every rank. Fix the "
+                f"cause and launch again with resume=True (checkpoints in {tuner.checkpoint_dir})"
+            ) from exc
+        elif is_cuda_error(exc) and not self.fell_back:
+            self._fall_back_to_cpu(exc, step)
+        else:
+            raise exc
+
+    def _halve_for_oom(self, exc: BaseException, step: int) -> None:
+        from ..runtime.memory import free_memory
+
+        state, cfg = self.tuner.state, self.tuner.config
+        if state.micro_batch_size <= cfg.min_micro_batch_size:
+            with contextlib.suppress(Exception):
+                self.tuner.save_checkpoint()
+            raise RuntimeError(
+                f"out of memory at micro_batch_size={state.micro_batch_size}, the floor (min_micro_batch_size="
+                f"{cfg.min_micro_batch_size}): lower seq_len (now {cfg.seq_len}), use load_in_4bit=True or a smaller "
+                f"model; the run is checkpointed, resume it with resume=True"
+            ) from exc
+        free_memory(self.tuner.output_dir)
+        old = state.micro_batch_size
+        state.micro_batch_size = max(cfg.min_micro_batch_size, old // 2)
+        accumulation = math.ceil(cfg.effective_batch_size / state.micro_batch_size)
+        self.tuner.record_event(
+            step,
+            "oom_retry",
+            f"out of memory at micro-batch {old}: retrying with micro-batch {state.micro_batch_size} x "
+            f"{accumulation} accumulation (effective batch {cfg.effective_batch_size} kept)",
+            micro_batch_size=state.micro_batch_size,
+        )
+
+    def _fall_back_to_cpu(self, exc: BaseException, step: int) -> None:
+        """Checkpoint, move the run to the CPU, warn, and let the failed step be retried there."""
+        import torch
+
+        tuner = self.tuner
+        try:
+            tuner.save_checkpoint()
+        except Exception as save_error:  # a dead CUDA context cannot even be copied: the last checkpoint stays
+            logger.warning("could not checkpoint after the CUDA error (%s)", short_error(save_error))
+        restart = f"the runtime and run again with resume=True (checkpoints in {tuner.checkpoint_dir})"
+        if tuner.quantized:
+            message = f"{short_error(exc)}: a 4-bit model cannot move to the CPU. Restart {restart}"
+            raise CudaFallbackError(message) from exc
+        try:
+            if self.snapshot is not None:
+                self.snapshot = to_device(self.snapshot, torch.device("cpu"))
+            tuner.move_to_cpu()
+        except Exception as move_error:
+            raise CudaFallbackError(
+                f"{short_error(exc)}, and moving the model to the CPU failed too ({short_error(move_error)}): "
+                f"restart {restart}"
+            ) from exc
+        self.fell_back = True
+        warnings.warn(
+            f"training failed on CUDA ({short_error(exc)}); checkpointed at step {tuner.state.step} and continuing on "
+            "the CPU (slower). Restart the runtime and resume=True to use the GPU again.",
+            CudaFallbackWarning,
+            stacklevel=4,
+        )
+        message = f"CUDA error ({short_error(exc)}): continuing on the CPU"
+        tuner.record_event(step, "cpu_fallback", message, error=short_error(exc))
+
+
+def remote_oom(failures: int, micro_batch_size: int) -> BaseException:
+    """Return the out-of-memory error a rank raises when another rank ran out of memory (all ranks retry together)."""
+    import torch
+
+    return torch.OutOfMemoryError(f"CUDA out of memory on {failures} other rank(s) at micro-batch {micro_batch_size}")
+
+
+def load_values(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> None:
+    """Copy ``values`` into ``params`` in place (a snapshot's or the best evaluation's weights)."""
+    import torch
+
+    with torch.no_grad():
+        for param, value in zip(params, values):
+            param.copy_(value)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Return ``value`` with every tensor in it (nested in dicts and lists) moved to ``device``."""
+    if hasattr(value, "to") and hasattr(value, "detach"):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value
+
+
+def move_optimizer_state(optimizer: Any, device: torch.device) -> None:
+    """Move the tensors of ``optimizer``'s state to ``device`` in place (a CPU ``step`` counter stays)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if hasattr(value, "detach") and not (key == "step" and value.device.type == "cpu"):
+                state[key] = value.to(device)
+
+
+def _clone_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not state:
+        return None
+    return {k: v.detach().clone() if hasattr(v, "detach") else v for k, v in state.items()}
