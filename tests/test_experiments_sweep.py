@@ -47,7 +47,7 @@ def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(strategies=["random", "attention"]), "unknown strategy 'attention'"),
+        (dict(strategies=["random", "attention"]), "strategy must be one of .* got 'attention'"),
         (dict(models=["embedded-gpt2", "no-such-model-xyz"]), "unknown model 'no-such-model-xyz'"),
         (dict(pruning_levels=[0.3, 1.5]), r"pruning_level must be in \[0, 1\)"),
         (dict(pruning_levels=[]), "the sweep is empty"),

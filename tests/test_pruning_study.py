@@ -124,7 +124,8 @@ def test_pruning_study_config_checks_and_shrinks() -> None:
     assert (smoke.model, smoke.dataset, smoke.strategies, smoke.levels, smoke.seeds) == (
         "embedded-gpt2", "embedded", ("random", "gradient"), (0.0, 0.3), 2)
     assert smoke.evaluate == {"seq_len": 64, "max_tokens": 1500}
-    for bad, message in (({"strategies": ["entropy", "grid"]}, "strategies must be a non-empty list"),
+    for bad, message in (({"strategies": ["entropy", "grid"]}, "strategy must be one of .* got 'grid'"),
+                         ({"strategies": []}, "strategies must name at least one"),
                          ({"levels": [0.1, 1.0]}, r"levels must be in \[0, 1\), got 1.0"),
                          ({"scope": "model"}, "scope must be one of global, layer, got 'model'"),
                          ({"seeds": 0}, "seeds must be a positive integer")):

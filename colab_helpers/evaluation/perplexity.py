@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
 from ..runtime.modules import model_device
 
 if TYPE_CHECKING:

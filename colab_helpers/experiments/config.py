@@ -3,7 +3,8 @@
 One config for one run: the fine-tuning settings are fields of this flat config (what YAML files, sweeps and
 ``run_single_experiment(**options)`` name) and become a :class:`~colab_helpers.finetune.FineTuneConfig` in one
 method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scopes are pruning's
-(:data:`colab_helpers.pruning.importance.STRATEGIES`, ``SCOPES``), defined there once.
+(``STRATEGIES`` and ``check_strategy`` in :mod:`colab_helpers.pruning.importance`, ``SCOPES`` in
+:mod:`colab_helpers.pruning.selection`), defined there once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..pruning.importance import STRATEGIES
+from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
 from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, smoke_model
 
@@ -64,8 +65,7 @@ class ExperimentConfig:
     save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        check_strategy(self.strategy)
         if not isinstance(self.pruning_level, int | float) or not 0 <= self.pruning_level < 1:
             raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
         if self.scope not in SCOPES:

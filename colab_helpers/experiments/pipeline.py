@@ -125,10 +125,11 @@ class PruningExperiment:
                               output_dir: str | os.PathLike[str] | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
         """Run baseline -> prune -> fine-tune for one model, strategy and level; return the result dict.
 
-        ``options`` are further :class:`ExperimentConfig` fields (``learning_rate``, ``seq_len``, ...);
-        ``smoke=True`` shrinks everything to seconds. The result (``config``, ``stages``, ``pruning``,
-        ``training``, ``recovery``, ``seconds``) is also written to ``<output_dir>/result.json``
-        (default ``results_dir/<run name>``).
+        The seed notebook's keyword API, kept as a thin front: it builds an :class:`ExperimentConfig` and calls
+        :meth:`run`, the one entry point. ``options`` are further :class:`ExperimentConfig` fields
+        (``learning_rate``, ``seq_len``, ...); ``smoke=True`` shrinks everything to seconds. The result
+        (``config``, ``stages``, ``pruning``, ``training``, ``recovery``, ``seconds``) is also written to
+        ``<output_dir>/result.json`` (default ``results_dir/<run name>``).
         """
         settings = dict(model=model, strategy=strategy, pruning_level=pruning_level,
                         fine_tuning_epochs=fine_tuning_epochs, fine_tuning_steps=fine_tuning_steps, **options)  # fmt: skip

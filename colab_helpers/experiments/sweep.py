@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pruning.importance import STRATEGIES as PRUNING_STRATEGIES
 from .config import STAGES, ExperimentConfig
 from .pipeline import PruningExperiment
 
@@ -83,9 +82,6 @@ class PruningFineTuningExperiment(PruningExperiment):
         new runs once exceeded and records the rest as ``skipped``; a failing run is recorded as ``failed``
         with its error and the sweep goes on. ``options`` are further :class:`ExperimentConfig` fields.
         """
-        for strategy in strategies:
-            if strategy not in PRUNING_STRATEGIES:
-                raise ValueError(f"unknown strategy {strategy!r} in the sweep; use {', '.join(PRUNING_STRATEGIES)}")
         for model in models:
             check_model_name(model)
         if prompt is not None:

@@ -108,27 +108,23 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
 
 def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary and trash directories a killed run left under ``directory``; return what was deleted."""
-    directory = Path(directory)
-    removed = []
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
+    return _remove_dirs(Path(directory), lambda path: path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)))
 
 
 def remove_all(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete every checkpoint (complete or not), the pointer and stale temporaries; return the checkpoints deleted."""
     directory = Path(directory)
-    removed = []
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if checkpoint_step(path) is not None and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        (directory / LATEST).unlink(missing_ok=True)
+    removed = _remove_dirs(directory, lambda path: checkpoint_step(path) is not None)
+    (directory / LATEST).unlink(missing_ok=True)
     remove_stale(directory)
+    return removed
+
+
+def _remove_dirs(directory: Path, chosen: Callable[[Path], bool]) -> list[Path]:
+    """Delete the sub-directories of ``directory`` that ``chosen`` picks; return them (none when it is missing)."""
+    removed = [path for path in directory.iterdir() if path.is_dir() and chosen(path)] if directory.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
     return removed
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runtime.files import atomic_dir, atomic_write_text
 from ..errors import ColabHelpersWarning
+from ..runtime.files import atomic_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from .memory_estimate import ATTN_IMPLEMENTATIONS, check_choice, check_positive_int, normalize_dtype
-from .shapes import lora_target_modules
 from .registry import CatalogEntry, get_entry
+from .shapes import lora_target_modules
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PretrainedConfig

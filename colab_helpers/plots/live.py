@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runtime.kernel import in_kernel as _in_kernel
 from ..runtime.files import atomic_write_bytes
+from ..runtime.kernel import in_kernel as _in_kernel
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every report of the package (a sweep's, the spelling study's) is one HTML file that opens anywhere, offline: figures
 are embedded as base64 PNG, tables are pandas' HTML. A section's body is a part or a list of parts: a DataFrame
-(a table), a figure (anything with ``png()``, e.g. from :func:`~colab_helpers.plots.pruning.new_figure`) or a string
+(a table), a figure (anything with ``png()``, e.g. from :func:`~colab_helpers.plots.base.new_figure`) or a string
 of HTML.
 """
 

@@ -16,8 +16,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .gating import gate_heads
 from ..runtime.modules import model_device
+from .gating import gate_heads
 from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, o_weight, qkv_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +34,14 @@ NORMALIZATIONS = ("auto", "none", "l2", "zscore")
 # magnitude 400 / 690 / 520, gradient 135 / 134 / 138, entropy (sink-aware focus) 490 / 793 / 789 (the plain
 # entropy of the first version: 32,140 / 974 / 808, worse than random even normalised).
 AUTO_NORMALIZATION = {"random": "none", "magnitude": "none", "entropy": "none", "gradient": "none"}
+
+
+def check_strategy(strategy: Any) -> str:
+    """Return ``strategy`` when it names an importance strategy, else raise ValueError listing them (the one check
+    that configs, sweeps and :func:`head_importance` share)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    return strategy
 
 
 def head_importance(
@@ -79,8 +87,7 @@ def head_importance(
     The model's weights, train/eval modes and attention implementation are left as they were (the passes run in
     eval mode). Unknown strategies or normalisations raise ``ValueError``.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    check_strategy(strategy)
     method = resolve_normalization(normalize, strategy)
     return normalize_scores(_raw_scores(model, batches, strategy, seed, max_batches, progress), method)
 

@@ -29,7 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import parameter_count
 from .gating import has_gates
-from .layout import RECORD_ATTR, AttentionSite, HeadLayout, attention_sites, is_conv1d, layout_of, pruning_record, validate_mask, weight_out_in
+from .layout import (
+    RECORD_ATTR,
+    AttentionSite,
+    HeadLayout,
+    attention_sites,
+    is_conv1d,
+    layout_of,
+    pruning_record,
+    validate_mask,
+    weight_out_in,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..evaluation.latency import SpeedReport
 from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, smoke_model
-from .importance import STRATEGIES
+from .importance import STRATEGIES, check_strategy
 from .selection import SCOPES
 
 if TYPE_CHECKING:
@@ -49,11 +49,10 @@ class PruningStudyConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategies", tuple(self.strategies))
         object.__setattr__(self, "levels", tuple(self.levels))
-        unknown = [name for name in self.strategies if name not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise ValueError(f"strategies must be a non-empty list of {', '.join(STRATEGIES)}, got {list(self.strategies)!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not self.strategies:
+            raise ValueError(f"strategies must name at least one of {', '.join(STRATEGIES)}, got none")
+        for strategy in (*self.strategies, self.strategy):
+            check_strategy(strategy)
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         for name, value in (("level", self.level), *(("levels", level) for level in self.levels)):

@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from .modules import model_device
 from ..errors import ColabHelpersWarning, CudaFallbackWarning
+from .modules import model_device
 from .secrets import redact
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import ColabHelpersWarning
 from .files import atomic_path
 from .kernel import in_kernel as _in_kernel
-from ..errors import ColabHelpersWarning
 from .secrets import contains_secret, redact
 
 logger = logging.getLogger(__name__)

@@ -34,11 +34,46 @@ checks), :mod:`.answers` (normalisation, exact match), :mod:`.stats` (bootstrap 
 
 from __future__ import annotations
 
-from .data import TASKS
-from .analysis import accuracy_table, analyze, correlation_table, finished_runs, guess_baselines, paired_gains, parameter_effects, parameter_importance, results_table, top_configs
+from .analysis import (
+    accuracy_table,
+    analyze,
+    correlation_table,
+    finished_runs,
+    guess_baselines,
+    paired_gains,
+    parameter_effects,
+    parameter_importance,
+    results_table,
+    top_configs,
+)
 from .answers import is_correct, normalize_answer
-from .config import CONTROL_MODES, DEFAULT_MODEL, METRICS, MIN_SPELLING_GAIN, OFFLINE_MODEL, REFERENCE_SWEEP, SEARCH_SPACE, SMOKE_SEARCH_SPACE, TRANSFER_TASKS, base_config, check_run_config, check_sweep, default_sweep, finetune_config, merge_steps
-from .evaluation import SMALL_MODEL_PARAMETERS, Evaluation, answer_budget, evaluate, generate_answers, small_model_threads, transfer_metrics
+from .config import (
+    CONTROL_MODES,
+    DEFAULT_MODEL,
+    METRICS,
+    MIN_SPELLING_GAIN,
+    OFFLINE_MODEL,
+    REFERENCE_SWEEP,
+    SEARCH_SPACE,
+    SMOKE_SEARCH_SPACE,
+    TRANSFER_TASKS,
+    base_config,
+    check_run_config,
+    check_sweep,
+    default_sweep,
+    finetune_config,
+    merge_steps,
+)
+from .data import TASKS
+from .evaluation import (
+    SMALL_MODEL_PARAMETERS,
+    Evaluation,
+    answer_budget,
+    evaluate,
+    generate_answers,
+    small_model_threads,
+    transfer_metrics,
+)
 from .report import TransferAnalysis, plot_parameter_effects, plot_spelling_vs_transfer, plot_task_accuracies
 from .stats import accuracy_with_ci, bootstrap_ci, correlation_with_ci, paired_difference_ci, pearson, rank, spearman
 from .sweep import SpellingStudy

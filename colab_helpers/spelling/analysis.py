@@ -10,9 +10,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .data import TASKS
-from .config import METRICS, MIN_SPELLING_GAIN, SEARCH_SPACE, TRANSFER_TASKS
 from .answers import is_correct
+from .config import METRICS, MIN_SPELLING_GAIN, SEARCH_SPACE, TRANSFER_TASKS
+from .data import TASKS
 from .report import TransferAnalysis, all_finite
 from .stats import accuracy_with_ci, correlation_with_ci, paired_difference_ci
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..finetune import FineTuneConfig
     from ..experiments.sweep_config import SweepConfig
+    from ..finetune import FineTuneConfig
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 OFFLINE_MODEL = "embedded-gpt2"

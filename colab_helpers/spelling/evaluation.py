@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.modules import model_device, parameter_count
 from ..runtime.files import atomic_write_text
-from .data import TASKS
+from ..runtime.modules import model_device, parameter_count
 from .answers import is_correct, normalize_answer
 from .config import MIN_SPELLING_GAIN, TRANSFER_TASKS
+from .data import TASKS
 from .stats import accuracy_with_ci
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..plots.report import figure_html, html_report, table_html
 from ..runtime.files import atomic_write_text, ensure_writable_dir
-from .data import TASKS
 from .config import METRICS, SEARCH_SPACE, TRANSFER_TASKS
+from .data import TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

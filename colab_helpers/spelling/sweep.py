@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..runtime.files import ensure_writable_dir
-from .data import TASKS, fingerprint
 from .analysis import analyze, paired_gains
-from .config import CONTROL_MODES, METRICS, MIN_SPELLING_GAIN, REFERENCE_SWEEP, base_config, check_sweep, default_sweep, merge_steps
+from .config import (
+    CONTROL_MODES,
+    METRICS,
+    MIN_SPELLING_GAIN,
+    REFERENCE_SWEEP,
+    base_config,
+    check_sweep,
+    default_sweep,
+    merge_steps,
+)
+from .data import TASKS, fingerprint
 from .evaluation import Evaluation, evaluate, save_predictions, transfer_metrics
 from .report import TransferAnalysis
 from .training import completion_pairs, control_texts, train_and_evaluate
