@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo demo-all bench sync clean embedded gpu-check gpu-prepare
+.PHONY: install test test-fast test-floor test-py313 demo demo-all bench sync clean embedded gpu-check gpu-prepare
 
 install: $(STAMP)
 
@@ -35,6 +35,41 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 ## and one thread keeps the suite steady on a busy machine (two OpenMP threads on two shared cores thrash).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+## The declared floors (constraints-floor.txt: transformers 5.1.0, peft 0.21.0, accelerate 1.0.1, datasets 3.0.2,
+## ...) in a second venv, the fast tests; CI runs it after `make test`.
+FLOOR_VENV ?= .venv-floor
+FAST_TESTS := -m "not notebook and not real_model"
+
+test-floor: $(FLOOR_VENV)/.installed
+	OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
+
+$(FLOOR_VENV)/.installed: constraints-floor.txt requirements.txt requirements-dev.txt pyproject.toml Makefile
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/python -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH)"
+	$(FLOOR_VENV)/bin/python -m pip install -q -c constraints-floor.txt -r requirements-dev.txt
+	$(FLOOR_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+## Python 3.13 (Colab's) without torch: PyPI has torch for it only as a multi-GB CUDA build, so this proves the
+## import and every test that needs no torch (the others report "needs torch" as skipped). PY313 = the interpreter.
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
+PY313_VENV ?= .venv-py313
+
+test-py313: $(PY313_VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY313_VENV)/bin/python -c "import sys, colab_helpers; assert 'torch' not in sys.modules; print(sys.version.split()[0], colab_helpers.__version__)"
+	OMP_NUM_THREADS=1 $(PY313_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
+
+$(PY313_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml Makefile
+	@test -n "$(PY313)" || { echo "no python3.13 found: install it (pyenv install 3.13) or pass PY313=/path/to/python3.13"; exit 1; }
+	test -x $(PY313_VENV)/bin/python || $(PY313) -m venv $(PY313_VENV)
+	$(PY313_VENV)/bin/python -m pip install -q --upgrade pip
+	grep -vE '^(peft|accelerate)' requirements.txt > $(PY313_VENV)/requirements-notorch.txt  # these two pull torch
+	$(PY313_VENV)/bin/python -m pip install -q -r $(PY313_VENV)/requirements-notorch.txt pytest "jupytext==1.19.6" "nbformat>=5.10"
+	grep -E '^(peft|accelerate)' requirements.txt | xargs $(PY313_VENV)/bin/python -m pip install -q --no-deps  # their floors, not torch
+	$(PY313_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
 
 ## Unit tests only (no notebook execution).
 test-fast: $(STAMP)
@@ -71,4 +106,4 @@ embedded: $(STAMP)
 	$(BIN)/python scripts/build_embedded.py
 
 clean:
-	rm -rf results .pytest_cache
+	rm -rf results .pytest_cache $(FLOOR_VENV) $(PY313_VENV)

@@ -182,3 +182,21 @@ def eval_loss_rises_after(model: Any, clock: StepClock, step: int, scale: float 
         return output + (done - step) * scale * noise["n"].to(output.dtype)
 
     return output_head(model).register_forward_hook(hook)
+
+
+class NanAdapter(Callback):
+    """Fill the LoRA weights with NaN when training begins (before the first rollback snapshot is taken)."""
+
+    def on_train_begin(self, tuner: Any) -> None:
+        with torch.no_grad():
+            for param in tuner.model.parameters():
+                if param.requires_grad:
+                    param.fill_(float("nan"))
+
+
+def nan_base_weights(model: Any) -> Any:
+    """Fill every weight of ``model`` with NaN (a broken download or a bad merge); return the model."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+    return model

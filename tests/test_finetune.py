@@ -40,11 +40,11 @@ def test_every_setting_has_a_default_and_help() -> None:
     ("changes", "fragment"),
     [
         ({"r": 0}, "r must be an integer >= 1, got 0"),
-        ({"alpha": -1}, "alpha must be > 0, got -1"),
-        ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
-        ({"learning_rate": 0}, "learning_rate must be > 0, got 0"),
+        ({"alpha": -1}, "alpha must be a finite number > 0, got -1"),
+        ({"dropout": 1.0}, "dropout must be a finite number in [0, 1), got 1.0"),
+        ({"learning_rate": 0}, "learning_rate must be a finite number > 0, got 0"),
         ({"max_steps": None, "epochs": None}, "set max_steps"),
-        ({"epochs": -1.0}, "epochs must be > 0, got -1.0"),
+        ({"epochs": -1.0}, "epochs must be a finite number > 0, got -1.0"),
         ({"micro_batch_size": 2, "min_micro_batch_size": 4}, "min_micro_batch_size (4) must be <= micro_batch_size (2)"),
         ({"seq_len": 1}, "seq_len must be an integer >= 2, got 1"),
         ({"max_grad_norm": 0}, "max_grad_norm must be a finite number > 0, got 0"),
@@ -60,6 +60,46 @@ def test_bad_settings_name_the_value_and_the_fix(changes, fragment) -> None:
         FineTuneConfig(**changes)
     assert fragment in str(info.value)
     assert "e.g." in str(info.value) or "set " in str(info.value) or "lower" in str(info.value) or "'auto'" in str(info.value) or "list" in str(info.value)
+
+
+FLOAT_FIELDS = {  # field -> (a good value, bad values besides the common ones)
+    "alpha": (32, [0, -1]),
+    "dropout": (0.05, [1.0, -0.1]),
+    "learning_rate": (2e-4, [0, -1e-4]),
+    "epochs": (1.0, [0, -1.0]),
+    "weight_decay": (0.0, [-0.01]),
+    "max_grad_norm": (1.0, [0, -1.0]),
+    "plot_every_seconds": (10.0, [-1]),
+}
+COMMON_BAD = [math.inf, -math.inf, math.nan, "1e-4", "abc", True, None, [1.0]]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, (_, bad) in FLOAT_FIELDS.items() for value in COMMON_BAD + bad
+     if not (name == "epochs" and value is None)],  # epochs=None is valid: max_steps counts
+    ids=repr,
+)  # fmt: skip
+def test_every_float_setting_refuses_bad_values_naming_field_value_and_example(name, value) -> None:
+    with pytest.raises(ValueError) as info:
+        FineTuneConfig(**{name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name} must be a"), message
+    assert f"got {type(value).__name__} {value!r}" in message or f"got {value!r};" in message, message
+    assert f"e.g. {name}=" in message
+    if isinstance(value, str):
+        assert "without quotes" in message
+
+
+def test_float_settings_take_numpy_scalars_as_python_floats() -> None:
+    import numpy as np
+
+    config = FineTuneConfig(alpha=np.float32(16), weight_decay=np.float64(0.01), epochs=np.float32(0.5))
+    assert type(config.alpha) is float and config.alpha == 16.0 and type(config.epochs) is float
+    json.dumps(config.to_dict())
+    assert FineTuneConfig(alpha=16).alpha == 16  # a Python int stays as given (checkpoint fingerprints compare it)
+    with pytest.raises(ValueError, match="warmup_ratio must be in"):
+        FineTuneConfig().with_intervals(warmup_ratio=math.nan)
 
 
 def test_smoke_is_a_tiny_valid_copy() -> None:
@@ -110,6 +150,33 @@ def test_empty_or_short_text_says_how_many_tokens_are_needed(tmp_path) -> None:
         FineTuner(tiny_model(), tokenizer(), ["a short text"], config=config, live_plot=False, progress=False)
     with pytest.raises(ValueError, match="early_stopping_patience needs eval_texts"):
         FineTuner(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path, early_stopping_patience=2), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("texts", "fragment"),
+    [
+        ([1, 2, 3], "train_texts holds int values where strings or (prompt, completion) pairs are expected "
+                    "(train_texts[0] is 1 and 2 more)"),
+        (["a text", None], "train_texts holds NoneType values where strings or (prompt, completion) pairs are "
+                           "expected (train_texts[1] is None)"),
+        ([b"bytes"], "holds bytes values"),
+        (5, "train_texts must be a text, a list of texts or of (prompt, completion) pairs, got int 5"),
+        (["a short text"], "has 10 tokens, but one micro-batch of 2 x seq_len=16 needs 32"),
+    ],
+)  # fmt: skip
+def test_bad_training_data_says_what_it_holds_and_leaves_no_folder(tmp_path, texts, fragment) -> None:
+    output_dir = tmp_path / "new" / "run"
+    with pytest.raises(ValueError) as info:
+        fine_tune(tiny_model(), tokenizer(), texts, config=small(tmp_path, output_dir=str(output_dir)), progress=False)
+    assert fragment in str(info.value)
+    assert not (tmp_path / "new").exists()  # nothing created for a run that never started
+
+
+def test_bad_eval_data_leaves_no_folder_either(tmp_path) -> None:
+    output_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"eval_texts holds int values .* \(eval_texts\[0\] is 7\)"):
+        fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, [7], small(tmp_path, output_dir=str(output_dir)), progress=False)
+    assert not output_dir.exists()
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:

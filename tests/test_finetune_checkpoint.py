@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,19 +76,126 @@ def test_a_half_written_checkpoint_is_never_picked(tmp_path) -> None:
     assert ckpt.remove_stale(tmp_path) == [tmp] and not tmp.exists()
 
 
+def ours(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, ColabHelpersWarning)]
+
+
+def aside(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "checkpoints").glob("unreadable-*"))
+
+
 def test_resume_skips_a_broken_newest_checkpoint(tmp_path) -> None:
     first = run(tiny_model(), config(tmp_path))
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-6", "checkpoint-8"]
     # fake a newer checkpoint killed mid-write: a copy of checkpoint-8 with one file cut short
     broken = tmp_path / "checkpoints" / "checkpoint-9"
-    os.system(f"cp -r {tmp_path / 'checkpoints' / 'checkpoint-8'} {broken}")
+    shutil.copytree(tmp_path / "checkpoints" / "checkpoint-8", broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "step": 9}))
     with open(broken / "adapter_model.safetensors", "r+b") as handle:
         handle.truncate(10)
     (tmp_path / "checkpoints" / "latest").write_text("checkpoint-9\n")
-    result = run(tiny_model(), config(tmp_path, max_steps=10, resume=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(tiny_model(), config(tmp_path, max_steps=10, resume=True))
+    [message] = ours(caught)
+    assert "checkpoint-9: adapter_model.safetensors has 10 bytes" in message and "resuming from checkpoint-8" in message
     assert [e["message"] for e in result.events if e["kind"] == "resumed"] == ["resumed from checkpoint-8"]
     assert [r["step"] for r in result.history] == list(range(1, 11))
     assert result.history[:8] == first.history
+    # the broken one was moved aside, not overwritten by the new checkpoint-9
+    [folder] = aside(tmp_path)
+    assert (folder / "checkpoint-9" / "adapter_model.safetensors").stat().st_size == 10
+
+
+def test_a_corrupt_newest_adapter_falls_back_to_the_previous_checkpoint_with_one_warning(tmp_path) -> None:
+    first = run(tiny_model(), config(tmp_path))
+    newest = tmp_path / "checkpoints" / "checkpoint-8"
+    adapter = newest / "adapter_model.safetensors"
+    size = adapter.stat().st_size
+    adapter.write_bytes(b"\xff" * size)  # same size, so the manifest still matches: only reading finds it
+    assert ckpt.is_complete(newest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(tiny_model(), config(tmp_path, resume=True))
+    [message] = ours(caught)
+    assert [w.filename for w in caught if issubclass(w.category, ColabHelpersWarning)] == [__file__]  # the caller's line
+    assert str(tmp_path / "checkpoints") in message
+    assert "checkpoint-8: adapter_model.safetensors cannot be read" in message and "resuming from checkpoint-6" in message
+    assert [e["message"] for e in result.events if e["kind"] == "resumed"] == ["resumed from checkpoint-6"]
+    # steps 7 and 8 again, exactly as the first time (the clock aside)
+    assert [(r["step"], r["loss"]) for r in result.history] == [(r["step"], r["loss"]) for r in first.history]
+    [folder] = aside(tmp_path)
+    assert (folder / "checkpoint-8" / "adapter_model.safetensors").read_bytes() == b"\xff" * size
+
+
+def test_resume_with_no_readable_checkpoint_moves_them_aside_and_starts_over(tmp_path) -> None:
+    run(tiny_model(), config(tmp_path))
+    damaged = {}
+    for name in ("checkpoint-6", "checkpoint-8"):
+        state = tmp_path / "checkpoints" / name / "state.json"
+        state.write_bytes(b"{" + b" " * (state.stat().st_size - 1))  # not JSON, same size
+        damaged[name] = state.read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(tiny_model(), config(tmp_path, max_steps=4, resume=True))
+    [message] = ours(caught)
+    assert f"2 checkpoint(s) in {tmp_path / 'checkpoints'} could not be read" in message
+    assert "checkpoint-8: state.json cannot be read (JSONDecodeError" in message and "checkpoint-6: state.json" in message
+    assert "starting from step 0" in message and "nothing deleted" in message
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4] and result.events == []
+    [folder] = aside(tmp_path)
+    assert str(folder) in message
+    assert {name: (folder / name / "state.json").read_bytes() for name in damaged} == damaged  # untouched
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
+    # a later resume=False clears the run's checkpoints, not what was set aside
+    with pytest.warns(ColabHelpersWarning, match="deleted 2 old checkpoint"):
+        run(tiny_model(), config(tmp_path, max_steps=2))
+    assert aside(tmp_path) == [folder]
+
+
+@pytest.mark.parametrize("damage", ["manifest", "state_step", "optimizer"])
+def test_each_kind_of_damage_is_named(tmp_path, damage) -> None:
+    run(tiny_model(), config(tmp_path, max_steps=4))
+    newest = tmp_path / "checkpoints" / "checkpoint-4"
+    if damage == "manifest":
+        (newest / "manifest.json").unlink()
+        expected = "checkpoint-4: no manifest.json"
+    elif damage == "state_step":  # a state.json copied in from another checkpoint, padded to the listed size
+        state = json.loads((newest / "state.json").read_text())
+        text = json.dumps({**state, "step": 3})
+        text += " " * ((newest / "state.json").stat().st_size - len(text))
+        (newest / "state.json").write_text(text)
+        expected = "checkpoint-4: state.json is of step 3"
+    else:
+        optimizer = newest / "optimizer.pt"
+        optimizer.write_bytes(b"\0" * optimizer.stat().st_size)
+        expected = "checkpoint-4: optimizer.pt cannot be read"
+    with pytest.warns(ColabHelpersWarning, match=expected) as caught:
+        result = run(tiny_model(), config(tmp_path, max_steps=4, resume=True))
+    assert len(ours(caught)) == 1
+    assert result.events[0]["message"] == "resumed from checkpoint-2" and result.steps == 4
+
+
+def test_a_checkpoint_with_a_nan_adapter_is_refused_naming_it(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    run(tiny_model(), config(tmp_path))
+    newest = tmp_path / "checkpoints" / "checkpoint-8"
+    tensors = load_file(newest / "adapter_model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(newest / "adapter_model.safetensors"))
+    assert ckpt.is_complete(newest)  # same size: the manifest cannot tell
+    model = tiny_model()
+    with pytest.raises(ValueError) as info:
+        run(model, config(tmp_path, max_steps=10, resume=True))
+    message = str(info.value)
+    assert f"cannot resume from {newest}" in message and "NaN" in message and name in message
+    assert "Move checkpoint-8 out of" in message and "resume=False" in message
+    assert not any("lora" in n for n, _ in model.named_modules())  # refused before the model was touched
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-6", "checkpoint-8"]
+    assert aside(tmp_path) == []  # nothing moved on an error
 
 
 # --- resuming ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -12,10 +13,12 @@ from _finetune_faults import (
     EVAL_TEXTS,
     TRAIN_TEXTS,
     CudaErrorAt,
+    NanAdapter,
     OutOfMemoryAbove,
     StepClock,
     all_finite,
     eval_loss_rises_after,
+    nan_base_weights,
     poison_gradients,
     poison_loss,
     tiny_model,
@@ -107,6 +110,63 @@ def test_a_persistent_nan_halves_the_micro_batch_then_stops_keeping_the_good_sta
     assert same(trainable(result.model), clock.weights[2])  # the last good snapshot is what is kept
     assert all_finite(result.model)
     assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == "checkpoint-9"
+
+
+def failed_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, ColabHelpersWarning)]
+
+
+@pytest.mark.parametrize("fault", ["nan_loss", "nan_adapter", "nan_base"])
+def test_a_run_where_every_step_is_non_finite_fails_and_saves_no_adapter(tmp_path, fault) -> None:
+    clock = StepClock()
+    model = nan_base_weights(tiny_model()) if fault == "nan_base" else tiny_model()
+    callbacks = [clock, NanAdapter()] if fault == "nan_adapter" else [clock]
+    if fault == "nan_loss":
+        poison_loss(model, clock, lambda step: True)
+    # max_steps < nan_skip_patience: the ladder never gets to stop this run, the end-of-run verdict must
+    cfg = config(tmp_path, max_steps=2, checkpoint_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(model, cfg, *callbacks)
+    [message] = failed_warnings(caught)
+    assert message.startswith("fine-tuning failed at step 2") and "No adapter was saved" in message
+    reason = {"nan_loss": "none of its 2 steps had a finite loss", "nan_adapter": "weights hold NaN or infinity (",
+              "nan_base": "weights hold NaN or infinity (base_model.model.transformer.wte.weight)"}[fault]  # fmt: skip
+    assert reason in message and reason in result.failure
+    assert result.stopped_reason == "non_finite" and result.steps == 2 and kinds(result)[-1] == "failed"
+    assert result.adapter_dir is None and not (tmp_path / "run" / "adapter").exists()
+    assert "FAILED" in result.summary()
+    # no final checkpoint of the failed state (the one of step 1 is what checkpoint_every wrote on the way)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-1"]
+    summary = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["stopped_reason"] == "non_finite" and summary["failure"] == result.failure
+
+
+@pytest.mark.parametrize("fault", ["nan_adapter", "nan_base"])
+def test_nan_weights_stop_at_the_first_rollback_instead_of_climbing_the_ladder(tmp_path, fault) -> None:
+    model = nan_base_weights(tiny_model()) if fault == "nan_base" else tiny_model()
+    callbacks = [NanAdapter()] if fault == "nan_adapter" else []
+    cfg = config(tmp_path, max_steps=30, nan_skip_patience=2, max_rollbacks=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(model, cfg, *callbacks)
+    assert len(failed_warnings(caught)) == 1
+    assert kinds(result) == ["nan_skip", "nan_skip", "stopped", "failed"] and result.steps == 2
+    assert "no rollback can help" in result.events[2]["message"]
+    assert result.stopped_reason == "non_finite" and result.adapter_dir is None
+
+
+def test_a_run_with_good_steps_then_nan_keeps_its_adapter_and_warns_once(tmp_path) -> None:
+    clock = StepClock()
+    model = tiny_model()
+    poison_loss(model, clock, lambda step: step >= 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(model, config(tmp_path, max_steps=30, nan_skip_patience=2, max_rollbacks=1), clock)
+    [message] = failed_warnings(caught)
+    assert "persisted after 1 rollback" in message and "the adapter of step 2 is kept" in message
+    assert result.stopped_reason == "non_finite" and result.failure is None
+    assert result.adapter_dir is not None and (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
 # --- out of memory ----------------------------------------------------------------------------------------

@@ -316,7 +316,8 @@ def test_mask_naming_missing_heads_is_rejected() -> None:
     remove_heads(model, mask_of(head_layout(model), {0: [0, 1]}))
     layout = head_layout(model)
     assert layout.query_heads == (2, 4)
-    with pytest.raises(ValueError, match=r"mask\[0, 3\] is True but layer 0 has only 2 heads"):
+    stale = r"mask\[0, 3\] is True but layer 0 holds only 2 heads now.*masks index the heads a layer holds now"
+    with pytest.raises(ValueError, match=stale):
         remove_heads(model, mask_of(layout, {0: [3]}))
 
 
@@ -376,6 +377,14 @@ def test_save_pruned_refuses_to_overwrite_other_directories(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="not a pruned-model directory"):
         save_pruned(build("gpt2"), None, tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_save_pruned_into_an_unwritable_place_names_the_destination(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")  # a path below a regular file can never be created, even as root
+    target = tmp_path / "file" / "pruned"
+    with pytest.raises(PermissionError, match=f"cannot write '{target}'.*pass a folder you can write to"):
+        save_pruned(build("gpt2"), None, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary folder left anywhere
 
 
 # --- importance ---------------------------------------------------------------------------------------------------
@@ -635,3 +644,213 @@ def test_entropy_scores_focus_outside_the_attention_sink() -> None:
     assert counted == n - 2  # queries that see fewer than two tokens besides the first carry no information
     assert focus[0] == pytest.approx(0.0, abs=1e-6) and focus[1] == pytest.approx(0.0, abs=1e-6)
     assert focus[2] == pytest.approx(1.0, abs=1e-6)
+
+
+# --- bad input: refused before any work, with the value as given and the fix ---------------------------------------
+
+
+def test_select_heads_refuses_scores_that_hold_no_head() -> None:
+    with pytest.raises(ValueError, match=r"scores hold no head: all 8 entries of the \(2, 4\) tensor are NaN"):
+        select_heads(torch.full((2, 4), math.nan), 0.3)
+    with pytest.raises(ValueError, match="scores hold no head"):
+        select_heads(torch.full((2, 4), math.nan), 0.0)  # even when nothing would be pruned
+
+
+@pytest.mark.parametrize(
+    ("row", "where"),
+    [
+        ([math.nan] * 4, "every entry"),
+        ([0.5, math.nan, 0.2, 0.1], "head 1, before head 3"),
+        ([math.nan, 0.3, math.nan, math.nan], "head 0, before head 1"),
+    ],
+)
+def test_select_heads_refuses_nan_where_a_head_exists(row: list[float], where: str) -> None:
+    scores = torch.tensor([[0.1, 0.2, 0.3, 0.4], row])
+    for scope in ("global", "layer"):
+        with pytest.raises(ValueError, match=rf"scores of layer 1 are NaN at {where}, where a head exists.*broken"):
+            select_heads(scores, 0.25, scope=scope)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"level": "0.3"}, r"level must be a number in \[0, 1\), got '0.3' \(a str\)"),
+        ({"level": None}, r"level must be a number in \[0, 1\), got None \(a NoneType\)"),
+        ({"level": True}, r"got True \(a bool\)"),
+        ({"level": 0.3, "min_heads_per_layer": "1"}, r"min_heads_per_layer must be an int >= 0, got '1' \(a str\)"),
+        ({"level": 0.3, "scope": None}, "scope must be one of global, layer, got None"),
+    ],
+)
+def test_select_heads_names_the_type_of_a_wrong_argument(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        select_heads(torch.rand(2, 4), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_gate_heads_refuses_non_finite_gates(bad: float) -> None:
+    model = build("gpt2")
+    base = logits(model)
+    gates = torch.ones(2, 4)
+    gates[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"gates must be finite, got {bad} for head 2 of layer 1"):
+        gate_heads(model, gates=gates)
+    assert not any(block.attn.c_proj._forward_pre_hooks for block in model.transformer.h)
+    per_example = torch.ones(2, 2, 4)
+    per_example[1, 0, 3] = bad
+    with pytest.raises(ValueError, match=r"head 3 of layer 0 \(example 1\)"):
+        gate_heads(model, gates=per_example)
+    with gate_heads(model) as handle:
+        with pytest.raises(ValueError, match="gates must be finite"):
+            handle.set(gates)
+        handle.gates[0, 0] = bad  # an in-place edit is caught by refresh
+        with pytest.raises(ValueError, match="gates must be finite"):
+            handle.refresh()
+        handle.gates[0, 0] = 1.0
+        handle.refresh()
+    assert torch.equal(logits(model), base)
+
+
+def test_nan_gates_past_a_layers_heads_are_allowed() -> None:
+    """NaN means "no head" in this package: gates past a pruned layer's heads are never read."""
+    model = build("gpt2")
+    remove_heads(model, mask_of(head_layout(model), {0: [0, 1]}))
+    gates = torch.ones(2, 4)
+    gates[0, 2:] = math.nan
+    with gate_heads(model, gates=gates):
+        assert bool(torch.isfinite(logits(model)).all())
+
+
+@pytest.mark.parametrize(("arch", "heads"), [("gpt2", [1]), ("llama", [0, 1]), ("gpt_neox", [0, 1])])
+def test_the_same_mask_twice_is_refused_not_applied_to_other_heads(arch: str, heads: list[int]) -> None:
+    model = build(arch)
+    mask = mask_of(head_layout(model), {0: heads})  # layer 1 keeps 4 heads, so the shape stays (2, 4)
+    remove_heads(model, mask)
+    before = state_copy(model)
+    pruned = head_layout(model)
+    assert pruned.max_heads == 4
+    for again in (mask, mask.clone()):
+        with pytest.raises(ValueError, match=r"last remove_heads applied.*masks index the heads a layer holds now"):
+            remove_heads(model, again)
+    assert head_layout(model) == pruned
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_equal_mask_built_for_the_current_heads_goes_through_when_asked() -> None:
+    model = build("gpt2")
+    mask = mask_of(head_layout(model), {0: [1]})
+    remove_heads(model, mask)
+    report = remove_heads(model, mask, allow_repeat=True)  # e.g. iterative pruning picking position 1 again
+    assert report.query_heads_after == (2, 4) and model.config.colab_helpers_pruning["kept_heads"][0] == [0, 3]
+
+
+def test_repeating_a_mask_that_names_the_same_padding_heads_changes_nothing() -> None:
+    """With grouped-query attention a pruned head can stay as zeroed padding: its position still names it."""
+    model = build("llama")
+    mask = mask_of(head_layout(model), {0: [1]})
+    remove_heads(model, mask)
+    expected = logits(model)
+    report = remove_heads(model, mask)
+    assert report.padding_heads == (1, 0) and report.removed_params == 0
+    assert torch.equal(logits(model), expected)
+
+
+def test_a_mask_of_the_shape_before_removal_is_refused() -> None:
+    model = build("gpt2")
+    layout = head_layout(model)
+    mask = mask_of(layout, {0: [3], 1: [3]})
+    remove_heads(model, mask)
+    assert head_layout(model).max_heads == 3
+    with pytest.raises(ValueError, match=r"shape \(2, 4\), the shape before the earlier removal.*head_layout\(model\)"):
+        remove_heads(model, mask_of(layout, {0: [0]}))
+    with pytest.raises(ValueError, match="torch.bool tensor of shape"):  # an unpruned model: the usual message
+        remove_heads(build("gpt2"), torch.zeros(2, 3, dtype=torch.bool))
+
+
+def _encoder() -> Any:
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    return transformers.BertModel(config).eval()
+
+
+def _encoder_decoder() -> Any:
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: torch.nn.Linear(4, 4), r"got torch\.nn\.modules\.linear\.Linear, which has no \.config"),
+        (_encoder, r"BertModel \(model type 'bert'\) is an encoder"),
+        (_encoder_decoder, r"T5ForConditionalGeneration \(model type 't5'\) is an encoder-decoder model"),
+        (lambda: (build("gpt2"), None), r"got tuple \(load_model returns \(model, tokenizer\)"),
+        (lambda: "gpt2", r"got str"),
+    ],
+)
+def test_what_is_not_a_causal_lm_is_refused_naming_its_type(make: Any, match: str) -> None:
+    model = make()
+    calls = {
+        "head_layout": lambda: head_layout(model),
+        "head_importance": lambda: head_importance(model, [inputs()], "gradient", progress=False),
+        "gate_heads": lambda: gate_heads(model),
+        "remove_heads": lambda: remove_heads(model, torch.zeros(2, 4, dtype=torch.bool)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=match):
+            call()
+
+
+def test_a_bert_configured_as_a_decoder_is_an_unsupported_architecture_not_an_encoder() -> None:
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, is_decoder=True)  # fmt: skip
+    with pytest.raises(NotImplementedError, match=r"'bert'.*Supported"):
+        head_layout(transformers.BertLMHeadModel(config))
+
+
+def _saved(tmp_path: Path) -> Path:
+    model = build("llama")
+    remove_heads(model, mask_of(head_layout(model), MASKS["whole_group"]))
+    return save_pruned(model, None, tmp_path / "pruned")
+
+
+def _edit_record(path: Path, edit: Any) -> Path:
+    import json
+
+    meta_path = path / "pruning.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    return meta_path
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.pop("kept_kv_heads"), r"is damaged: the pruning record lacks kept_kv_heads"),
+        (lambda m: m.update(kept_heads=[[0, 1]]), r"is damaged: kept_heads needs one list per layer \(2 layers\)"),
+        (lambda m: m.update(kept_heads=[[2, 7], [0]]), r"kept_heads\[0\] must be increasing head indices in \[0, 4\)"),
+        (lambda m: m["kept_heads"].__setitem__(0, [2, "3"]), r"kept_heads\[0\] must be a list of integers"),
+        (lambda m: m.update(kept_kv_heads=[[0], [1]]), r"layer 0: kept query heads \[2, 3\] do not fill the kept "
+                                                        r"key/value heads \[0\] evenly"),
+        (lambda m: m.update(padding_heads=[[0], []]), r"padding_heads\[0\] \[0\] names heads missing from"),
+        (lambda m: m.update(format="other"), r"is not a colab_helpers.pruned_model file \(format 'other'\)"),
+        (lambda m: m.update(original_query_heads=[8, 8], original_kv_heads=[4, 4]),
+         r"does not fit the model's config.json: the pruning record is for 2 layers with query heads \[8, 8\]"),
+        (lambda m: m.update(head_dim=4), r"does not fit the model's config.json.*head size 4"),
+    ],
+)
+def test_load_pruned_says_which_file_is_damaged_and_how(tmp_path: Path, edit: Any, match: str) -> None:
+    meta_path = _edit_record(_saved(tmp_path), edit)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_pruned(meta_path.parent)
+    assert str(meta_path) in str(caught.value)
+
+
+def test_load_pruned_reports_a_pruning_json_that_is_not_json(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    (path / "pruning.json").write_text('{"format": "colab_helpers.pruned_model", "kept_heads": [[0, 1')
+    with pytest.raises(ValueError, match=r"pruning.json' is not valid JSON \(.*line 1.*\); save the pruned model"):
+        load_pruned(path)
+    (path / "pruning.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"not a colab_helpers.pruned_model file \(format a JSON list\)"):
+        load_pruned(path)

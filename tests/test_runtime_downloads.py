@@ -358,3 +358,255 @@ def test_drive_results_dir_off_colab_warns_and_keeps_the_path(no_colab: None) ->
 
     with pytest.warns(ColabHelpersWarning, match="not on Colab"):
         assert drive_results_dir("results/x") == Path("results/x")
+
+
+# --- no secret value in a bundle: compressed files, other encodings, file names (issue #11) -----------------
+
+KEY = "wandbKEY0123456789abcdef"  # a second secret whose value makes no credential-looking file name
+SECRET_FORMS = [value.encode(encoding) for value in (TOKEN, KEY)
+                for encoding in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")]  # fmt: skip
+
+
+def _unpacked(data: bytes, depth: int = 0) -> list[bytes]:
+    """``data`` and everything packed inside it (gzip, bzip2, xz, zip and tar, nested), member names included."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import tarfile
+
+    found = [data]
+    if depth > 5:
+        return found
+    if data[:2] == b"\x1f\x8b":
+        found += _unpacked(gzip.decompress(data), depth + 1)
+    elif data[:3] == b"BZh":
+        found += _unpacked(bz2.decompress(data), depth + 1)
+    elif data[:6] == b"\xfd7zXZ\x00":
+        found += _unpacked(lzma.decompress(data), depth + 1)
+    elif data[:2] == b"PK":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                found += [info.filename.encode()] + _unpacked(archive.read(info), depth + 1)
+    elif data[257:262] == b"ustar":
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                found.append(member.name.encode())
+                if member.isfile():
+                    found += _unpacked(archive.extractfile(member).read(), depth + 1)  # type: ignore[union-attr]
+    return found
+
+
+def _assert_no_secret(blobs: list[bytes]) -> None:
+    for blob in blobs:
+        for form in SECRET_FORMS:
+            assert form not in blob, (form, blob[:200])
+
+
+def _packed(kind: str, data: bytes, name: str = "inner.txt") -> bytes:
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import tarfile
+
+    if kind == "gz":
+        return gzip.compress(data)
+    if kind == "bz2":
+        return bz2.compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    out = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=out, mode="w") as archive:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.fixture
+def secrets_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A results folder where the secrets hide in compressed files, other encodings and file names."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    root = tmp_path / "run"
+    line = f"login {TOKEN} wandb {KEY} café\n"
+    _write(root, "log.txt.gz", _packed("gz", line.encode()))  # (a)
+    _write(root, "utf16-bom.txt", line.encode("utf-16"))  # (b) UTF-16 with byte-order mark
+    _write(root, "utf16be.txt", line.encode("utf-16-be"))  # ... without one
+    _write(root, "utf32.log", line.encode("utf-32"))
+    _write(root, "latin1.txt", line.encode("latin-1"))  # not valid UTF-8
+    _write(root, f"{KEY}.log", "step 1\n")  # (c) a file named after a secret
+    _write(root, f"by-key/{KEY}/metrics.json", '{"loss": 2.5}')  # ... and a folder
+    _write(root, f"{TOKEN}.txt", "x")  # a credential-looking name: left out, but its name is never shown
+    _write(root, "corrupt.gz", b"\x1f\x8b\x08\x00garbage, not deflate data")  # (d)
+    _write(root, "truncated.txt.gz", _packed("gz", line.encode() * 50)[:40])
+    _write(root, "notes.7z", b"7z\xbc\xaf\x27\x1c" + bytes(40))  # a format the standard library cannot open
+    _write(root, "nested.zip", _packed("zip", _packed("gz", line.encode("utf-16")), name=f"{KEY}/log.txt.gz"))
+    _write(root, "logs.tar.gz", _packed("gz", _packed("tar", line.encode("utf-16-le"), name=f"logs/{TOKEN}.txt")))
+    _write(root, "log.bz2", _packed("bz2", line.encode()))
+    _write(root, "log.xz", _packed("xz", line.encode("utf-32-be")))
+    _write(root, "clean.txt.gz", _packed("gz", b"loss 2.5\n"))
+    return root
+
+
+def test_bundle_never_carries_a_secret_value(secrets_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        zip_path = bundle(secrets_folder)
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        members = {name: archive.read(name) for name in names}
+    _assert_no_secret([zip_path.read_bytes(), *(name.encode() for name in names)])
+    for data in members.values():
+        _assert_no_secret(_unpacked(data))
+    messages = [str(w.message) for w in caught if issubclass(w.category, ColabHelpersWarning)]
+    _assert_no_secret([text.encode() for text in (*messages, caplog.text)])  # warnings and logs name no secret
+
+    assert names == [
+        "run/REDACTED.log",  # renamed, content kept
+        "run/by-key/REDACTED/metrics.json",
+        "run/clean.txt.gz",
+        "run/latin1.txt",
+        "run/log.bz2",
+        "run/log.txt.gz",
+        "run/log.xz",
+        "run/logs.tar.gz",
+        "run/nested.zip",
+        "run/utf16-bom.txt",
+        "run/utf16be.txt",
+        "run/utf32.log",
+    ]
+    import gzip
+    import lzma
+
+    redacted = "login *** wandb *** café\n"
+    assert gzip.decompress(members["run/log.txt.gz"]).decode() == redacted
+    assert members["run/utf16-bom.txt"] == redacted.encode("utf-16")  # same encoding, byte-order mark kept
+    assert members["run/utf16be.txt"] == redacted.encode("utf-16-be")
+    assert members["run/utf32.log"] == redacted.encode("utf-32")
+    assert members["run/latin1.txt"] == redacted.encode("latin-1")
+    assert lzma.decompress(members["run/log.xz"]) == redacted.encode("utf-32-be")
+    assert members["run/clean.txt.gz"] == (secrets_folder / "clean.txt.gz").read_bytes()  # untouched
+    assert members["run/REDACTED.log"] == b"step 1\n"
+    assert b"REDACTED/log.txt.gz" in b"".join(_unpacked(members["run/nested.zip"]))
+    assert b"logs/REDACTED.txt" in b"".join(_unpacked(members["run/logs.tar.gz"]))
+
+    # One warning per reason; every left-out file named in exactly one of them.
+    assert len(messages) == 2
+    credentials, unchecked = messages
+    assert "may hold credentials: REDACTED.txt" in credentials
+    assert "cannot check for secret values" in unchecked and "store them as text" in unchecked
+    for name in ("run/corrupt.gz (corrupt gzip", "run/truncated.txt.gz (corrupt gzip", "run/notes.7z (7z data"):
+        assert name in unchecked and name not in credentials
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "latin-1", "cp1252"]
+)
+@pytest.mark.parametrize("packing", ["plain", "gz", "bz2", "xz", "zip", "tar"])
+def test_scrub_bytes_redacts_in_the_files_own_encoding_and_packing(
+    encoding: str, packing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colab_helpers.runtime.secrets import scrub_bytes
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    text = f"step 1 loss 2.5 naïve €\nhf login {TOKEN}\n" if encoding != "latin-1" else f"naïve {TOKEN}\n"
+    data = text.encode(encoding)
+    if packing != "plain":
+        data = _packed(packing, data)
+    cleaned = scrub_bytes(data, "file.txt" if packing == "plain" else f"file.{packing}")
+    _assert_no_secret(_unpacked(cleaned))
+    inner = _unpacked(cleaned)[-1]  # the text inside
+    assert inner.decode(encoding) == text.replace(TOKEN, "***")
+
+
+def test_scrub_bytes_refuses_what_it_cannot_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers.runtime.secrets import SecretCheckError, contains_secret, scrub_bytes
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    assert scrub_bytes(png, "plot.png") is png  # binary without a secret: kept as it is
+    for data, name, found in [
+        (png + TOKEN.encode("utf-16-le") + bytes(8), "plot.png", True),  # a secret in binary data
+        (b"\x1f\x8b\x08\x00broken", "log.gz", False),
+        (b"plain text, named as if gzip", "log.gz", False),
+        (b"\x28\xb5\x2f\xfd" + bytes(20), "log.dat", False),  # zstd, found by its first bytes
+        (b"anything", "archive.rar", False),
+    ]:
+        with pytest.raises(SecretCheckError) as raised:
+            scrub_bytes(data, name)
+        assert raised.value.found is found, name
+    assert contains_secret(f"x {TOKEN}".encode("utf-16")) and contains_secret(TOKEN.encode("utf-32-be"))
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("colab_helpers.runtime.secrets.secret_values", lambda: [])
+    assert scrub_bytes(b"\x1f\x8b\x08\x00broken", "log.gz") == b"\x1f\x8b\x08\x00broken"  # nothing to look for
+
+
+@pytest.mark.filterwarnings("ignore:bundle left out:colab_helpers.errors.ColabHelpersWarning")
+def test_folder_named_after_a_secret_gives_a_redacted_bundle_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    root = tmp_path / f"run-{KEY}"
+    _write(root, "metrics.json", "{}")
+    zip_path = bundle(root)
+    assert zip_path == root / "run-REDACTED-bundle.zip"
+    assert _names(zip_path) == ["run-REDACTED/metrics.json"]
+
+
+def test_bundle_into_an_unwritable_folder_names_the_zip(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Works as root too: a path below a regular file can never be created.
+    _write(tmp_path, "file", "x")
+    target = tmp_path / "file" / "out" / "run.zip"
+
+    def no_work(*args: Any) -> None:
+        raise AssertionError("bundle started zipping before checking where the zip goes")
+
+    monkeypatch.setattr(downloads, "_add", no_work)
+    with pytest.raises(PermissionError, match="pass a folder you can write to") as raised:
+        bundle(results, output=target)
+    message = str(raised.value)
+    assert repr(str(target)) in message and "is a file, not a folder" in message and ".tmp" not in message
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write into read-only folders")
+def test_bundle_into_a_read_only_results_folder(results: Path) -> None:
+    results.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=r"run-1-bundle\.zip'.*not writable.*pass a folder you can write"):
+            bundle(results)
+    finally:
+        results.chmod(0o700)
+    assert not list(results.glob("*.zip"))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write into read-only folders")
+def test_download_of_a_read_only_folder_says_how_to_bundle_elsewhere(results: Path) -> None:
+    results.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=r"run-1-bundle\.zip'.*download\(bundle\(.*output="):
+            download(results)
+    finally:
+        results.chmod(0o700)
+
+
+def test_weights_holding_a_secret_stay_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers.runtime.secrets import file_contains_secret
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    root = tmp_path / "run"
+    _write(root, "model/model.safetensors", bytes(64))
+    args = _write(root, "checkpoint-10/training_args.bin", b"\x80\x04pickle hub_token " + TOKEN.encode() + b"\x00")
+    with pytest.warns(ColabHelpersWarning, match=r"may hold credentials: run/checkpoint-10/training_args\.bin$"):
+        zip_path = bundle(root, include_weights=True)
+    assert _names(zip_path) == ["run/model/model.safetensors"]
+    big = _write(tmp_path, "big.bin", bytes(100) + TOKEN.encode("utf-16-le") + bytes(100))
+    assert file_contains_secret(big, chunk_bytes=64)  # found across chunk borders too
+    assert file_contains_secret(args) and not file_contains_secret(root / "model/model.safetensors")

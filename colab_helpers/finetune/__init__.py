@@ -8,7 +8,8 @@ Stage 3 of the pipeline. Modules: :mod:`.config` (settings; ``with_intervals`` p
 and warm-up), :mod:`.trainer` (the guarded loop), :mod:`.state` (the resumable counters), :mod:`.guard` (NaN skip,
 rollback, LR and micro-batch halving, CPU fallback), :mod:`.blocks` (tokenised training data, micro-batches),
 :mod:`.completions` (prompt -> completion pairs, loss on the completion only), :mod:`.result` (what a run
-returns), :mod:`.checkpoint` (atomic checkpoints, resume), :mod:`.lora` (targets, backend, precision, gates),
+returns), :mod:`.checkpoint` (atomic checkpoints), :mod:`.resume` (the checkpoint a run continues from;
+unreadable ones moved aside), :mod:`.lora` (targets, backend, precision, gates),
 :mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar, gradient files),
 :mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged model). torch and peft
 are imported only when training starts.

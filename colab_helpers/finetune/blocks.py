@@ -62,7 +62,7 @@ class TrainingBlocks:
 
 def training_blocks(tokenizer: Any, texts: TrainingData, config: FineTuneConfig) -> tuple[TrainingBlocks, bool]:
     """Return the training sequences of ``texts`` and whether they are (prompt, completion) pairs (prompts masked)."""
-    texts = materialize(texts)
+    texts = materialize(texts, "train_texts")
     pairs = as_pairs(texts, "train_texts")
     if pairs is not None:
         return TrainingBlocks(tokenize_pairs(tokenizer, pairs, config.seq_len, "train_texts"), config.seed), True
@@ -76,7 +76,7 @@ def eval_blocks(tokenizer: Any, texts: TrainingData | None, config: FineTuneConf
         if config.early_stopping_patience is not None:
             raise ValueError("early_stopping_patience needs eval_texts: pass eval_texts, or early_stopping_patience=None")
         return None
-    texts = materialize(texts)
+    texts = materialize(texts, "eval_texts")
     pairs = as_pairs(texts, "eval_texts")
     if pairs is not None:
         blocks = tokenize_pairs(tokenizer, pairs, config.seq_len, "eval_texts")
@@ -90,8 +90,18 @@ def tokenize_checked(tokenizer: Any, texts: Any, what: str, sequences: int, seq_
     from ..evaluation.perplexity import tokenize_texts
 
     needed = sequences * seq_len
-    texts = [texts] if isinstance(texts, str) else list(texts or [])
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    texts = [texts] if isinstance(texts, str) else list(texts if texts is not None else [])
+    wrong = [(index, text) for index, text in enumerate(texts) if not isinstance(text, str)]
+    if wrong:
+        index, item = wrong[0]
+        kinds = sorted({type(text).__name__ for _, text in wrong})
+        more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise ValueError(
+            f"{what} holds {' and '.join(kinds)} values where strings or (prompt, completion) pairs are expected "
+            f"({what}[{index}] is {item!r}{more}); pass texts, e.g. ['first text', 'second text'], or pairs, "
+            "e.g. [('Q: 2+2?\\nA:', ' 4')]"
+        )
+    texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError(
             f"{what} is empty: one micro-batch of {sequences} x seq_len={seq_len} needs {needed} tokens; "
@@ -116,9 +126,18 @@ def total_steps(config: FineTuneConfig, blocks: TrainingBlocks, world_size: int,
     return steps
 
 
-def materialize(data: Any) -> Any:
-    """Return ``data`` as a list, so that a generator can be looked at twice (a string or None as it is)."""
-    return data if data is None or isinstance(data, str) else list(data)
+def materialize(data: Any, what: str) -> Any:
+    """Return ``data`` as a list, so that a generator can be looked at twice (a string or None as it is); raise
+    ValueError naming ``what`` when it is neither text nor a collection."""
+    if data is None or isinstance(data, str):
+        return data
+    try:
+        return list(data)
+    except TypeError:
+        raise ValueError(
+            f"{what} must be a text, a list of texts or of (prompt, completion) pairs, got {type(data).__name__} "
+            f"{data!r:.60}; e.g. {what}=['first text', 'second text']"
+        ) from None
 
 
 def cut_blocks(ids: torch.Tensor, seq_len: int) -> torch.Tensor:

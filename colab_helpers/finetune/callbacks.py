@@ -36,6 +36,7 @@ _MARK_KINDS = {
     "cpu_fallback": "fallback",
     "early_stop": "event",
     "stopped": "event",
+    "failed": "event",
     "resumed": "checkpoint",
 }
 _MARK_LABELS = {
@@ -46,6 +47,7 @@ _MARK_LABELS = {
     "cpu_fallback": "CPU",
     "early_stop": "early stop",
     "stopped": "stopped",
+    "failed": "failed",
     "resumed": "resumed",
 }
 

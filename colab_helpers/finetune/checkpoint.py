@@ -8,8 +8,9 @@ every file it lists has the listed size, so a half-written directory is never re
 says.
 
 :func:`save_run` and :func:`load_run` fill such a checkpoint with a LoRA run (adapter, optimizer, RNG states, the
-best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``); :func:`checkpoint_to_resume`
-picks the one a run continues from. torch, peft and safetensors are imported inside the functions that need them.
+best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``); :func:`checkpoint_problem` says
+what is wrong with one that is not complete, and :mod:`.resume` picks the one a run continues from. torch, peft and
+safetensors are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -23,20 +24,15 @@ import re
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ColabHelpersWarning
 from ..runtime.files import atomic_write_text
 from ..runtime.records import to_jsonable
-from .lora import fingerprint_differences
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from .distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +53,31 @@ def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
 
 def is_complete(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a finished checkpoint: its manifest names its step and every file with its size."""
+    return checkpoint_problem(path) is None
+
+
+def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
+    """Return what makes ``path`` not a finished checkpoint, in a few words naming the file (None when it is one)."""
     path = Path(path)
     step = checkpoint_step(path)
     if step is None or not path.is_dir():
-        return False
+        return "not a checkpoint-<step> directory"
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("format") != _FORMAT or manifest.get("step") != step:
-            return False
-        files = manifest["files"]
-        return bool(files) and all(
-            (path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        version, listed, files = manifest["format"], manifest["step"], dict(manifest["files"])
+    except FileNotFoundError:
+        return f"no {MANIFEST} (a save that never finished, or a partial copy)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is damaged ({type(exc).__name__})"
+    if version != _FORMAT or listed != step or not files:
+        return f"{MANIFEST} does not describe this checkpoint (format {version!r}, step {listed!r}, {len(files)} files)"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {size}"
+    return None
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
@@ -263,48 +270,6 @@ def load_run(
     best_file = path / "best_adapter.safetensors"
     best = load_file(str(best_file), device=str(device)) if best_file.is_file() else None
     return state, best
-
-
-def checkpoint_to_resume(
-    directory: Path,
-    fingerprint: dict[str, Any],
-    *,
-    resume: bool,
-    distributed: DistributedContext | None,
-) -> Path | None:
-    """Return the checkpoint of ``directory`` to resume (checked against ``fingerprint``), or None to start over.
-
-    With ``resume=False`` the old checkpoints are deleted (one warning says so). In a data-parallel run rank 0
-    alone cleans up and picks the checkpoint; every rank resumes that one.
-    """
-    is_main_process = distributed is None or distributed.is_main_process
-    if is_main_process:
-        remove_stale(directory)
-    if not resume:
-        removed = remove_all(directory) if is_main_process else []
-        if removed:
-            warnings.warn(
-                f"resume=False: deleted {len(removed)} old checkpoint(s) in {directory} "
-                "(pass resume=True to continue a run instead)",
-                ColabHelpersWarning,
-                stacklevel=4,
-            )
-        return None
-    latest = latest_checkpoint(directory) if is_main_process else None
-    if distributed is not None:
-        chosen = distributed.broadcast_object(str(latest) if latest is not None else None)
-        latest = Path(chosen) if chosen is not None else None
-    if latest is None:
-        logger.info("resume=True but no complete checkpoint in %s: starting from step 0", directory)
-        return None
-    diffs = fingerprint_differences(read_state(latest).get("fingerprint", {}), fingerprint)
-    if diffs:
-        raise ValueError(
-            f"cannot resume from {latest}: it was written for a different model or config "
-            f"(checkpoint vs now: {'; '.join(diffs)}). Pass a new output_dir to start a separate run, or "
-            f"resume=False to start over in {directory.parent} (its checkpoints are deleted)"
-        )
-    return latest
 
 
 def _torch_rng_states() -> dict[str, Any]:

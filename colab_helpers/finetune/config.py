@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +107,11 @@ class FineTuneConfig:
     )  # fmt: skip
     resume: bool = field(
         default=False,
-        metadata=_help("continue from the newest complete checkpoint in output_dir; False starts over "
-                       "(old checkpoints there are deleted)."),
+        metadata=_help("continue from the newest checkpoint in output_dir that reads whole; any newer one that "
+                       "does not is moved to <output_dir>/checkpoints/unreadable-<time>/ with one warning (never "
+                       "overwritten or deleted), and with none readable the run starts from step 0. A checkpoint "
+                       "whose adapter holds NaN is refused with an error. False starts over (old checkpoints there "
+                       "are deleted)."),
     )  # fmt: skip
     plot_every_seconds: float = field(
         default=10.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
@@ -116,18 +120,15 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         _positive_int(self, "r", "e.g. r=16")
-        if not _is_number(self.alpha) or self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}; e.g. alpha=2 * r")
-        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}; e.g. dropout=0.05")
-        if not _is_number(self.learning_rate) or not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}; e.g. learning_rate=2e-4")
+        _number(self, "alpha", "e.g. alpha=32 (2 x r is usual)")
+        _number(self, "dropout", "e.g. dropout=0.05", below=1.0)
+        _number(self, "learning_rate", "e.g. learning_rate=2e-4")
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps (e.g. max_steps=200) or epochs (e.g. epochs=1.0); both are None")
         if self.max_steps is not None:
             _positive_int(self, "max_steps", "e.g. max_steps=200")
-        if self.epochs is not None and (not _is_number(self.epochs) or not 0 < self.epochs < math.inf):
-            raise ValueError(f"epochs must be > 0, got {self.epochs!r}; e.g. epochs=1.0, or epochs=None to use max_steps")
+        if self.epochs is not None:
+            _number(self, "epochs", "e.g. epochs=1.0, or epochs=None to use max_steps")
         _positive_int(self, "micro_batch_size", "e.g. micro_batch_size=8")
         _positive_int(self, "gradient_accumulation_steps", "e.g. gradient_accumulation_steps=1")
         _positive_int(self, "min_micro_batch_size", "e.g. min_micro_batch_size=1")
@@ -139,10 +140,8 @@ class FineTuneConfig:
         if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2:
             raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}; e.g. seq_len=256")
         _non_negative_int(self, "warmup_steps", "e.g. warmup_steps=10")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}; e.g. weight_decay=0.0")
-        if not _is_number(self.max_grad_norm) or not 0 < self.max_grad_norm < math.inf:
-            raise ValueError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}; e.g. 1.0")
+        _number(self, "weight_decay", "e.g. weight_decay=0.0 (0.01 is usual)", zero_ok=True)
+        _number(self, "max_grad_norm", "e.g. max_grad_norm=1.0")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.dtype not in DTYPES:
@@ -172,8 +171,7 @@ class FineTuneConfig:
             raise ValueError(f"output_dir must be a path, got {self.output_dir!r}; e.g. output_dir='finetune'")
         if not str(self.output_dir).strip():
             raise ValueError("output_dir is empty; pass a directory path, e.g. output_dir='finetune'")
-        if not _is_number(self.plot_every_seconds) or self.plot_every_seconds < 0:
-            raise ValueError(f"plot_every_seconds must be >= 0, got {self.plot_every_seconds!r}; e.g. 2.0")
+        _number(self, "plot_every_seconds", "e.g. plot_every_seconds=10.0 (live_plot=False draws nothing)", zero_ok=True)
 
     @property
     def effective_batch_size(self) -> int:
@@ -206,7 +204,7 @@ class FineTuneConfig:
             raise ValueError(f"evaluations must be an integer >= 1, got {evaluations!r}; e.g. evaluations=8")
         if not isinstance(checkpoints, int) or checkpoints < 0:
             raise ValueError(f"checkpoints must be an integer >= 0, got {checkpoints!r}; 0 saves only at the end")
-        if not 0 <= warmup_ratio < 1:
+        if not _is_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}; e.g. warmup_ratio=0.1")
         steps = self.max_steps if self.epochs is None and self.max_steps else 200
         return dataclasses.replace(
@@ -235,7 +233,22 @@ class FineTuneConfig:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _number(config: FineTuneConfig, name: str, example: str, *, zero_ok: bool = False, below: float | None = None) -> None:
+    """Check that setting ``name`` is a finite real number > 0 (>= 0 with ``zero_ok``; in [0, below) with
+    ``below``); numpy and other real scalars become a Python float. The error names the value as given."""
+    value = getattr(config, name)
+    bounds = f"in [0, {below:g})" if below is not None else (">= 0" if zero_ok else "> 0")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (write the number without quotes)" if isinstance(value, str) else ""
+        raise ValueError(f"{name} must be a number {bounds}, got {type(value).__name__} {value!r}{hint}; {example}")
+    too_low = value < 0 if zero_ok or below is not None else value <= 0
+    if not math.isfinite(value) or too_low or (below is not None and value >= below):
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}; {example}")
+    if type(value) not in (int, float):
+        setattr(config, name, float(value))
 
 
 def _positive_int(config: FineTuneConfig, name: str, example: str) -> None:

@@ -1,9 +1,11 @@
 """The failure guard of the training loop: what happens when a step goes wrong. :class:`FailureGuard` keeps the
 in-memory snapshots (LoRA weights and their AdamW moments, every ``snapshot_every`` good steps) and climbs the
 ladder for non-finite steps (skip, then roll back to the snapshot and halve the learning rate, then halve the
-micro-batch, then stop), halves the micro-batch and retries on out-of-memory, and moves training to the CPU
-after another CUDA error. Its counters live in the run's :class:`~.state.TrainingState`, so a resume keeps them;
-the loop (:mod:`.trainer`) only calls :meth:`FailureGuard.after_step` and :meth:`FailureGuard.recover`.
+micro-batch, then stop; at once when the model's weights themselves hold NaN), halves the micro-batch and retries
+on out-of-memory, and moves training to the CPU after another CUDA error. At the end, :meth:`FailureGuard.verdict`
+says whether the run failed: every step non-finite, or NaN / infinity in the model's weights. Its counters live in
+the run's :class:`~.state.TrainingState`, so a resume keeps them; the loop (:mod:`.trainer`) only calls
+:meth:`FailureGuard.after_step`, :meth:`FailureGuard.recover` and :meth:`FailureGuard.verdict`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class FailureGuard:
         self.snapshot: dict[str, Any] | None = None  # the rollback target
         self.good_since_snapshot = 0
         self.fell_back = False  # already moved to the CPU: a second CUDA error is raised
+        self.stop_message: str | None = None  # why the ladder stopped the run: warned by verdict()
 
     # --- non-finite steps --------------------------------------------------------------------------------
 
@@ -76,6 +79,11 @@ class FailureGuard:
         state.rollbacks += 1
         snapshot_step = self.snapshot["step"] if self.snapshot else 0
         self.restore_snapshot()
+        broken = non_finite_parameter(self.tuner.model)
+        if broken is not None:  # the rollback target is broken too: halving anything cannot help (verdict() warns)
+            message = f"training stopped: the model's weights hold NaN or infinity ({broken}); no rollback can help"
+            self.tuner.record_event(state.step, "stopped", message)
+            raise StopTraining("non_finite")
         if state.rollbacks > cfg.max_rollbacks:
             message = (
                 f"training stopped: non-finite loss or gradients persisted after {cfg.max_rollbacks} rollback(s) "
@@ -83,7 +91,7 @@ class FailureGuard:
                 f"{snapshot_step} is kept. Lower learning_rate, use dtype='fp32', or check the data"
             )
             self.tuner.record_event(state.step, "stopped", message)
-            warnings.warn(message, ColabHelpersWarning, stacklevel=5)
+            self.stop_message = message
             raise StopTraining("non_finite")
         state.lr_scale *= 0.5
         self.tuner.record_event(
@@ -105,6 +113,33 @@ class FailureGuard:
                 micro_batch_size=state.micro_batch_size,
             )
         state.rolled_back_without_progress = True
+
+    # --- the end of a run --------------------------------------------------------------------------------
+
+    def verdict(self, reason: str) -> tuple[str, str | None]:
+        """Return the run's ``stopped_reason`` and why its adapter is no result (None when it is one); warn once.
+
+        The run failed (``"non_finite"``) when the model's weights hold NaN or infinity, or when no step of the run
+        had a finite loss and gradients (fp16 loss-scale overflows aside): its adapter is untrained or broken.
+        """
+        tuner, history = self.tuner, self.tuner.state.history
+        never_trained = bool(history) and all(row["skipped"] and not row.get("overflow") for row in history)
+        # the adapter is small: always checked; the whole model only when no step worked (to say why)
+        broken = non_finite_parameter(tuner.model, trainable_only=not never_trained)
+        if broken is not None:
+            failure = (f"the model's weights hold NaN or infinity ({broken}); reload the model and check how it was "
+                       "loaded, pruned or merged")  # fmt: skip
+        elif never_trained:
+            failure = (f"none of its {len(history)} steps had a finite loss and gradients, so the adapter was never "
+                       "trained; lower learning_rate, use dtype='fp32', or check the data")  # fmt: skip
+        else:
+            if self.stop_message is not None:
+                warnings.warn(self.stop_message, ColabHelpersWarning, stacklevel=5)
+            return reason, None
+        message = f"fine-tuning failed at step {tuner.state.step}: {failure}. No adapter was saved"
+        tuner.record_event(tuner.state.step, "failed", message)
+        warnings.warn(message, ColabHelpersWarning, stacklevel=5)  # verdict <- _finish <- train <- fine_tune <- caller
+        return "non_finite", failure
 
     def take_snapshot(self) -> None:
         """Keep an in-memory copy of the LoRA weights and their optimizer state (the rollback target)."""
@@ -202,6 +237,21 @@ class FailureGuard:
         )
         message = f"CUDA error ({short_error(exc)}): continuing on the CPU"
         tuner.record_event(step, "cpu_fallback", message, error=short_error(exc))
+
+
+def non_finite_parameter(model: Any, *, trainable_only: bool = False) -> str | None:
+    """Return the name of the first floating-point parameter of ``model`` holding NaN or infinity, or None.
+
+    Checked in chunks of 16M values, so that a large embedding needs no full-size temporary on a full GPU.
+    """
+    import torch
+
+    for name, param in model.named_parameters():
+        if not param.is_floating_point() or (trainable_only and not param.requires_grad):
+            continue
+        if not all(bool(torch.isfinite(chunk).all()) for chunk in param.detach().reshape(-1).split(1 << 24)):
+            return name
+    return None
 
 
 def remote_oom(failures: int, micro_batch_size: int) -> BaseException:

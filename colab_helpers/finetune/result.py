@@ -21,7 +21,7 @@ class FineTuneResult:
     best_eval_loss: float | None
     seconds: float  # training time of this call (a resumed run: only the part after the resume)
     steps: int  # last step done
-    stopped_reason: str  # "max_steps", "early_stopping", "non_finite", or "resumed_finished"
+    stopped_reason: str  # "max_steps", "early_stopping", "non_finite" (see failure), or "resumed_finished"
     device: str
     backend: str
     output_dir: Path
@@ -29,6 +29,9 @@ class FineTuneResult:
     adapter_dir: Path | None = None  # final adapter (peft format: PeftModel.from_pretrained(base, adapter_dir))
     plot_path: Path | None = None
     world_size: int = 1  # processes that trained together (data-parallel under accelerate launch / torchrun)
+    # why the run failed (every step non-finite, or NaN / inf in the weights), None when it did not: a failed run
+    # stops with stopped_reason "non_finite", saves no adapter (adapter_dir None) and its model is no result
+    failure: str | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -43,8 +46,12 @@ class FineTuneResult:
         return (
             f"{self.steps} steps in {self.seconds:.1f} s on {self.device}{self._processes()} ({self.backend})"
             f"{final}{best}; "
-            f"stopped: {self.stopped_reason}; {len(self.events)} events (NaN skips, rollbacks, fallbacks)"
+            f"stopped: {self.stopped_reason}{self._failed()}; {len(self.events)} events (NaN skips, rollbacks, "
+            "fallbacks)"
         )
+
+    def _failed(self) -> str:
+        return f" (FAILED: {self.failure})" if self.failure else ""
 
     def _processes(self) -> str:
         return f" x {self.world_size} processes" if self.world_size > 1 else ""
@@ -76,13 +83,14 @@ class FineTuneResult:
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
             "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
             "plot_path": str(self.plot_path) if self.plot_path else None,
+            "failure": self.failure,
         }
 
     def __str__(self) -> str:
         best = f", best eval loss {self.best_eval_loss:.4f} at step {self.best_step}" if self.best_step else ""
         skipped = sum(1 for r in self.history if r["skipped"])
         return (
-            f"{self.steps} steps ({self.stopped_reason}) in {self.seconds:.1f} s on {self.device}, "
+            f"{self.steps} steps ({self.stopped_reason}{self._failed()}) in {self.seconds:.1f} s on {self.device}, "
             f"final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}{best}, "
             f"{skipped} skipped, {len(self.events)} events"
         )

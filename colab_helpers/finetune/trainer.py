@@ -57,6 +57,7 @@ from .lora import (
     trainable_parameters,
 )
 from .result import FineTuneResult
+from .resume import checkpoint_to_resume
 from .state import TrainingState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,9 +99,7 @@ class FineTuner:
         self.config = cfg = config if config is not None else FineTuneConfig()
         if not isinstance(cfg, FineTuneConfig):
             raise TypeError(f"config must be a FineTuneConfig, got {type(cfg).__name__}; e.g. FineTuneConfig(max_steps=99)")
-        self.output_dir = _writable_output_dir(cfg.output_dir)
-        self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
-        # --- data: checked before any model work, so a bad input fails fast ---
+        # --- data: checked before any model or file work, so a bad input fails fast and leaves no empty folder ---
         self._blocks, self.completion_only = training_blocks(tokenizer, train_texts, cfg)  # pairs: prompts masked
         self._eval_blocks = eval_blocks(tokenizer, eval_texts, cfg)
         # --- data-parallel run (accelerate launch / torchrun); None in a plain single process ---
@@ -123,8 +122,10 @@ class FineTuner:
         if self._dist is not None:
             check_same_model(self._dist, self.fingerprint)
         # --- the checkpoint to resume, checked before the model is touched (a mismatch leaves it as it was) ---
-        resume_from = ckpt.checkpoint_to_resume(self.checkpoint_dir, self.fingerprint, resume=cfg.resume,
-                                                distributed=self._dist)
+        self.output_dir = _writable_output_dir(cfg.output_dir)
+        self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
+        resume_from = checkpoint_to_resume(self.checkpoint_dir, self.fingerprint, resume=cfg.resume,
+                                           distributed=self._dist)
         self.quantized = check_4bit(cfg, model, self.device)
         from peft import PeftModel
 
@@ -286,7 +287,9 @@ class FineTuner:
                 self._evaluate_into(self.history[-1])
         seconds = self.state.elapsed() - self.state.elapsed_seconds  # this session's
         finished = reason == "resumed_finished"
-        last = ckpt.latest_checkpoint(self.checkpoint_dir) if finished else self.save_checkpoint()
+        reason, failure = (reason, None) if finished else self.guard.verdict(reason)
+        # a failed run's adapter is no result: neither a final checkpoint nor the adapter folder gets it
+        last = ckpt.latest_checkpoint(self.checkpoint_dir) if finished or failure else self.save_checkpoint()
         self.state.stop_clock()
         state = self.state
         if self.config.restore_best and self._best_params is not None:
@@ -294,14 +297,14 @@ class FineTuner:
             logger.info("restored the adapter of step %s (best eval loss %.4f)", state.best_step, state.best_eval_loss)
         from .export import save_adapter
 
-        adapter_dir = self.output_dir / ADAPTER_DIR
-        if self.is_main_process:
+        adapter_dir = None if failure else self.output_dir / ADAPTER_DIR
+        if self.is_main_process and adapter_dir is not None:
             adapter_dir = save_adapter(self.model, adapter_dir)
         result = FineTuneResult(
             model=self.model, history=state.history, events=state.events, best_step=state.best_step,
             best_eval_loss=state.best_eval_loss, seconds=seconds, steps=state.step, stopped_reason=reason,
             device=str(self.device), world_size=self.world_size, backend=self.backend, output_dir=self.output_dir,
-            checkpoint_dir=last, adapter_dir=adapter_dir,
+            checkpoint_dir=last, adapter_dir=adapter_dir, failure=failure,
         )  # fmt: skip
         self.model.eval()
         self._emit("on_train_end", result)
@@ -509,7 +512,7 @@ class FineTuner:
                              keep=self.config.keep_checkpoints)
 
     def _load_checkpoint(self, path: Path) -> None:
-        """Restore the run from checkpoint ``path`` (already checked by :func:`.checkpoint.checkpoint_to_resume`)."""
+        """Restore the run from checkpoint ``path`` (already checked by :func:`.resume.checkpoint_to_resume`)."""
         saved, best = ckpt.load_run(path, self.model, self.optimizer, self.device)
         cfg = self.config
         self.state = TrainingState.from_dict(saved)
@@ -534,7 +537,9 @@ def fine_tune(model: Any, tokenizer: Any, train_texts: TrainingData, eval_texts:
     ``eval_every`` steps, early stopping is possible and the best adapter is restored at the end. Non-finite
     steps are skipped (then rolled back, learning rate and micro-batch halved), out-of-memory halves the
     micro-batch and retries the step, another CUDA error moves training to the CPU, and checkpoints are written
-    atomically so that ``resume=True`` continues after a disconnect. ``options`` are :class:`FineTuner`'s:
+    atomically so that ``resume=True`` continues after a disconnect. A run whose every step was non-finite, or
+    whose weights hold NaN, fails: one warning, ``stopped_reason="non_finite"``, ``result.failure`` says why, and
+    no adapter is saved (``result.adapter_dir`` is None). ``options`` are :class:`FineTuner`'s:
     ``callbacks`` receive ``on_step_end``,
     ``on_eval``, ``on_event`` (see :mod:`colab_helpers.finetune.callbacks`); ``live_plot`` draws a
     :class:`~colab_helpers.LivePlot` saved as ``<output_dir>/training.png``; ``progress`` shows a tqdm bar.

@@ -9,6 +9,7 @@ loading (:mod:`colab_helpers.models` imports it to read pruned checkpoints back)
 - :mod:`.selection` -- :func:`select_heads`, the mask of heads to prune at a level (global or per layer);
 - :mod:`.gating` -- :func:`gate_heads`, reversible gating by hooks (learnable gates for gradient importance);
 - :mod:`.removal` -- :func:`remove_heads`, physical removal by slicing weights, with a :class:`PruneReport`;
+- :mod:`.record` -- the pruning record (kept heads per layer), checked on load; the guard against stale masks;
 - :mod:`.io` -- :func:`save_pruned` / :func:`load_pruned`, safetensors + ``pruning.json``;
 - :mod:`.study` -- strategies over seeds, perplexity against level (:class:`~.study.PruningStudyConfig`).
 

@@ -7,7 +7,8 @@ under every attention implementation. Gate 0 removes a head's contribution exact
 
 Layers whose gates are all ones and do not require grad get no hook at all, so all-ones gates cost nothing
 (torch's fast call path stays on). After editing ``HeadGates.gates`` in place, call :meth:`HeadGates.refresh`
-(or assign through :meth:`HeadGates.set`) so that the hooks follow the new values.
+(or assign through :meth:`HeadGates.set`) so that the hooks follow the new values. Gates must be finite where
+heads exist (a NaN gate would turn every logit NaN); entries past a layer's heads are never read.
 """
 
 from __future__ import annotations
@@ -74,13 +75,34 @@ class HeadGates:
             )
         if values.dim() not in (2, 3):
             raise ValueError(f"gates must have 2 or 3 dimensions, got shape {tuple(values.shape)}")
+        self._check_finite(values)
         self._gates = values
         self.refresh()
         return self
 
+    def _check_finite(self, values: torch.Tensor) -> None:
+        """Refuse NaN or infinite gates on existing heads (they would make every logit NaN)."""
+        import torch
+
+        g = values.detach()
+        for site in self._sites:
+            bad = (~torch.isfinite(g[..., site.index, : site.n_q])).nonzero()
+            if len(bad):
+                at = bad[0].tolist()
+                value = g[(*at[:-1], site.index, at[-1])].item()
+                raise ValueError(
+                    f"gates must be finite, got {value} for head {at[-1]} of layer {site.index}"
+                    f"{f' (example {at[0]})' if g.dim() == 3 else ''}; 1 keeps a head, 0 gates it off "
+                    "(use torch.nan_to_num or a bool mask)"
+                )
+
     def refresh(self) -> None:
-        """Recompute which layers need the multiply (call after editing ``gates`` in place)."""
+        """Recompute which layers need the multiply (call after editing ``gates`` in place).
+
+        Raises ``ValueError`` (and leaves the hooks as they were) if the edited gates are not finite.
+        """
         g = self._gates
+        self._check_finite(g)
         if g.requires_grad or g.dim() == 3:
             self._active = [True] * len(self._sites)
         else:

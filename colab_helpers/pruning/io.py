@@ -4,7 +4,9 @@
 :func:`save_pruned` writes the usual ``save_pretrained`` files (config, safetensors weights, tokenizer) plus a
 ``pruning.json`` with the kept heads of every layer, and :func:`load_pruned` builds the full model from the
 config, cuts it to the recorded shapes, then loads the safetensors weights strictly. Nothing touches the
-network; the directory is written under a temporary name and renamed into place when complete.
+network; the directory is written under a temporary name and renamed into place when complete. A damaged
+``pruning.json`` (not JSON, keys missing, head counts that do not fit the config) is refused with the file's path
+and what is wrong, before any model is built.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.files import atomic_write_text, replace_dir
+from ..runtime.files import atomic_dir, atomic_write_text
 from .layout import head_layout
-from .removal import apply_record, current_record
+from .record import check_record, current_record
+from .removal import apply_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,18 +48,14 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str]) 
             "nothing else gets overwritten"
         )
     record = current_record(model, head_layout(model))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, **_save_kwargs(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        meta = {"format": FORMAT, **record}
-        atomic_write_text(tmp / PRUNING_FILE, json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_text(tmp / PRUNING_FILE, json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
+
+    atomic_dir(target, write)  # an unwritable destination is named before any weight is written
     logger.info("saved pruned model to %s", target)
     return target
 
@@ -82,7 +79,10 @@ def load_pruned(
     config = AutoConfig.from_pretrained(source, local_files_only=True)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_config(config, **extra)
-    apply_record(model, {k: v for k, v in meta.items() if k != "format"})
+    try:
+        apply_record(model, {k: v for k, v in meta.items() if k != "format"})
+    except ValueError as exc:
+        raise ValueError(f"{str(source / PRUNING_FILE)!r} does not fit the model's config.json: {exc}") from exc
     state = _read_state_dict(source)
     saved_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
     _load_strict(model, state, source)
@@ -118,9 +118,18 @@ def _read_meta(source: Path) -> dict[str, Any]:
             f"{str(source)!r} is not a pruned model saved by save_pruned (no {PRUNING_FILE}); load an ordinary "
             "checkpoint with colab_helpers.load_model(...) (or transformers' from_pretrained) instead"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT or "kept_heads" not in meta:
-        raise ValueError(f"{str(meta_path)!r} is not a {FORMAT} file; re-save the model with save_pruned")
+    fix = "save the pruned model again with save_pruned (or restore the file from the original save)"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(meta_path)!r} is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = repr(meta.get("format")) if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise ValueError(f"{str(meta_path)!r} is not a {FORMAT} file (format {found}); {fix}")
+    try:
+        check_record({k: v for k, v in meta.items() if k != "format"})
+    except ValueError as exc:
+        raise ValueError(f"{str(meta_path)!r} is damaged: {exc}; {fix}") from exc
     return meta
 
 

@@ -2,8 +2,10 @@
 
 One small table (``_SPECS``) says, per model type, where the attention module sits in a decoder layer and how its
 projections are laid out; everything else in :mod:`colab_helpers.pruning` works from that table through one code
-path. Decoders missing from the table are found by name when their attention has separate ``q_proj``/``k_proj``/
-``v_proj`` and one output projection.
+path. A row may hold only for some settings of the config (``when``): GPTBigCode and Falcon lay out their fused
+projection differently with multi-query attention. Decoders missing from the table are found by name when their
+attention has separate ``q_proj``/``k_proj``/``v_proj`` and one output projection. Anything that is not a causal
+language model (a single layer, an encoder such as BERT, an encoder-decoder) is refused up front with its type named.
 
 Head counts are read from the weights, not from the config: after physical removal each layer may have a
 different number of heads while ``model.config`` keeps the original counts.
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 RECORD_ATTR = "colab_helpers_pruning"  # attribute of model.config holding what remove_heads kept
 
-_FUSED_LAYOUTS = ("blocks", "interleaved")
+_FUSED_LAYOUTS = ("blocks", "interleaved", "grouped")
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,11 @@ class AttentionSpec:
 
     ``attn`` is the dotted path from a decoder layer to the attention module, the projection names are relative
     to that module. Separate projections set ``q``, ``k``, ``v``; a fused one sets ``qkv`` and ``fused_layout``:
-    ``"blocks"`` is ``[all q | all k | all v]`` (GPT-2 ``c_attn``, Phi-3), ``"interleaved"`` is ``[q k v]`` per
-    head (GPT-NeoX, BLOOM). ``alibi`` marks models passing per-head ALiBi slopes to attention as the ``alibi``
-    keyword (BLOOM), which must be sliced to the kept heads after removal.
+    ``"blocks"`` is ``[all q | all k | all v]`` (GPT-2 ``c_attn``, Phi-3, multi-query GPTBigCode and Falcon, whose
+    k and v blocks hold one head), ``"interleaved"`` is ``[q k v]`` per head (GPT-NeoX, BLOOM), ``"grouped"`` is
+    ``[q ... q k v]`` per key/value head (Falcon's new decoder architecture). ``alibi`` marks models passing per-head
+    ALiBi slopes to attention as the ``alibi`` argument (BLOOM), which must be sliced to the kept heads after
+    removal. ``when`` lists ``(config attribute, value)`` pairs the row needs; rows are tried in table order.
     """
 
     model_types: tuple[str, ...]
@@ -49,6 +53,7 @@ class AttentionSpec:
     qkv: str | None = None
     fused_layout: str | None = None
     alibi: bool = False
+    when: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         separate = (self.q, self.k, self.v)
@@ -82,6 +87,24 @@ _SPECS: tuple[AttentionSpec, ...] = (
     _separate("gpt_neo", attn="attn.attention", out="out_proj"),
     _separate("gptj", attn="attn", out="out_proj"),
     AttentionSpec(("phi3",), attn="self_attn", qkv="qkv_proj", fused_layout="blocks", out="o_proj"),
+    # Multi-query: q heads, then one k and one v head; otherwise [q k v] per head.
+    AttentionSpec(
+        ("gpt_bigcode",), attn="attn", qkv="c_attn", fused_layout="blocks", out="c_proj", when=(("multi_query", True),)
+    ),
+    AttentionSpec(("gpt_bigcode",), attn="attn", qkv="c_attn", fused_layout="interleaved", out="c_proj"),
+    # Falcon: new decoder architecture (Falcon-40B) -> [q.. k v] per key/value group; else multi-query -> one k/v head;
+    # else [q k v] per head. ``alibi`` configs (Falcon-RW) pass per-head slopes like BLOOM.
+    AttentionSpec(
+        ("falcon",), attn="self_attention", qkv="query_key_value", fused_layout="grouped", out="dense", alibi=True,
+        when=(("new_decoder_architecture", True),),
+    ),
+    AttentionSpec(
+        ("falcon",), attn="self_attention", qkv="query_key_value", fused_layout="blocks", out="dense", alibi=True,
+        when=(("multi_query", True),),
+    ),
+    AttentionSpec(
+        ("falcon",), attn="self_attention", qkv="query_key_value", fused_layout="interleaved", out="dense", alibi=True
+    ),
 )
 
 # Name-based discovery for decoders not in the table: attention with these separate projections.
@@ -90,7 +113,7 @@ _DISCOVERY_OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 
 def supported_architectures() -> tuple[str, ...]:
     """Return the model types of the table (others may still work through name-based discovery)."""
-    return tuple(t for spec in _SPECS for t in spec.model_types)
+    return tuple(dict.fromkeys(t for spec in _SPECS for t in spec.model_types))
 
 
 def _unsupported(model: Any, why: str) -> NotImplementedError:
@@ -190,7 +213,12 @@ def layout_of(model: nn.Module, sites: list[AttentionSite]) -> HeadLayout:
 
 
 def attention_sites(model: nn.Module) -> list[AttentionSite]:
-    """Locate every decoder layer's attention module and read its head counts from the weights."""
+    """Locate every decoder layer's attention module and read its head counts from the weights.
+
+    Raises ``TypeError`` naming the type when ``model`` is not a causal language model (not an ``nn.Module``, no
+    ``config``, an encoder or an encoder-decoder), ``NotImplementedError`` when its attention cannot be located.
+    """
+    check_causal_lm(model)
     layers, spec = _decoder_layers(model)
     sites = []
     for index, layer in enumerate(layers):
@@ -214,13 +242,56 @@ def _site(model: nn.Module, index: int, attn: nn.Module, spec: AttentionSpec) ->
         fused_out = out_features(_get_path(attn, spec.qkv))  # type: ignore[arg-type]
         if spec.fused_layout == "interleaved":
             n_kv = fused_out // (3 * head_dim)
-        else:
+        else:  # blocks and grouped both hold n_q query heads and n_kv key and value heads
             n_kv = (fused_out - q_dim) // (2 * head_dim)
     else:
         n_kv = out_features(_get_path(attn, spec.k)) // head_dim  # type: ignore[arg-type]
     if n_kv < 1 or n_q % n_kv:
         raise _unsupported(model, f"layer {index}: {n_q} query heads do not split into {n_kv} key/value groups")
     return AttentionSite(index=index, attn=attn, spec=spec, head_dim=head_dim, n_q=n_q, n_kv=n_kv)
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+
+
+def check_causal_lm(model: Any) -> None:
+    """Raise ``TypeError`` naming what ``model`` is when it cannot be a causal language model.
+
+    Accepted: any ``nn.Module`` with a ``config`` (a transformers model, a peft wrapper, a test double); refused:
+    other objects, bare layers without a config, encoders (BERT and other masked-LM models not configured as
+    decoders) and encoder-decoders (T5, BART), whose attention is not a decoder's causal self-attention.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        hint = " (load_model returns (model, tokenizer): pass the model alone)" if isinstance(model, tuple) else ""
+        raise TypeError(
+            f"expected a causal language model (an nn.Module such as AutoModelForCausalLM.from_pretrained(...) "
+            f"returns), got {_type_name(model)}{hint}"
+        )
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(
+            f"expected a causal language model, got {_type_name(model)}, which has no .config: pass the whole model "
+            "(e.g. AutoModelForCausalLM.from_pretrained(...)), not one of its layers"
+        )
+    model_type = str(getattr(config, "model_type", "") or "")
+    if getattr(config, "is_encoder_decoder", False) is True:
+        raise TypeError(
+            f"{_type_name(model)} (model type {model_type!r}) is an encoder-decoder model, not a causal language "
+            "model; head pruning here works on decoder-only models (AutoModelForCausalLM)"
+        )
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as masked_lm
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        masked_lm = {}
+    if model_type in masked_lm and getattr(config, "is_decoder", False) is not True:
+        raise TypeError(
+            f"{_type_name(model)} (model type {model_type!r}) is an encoder (bidirectional attention), not a causal "
+            "language model; head pruning here works on decoder-only models (AutoModelForCausalLM)"
+        )
 
 
 def _model_type(model: Any) -> str:
@@ -267,8 +338,9 @@ def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], AttentionSpec]:
 def _spec_for(model: nn.Module, layer: nn.Module) -> AttentionSpec | None:
     """Return the table row for ``model`` if ``layer`` holds attention where it says, else one found by name."""
     model_type = _model_type(model)
+    config = text_config(model)
     for spec in _SPECS:
-        if model_type in spec.model_types:
+        if model_type in spec.model_types and all(getattr(config, k, None) == v for k, v in spec.when):
             try:
                 _get_path(layer, spec.attn)
             except AttributeError:
@@ -359,19 +431,31 @@ def weight_out_in(module: nn.Module) -> torch.Tensor:
     return weight
 
 
+def fused_blocks(layout: str, n_q: int, n_kv: int) -> tuple[list[int], list[int], list[int]]:
+    """Return where each query, key and value head sits in a fused projection, in ``head_dim``-row blocks.
+
+    ``blocks``: ``[q_0 .. q_n | k_0 .. | v_0 ..]``; ``interleaved``: ``[q_h k_h v_h]`` per head (n_q == n_kv);
+    ``grouped``: ``[q .. q k_g v_g]`` per key/value head g, its query heads first.
+    """
+    if layout == "blocks":
+        return list(range(n_q)), [n_q + g for g in range(n_kv)], [n_q + n_kv + g for g in range(n_kv)]
+    if layout == "interleaved":
+        return [3 * h for h in range(n_q)], [3 * h + 1 for h in range(n_kv)], [3 * h + 2 for h in range(n_kv)]
+    group = n_q // n_kv
+    q = [(h // group) * (group + 2) + h % group for h in range(n_q)]
+    return q, [g * (group + 2) + group for g in range(n_kv)], [g * (group + 2) + group + 1 for g in range(n_kv)]
+
+
 def qkv_weights(site: AttentionSite) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return the q, k, v weights of ``site`` as ``[heads, head_dim, in]`` views."""
+    """Return the q, k, v weights of ``site`` as ``[heads, head_dim, in]`` tensors."""
     hd, spec = site.head_dim, site.spec
     if not spec.fused:
         q, k, v = (weight_out_in(site.proj(n)) for n in (spec.q, spec.k, spec.v))
-    else:
-        w = weight_out_in(site.proj(spec.qkv))
-        if spec.fused_layout == "interleaved":
-            per_head = w.reshape(site.n_q, 3, hd, w.shape[-1])
-            return per_head[:, 0], per_head[:, 1], per_head[:, 2]
-        q_dim, kv_dim = site.n_q * hd, site.n_kv * hd
-        q, k, v = w[:q_dim], w[q_dim : q_dim + kv_dim], w[q_dim + kv_dim :]
-    return q.reshape(site.n_q, hd, -1), k.reshape(site.n_kv, hd, -1), v.reshape(site.n_kv, hd, -1)
+        return q.reshape(site.n_q, hd, -1), k.reshape(site.n_kv, hd, -1), v.reshape(site.n_kv, hd, -1)
+    w = weight_out_in(site.proj(spec.qkv))
+    per_block = w.reshape(-1, hd, w.shape[-1])
+    q, k, v = fused_blocks(spec.fused_layout or "", site.n_q, site.n_kv)
+    return per_block[q], per_block[k], per_block[v]
 
 
 def o_weight(site: AttentionSite) -> torch.Tensor:

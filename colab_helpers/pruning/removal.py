@@ -2,20 +2,23 @@
 
 A query head is a ``head_dim``-row range of the query projection and a ``head_dim``-column range of the output
 projection (GPT-2's Conv1D stores weights transposed, so rows and columns swap); a key/value head is a row range
-of the key and value projections. Fused projections are sliced by layout: ``[q | k | v]`` blocks (GPT-2) or
-``[q k v]`` per head (GPT-NeoX, BLOOM).
+of the key and value projections. Fused projections are sliced by layout: ``[q | k | v]`` blocks (GPT-2, Phi-3,
+multi-query GPTBigCode and Falcon), ``[q k v]`` per head (GPT-NeoX, BLOOM) or ``[q .. q k v]`` per key/value head
+(Falcon's new decoder architecture). An attention forward that reads head counts from the shared config (Phi-3)
+gets a per-layer view of the config that answers with the layer's own counts.
 
 Grouped-query attention: a key/value head goes only when every query head of its group goes, and ``repeat_kv``
 needs the same number of query heads per key/value head within a layer. When a mask leaves groups uneven, the
 fewest pruned query heads needed to even them are kept as zeroed *padding* heads (query rows and output columns
 zero), so the layer still computes exactly what the gated model computes; :class:`PruneReport` counts them.
 
-What was kept is recorded on ``model.config.colab_helpers_pruning`` (original head indices per layer), so a
-second removal composes with the first and :func:`~colab_helpers.pruning.save_pruned` can rebuild the shapes.
-``model.config`` itself keeps the original head counts: head counts are per layer after removal.
+What was kept is recorded on ``model.config.colab_helpers_pruning`` (:mod:`.record`: original head indices per
+layer), so a second removal composes with the first and :func:`~colab_helpers.pruning.save_pruned` can rebuild the
+shapes. ``model.config`` itself keeps the original head counts: head counts are per layer after removal. Masks
+index the heads a model holds *now*; a stale mask is refused (:func:`~.record.check_mask_is_current`).
 
-Planning, slicing and the record that rebuilds a pruned model on load stay in one module because they must
-agree on one layout of every projection; split, a fix to one could silently break the other.
+Planning, slicing and rebuilding a pruned model's shapes on load stay in one module because they must agree on
+one layout of every projection; split, a fix to one could silently break the other.
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ from .gating import has_gates
 from .layout import (
     RECORD_ATTR,
     AttentionSite,
-    HeadLayout,
     attention_sites,
+    fused_blocks,
     is_conv1d,
     layout_of,
     pruning_record,
+    text_config,
     validate_mask,
     weight_out_in,
 )
+from .record import check_mask_is_current, check_mask_not_repeated, check_record, current_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,16 +52,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
-
 # Integer attributes of attention modules that track the head counts (updated only when they hold the old value).
 _Q_COUNT = ("num_heads", "num_attention_heads", "n_head", "n_heads")
-_KV_COUNT = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+_KV_COUNT = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 _GROUPS = ("num_key_value_groups", "num_kv_groups")
 _Q_DIM = ("split_size", "embed_dim", "hidden_size", "all_head_size", "inner_dim")
 _KV_DIM = ("kv_dim",)
-# A forward that reads head counts from the shared config cannot run with per-layer counts (e.g. Phi-3).
+# A forward that reads head counts from the shared config (e.g. Phi-3) gets a per-layer view of it (_LayerConfig).
 _CONFIG_HEADS = re.compile(r"config\.(num_attention_heads|num_key_value_heads|n_head|num_heads)\b")
+_CONFIG_Q = ("num_attention_heads", "n_head", "num_heads")
+_CONFIG_KV = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,15 @@ class _LayerPlan:
         return len(self.keep_q) != n_q or len(self.keep_kv) != n_kv or bool(self.padding)
 
 
-def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bool = False) -> PruneReport:
+def remove_heads(
+    model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bool = False, allow_repeat: bool = False
+) -> PruneReport:
     """Remove the heads where ``mask`` is True (bool ``[layers, max_heads]``, relative to the current heads).
+
+    After a removal, build the next mask from the pruned model (``head_layout(model)``, or ``head_importance`` on
+    it): a mask of the earlier shape, naming heads that are gone, or equal to the mask applied last time raises
+    ``ValueError``, because its indices would now point at other heads. ``allow_repeat=True`` accepts a mask equal
+    to the last one when it was built for the current heads (iterative pruning that picks the same positions again).
 
     Slices weights and biases in place and updates the attention modules' head counts, so that logits equal the
     model gated with the same mask and ``generate()`` keeps working. With grouped-query attention, uneven groups
@@ -153,7 +165,11 @@ def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bo
     """
     sites = attention_sites(model)
     layout = layout_of(model, sites)
+    earlier = pruning_record(model)
+    check_mask_is_current(mask, layout, earlier)
     mask = validate_mask(mask, layout)
+    if not allow_repeat:
+        check_mask_not_repeated(mask, earlier)
     for site in sites:
         if bool(mask[site.index, : site.n_q].all()) and not allow_empty_layers:
             raise ValueError(
@@ -175,6 +191,11 @@ def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bo
     params_before = parameter_count(model)
     new_sites = _apply(model, sites, plans, zero_padding=True)
     new_record = _compose_record(record, plans)
+    if changed:  # the mask just applied and the heads it named, so that passing it again is recognised
+        new_record["last_mask"] = [[h for h in range(s.n_q) if mask[s.index, h]] for s in sites]
+        new_record["last_mask_heads"] = [
+            [record["kept_heads"][i][h] for h in positions] for i, positions in enumerate(new_record["last_mask"])
+        ]
     _install_alibi_hooks(new_sites, new_record)
     setattr(model.config, RECORD_ATTR, new_record)
     report = PruneReport(
@@ -198,14 +219,21 @@ def remove_heads(model: nn.Module, mask: torch.Tensor, *, allow_empty_layers: bo
 
 
 def apply_record(model: nn.Module, record: dict[str, Any]) -> None:
-    """Give a freshly built (unpruned) model the head structure of ``record`` (weights are loaded afterwards)."""
+    """Give a freshly built (unpruned) model the head structure of ``record`` (weights are loaded afterwards).
+
+    Raises ``ValueError`` saying what is wrong when the record is inconsistent or does not fit the model.
+    """
+    check_record(record)
     sites = attention_sites(model)
     layout = layout_of(model, sites)
     kept, kept_kv = record["kept_heads"], record["kept_kv_heads"]
-    if len(kept) != layout.num_layers or list(record["original_query_heads"]) != list(layout.query_heads):
+    recorded = (list(record["original_query_heads"]), list(record["original_kv_heads"]), record["head_dim"])
+    if recorded != (list(layout.query_heads), list(layout.kv_heads), layout.head_dim):
         raise ValueError(
-            f"pruning record is for {len(kept)} layers with heads {record['original_query_heads']}, but the model "
-            f"built from the config has heads {list(layout.query_heads)}; the saved files do not belong together"
+            f"the pruning record is for {len(kept)} layers with query heads {recorded[0]}, key/value heads "
+            f"{recorded[1]} and head size {recorded[2]}, but the model built from the config has "
+            f"{list(layout.query_heads)}, {list(layout.kv_heads)} and {layout.head_dim}; the saved files do not "
+            "belong together"
         )
     plans = [_LayerPlan(tuple(q), tuple(kv), ()) for q, kv in zip(kept, kept_kv)]
     for site, plan in zip(sites, plans):
@@ -214,30 +242,6 @@ def apply_record(model: nn.Module, record: dict[str, Any]) -> None:
     new_sites = _apply(model, sites, plans, zero_padding=False)
     _install_alibi_hooks(new_sites, record)
     setattr(model.config, RECORD_ATTR, copy.deepcopy(record))
-
-
-def current_record(model: nn.Module, layout: HeadLayout) -> dict[str, Any]:
-    """Return the model's pruning record, or the identity record of an unpruned model."""
-    record = pruning_record(model)
-    if record is None:
-        return {
-            "format_version": RECORD_VERSION,
-            "architecture": layout.architecture,
-            "head_dim": layout.head_dim,
-            "original_query_heads": list(layout.query_heads),
-            "original_kv_heads": list(layout.kv_heads),
-            "kept_heads": [list(range(n)) for n in layout.query_heads],
-            "kept_kv_heads": [list(range(n)) for n in layout.kv_heads],
-            "padding_heads": [[] for _ in layout.query_heads],
-        }
-    counts = [len(k) for k in record["kept_heads"]], [len(k) for k in record["kept_kv_heads"]]
-    if counts != (list(layout.query_heads), list(layout.kv_heads)):
-        raise RuntimeError(
-            f"model.config.{RECORD_ATTR} says the layers hold {counts[0]} query heads but they hold "
-            f"{list(layout.query_heads)}; the model was changed outside remove_heads. Delete the attribute only if "
-            "the model is unpruned"
-        )
-    return copy.deepcopy(record)
 
 
 def _plan_layer(prune: list[bool], n_q: int, n_kv: int) -> _LayerPlan:
@@ -263,7 +267,6 @@ def _plan_layer(prune: list[bool], n_q: int, n_kv: int) -> _LayerPlan:
 
 def check_removable(model: nn.Module, site: AttentionSite) -> None:
     """Raise ``NotImplementedError`` if slicing this attention module would not give the gated model's outputs."""
-    from torch import nn
 
     arch = getattr(model.config, "model_type", type(model).__name__)
     spec = site.spec
@@ -272,7 +275,7 @@ def check_removable(model: nn.Module, site: AttentionSite) -> None:
     proj_params: set[int] = set()
     for name in names:
         module = site.proj(name)
-        if not (type(module) is nn.Linear or is_conv1d(module, unwrap=False)):
+        if not (_plain_linear(module) or is_conv1d(module, unwrap=False)):
             raise NotImplementedError(
                 f"layer {site.index}: {name} is a {type(module).__module__}.{type(module).__qualname__}, not a plain "
                 "torch Linear or transformers Conv1D; remove heads "
@@ -299,11 +302,69 @@ def check_removable(model: nn.Module, site: AttentionSite) -> None:
         source = inspect.getsource(type(site.attn).forward)
     except (OSError, TypeError):
         source = ""
-    if _CONFIG_HEADS.search(source):
+    if _CONFIG_HEADS.search(source) and not _config_view_possible(model, site.attn, source):
         raise NotImplementedError(
-            f"{arch}: {type(site.attn).__name__}.forward reads head counts from the shared config, so layers cannot "
-            "have their own head counts; physical removal is not supported for it, gate_heads is"
+            f"{arch}: {type(site.attn).__name__}.forward reads head counts from a config other than its own "
+            "self.config, so layers cannot have their own head counts; physical removal is not supported for it, "
+            "gate_heads is"
         )
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    """True for torch's Linear and transformers' own subclasses of it (Falcon's FalconLinear), not adapters or
+    quantized layers (peft, bitsandbytes)."""
+    from torch import nn
+
+    kind = type(module)
+    return kind is nn.Linear or (isinstance(module, nn.Linear) and kind.__module__.startswith("transformers."))
+
+
+def _config_view_possible(model: nn.Module, attn: nn.Module, source: str) -> bool:
+    """True when the forward reads head counts through ``self.config``, the model's config: a per-layer view works."""
+    config = vars(attn).get("config")
+    shared = (getattr(model, "config", None), text_config(model))
+    return "self.config" in source and (isinstance(config, _LayerConfig) or any(config is c for c in shared))
+
+
+class _LayerConfig:
+    """The model's config as one pruned attention layer sees it: its own head counts, everything else shared.
+
+    Installed as ``attn.config`` where the forward reads head counts from the config (Phi-3). Reads other than the
+    overridden counts (and all writes) go to the shared config, so ``set_attn_implementation`` still reaches it.
+    """
+
+    def __init__(self, base: Any, overrides: dict[str, int]) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_base", "_overrides"):
+            raise AttributeError(name)
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self.__dict__["_base"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_base"], name, value)
+
+    def __repr__(self) -> str:
+        return f"_LayerConfig({self.__dict__['_overrides']} over {type(self.__dict__['_base']).__name__})"
+
+
+def _update_config_view(attn: nn.Module, new_q: int, new_kv: int) -> None:
+    """Give ``attn`` a per-layer config view with its head counts, where its forward reads them from the config."""
+    config = vars(attn).get("config")
+    if config is None:
+        return
+    try:
+        source = inspect.getsource(type(attn).forward)
+    except (OSError, TypeError):
+        return
+    if not _CONFIG_HEADS.search(source):
+        return
+    base = config.__dict__["_base"] if isinstance(config, _LayerConfig) else config
+    overrides = {n: new_q for n in _CONFIG_Q if isinstance(getattr(base, n, None), int)}
+    overrides.update({n: new_kv for n in _CONFIG_KV if isinstance(getattr(base, n, None), int)})
+    attn.config = _LayerConfig(base, overrides)
 
 
 def _apply(
@@ -337,15 +398,18 @@ def _projections(site: AttentionSite) -> list[nn.Module]:
     return [site.proj(n) for n in [*names, spec.out]]
 
 
-def _snapshot(site: AttentionSite) -> list[tuple[nn.Module, dict[str, Any], dict[str, int]]]:
+def _snapshot(site: AttentionSite) -> list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]:
     modules = [site.attn, *_projections(site)]
-    return [(m, dict(m._parameters), {k: v for k, v in vars(m).items() if type(v) is int}) for m in modules]
+    return [
+        (m, dict(m._parameters), {k: v for k, v in vars(m).items() if type(v) is int or k == "config"})
+        for m in modules
+    ]
 
 
-def _restore(state: list[tuple[nn.Module, dict[str, Any], dict[str, int]]]) -> None:
-    for module, params, ints in state:
+def _restore(state: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]) -> None:
+    for module, params, attrs in state:
         module._parameters.update(params)
-        for name, value in ints.items():
+        for name, value in attrs.items():
             setattr(module, name, value)
 
 
@@ -362,21 +426,23 @@ def _slice_site(site: AttentionSite, plan: _LayerPlan) -> AttentionSite:
     device = site.out_proj.weight.device
     q_rows = _head_index(plan.keep_q, hd, 0, device)
     kv_rows = _head_index(plan.keep_kv, hd, 0, device)
+    new_q, new_kv = len(plan.keep_q), len(plan.keep_kv)
     if not spec.fused:
         _slice_out(site.proj(spec.q), q_rows)
         _slice_out(site.proj(spec.k), kv_rows)
         _slice_out(site.proj(spec.v), kv_rows)
-    elif spec.fused_layout == "interleaved":
-        _slice_out(site.proj(spec.qkv), _head_index(plan.keep_q, 3 * hd, 0, device))
-    else:
-        import torch
-
-        q_dim, kv_dim = site.n_q * hd, site.n_kv * hd
-        rows = torch.cat([q_rows, kv_rows + q_dim, kv_rows + q_dim + kv_dim])
-        _slice_out(site.proj(spec.qkv), rows)
+    else:  # new block b of the fused projection comes from old block source[b]
+        layout = spec.fused_layout or ""
+        old_q, old_k, old_v = fused_blocks(layout, site.n_q, site.n_kv)
+        new_blocks = fused_blocks(layout, new_q, new_kv)
+        source = [0] * (new_q + 2 * new_kv)
+        for new, old, keep in zip(new_blocks, (old_q, old_k, old_v), (plan.keep_q, plan.keep_kv, plan.keep_kv)):
+            for b, position in zip(new, keep):
+                source[b] = old[position]
+        _slice_out(site.proj(spec.qkv), _head_index(source, hd, 0, device))
     _slice_in(site.out_proj, q_rows)
-    new_q, new_kv = len(plan.keep_q), len(plan.keep_kv)
     _update_counts(site.attn, site.n_q, site.n_kv, new_q, new_kv, hd)
+    _update_config_view(site.attn, new_q, new_kv)
     return replace(site, n_q=new_q, n_kv=new_kv)
 
 
@@ -432,10 +498,9 @@ def _zero_heads(site: AttentionSite, positions: list[int]) -> None:
     for j in positions:
         if not spec.fused:
             _zero_out_rows(site.proj(spec.q), j * hd, (j + 1) * hd)
-        elif spec.fused_layout == "interleaved":
-            _zero_out_rows(site.proj(spec.qkv), j * 3 * hd, j * 3 * hd + hd)
         else:
-            _zero_out_rows(site.proj(spec.qkv), j * hd, (j + 1) * hd)
+            block = fused_blocks(spec.fused_layout or "", site.n_q, site.n_kv)[0][j]
+            _zero_out_rows(site.proj(spec.qkv), block * hd, (block + 1) * hd)
         module = site.out_proj
         if is_conv1d(module):
             module.weight[j * hd : (j + 1) * hd, :] = 0
@@ -465,36 +530,57 @@ def _compose_record(record: dict[str, Any], plans: list[_LayerPlan]) -> dict[str
 
 
 class _AlibiSlicer:
-    """Forward pre-hook (with kwargs) giving a pruned BLOOM attention module only its kept heads' ALiBi slopes.
+    """Forward pre-hook (with kwargs) giving a pruned attention module only its kept heads' ALiBi biases.
 
-    BLOOM builds ``alibi`` as ``[batch * heads, 1, keys]`` for all of the model's original heads; each layer keeps
-    the rows of its own heads.
+    BLOOM builds ``alibi`` as ``[batch * heads, 1, keys]``, Falcon as ``[batch, heads, 1, keys]``, for all of the
+    model's original heads; each layer keeps the rows of its own heads. Falcon also adds the biases into a
+    ``[batch, heads, queries, keys]`` attention mask, which is cut to the kept heads the same way (a mask with one
+    row for all heads is left alone).
     """
 
-    def __init__(self, kept: list[int], n_full: int) -> None:
+    def __init__(self, kept: list[int], n_full: int, positions: dict[str, int] | None = None) -> None:
         self.kept = list(kept)
         self.n_full = n_full
+        self.positions = positions or {"alibi": 2, "attention_mask": 3}  # in the forward's positional arguments
         self._index: dict[Any, Any] = {}
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        positional = "alibi" not in kwargs and len(args) > 2
-        alibi = args[2] if positional else kwargs.get("alibi")
-        if alibi is None:
-            return None
-        rows = alibi.shape[0]
-        if rows % self.n_full:
-            raise RuntimeError(f"alibi has {rows} rows, not a multiple of the model's {self.n_full} heads")
-        index = self._index.get(alibi.device)
+    def _rows(self, device: Any) -> Any:
+        index = self._index.get(device)
         if index is None:
             import torch
 
-            index = self._index[alibi.device] = torch.tensor(self.kept, dtype=torch.long, device=alibi.device)
-        batch = rows // self.n_full
-        rest = alibi.shape[1:]
-        sliced = alibi.reshape(batch, self.n_full, *rest).index_select(1, index).reshape(batch * len(self.kept), *rest)
-        if positional:
-            return (*args[:2], sliced, *args[3:]), kwargs
-        return args, {**kwargs, "alibi": sliced}
+            index = self._index[device] = torch.tensor(self.kept, dtype=torch.long, device=device)
+        return index
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        positions = getattr(self, "positions", {"alibi": 2, "attention_mask": 3})
+        values = {}
+        for name, at in positions.items():
+            positional = name not in kwargs and len(args) > at
+            values[name] = (args[at] if positional else kwargs.get(name), positional, at)
+        alibi = values["alibi"][0]
+        if alibi is None:
+            return None
+        index = self._rows(alibi.device)
+        if alibi.dim() == 4 and alibi.shape[1] == self.n_full:  # Falcon: [batch, heads, 1, keys]
+            new = {"alibi": alibi.index_select(1, index)}
+        else:  # BLOOM: [batch * heads, 1, keys]
+            rows, rest = alibi.shape[0], alibi.shape[1:]
+            if rows % self.n_full:
+                raise RuntimeError(f"alibi has {rows} rows, not a multiple of the model's {self.n_full} heads")
+            batch = rows // self.n_full
+            new = {"alibi": alibi.reshape(batch, self.n_full, *rest).index_select(1, index).reshape(-1, *rest)}
+        mask = values.get("attention_mask", (None,))[0]
+        if getattr(mask, "dim", lambda: 0)() == 4 and mask.shape[1] == self.n_full > 1:
+            new["attention_mask"] = mask.index_select(1, self._rows(mask.device))
+        args, kwargs = list(args), dict(kwargs)
+        for name, value in new.items():
+            _, positional, at = values[name]
+            if positional:
+                args[at] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
 
 
 def _install_alibi_hooks(sites: list[AttentionSite], record: dict[str, Any]) -> None:
@@ -507,4 +593,14 @@ def _install_alibi_hooks(sites: list[AttentionSite], record: dict[str, Any]) -> 
         if existing:
             existing[0].kept, existing[0]._index = kept, {}
         elif kept != list(range(n_full)):
-            site.attn.register_forward_pre_hook(_AlibiSlicer(kept, n_full), with_kwargs=True)
+            site.attn.register_forward_pre_hook(_AlibiSlicer(kept, n_full, _positions(site.attn)), with_kwargs=True)
+
+
+def _positions(attn: nn.Module) -> dict[str, int]:
+    """Return where ``alibi`` and ``attention_mask`` sit among the attention forward's positional arguments."""
+    try:
+        names = list(inspect.signature(attn.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        names = []
+    return {"alibi": names.index("alibi") if "alibi" in names else 2,
+            "attention_mask": names.index("attention_mask") if "attention_mask" in names else 3}  # fmt: skip

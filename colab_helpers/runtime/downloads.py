@@ -1,7 +1,8 @@
 """Get results off the runtime: one zip of a run, a download that suits where we run, and a copy to Drive.
 
 * :func:`bundle` zips a results folder: metrics, plots, configs, executed notebooks and small artefacts;
-  weights only when asked; files that may hold credentials never; secret values redacted from text files.
+  weights only when asked; files that may hold credentials never; secret values redacted from file contents
+  (any text encoding, inside compressed files too) and from file names; what cannot be checked left out.
 * :func:`download` sends a file (or a bundled folder) to the browser on Colab, shows a link in other
   notebooks, and logs the path when no browser is attached (papermill, CI, scripts).
 * :func:`persist_to_drive` copies a file or folder to Google Drive on Colab, where ``/content`` is wiped at
@@ -24,13 +25,13 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from ..errors import ColabHelpersWarning
-from .files import atomic_path
+from .files import atomic_path, ensure_writable_parent
 from .kernel import in_kernel as _in_kernel
-from .secrets import contains_secret, redact
+from .secrets import NAME_MARKER, SecretCheckError, file_contains_secret, redact, scrub_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ _TOKENIZER_FILES: tuple[str, ...] = ("tokenizer*", "special_tokens_map.json", "a
 _SKIPPED_DIRS: frozenset[str] = frozenset({"__pycache__", ".git", ".ipynb_checkpoints", ".cache", ".Trash-0"})
 _STORED_SUFFIXES: frozenset[str] = WEIGHT_SUFFIXES | {".png", ".jpg", ".jpeg", ".gif", ".zip", ".gz", ".npz"}
 _BUNDLE_SUFFIX = "-bundle.zip"
-_BINARY_SNIFF_BYTES = 8192
 _DRIVE_MOUNT = "/content/drive"
 
 DownloadHow = Literal["colab", "link", "logged"]
@@ -110,17 +110,6 @@ def _walk(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _is_text(data: bytes) -> bool:
-    """True when ``data`` looks like UTF-8 text (no NUL byte at the start, decodes cleanly)."""
-    if b"\0" in data[:_BINARY_SNIFF_BYTES]:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _plan(
     root: Path, output: Path, *, include_weights: bool, max_bytes: int | None
 ) -> tuple[list[tuple[Path, Path]], dict[str, list[str]]]:
@@ -144,30 +133,56 @@ def _plan(
     return chosen, skipped
 
 
-def _add(
-    archive: zipfile.ZipFile, path: Path, relative: Path, arcname: str, redacted: list[str], withheld: list[str]
-) -> None:
-    """Add one file: weights streamed as they are; other files read, checked for secrets and redacted."""
+def _member_names(top: str, chosen: list[tuple[Path, Path]]) -> list[str]:
+    """Zip member names, ``top/relative``, with a secret value in any part replaced by ``REDACTED`` (kept unique)."""
+    plain = [f"{top}/{relative.as_posix()}" for _, relative in chosen]
+    taken = {name for name in plain if redact(name, NAME_MARKER) == name}
+    names = []
+    for name in plain:
+        clean = redact(name, NAME_MARKER)
+        if clean != name:
+            candidate, n = clean, 2
+            while candidate in taken:  # another file already has this name
+                path = PurePosixPath(clean)
+                candidate, n = str(path.with_name(f"{path.stem}-{n}{path.suffix}")), n + 1
+            clean = candidate
+            taken.add(clean)
+        names.append(clean)
+    return names
+
+
+def _add(archive: zipfile.ZipFile, path: Path, relative: Path, arcname: str, outcome: dict[str, list[str]]) -> None:
+    """Add one file: weights streamed as they are; other files read, checked for secrets and redacted.
+
+    ``outcome`` collects the member names redacted, withheld (a secret that cannot be cut out) and unchecked.
+    """
     compress = zipfile.ZIP_STORED if path.suffix.lower() in _STORED_SUFFIXES else zipfile.ZIP_DEFLATED
-    if _is_weights(relative):
-        archive.write(path, arcname, compress_type=compress)
+    if _is_weights(relative):  # streamed, not opened; a checkpoint's training_args.bin may hold hub_token
+        if file_contains_secret(path):
+            outcome["withheld"].append(arcname)
+        else:
+            archive.write(path, arcname, compress_type=compress)
         return
     data = path.read_bytes()
-    if contains_secret(data):
-        if not _is_text(data):
-            withheld.append(arcname)  # a secret inside a binary file cannot be cut out safely
-            return
-        data = redact(data.decode("utf-8")).encode("utf-8")
-        redacted.append(arcname)
+    try:
+        clean = scrub_bytes(data, path.name)
+    except SecretCheckError as exc:
+        if exc.found:
+            outcome["withheld"].append(arcname)
+        else:
+            outcome["unchecked"].append(f"{arcname} ({exc.reason})")
+        return
+    if clean is not data:
+        outcome["redacted"].append(arcname)
     info = zipfile.ZipInfo.from_file(path, arcname)
     info.compress_type = compress
-    archive.writestr(info, data)
+    archive.writestr(info, clean)
 
 
 def default_bundle_path(results_dir: str | os.PathLike[str]) -> Path:
     """Return where :func:`bundle` writes by default: ``<results_dir>/<folder name>-bundle.zip``."""
     root = Path(results_dir).expanduser()
-    return root / f"{root.resolve().name}{_BUNDLE_SUFFIX}"
+    return root / f"{redact(root.resolve().name, NAME_MARKER)}{_BUNDLE_SUFFIX}"
 
 
 def bundle(
@@ -183,9 +198,19 @@ def bundle(
     weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``, ... and checkpoint folders) unless
     ``include_weights=True`` (a final LoRA adapter, ``adapter_model.*`` outside checkpoints, is small and goes in); files over ``max_file_mb`` (one warning lists them; ``None`` means no limit);
     files that may hold credentials (``.env``, ``.netrc``, ``.git-credentials``, ``*token*`` other than
-    tokenizer files ...), always; earlier bundles, temporary files, links, caches. Text files containing the
-    value of a secret environment variable (``HF_TOKEN`` ...) are redacted in the zip; binary ones are left
-    out. The zip is written to a temporary file and renamed, so a failure leaves no partial zip behind.
+    tokenizer files ...), always; earlier bundles, temporary files, links, caches.
+
+    No secret value (of ``HF_TOKEN``, ``WANDB_API_KEY`` ... in the environment) goes into the zip: in text files
+    (UTF-8, UTF-16 / UTF-32 with or without byte-order mark, latin-1 ...) it is replaced by ``***`` in the
+    file's own encoding; gzip, bzip2, xz, zip and tar files are opened, redacted inside and packed again; a
+    file or folder whose *name* holds it goes in renamed, the value replaced by ``REDACTED`` (and the zip's
+    default name likewise). Left out, with one warning per reason naming them: binary files holding a secret
+    value, and files that cannot be checked (corrupt or unopenable compressed files such as ``.7z``,
+    ``.zst``). Weights are searched as they are, not opened: one holding a secret value (a checkpoint's
+    ``training_args.bin`` with ``hub_token``) is left out. With no secret value set, files go in as they are.
+
+    The zip is written to a temporary file and renamed, so a failure leaves no partial zip behind;
+    ``PermissionError`` naming the zip, before any work, when its folder is not writable.
     """
     root = Path(results_dir).expanduser()
     if not root.exists():
@@ -202,35 +227,50 @@ def bundle(
     target = Path(output).expanduser() if output is not None else default_bundle_path(root)
     if target.suffix.lower() != ".zip":
         raise ValueError(f"output must end in .zip, got {str(target)!r}; e.g. output='results.zip'")
+    ensure_writable_parent(target)
     max_bytes = None if max_file_mb is None else int(max_file_mb * 2**20)
     chosen, skipped = _plan(root, target, include_weights=include_weights, max_bytes=max_bytes)
 
-    redacted: list[str] = []
-    withheld: list[str] = []
+    names = _member_names(redact(root.resolve().name, NAME_MARKER), chosen)
+    outcome: dict[str, list[str]] = {"redacted": [], "withheld": [], "unchecked": []}
     with atomic_path(target) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path, relative in chosen:
-                _add(archive, path, relative, f"{root.resolve().name}/{relative.as_posix()}", redacted, withheld)
+            for arcname, (path, relative) in sorted(zip(names, chosen), key=lambda pair: pair[0]):
+                _add(archive, path, relative, arcname, outcome)
 
-    if skipped["too big"]:
+    shown = {reason: [redact(name, NAME_MARKER) for name in found] for reason, found in skipped.items()}
+    if shown["too big"]:
         warnings.warn(
-            f"bundle left out {len(skipped['too big'])} file(s) over {max_file_mb} MB: "
-            f"{', '.join(skipped['too big'])}; pass max_file_mb=None to include them, or use persist_to_drive()",
+            f"bundle left out {len(shown['too big'])} file(s) over {max_file_mb} MB: "
+            f"{', '.join(shown['too big'])}; pass max_file_mb=None to include them, or use persist_to_drive()",
             ColabHelpersWarning,
             stacklevel=2,
         )
-    if skipped["credentials"] or withheld:
-        names = skipped["credentials"] + withheld
+    if shown["credentials"] or outcome["withheld"]:
+        left_out = shown["credentials"] + outcome["withheld"]
         warnings.warn(
-            f"bundle left out {len(names)} file(s) that may hold credentials: {', '.join(names)}",
+            f"bundle left out {len(left_out)} file(s) that may hold credentials: {', '.join(left_out)}",
             ColabHelpersWarning,
             stacklevel=2,
         )
-    if redacted:
+    if outcome["unchecked"]:
+        warnings.warn(
+            f"bundle left out {len(outcome['unchecked'])} file(s) it cannot check for secret values: "
+            f"{', '.join(outcome['unchecked'])}; store them as text, .gz, .bz2, .xz, .zip or .tar to include them, "
+            "or share them another way",
+            ColabHelpersWarning,
+            stacklevel=2,
+        )
+    renamed = [new for new, (_, relative) in zip(names, chosen) if not new.endswith("/" + relative.as_posix())]
+    if renamed:
+        logger.info("bundle: redacted secret values in %d file name(s): %s", len(renamed), ", ".join(renamed))
+    if outcome["redacted"]:
+        redacted = outcome["redacted"]
         logger.info("bundle: redacted secret values in %d file(s): %s", len(redacted), ", ".join(redacted))
     if skipped["weights"]:
         logger.info("bundle: left out %d weight file(s); pass include_weights=True to add them", len(skipped["weights"]))
-    logger.info("bundle: %d file(s) written to %s", len(chosen) - len(withheld), target)
+    written = len(chosen) - len(outcome["withheld"]) - len(outcome["unchecked"])
+    logger.info("bundle: %d file(s) written to %s", written, redact(str(target), NAME_MARKER))
     return target
 
 
@@ -288,8 +328,14 @@ def download(path: str | os.PathLike[str]) -> DownloadHow:
     if not target.exists():
         raise FileNotFoundError(f"cannot download {str(target)!r}: it does not exist; check the path or write it first")
     if target.is_dir():
-        target = bundle(target)
-    logger.info("download: %s (%.1f MB)", target.resolve(), target.stat().st_size / 2**20)
+        try:
+            target = bundle(target)
+        except PermissionError as exc:
+            raise PermissionError(
+                f"{exc}; or bundle it elsewhere and download that: download(bundle({str(target)!r}, "
+                "output='results-bundle.zip'))"
+            ) from exc
+    logger.info("download: %s (%.1f MB)", redact(str(target.resolve()), NAME_MARKER), target.stat().st_size / 2**20)
     if not _in_kernel() or _headless():
         return "logged"
     colab = _colab()
@@ -354,13 +400,14 @@ def persist_to_drive(
     mount = _mount_drive(mount_point, "persist_to_drive")
     destination_dir = Path(drive_dir) if Path(drive_dir).is_absolute() else mount / drive_dir
     destination = destination_dir / source.name
+    if source.is_file() and is_credential_file(source.name):
+        raise ValueError(f"{source.name!r} may hold credentials and is not copied to Drive; copy it by hand")
+    ensure_writable_parent(destination)
     if source.is_dir():
         _copy_dir_atomically(source, destination)
     else:
-        if is_credential_file(source.name):
-            raise ValueError(f"{source.name!r} may hold credentials and is not copied to Drive; copy it by hand")
         _copy_file_atomically(source, destination)
-    logger.info("persist_to_drive: copied %s to %s", source, destination)
+    logger.info("persist_to_drive: copied %s to %s", redact(str(source)), redact(str(destination)))
     return destination
 
 
