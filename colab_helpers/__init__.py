@@ -69,6 +69,7 @@ _LAZY: dict[str, str] = {
     "tokenize_texts": "evaluation.perplexity",
     "lm_batches": "evaluation.perplexity",
     "compare_generations": "evaluation.perplexity",
+    "check_token_ids": "evaluation.perplexity",
     "plot_head_importance": "plots.pruning",
     "plot_importance_grid": "plots.pruning",
     "plot_pruned_per_layer": "plots.pruning",
@@ -173,7 +174,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .models.loading import available_models, load_model
     from .runtime.files import ensure_writable_dir
-    from .evaluation.perplexity import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
+    from .evaluation.perplexity import (
+        PerplexityResult,
+        check_token_ids,
+        compare_generations,
+        lm_batches,
+        perplexity,
+        tokenize_texts,
+    )
     from .finetune import (
         FineTuneConfig,
         FineTuner,

@@ -80,3 +80,76 @@ def test_lm_batches_shapes_and_errors(model_and_tokenizer) -> None:
     assert torch.equal(batches[0]["input_ids"][0], ids[:16])
     with pytest.raises(ValueError, match="fewer than one block"):
         lm_batches(ids[:5], seq_len=16, batch_size=2)
+
+
+# --- issue #11: token ids are checked before the model runs ------------------------------------------------------
+
+
+class _NoForward(torch.nn.Module):
+    """Wraps a model; fails the test if it is ever called (the checks must come first)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_input_embeddings()
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("the model ran before the input was checked")
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (torch.tensor([], dtype=torch.long), r"texts \(token ids\) is empty"),
+        (torch.tensor([1.0, 2.0, 3.0]), r"must hold integer token ids, got dtype torch.float32; convert with .*\.long\(\)"),
+        (torch.tensor([1, 2, 10_000]), r"holds id 10000, outside the model's vocabulary of \d+ ids .* not the model's own"),
+        (torch.tensor([1, -5, 2]), r"holds a negative id \(-5\)"),
+    ],
+)
+def test_bad_token_ids_are_a_value_error_before_the_model_runs(model_and_tokenizer, ids, message: str) -> None:
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match=message):
+        perplexity(_NoForward(model), tokenizer, ids, seq_len=16, progress=False)
+
+
+def test_token_ids_and_texts_give_the_same_perplexity(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    ids = tokenize_texts(tokenizer, TEXT)
+    by_text = perplexity(model, tokenizer, TEXT, seq_len=32, progress=False)
+    by_ids = perplexity(model, tokenizer, ids, seq_len=32, progress=False)
+    assert by_ids.tokens == by_text.tokens and math.isclose(by_ids.nll, by_text.nll, rel_tol=1e-6)
+
+
+def test_a_tokenizer_larger_than_the_model_is_caught(model_and_tokenizer) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer = model_and_tokenizer
+    small = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=16, n_layer=1, n_head=2)).eval()
+    with pytest.raises(ValueError, match=r"the tokenized texts holds id \d+, outside the model's vocabulary of 50 ids"):
+        perplexity(_NoForward(small), tokenizer, TEXT, seq_len=16, progress=False)
+
+
+def test_texts_that_are_not_strings_say_so(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match=r"texts must be a string or a list of strings, got \[1, 2\] \(list\)"):
+        perplexity(model, tokenizer, [[1, 2]], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("ids", "kwargs", "message"),
+    [
+        (torch.tensor([], dtype=torch.long), {}, r"token_ids is empty"),
+        (torch.arange(64).float(), {}, r"must hold integer token ids, got dtype torch.float32"),
+        (torch.arange(64), {"vocab_size": 50}, r"holds id 63, outside the model's vocabulary of 50 ids"),
+        ([1, 2, 3], {}, r"token_ids must be a torch tensor of token ids, got list"),
+        (torch.arange(64), {"seq_len": 16.0}, r"seq_len must be an integer >= 2, got 16.0 \(float\)"),
+        (torch.arange(64), {"max_batches": 0}, r"max_batches must be a positive integer or None, got 0"),
+    ],
+)
+def test_lm_batches_checks_its_ids(ids, kwargs: dict, message: str) -> None:
+    settings = {"seq_len": 16, "batch_size": 2} | kwargs
+    with pytest.raises(ValueError, match=message):
+        lm_batches(ids, **settings)
+    assert len(lm_batches(torch.arange(64), seq_len=16, batch_size=2, vocab_size=64)) == 2

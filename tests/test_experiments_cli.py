@@ -137,9 +137,9 @@ def test_parse_filter_and_argument_errors(capsys: pytest.CaptureFixture[str]) ->
 @pytest.fixture
 def yaml_files(tmp_path: Path) -> tuple[Path, Path]:
     base = tmp_path / "base.yaml"
-    base.write_text("model:\n  name: gpt2\npruning:\n  level: 0.3\n")
+    base.write_text("model: embedded-gpt2\npruning_level: 0.3\nnotes:\n  owner: me\n")
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("name: levels\nparameters:\n  pruning.level: {values: [0.1, 0.5]}\n  lora.rank: [4, 8]\n")
+    sweep.write_text("name: levels\nparameters:\n  pruning_level: {values: [0.1, 0.5]}\n  lora_r: [4, 8]\n")
     return base, sweep
 
 
@@ -149,7 +149,7 @@ def test_sweep_dry_run_and_bad_yaml(
     base, sweep = yaml_files
     assert main(["sweep", str(base), str(sweep), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep 'levels' (grid): 4 runs" in out and "pruning.level" in out and "lora.rank" in out
+    assert "sweep 'levels' (grid): 4 runs" in out and "pruning_level" in out and "lora_r" in out
     broken = tmp_path / "broken.yaml"
     broken.write_text("parameters:\n  a: [1, 2\n")
     assert main(["sweep", str(base), str(broken), "--dry-run"]) == 2
@@ -169,7 +169,8 @@ def test_sweep_and_run_call_the_pipeline(
     assert main(["run", str(base)]) == 0
     assert capsys.readouterr().out.strip() == "4 runs done"
     (kind, config, sweep_config, root), (kind2, config2, _, root2) = calls
-    assert kind == "sweep" and config == {"model": {"name": "gpt2"}, "pruning": {"level": 0.3}} and root == "out"
+    assert kind == "sweep" and config == {"model": "embedded-gpt2", "pruning_level": 0.3, "notes": {"owner": "me"}}
+    assert root == "out"
     assert sweep_config.name == "levels" and sweep_config.size == 4
     assert kind2 == "run" and config2 == config and root2 == "results"
 
@@ -191,3 +192,86 @@ def test_table_cuts_long_cells_and_rounds_floats(capsys: pytest.CaptureFixture[s
     header, line = out.splitlines()
     assert code == 0 and line.split() == ["x" * 57 + "...", "0.333333"]
     assert header.index("final_valid_loss") + len("final_valid_loss") == len(line)  # numbers right-aligned
+
+
+# --- issue #11: filters without a value, failed runs, dry runs checked like real sweeps --------------------------
+
+
+@pytest.mark.parametrize("condition", ["training.steps>", "training.steps<", "training.steps>=", "training.steps<= "])
+def test_an_order_filter_without_a_value_is_an_error_naming_it(
+    capsys: pytest.CaptureFixture[str], root: Path, condition: str
+) -> None:
+    code, out, err = _runs(capsys, root, "--filter", condition, "--show", "tag")
+    assert code == 2 and out == ""
+    assert f"--filter: {condition!r} has nothing to compare with" in err and "training.steps=" in err
+    code, out, _ = _runs(capsys, root, "--filter", "training.steps=", "--show", "tag")  # '=' with nothing: empty cells
+    assert code == 0 and _tags(out) == ["e"]
+    code, out, _ = _runs(capsys, root, "--filter", "training.steps!=", "--show", "tag")
+    assert code == 0 and _tags(out) == ["a", "b", "c", "d"]
+
+
+def _fail_at(level: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the pipeline fail for ``level`` and return a tiny fake result for the others (no model is run)."""
+    from colab_helpers.experiments.sweep import PruningFineTuningExperiment
+
+    def run(self: Any, config: Any, output_dir: Any = None) -> dict[str, Any]:
+        if config.pruning_level == level:
+            raise RuntimeError(f"boom at {level}")
+        stage = {"perplexity": 10.0, "parameters": 100, "latency_ms_per_token": 1.0}
+        return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")}, "recovery": None,
+                "pruning": {"heads_pruned": 1}, "training": {"steps": 1}, "seconds": 0.01}  # fmt: skip
+
+    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
+
+
+def test_run_exits_1_and_names_error_txt_when_its_run_failed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, yaml_files: tuple[Path, Path]
+) -> None:
+    base, _ = yaml_files
+    _fail_at(0.3, monkeypatch)
+    results = tmp_path / "results"
+    assert main(["run", str(base), "--root", str(results)]) == 1
+    err = capsys.readouterr().err
+    (run_dir,) = (results / "runs").iterdir()
+    assert f"error: run {run_dir.name} failed: RuntimeError: boom at 0.3" in err
+    assert f"the full error is in {run_dir / 'error.txt'}" in err and (run_dir / "error.txt").is_file()
+    assert "1 of 1 run(s) failed" in err
+    _fail_at(-1.0, monkeypatch)  # fixed: the rerun restarts the failed run and succeeds
+    assert main(["run", str(base), "--root", str(results)]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_sweep_exits_1_when_one_of_its_runs_failed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, yaml_files: tuple[Path, Path]
+) -> None:
+    base, sweep = yaml_files
+    _fail_at(0.5, monkeypatch)
+    assert main(["sweep", str(base), str(sweep), "--root", str(tmp_path / "results")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("boom at 0.5") == 2 and "2 of 4 run(s) failed" in err  # lora_r 4 and 8 at level 0.5
+
+
+@pytest.mark.parametrize(
+    ("base_text", "sweep_text", "message"),
+    [
+        ("model:\n  name: gpt2\n", "parameters:\n  pruning_level: [0.1]\n", "model must be a string, got {'name': 'gpt2'}"),
+        ("model: embedded-gpt2\n", "parameters:\n  pruning_level: [0.1, 1.5]\n", r"run config #1: pruning_level must be in [0, 1)"),
+        ("model: embedded-gpt2\n", "parameters:\n  fine_tuning_steps: [10, 2.5]\n", "fine_tuning_steps must be an integer"),
+        ("model: no-such-model-xyz\n", "parameters:\n  seed: [0]\n", "unknown model 'no-such-model-xyz'"),
+        ("model: embedded-gpt2\nrecovery: 1\n", "parameters:\n  seed: [0]\n", "['recovery'] are metric names"),
+    ],
+)
+def test_dry_run_rejects_what_the_real_sweep_rejects(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, base_text: str, sweep_text: str, message: str
+) -> None:
+    from colab_helpers.experiments.sweep import run_sweep
+
+    base, sweep = tmp_path / "base.yaml", tmp_path / "sweep.yaml"
+    base.write_text(base_text)
+    sweep.write_text(sweep_text)
+    assert main(["sweep", str(base), str(sweep), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and message in err and err.startswith("error: ")
+    with pytest.raises(ValueError) as info:  # the real sweep: the same verdict, before any folder
+        run_sweep(str(base), str(sweep), root=tmp_path / "results")
+    assert message in str(info.value) and not (tmp_path / "results").exists()

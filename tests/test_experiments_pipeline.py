@@ -146,3 +146,34 @@ def test_a_saved_run_reads_back_with_its_curves(llama_run: tuple[PruningExperime
     assert len(curves.lines) >= 2  # the run's and the control's training curves came back from history.csv
     with pytest.raises(FileNotFoundError, match="no saved run at"):
         reopened.load_result(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        (dict(model="no-such-model-xyz"), ConnectionError, "model 'no-such-model-xyz'"),
+        (dict(model="embedded-gpt2", dataset="no-such-dataset"), ValueError, "unknown dataset 'no-such-dataset'"),
+        (dict(model="/no/such/folder"), FileNotFoundError, "no model folder at '/no/such/folder'"),
+    ],
+)
+def test_a_run_with_a_bad_model_or_dataset_creates_no_folder(
+    tmp_path: Path, settings: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    experiment = PruningExperiment(tmp_path / "results", progress=False, live_plot=False)
+    config = ExperimentConfig(**settings)
+    with pytest.raises(error, match=message):
+        experiment.run(config)
+    with pytest.raises(error, match=message):
+        experiment.run(config, output_dir=tmp_path / "out" / "run1")
+    assert list((tmp_path / "results").iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_under_a_file_fails_before_the_model_loads(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    experiment = PruningExperiment(tmp_path / "results", progress=False, live_plot=False)
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        experiment.run(ExperimentConfig(model="embedded-gpt2").smoke(), output_dir=blocker / "run")
+    assert experiment._models == {} and experiment._data == {}  # nothing was loaded
+    with pytest.raises(TypeError, match="config must be an ExperimentConfig"):
+        experiment.run({"model": "embedded-gpt2"})  # type: ignore[arg-type]

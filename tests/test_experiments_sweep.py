@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def _fake_result(config) -> dict:
 
 
 def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")  # real runs (a torch-less run is recorded as failed, not raised)
     experiment = PruningFineTuningExperiment(tmp_path, progress=False)
     runs = experiment.run_experiment(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
     assert list(runs["status"]) == ["done", "done"]
@@ -61,6 +63,30 @@ def test_bad_sweeps_are_rejected_before_any_run(tmp_path: Path, kwargs: dict, me
     assert not (tmp_path / "runs.csv").exists() or read_runs_table(tmp_path)[1] == []
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(strategies="random"), "strategies must be a list such as ['random', 'gradient'], got 'random' (str); "
+                                    "for one value write strategies=['random']"),
+        (dict(pruning_levels=0.3), "pruning_levels must be a list such as [0.1, 0.3], got 0.3 (float)"),
+        (dict(models="embedded-gpt2"), "models must be a list such as ['embedded-gpt2'], got 'embedded-gpt2' (str)"),
+    ],
+)
+def test_one_value_where_a_list_is_expected_says_so(tmp_path: Path, kwargs: dict, message: str) -> None:
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    settings = dict(strategies=["random"], pruning_levels=[0.3], models=["embedded-gpt2"]) | kwargs
+    with pytest.raises(TypeError, match=re.escape(message)):
+        experiment.run_experiment(**settings, **TINY)
+    assert not (tmp_path / "runs.csv").exists()
+
+
+def test_levels_may_be_any_iterable_of_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PruningFineTuningExperiment, "run", lambda self, config, output_dir=None: _fake_result(config))
+    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_experiment(
+        ("random",), (level / 10 for level in (1, 2)), ["embedded-gpt2"])
+    assert list(runs["pruning_level"]) == [0.1, 0.2] and runs.attrs["run_ids"] == list(runs["run_id"])
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def run(self, config, output_dir=None):
         if config.pruning_level == 0.3:
@@ -87,6 +113,7 @@ def test_max_runtime_marks_the_rest_skipped(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_yaml_forms_run_and_track_extra_keys(tmp_path: Path) -> None:
+    pytest.importorskip("torch")  # real runs (a torch-less run is recorded as failed, not raised)
     base = {"model": "embedded-gpt2", "strategy": "random", "pruning_level": 0.3, "notes": {"owner": "me"}, **TINY}
     single = run_config(base, root=tmp_path / "single")
     assert list(single["status"]) == ["done"] and single.loc[0, "notes.owner"] == "me"
@@ -151,6 +178,7 @@ def test_ray_backend_records_into_the_same_runs_table(tmp_path: Path) -> None:
 
 
 def test_cli_sweep_and_runs_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("torch")  # real runs (a torch-less run is recorded as failed, not raised)
     import yaml
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": "embedded-gpt2", "strategy": "random", **TINY}))
@@ -171,3 +199,16 @@ def test_cli_sweep_and_runs_end_to_end(tmp_path: Path) -> None:
     assert "pruning_level" in lines[0] and "fine_tuned_perplexity" in lines[0]
     assert any("0.5" in line and "done" in line for line in lines[1:])
     assert not any("0.25" in line for line in lines[1:])
+
+
+def test_extra_keys_named_like_a_metric_are_refused_before_any_run(tmp_path: Path) -> None:
+    from colab_helpers.experiments.config import ExperimentConfig
+
+    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    with pytest.raises(ValueError, match=re.escape("config key(s) ['recovery'] are metric names")):
+        experiment.run_configs([ExperimentConfig(model="embedded-gpt2")], extras=[{"recovery": "full"}])
+    with pytest.raises(ValueError, match="one mapping per config"):
+        experiment.run_configs([ExperimentConfig(model="embedded-gpt2")], extras=[])
+    with pytest.raises(ValueError, match=re.escape("['baseline_perplexity'] are metric names")):
+        run_config({"model": "embedded-gpt2", "baseline_perplexity": 3}, root=tmp_path / "single")
+    assert not (tmp_path / "runs.csv").exists() and not (tmp_path / "single").exists()

@@ -87,6 +87,42 @@ def test_columns_are_flattened_and_new_keys_become_columns(manager: RunManager) 
         manager.update_metrics("nope", {"x": 1})
 
 
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"lr": 99},  # a flat config key
+        {"training": {"learning_rate": 0.1}},  # a nested one, flattened the same way
+        {"training.learning_rate": 0.1},
+        {"config.status": "x"},  # the column a config key named like a core column is stored under
+        {"fine": 1.0, "lr": 99},  # one colliding key refuses the whole update: nothing half written
+    ],
+)
+def test_a_metric_named_like_a_config_key_is_refused_and_nothing_is_written(
+    manager: RunManager, metrics: dict[str, Any]
+) -> None:
+    run = manager.new_run({**CONFIG, "lr": 0.001, "status": "mine"})
+    before = manager.csv_path.read_text()
+    taken = sorted({"lr", "training.learning_rate", "config.status"} & set(tracking.flatten(metrics)))
+    with pytest.raises(ValueError, match=re.escape(f"metric name(s) {taken} are config keys of run {run.run_id!r}")):
+        manager.update_metrics(run.run_id, metrics)
+    assert manager.csv_path.read_text() == before
+    assert manager.get(run.run_id)["lr"] == 0.001
+    run.log(final_lr=99)  # named after what it measures: kept next to the config value
+    assert (manager.get(run.run_id)["lr"], manager.get(run.run_id)["final_lr"]) == (0.001, 99)
+
+
+def test_another_manager_checks_metrics_against_config_yaml(manager: RunManager) -> None:
+    run = manager.new_run({"lr": 0.001})
+    other = RunManager(manager.root, record_environment=False)  # e.g. a Ray worker: reads the run's config.yaml
+    with pytest.raises(ValueError, match="config keys of run"):
+        other.update_metrics(run.run_id, {"lr": 99})
+    (run.path / "config.yaml").unlink()
+    third = RunManager(manager.root, record_environment=False)
+    with pytest.warns(ColabHelpersWarning, match="could not read the config of run"):
+        third.update_metrics(run.run_id, {"loss": 1.0})
+    assert manager.get(run.run_id)["loss"] == 1.0
+
+
 def test_cells_keep_exact_and_non_finite_numbers() -> None:
     import numpy as np
 

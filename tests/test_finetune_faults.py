@@ -136,6 +136,8 @@ def test_a_run_where_every_step_is_non_finite_fails_and_saves_no_adapter(tmp_pat
     assert result.stopped_reason == "non_finite" and result.steps == 2 and kinds(result)[-1] == "failed"
     assert result.adapter_dir is None and not (tmp_path / "run" / "adapter").exists()
     assert "FAILED" in result.summary()
+    with pytest.raises(RuntimeError, match="LoRA fine-tuning failed: .*holds no adapter"):
+        result.raise_if_failed()  # what the pipeline and the spelling study call before measuring the model
     # no final checkpoint of the failed state (the one of step 1 is what checkpoint_every wrote on the way)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-1"]
     summary = json.loads((tmp_path / "run" / "history.json").read_text())

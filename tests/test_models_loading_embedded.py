@@ -154,3 +154,63 @@ def test_catalog_alias_resolves_to_its_hub_id_and_fails_clearly_offline(monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConnectionError, match="embedded-gpt2"):
         models.load_model("opt-125m")
+
+
+# --- issue #11: a local folder that is not a loadable model says which file and what to do ----------------------
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    """A tiny GPT-2 built from a config (random weights) and the embedded tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path("embedded-gpt2"))
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    folder = tmp_path / "tiny"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_tiny_folder_loads(tiny_dir: Path) -> None:
+    model, tokenizer = load_model(str(tiny_dir), device="cpu")
+    assert model.config.n_layer == 1 and tokenizer.pad_token is not None
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.99, 0.0])
+def test_a_truncated_safetensors_file_is_named_with_the_fix(tiny_dir: Path, cut: float) -> None:
+    weights = tiny_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(OSError, match="corrupt or truncated") as info:
+        load_model(str(tiny_dir), device="cpu")
+    message = str(info.value)
+    assert repr(str(weights)) in message and "download the model again" in message and "save_pretrained" in message
+
+
+def test_a_folder_without_config_json_says_what_a_model_folder_holds(tiny_dir: Path, tmp_path: Path) -> None:
+    (tiny_dir / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json, so it is not a saved model.*save_pretrained"):
+        load_model(str(tiny_dir), device="cpu")
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "model").mkdir()
+    (outer / "model" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"may be in a subfolder: '.*outer/model'"):
+        load_model(str(outer), device="cpu")
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tiny_dir: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tiny_dir / name).unlink()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer files .*tokenizer\.save_pretrained\(folder\)"):
+        load_model(str(tiny_dir), device="cpu")
+
+
+def test_a_file_or_a_missing_path_is_not_taken_for_a_hub_id(tiny_dir: Path) -> None:
+    weights = tiny_dir / "model.safetensors"
+    with pytest.raises(NotADirectoryError, match=rf"is a file, not a model folder; pass the folder .*{tiny_dir.name}"):
+        load_model(str(weights), device="cpu")
+    with pytest.raises(FileNotFoundError, match="no model folder at '/content/no-such-model'"):
+        load_model("/content/no-such-model", device="cpu")

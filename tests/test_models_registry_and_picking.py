@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,41 @@ def test_instruct_candidates_and_bad_arguments() -> None:
         pick_model("train", memory_gb=4, hub=True)
     with pytest.raises(ValueError, match="not in the model catalog"):
         pick_model(memory_gb=4, hub=True, candidates=["no-such-model"])
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(max_params=NAN), "max_params must be a positive number, not NaN or infinity, got nan (float)"),
+        (dict(max_params=-INF), "max_params must be a positive number, not NaN or infinity, got -inf"),
+        (dict(max_params="150e6"), "max_params must be a positive number, not NaN or infinity, got '150e6' (str)"),
+        (dict(max_params=True), "max_params must be a positive number, not NaN or infinity, got True (bool)"),
+        (dict(memory_gb=NAN), "memory_gb must be a positive number, not NaN or infinity, got nan"),
+        (dict(memory_gb=INF), "memory_gb must be a positive number, not NaN or infinity, got inf"),
+        (dict(memory_gb="16"), "memory_gb must be a positive number, not NaN or infinity, got '16' (str)"),
+        (dict(safety=NAN), "safety must be a positive number, not NaN or infinity, got nan"),
+        (dict(safety="0.8"), "safety must be a positive number, not NaN or infinity, got '0.8' (str)"),
+        (dict(batch_size=0), "batch_size must be a positive integer, got 0 (int); e.g. batch_size=4"),
+        (dict(batch_size=2.0), "batch_size must be a positive integer, got 2.0 (float)"),
+        (dict(seq_len=NAN), "seq_len must be a positive integer, got nan (float); e.g. seq_len=256"),
+        (dict(seq_len=-1), "seq_len must be a positive integer, got -1"),
+        (dict(candidates="gpt2"), "candidates must be a list of model names, got 'gpt2' (str)"),
+    ],
+)
+def test_non_finite_or_non_positive_numbers_are_refused_before_any_probe(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict, message: str
+) -> None:
+    def probe() -> None:
+        raise AssertionError("the machine or the hub was asked before the arguments were checked")
+
+    monkeypatch.setattr(picking, "_available_memory", probe)
+    monkeypatch.setattr(picking, "_hub_reachable", probe)
+    settings = {"memory_gb": 4, "hub": None} | kwargs
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pick_model(**settings)
 
 
 def test_pick_displays_as_html() -> None:

@@ -9,6 +9,22 @@ This package was the module ``colab_helpers.evaluation``: its names stay importa
 
 from __future__ import annotations
 
-from .perplexity import PerplexityResult, compare_generations, lm_batches, perplexity, tokenize_texts
+from .perplexity import (
+    PerplexityResult,
+    check_token_ids,
+    compare_generations,
+    lm_batches,
+    model_vocab_size,
+    perplexity,
+    tokenize_texts,
+)
 
-__all__ = ["PerplexityResult", "compare_generations", "lm_batches", "perplexity", "tokenize_texts"]
+__all__ = [
+    "PerplexityResult",
+    "check_token_ids",
+    "compare_generations",
+    "lm_batches",
+    "model_vocab_size",
+    "perplexity",
+    "tokenize_texts",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,12 @@ def tokenize_texts(tokenizer: Any, texts: str | Sequence[str], *, max_tokens: in
 
     if isinstance(texts, str):
         texts = [texts]
-    texts = [text for text in texts if text.strip()]
+    items = list(texts) if isinstance(texts, Iterable) and not isinstance(texts, bytes | Mapping) else [texts]
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"texts must be a string or a list of strings, got {item!r:.60} ({type(item).__name__}) "
+                             "in them; token ids go to perplexity() as one tensor, or to lm_batches()")  # fmt: skip
+    texts = [text for text in items if text.strip()]
     if not texts:
         raise ValueError("no text to tokenize: pass non-empty strings, e.g. load_text_dataset('embedded').validation")
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -48,13 +54,68 @@ def tokenize_texts(tokenizer: Any, texts: str | Sequence[str], *, max_tokens: in
     return torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)
 
 
-def lm_batches(token_ids: "torch.Tensor", *, seq_len: int, batch_size: int, max_batches: int | None = None) -> list[dict]:
+def model_vocab_size(model: Any) -> int | None:
+    """Return how many token ids ``model`` embeds (its input embedding rows, else ``config.vocab_size``), or None."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        embeddings = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        embeddings = None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int):
+        return rows
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def check_token_ids(token_ids: Any, *, vocab_size: int | None = None, name: str = "token_ids") -> "torch.Tensor":
+    """Return ``token_ids`` as a 1-D LongTensor after checking it before any model sees it; else ValueError.
+
+    Refused, with the fix in the message: something that is not a tensor of integers (floats, text), an empty
+    tensor, negative ids, and ids >= ``vocab_size`` (the model's embedding rows: an id past them is an index error
+    on the CPU and a device-side assert that poisons the CUDA context on a GPU; it means the tokenizer is not the
+    model's own).
+    """
+    import torch
+
+    if not isinstance(token_ids, torch.Tensor):
+        raise ValueError(f"{name} must be a torch tensor of token ids, got {type(token_ids).__name__}; "
+                         "e.g. tokenize_texts(tokenizer, texts)")  # fmt: skip
+    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {token_ids.dtype}; "
+                         f"convert with {name}.long() if the values are whole ids, or tokenize the text again")  # fmt: skip
+    if token_ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(token_ids.shape)}); pass the ids of some text, "
+                         "e.g. tokenize_texts(tokenizer, load_text_dataset('embedded').validation)")  # fmt: skip
+    token_ids = token_ids.reshape(-1).long()
+    low, high = int(token_ids.min()), int(token_ids.max())
+    if low < 0:
+        raise ValueError(f"{name} holds a negative id ({low}); token ids are >= 0 (padding labels such as -100 "
+                         "belong in labels, not in input ids)")  # fmt: skip
+    if vocab_size is not None and high >= vocab_size:
+        raise ValueError(
+            f"{name} holds id {high}, outside the model's vocabulary of {vocab_size} ids (0..{vocab_size - 1}); "
+            "the tokenizer is not the model's own: load both with load_model(name), or resize the embeddings "
+            "with model.resize_token_embeddings(len(tokenizer))"
+        )
+    return token_ids
+
+
+def lm_batches(token_ids: "torch.Tensor", *, seq_len: int, batch_size: int, max_batches: int | None = None,
+               vocab_size: int | None = None) -> list[dict]:  # fmt: skip
     """Cut a token stream into full blocks of ``seq_len`` and group them into batches of ``input_ids``.
 
     The result is what ``head_importance`` and training take: a list of ``{"input_ids", "attention_mask"}``.
+    ``token_ids`` is checked first (:func:`check_token_ids`: integers, not empty, ids below ``vocab_size`` when
+    given, e.g. ``model_vocab_size(model)``).
     """
-    if seq_len < 2 or batch_size < 1:
-        raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got seq_len={seq_len}, batch_size={batch_size}")
+    for label, value, least in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{label} must be an integer >= {least}, got {value!r} ({type(value).__name__})")
+    if max_batches is not None and (not isinstance(max_batches, numbers.Integral) or isinstance(max_batches, bool)
+                                    or max_batches < 1):  # fmt: skip
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    token_ids = check_token_ids(token_ids, vocab_size=vocab_size)
     blocks = token_ids.numel() // seq_len
     if blocks == 0:
         raise ValueError(f"only {token_ids.numel()} tokens, fewer than one block of seq_len={seq_len}; pass more text")
@@ -89,7 +150,7 @@ def _model_context(model: Any) -> int:
 def perplexity(
     model: Any,
     tokenizer: Any,
-    texts: str | Sequence[str],
+    texts: "str | Sequence[str] | torch.Tensor",
     *,
     seq_len: int | None = None,
     stride: int | None = None,
@@ -98,6 +159,9 @@ def perplexity(
     progress: bool = True,
 ) -> PerplexityResult:
     """Return the perplexity of ``model`` on ``texts`` (joined by EOS), scored with a sliding window.
+
+    ``texts`` may also be a 1-D tensor of token ids. Either way the ids are checked before the model runs
+    (:func:`check_token_ids`): empty, non-integer or out-of-vocabulary ids are a ValueError saying the fix.
 
     Windows are ``seq_len`` tokens (default: the model's context, at most 1024) moved by ``stride`` (default:
     half a window); each token is scored once, with up to ``seq_len - stride`` tokens of context. Windows are
@@ -110,7 +174,12 @@ def perplexity(
     stride = stride or max(1, seq_len // 2)
     if not 0 < stride <= seq_len:
         raise ValueError(f"stride must be in (0, seq_len={seq_len}], got {stride}")
-    ids = tokenize_texts(tokenizer, texts, max_tokens=max_tokens)
+    if isinstance(texts, torch.Tensor):  # already token ids
+        ids = check_token_ids(texts, vocab_size=model_vocab_size(model), name="texts (token ids)")
+        ids = ids[:max_tokens] if max_tokens else ids
+    else:
+        ids = check_token_ids(tokenize_texts(tokenizer, texts, max_tokens=max_tokens), vocab_size=model_vocab_size(model),
+                              name="the tokenized texts")  # fmt: skip
     if ids.numel() < 2:
         raise ValueError("need at least 2 tokens of text to measure perplexity; pass longer text")
     windows = list(_windows(ids.numel(), seq_len, stride))

@@ -7,7 +7,9 @@
     python -m colab_helpers sweep base.yaml sweep.yaml --root results  # runs them (needs the pipeline)
     python -m colab_helpers run config.yaml --root results
 
-Exit status: 0 on success, 2 for bad input (unknown column, malformed YAML or runs.csv, no pipeline).
+Exit status: 0 on success, 1 when a run of ``run`` or ``sweep`` failed (each failure named on stderr with the path of
+its ``error.txt``), 2 for bad input (unknown column, a filter without a value, malformed YAML or runs.csv, a run config
+the pipeline would reject: ``sweep --dry-run`` applies the same check as the real sweep).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 DEFAULT_ROOT = "results"
@@ -143,7 +146,13 @@ def parse_filter(condition: str) -> tuple[str, str, str]:
             f"--filter: cannot read {condition!r}; write COLUMN=VALUE, COLUMN!=VALUE, COLUMN>VALUE or COLUMN<VALUE"
         )
     op = "=" if match["op"] == "==" else match["op"]
-    return match["key"].strip(), op, match["value"].strip()
+    key, value = match["key"].strip(), match["value"].strip()
+    if not value and op not in ("=", "!="):
+        raise CliError(
+            f"--filter: {condition!r} has nothing to compare with after {op!r}; write e.g. {key}{op}0.001 "
+            f"({key}= matches empty cells, {key}!= filled ones)"
+        )
+    return key, op, value
 
 
 def _matches(cell: str, op: str, value: str, number: float | None) -> bool:
@@ -255,7 +264,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep)
     if args.dry_run:
         from .runs_table import format_value
+        from .sweep import plan_sweep
 
+        plan_sweep(base, sweep)  # every run config gets the check the real sweep applies (ValueError: exit 2)
         overrides = sweep_overrides(sweep)
         print(f"sweep {sweep.name!r} ({sweep.search}): {len(overrides)} runs")
         rows = [{"#": str(i), **{k: format_value(v) for k, v in combo.items()}} for i, combo in enumerate(overrides)]
@@ -266,7 +277,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(base, sweep, root=args.root, max_runtime=args.max_runtime)
     if result is not None:
         print(result)
-    return 0
+    return _report_failures(result, args.root)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -278,4 +289,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_config(config, root=args.root)
     if result is not None:
         print(result)
+    return _report_failures(result, args.root)
+
+
+def _report_failures(table: Any, root: str) -> int:
+    """Return 1 after naming on stderr each failed run of this call (its error and error.txt), else 0.
+
+    ``table`` is the runs table ``run_configs`` returns: ``attrs["run_ids"]`` are this call's runs, so runs that
+    failed in an earlier call (and were not redone) do not count.
+    """
+    run_ids = set(getattr(table, "attrs", {}).get("run_ids", ()))
+    if not run_ids or "status" not in getattr(table, "columns", ()):
+        return 0
+    failed = table[table["run_id"].isin(run_ids) & (table["status"] == "failed")]
+    for _, row in failed.iterrows():
+        error_file = Path(root).expanduser() / "runs" / str(row["run_id"]) / "error.txt"
+        summary = row.get("error", "")
+        summary = "" if summary != summary else f": {summary}"  # NaN when the cell is empty
+        print(f"error: run {row['run_id']} failed{summary}\n  the full error is in {error_file}", file=sys.stderr)
+    if len(failed):
+        print(f"error: {len(failed)} of {len(run_ids)} run(s) failed", file=sys.stderr)
+        return 1
     return 0

@@ -10,13 +10,18 @@ method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scop
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import numbers
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ColabHelpersWarning
 from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
 from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, smoke_model
@@ -25,6 +30,45 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..finetune import FineTuneConfig
 
 STAGES = ("baseline", "pruned", "fine_tuned")
+
+# a field's annotation -> the kind __post_init__ checks ("?": None allowed too)
+_KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?"}
+_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64}  # fields whose default is None
+_WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number"}
+
+
+def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
+    """Raise ValueError when ``value`` of field ``name`` is not of ``kind`` (str, bool, int, float; '?' allows None).
+
+    The message names the field, the value and its type, and a valid ``name=example``.
+    """
+    optional, kind = kind.endswith("?"), kind.rstrip("?")
+    if optional and value is None:
+        return
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    checks = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+        "float": number and math.isfinite(value),
+    }
+    if checks[kind]:
+        return
+    hint = ""
+    if isinstance(value, str) and kind in ("int", "float") and _looks_numeric(value):
+        hint = " (a number in quotes is text: drop the quotes)"
+    elif kind == "int" and isinstance(value, float) and value == int(value):
+        hint = f" (write {int(value)} for a whole number)"
+    wanted = _WANTED[kind] + (" or None" if optional else "")
+    raise ValueError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}){hint}; e.g. {name}={example!r}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _help(text: str) -> dict[str, str]:
@@ -65,31 +109,49 @@ class ExperimentConfig:
     save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
 
     def __post_init__(self) -> None:
+        """Check every field's type and value; ValueError naming the field, the value (and its type) and the fix.
+
+        Types are checked first (a config comes from Python, YAML, sweeps and the command line, which all report a
+        ValueError as bad input): ints are ints (not bools, not ``2.5``), numbers are finite numbers (not strings),
+        switches are ``True`` / ``False``, names are strings. A run fails here, before minutes of work, not later.
+        """
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            kind = _KINDS[str(spec.type)]
+            _check_type(spec.name, value, kind, _EXAMPLE.get(spec.name, spec.default))
+            if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):  # numpy scalars
+                object.__setattr__(self, spec.name, int(value) if kind.startswith("int") else float(value))
         check_strategy(self.strategy)
-        if not isinstance(self.pruning_level, int | float) or not 0 <= self.pruning_level < 1:
+        if not 0 <= self.pruning_level < 1:
             raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        for name in ("model", "dataset"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}; e.g. {name}='auto'")
         if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
             raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
         if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:
-            raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps}")
+            raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps!r}")
         if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
-            raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs}")
-        if self.eval_stride is not None and (not isinstance(self.eval_stride, int) or not 0 < self.eval_stride <= self.seq_len):
-            raise ValueError(f"eval_stride must be an integer in [1, seq_len={self.seq_len}] or None, got {self.eval_stride!r}")
+            raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs!r}; e.g. 1.0 for one pass")
         for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches",
-                     "latency_rounds"):
+                     "latency_rounds"):  # fmt: skip
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.eval_stride is not None and not 0 < self.eval_stride <= self.seq_len:
+            raise ValueError(f"eval_stride must be an integer in [1, seq_len={self.seq_len}] or None, got {self.eval_stride!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}; e.g. seed=0")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
         if self.load_in_4bit and self.remove_heads:
             raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
                              "set remove_heads=False to gate the pruned heads instead")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-3")
+        for name, example in (("learning_rate", "1e-3"), ("lora_alpha", "32")):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}; e.g. {name}={example}")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -97,6 +159,12 @@ class ExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {key: value for key, value in config.items() if key in names}
         extra = {key: value for key, value in config.items() if key not in names}
+        typos = {key: difflib.get_close_matches(str(key), names, n=1, cutoff=0.8) for key in extra}
+        typos = {key: near[0] for key, near in typos.items() if near}
+        if typos:  # an extra key is tracked, never used: one that looks like a setting is probably a typo
+            listed = ", ".join(f"{key!r} (did you mean {near!r}?)" for key, near in typos.items())
+            warnings.warn(f"config keys {listed} are not settings of a run: they are tracked in runs.csv but change "
+                          "nothing; fix the spelling if you meant the setting", ColabHelpersWarning, stacklevel=2)
         return cls(**known), extra
 
     def to_dict(self) -> dict[str, Any]:

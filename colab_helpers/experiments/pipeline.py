@@ -106,14 +106,15 @@ class PruningExperiment:
         return self._data[name]
 
     def _importance(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> Any:
-        from ..evaluation.perplexity import lm_batches, tokenize_texts
+        from ..evaluation.perplexity import lm_batches, model_vocab_size, tokenize_texts
         from ..pruning import head_importance
 
         key = (config.model, config.strategy, config.seed, config.seq_len, config.importance_batches)
         if key not in self._scores:
             batch_size = 8
             ids = tokenize_texts(tokenizer, data.train, max_tokens=config.importance_batches * batch_size * config.seq_len)
-            batches = lm_batches(ids, seq_len=config.seq_len, batch_size=batch_size, max_batches=config.importance_batches)
+            batches = lm_batches(ids, seq_len=config.seq_len, batch_size=batch_size, max_batches=config.importance_batches,
+                                 vocab_size=model_vocab_size(model))  # fmt: skip
             self._scores[key] = head_importance(model, batches, config.strategy, seed=config.seed, progress=self.progress)
         return self._scores[key]
 
@@ -143,14 +144,22 @@ class PruningExperiment:
     def run(self, config: ExperimentConfig, *, output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Run the pipeline for ``config`` (see :meth:`run_single_experiment`); return the result dict."""
         from ..models.loading import resolve_model_name
-        from ..pruning import remove_heads, select_heads
+        from ..pruning import head_layout, remove_heads, select_heads
         from ..pruning.importance import resolve_normalization
 
+        if not isinstance(config, ExperimentConfig):
+            raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}; "
+                            "e.g. run(ExperimentConfig(model='embedded-gpt2')) or run_single_experiment(...)")  # fmt: skip
         started = time.perf_counter()
         config = dataclasses.replace(config, model=resolve_model_name(config.model))
-        out = ensure_writable_dir(output_dir or self.results_dir / config.run_name())
+        target = Path(output_dir).expanduser() if output_dir else self.results_dir / config.run_name()
+        _check_output_dir(target)
+        # every input is checked (and loaded: both are cached) before the run folder exists, so a bad model,
+        # dataset or architecture leaves nothing behind
         data = self._dataset(config.dataset)
         model, tokenizer = self._model(config)
+        head_layout(model)  # an architecture pruning cannot handle fails here, not after the baseline
+        out = ensure_writable_dir(target)
         stages: dict[str, dict[str, Any]] = {}
         baseline_key = (self._model_key(config), config.dataset, config.prompt, config.seq_len, config.eval_tokens,
                         config.eval_stride, config.max_new_tokens)  # fmt: skip
@@ -236,7 +245,8 @@ class PruningExperiment:
 
         ft_config = config.finetune_config(out, control=control)
         eval_texts = data.validation
-        result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot, progress=self.progress)
+        result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot,
+                           progress=self.progress).raise_if_failed()  # a NaN model is no result to measure
         history = result.history_frame()
         history_path = out / "history.csv"
         atomic_write_text(history_path, history.to_csv())
@@ -367,6 +377,18 @@ class PruningExperiment:
         plot_loss_curves(curves, self._histories, title="LoRA: training curves")
         figure.save(path or self.results_dir / "results.png")
         return figure
+
+
+def _check_output_dir(path: Path) -> None:
+    """Raise before any work when ``path`` cannot become a run folder (a file is in the way, or no write access)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output_dir {str(path)!r}: {str(existing)!r} is a file; pass a folder path instead")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_dir {str(path)!r}: {str(existing)!r} is not writable; "
+                              "pass a folder you can write to, e.g. output_dir='results/run1'")  # fmt: skip
 
 
 def _share(value: float | None) -> str:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ def check_model_name(name: str) -> str:
     """Return ``name`` if it can be loaded (embedded, catalog, local directory or 'auto'); else ValueError."""
     from ..models.registry import CATALOG, EMBEDDED_MODELS, get_entry
 
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model must be a non-empty name such as 'embedded-gpt2', got {name!r} ({type(name).__name__})")
     if name == "auto" or name in EMBEDDED_MODELS or Path(name).expanduser().is_dir():
         return name
     try:
@@ -42,8 +44,25 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def _check_list(name: str, values: Any, example: str) -> list[Any]:
+    """Return ``values`` as a list; TypeError when it is one value (a string would be iterated letter by letter)."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"{name} must be a list such as {example}, got {values!r} ({type(values).__name__}); "
+            f"for one value write {name}=[{values!r}]"
+        )
+    return list(values)
+
+
+# the metrics ``run_metrics`` records: a config key of a run may not use these names (they share its runs.csv row)
+METRIC_NAMES: tuple[str, ...] = (
+    *(f"{stage}_{what}" for stage in STAGES for what in ("perplexity", "parameters", "latency_ms")),
+    "heads_pruned", "recovery", "training_steps", "run_seconds", "control_perplexity",
+)  # fmt: skip
+
+
 def run_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the flat metrics of one pipeline result, as recorded in ``runs.csv``."""
+    """Return the flat metrics of one pipeline result, as recorded in ``runs.csv`` (names in ``METRIC_NAMES``)."""
     metrics: dict[str, Any] = {}
     for stage in STAGES:
         values = result["stages"][stage]
@@ -82,6 +101,9 @@ class PruningFineTuningExperiment(PruningExperiment):
         new runs once exceeded and records the rest as ``skipped``; a failing run is recorded as ``failed``
         with its error and the sweep goes on. ``options`` are further :class:`ExperimentConfig` fields.
         """
+        strategies = _check_list("strategies", strategies, "['random', 'gradient']")
+        pruning_levels = _check_list("pruning_levels", pruning_levels, "[0.1, 0.3]")
+        models = _check_list("models", models, "['embedded-gpt2']")
         for model in models:
             check_model_name(model)
         if prompt is not None:
@@ -102,7 +124,9 @@ class PruningFineTuningExperiment(PruningExperiment):
                     backend: str = "local", cpus_per_trial: float = 1) -> Any:  # fmt: skip
         """Run ``configs`` as sweep ``sweep`` (skipping runs already done); return the sweep's runs table.
 
-        ``extras`` (one mapping per config) are extra config keys recorded with each run but not used.
+        ``extras`` (one mapping per config) are extra config keys recorded with each run but not used. The table's
+        ``attrs["run_ids"]`` holds the ids of this call's runs, one per config (a run done earlier keeps its id), so
+        a caller can tell which of them failed (the command line does).
         ``backend="local"`` runs them one after another in this process; ``"ray"`` runs them as Ray Tune trials
         (``pip install "ray[tune]"``; a local Ray instance is started if none is running), recording into the
         same ``runs.csv`` (its writes are locked, so trials in other processes are safe).
@@ -111,15 +135,23 @@ class PruningFineTuningExperiment(PruningExperiment):
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if extras is not None:
+            if len(extras) != len(configs):
+                raise ValueError(f"extras must hold one mapping per config: {len(configs)} configs, {len(extras)} extras")
+            for extra in extras:
+                _check_extra(extra)
         self.sweep = sweep
         if backend == "ray":
             return self._run_on_ray(configs, sweep=sweep, max_runtime=max_runtime, extras=extras, cpus=cpus_per_trial)
         started = time.monotonic()
+        run_ids: list[str] = []
         done = skipped = failed = 0
         bar = tqdm(total=len(configs), desc=f"sweep {sweep}", unit="run", disable=not self.progress)
         for index, config in enumerate(configs):
             record = {**config.to_dict(), **(extras[index] if extras else {})}
-            run = self.manager.start_or_skip(record, sweep=sweep).run
+            start = self.manager.start_or_skip(record, sweep=sweep)
+            run_ids.append(start.run_id)
+            run = start.run
             if run is None:  # done in an earlier session
                 done += 1
                 bar.update(1)
@@ -140,7 +172,7 @@ class PruningFineTuningExperiment(PruningExperiment):
             bar.update(1)
             bar.set_postfix(done=done, failed=failed, skipped=skipped)
         bar.close()
-        return self.runs()
+        return self._table(run_ids)
 
     def _run_on_ray(self, configs: Sequence[ExperimentConfig], *, sweep: str, max_runtime: float | None,
                     extras: Sequence[Mapping[str, Any]] | None, cpus: float) -> Any:  # fmt: skip
@@ -151,9 +183,12 @@ class PruningFineTuningExperiment(PruningExperiment):
         except ImportError as error:
             raise ImportError('backend="ray" needs Ray Tune: pip install "ray[tune]"; or use backend="local"') from error
         jobs = []
+        run_ids: list[str] = []
         for index, config in enumerate(configs):
             record = {**config.to_dict(), **(extras[index] if extras else {})}
-            run = self.manager.start_or_skip(record, sweep=sweep).run
+            start = self.manager.start_or_skip(record, sweep=sweep)
+            run_ids.append(start.run_id)
+            run = start.run
             if run is not None:  # not done yet
                 jobs.append({"run_id": run.run_id, "config": config.to_dict()})
         if jobs:
@@ -175,7 +210,13 @@ class PruningFineTuningExperiment(PruningExperiment):
             for job in jobs:  # trials the time budget stopped or never started
                 if self.manager.get(job["run_id"]).get("status") == "running":
                     self.manager.finish(job["run_id"], "skipped", error=f"max_runtime of {max_runtime} s reached")
-        return self.runs()
+        return self._table(run_ids)
+
+    def _table(self, run_ids: list[str]) -> Any:
+        """The sweep's runs table, with the ids of the runs of this call in ``table.attrs["run_ids"]`` (config order)."""
+        table = self.runs()
+        table.attrs["run_ids"] = list(run_ids)
+        return table
 
     def runs(self, sweep: str | None = None) -> Any:
         """Return the runs of ``sweep`` (default: the last one run) as a DataFrame."""
@@ -215,15 +256,50 @@ def _ray_trial(root: str, params: Mapping[str, Any]) -> dict[str, Any]:
 # --- the YAML / command-line form ---------------------------------------------------------------------
 
 
-def _split(config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
+def check_run_config(config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Return the :class:`ExperimentConfig` of a YAML-style ``config`` and its extra keys (tracked, unused).
+
+    The one check a config passes before it runs (``run_config``, ``run_sweep``, ``sweep --dry-run``): every field's
+    type and value, and a model name that can be loaded. ValueError naming the field otherwise.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a run config must be a mapping of settings, got {config!r} ({type(config).__name__}); "
+                         "e.g. {'model': 'embedded-gpt2', 'strategy': 'random'}")  # fmt: skip
     experiment, extra = ExperimentConfig.from_dict(config)
     check_model_name(experiment.model)
+    _check_extra(extra)
     return experiment, extra
 
 
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    """Raise ValueError when an extra config key would share a runs.csv column with a metric of ``run_metrics``."""
+    from .runs_table import flatten
+
+    taken = sorted(set(flatten({str(key): value for key, value in extra.items()})) & set(METRIC_NAMES))
+    if taken:
+        raise ValueError(f"config key(s) {taken} are metric names the run records in runs.csv; rename them, "
+                         f"e.g. 'my_{taken[0]}'")  # fmt: skip
+
+
+def plan_sweep(base: Mapping[str, Any], sweep: Any) -> tuple[Any, list[tuple[ExperimentConfig, dict[str, Any]]]]:
+    """Expand ``sweep`` over ``base`` and check every run config; return the loaded sweep and ``(config, extra)`` pairs.
+
+    What ``run_sweep`` runs and ``python -m colab_helpers sweep --dry-run`` lists: the same configs, the same check.
+    """
+    from .sweep_config import expand, load_sweep
+
+    sweep_config = load_sweep(sweep)
+    pairs: list[tuple[ExperimentConfig, dict[str, Any]]] = []  # the validate hook builds each config, once
+    expand(base, sweep_config, validate=lambda config: pairs.append(check_run_config(config)))
+    return sweep_config, pairs
+
+
 def run_config(config: Mapping[str, Any], root: str | os.PathLike[str] = "results/runs") -> Any:
-    """Run one YAML-style config (ExperimentConfig keys; extra keys are tracked) as a tracked run."""
-    experiment, extra = _split(config)
+    """Run one YAML-style config (ExperimentConfig keys; extra keys are tracked) as a tracked run.
+
+    Returns the runs table of sweep ``single`` (see :meth:`PruningFineTuningExperiment.run_configs`).
+    """
+    experiment, extra = check_run_config(config)
     runner = PruningFineTuningExperiment(root)
     return runner.run_configs([experiment], sweep="single", extras=[extra])
 
@@ -232,21 +308,20 @@ def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] 
               max_runtime: float | None = None) -> Any:  # fmt: skip
     """Expand ``sweep`` over ``base`` (see :mod:`colab_helpers.experiments.sweep_config`) and run it; return the runs table.
 
-    Every expanded config is validated (strategies, levels, model names) before the first run starts.
+    Every expanded config is validated (:func:`plan_sweep`) before the first run starts.
     """
-    from .sweep_config import expand, load_sweep
-
-    sweep_config = load_sweep(sweep)
-    pairs: list[tuple[ExperimentConfig, dict[str, Any]]] = []  # the validate hook builds each config, once
-    expand(base, sweep_config, validate=lambda config: pairs.append(_split(config)))
+    sweep_config, pairs = plan_sweep(base, sweep)
     runner = PruningFineTuningExperiment(root)
     name = getattr(sweep_config, "name", None) or DEFAULT_SWEEP
     return runner.run_configs([p[0] for p in pairs], sweep=name, extras=[p[1] for p in pairs], max_runtime=max_runtime)
 
 
 __all__ = [
+    "METRIC_NAMES",
     "PruningFineTuningExperiment",
     "check_model_name",
+    "check_run_config",
+    "plan_sweep",
     "run_config",
     "run_metrics",
     "run_sweep",

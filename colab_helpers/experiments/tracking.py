@@ -23,7 +23,10 @@ Columns of ``runs.csv``, in order of first appearance:
   ``--filter training.learning_rate=0.0006`` works as written; a config key that equals one of the columns
   above is stored as ``config.<key>``;
 - the metrics of ``update_metrics``, **unprefixed** too (``final_valid_loss``; nested dicts flattened with dots).
-  A metric may not be named like one of the columns above.
+  A metric may not be named like one of the columns above, nor like a config key of its own run: config and metrics
+  share the row, so ``update_metrics({"lr": 99})`` on a run whose config has ``lr`` would overwrite the config
+  value. That is a ``ValueError`` naming the key (nothing is written); name the metric after what it measures
+  (``final_lr``). The run's config keys are read from its ``config.yaml``.
 
 Values are written as text: lists and dicts as JSON, ``None`` as an empty cell; ``get`` and ``runs`` parse
 numbers and booleans back (``config.yaml`` keeps the exact types). Every write takes an exclusive lock on
@@ -139,6 +142,14 @@ def _check_run_id(run_id: str) -> str:
             f"got {run_id!r}; leave run_id=None to get a generated one"
         )
     return run_id
+
+
+def _config_cells(config: Mapping[str, Any]) -> dict[str, str]:
+    """Return the runs.csv cells of ``config``: flattened keys (``config.<key>`` for a core column name) -> text."""
+    return {
+        f"config.{key}" if key in CORE_COLUMNS else key: redact(format_value(value))
+        for key, value in flatten(to_jsonable(config, keep_nonfinite=True)).items()
+    }
 
 
 def _environment_summary() -> str:
@@ -298,6 +309,7 @@ class RunManager:
         self.mirror = check_mirror(mirror)
         self._mirrors: dict[str, Mirror] = {}
         self._warned_lock = False
+        self._config_columns: dict[str, frozenset[str]] = {}  # run id -> its config's columns (metrics may not take them)
 
     def __repr__(self) -> str:
         return f"RunManager({str(self.root)!r}, mirror={self.mirror!r})"
@@ -374,6 +386,7 @@ class RunManager:
         atomic_write_text(path / "config.yaml", redact(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)))
         (path / "error.txt").unlink(missing_ok=True)
 
+        config_cells = _config_cells(plain)
         cells = {
             "run_id": run_id,
             "sweep": sweep or "",
@@ -386,8 +399,7 @@ class RunManager:
             "env": _environment_summary() if self.record_environment else "",
             "version": _package_version(),
         }
-        for key, value in flatten(plain).items():
-            cells[f"config.{key}" if key in CORE_COLUMNS else key] = redact(format_value(value))
+        cells.update(config_cells)
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
             fresh: dict[str, str] = {}
@@ -404,6 +416,7 @@ class RunManager:
             if generated:  # a broken runs.csv (or a kill): leave no orphan directory behind
                 shutil.rmtree(path, ignore_errors=True)
             raise
+        self._config_columns[run_id] = frozenset(config_cells)
         logger.info("started run %s%s", run_id, f" (sweep {sweep})" if sweep else "")
         if self.mirror is not None:
             self._start_mirror(run_id, plain, sweep, path)
@@ -435,6 +448,13 @@ class RunManager:
                 f"metric name(s) {reserved} are runs.csv columns kept by the tracker; rename them, "
                 f"e.g. {{'metric_{reserved[0]}': ...}}"
             )
+        taken = sorted(set(flat) & self._run_config_columns(run_id))
+        if taken:
+            raise ValueError(
+                f"metric name(s) {taken} are config keys of run {run_id!r}: runs.csv keeps config and metrics in one "
+                f"row, so the metric would overwrite the config value; name the metric after what it measures, "
+                f"e.g. {{'final_{taken[0]}': ...}}"
+            )
         cells = {key: redact(format_value(value)) for key, value in flat.items()}
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
@@ -444,6 +464,35 @@ class RunManager:
         mirror = self._mirrors.get(run_id)
         if mirror is not None:
             self._mirror_call(run_id, lambda: mirror.log(flat))
+
+    def _run_config_columns(self, run_id: str) -> frozenset[str]:
+        """Return the runs.csv columns of ``run_id``'s config (from this manager's memory, else its config.yaml).
+
+        An unknown run gives no columns (the row lookup then says so); a run whose config.yaml is missing or
+        unreadable gives none either, with one ``ColabHelpersWarning``: its metrics cannot be checked against it.
+        """
+        if run_id in self._config_columns:
+            return self._config_columns[run_id]
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or not (self.root / "runs" / run_id).is_dir():
+            return frozenset()
+        import yaml
+
+        path = self.root / "runs" / run_id / "config.yaml"
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(config, Mapping):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            warnings.warn(
+                f"could not read the config of run {run_id!r} from {str(path)!r} ({type(exc).__name__}: {exc}); "
+                "its metrics are not checked against its config keys, so a metric named like one replaces it",
+                ColabHelpersWarning,
+                stacklevel=3,
+            )
+            config = {}
+        columns = frozenset(_config_cells(config))
+        self._config_columns[run_id] = columns
+        return columns
 
     def finish(self, run_id: str, status: str = "done", error: BaseException | str | None = None) -> None:
         """Record the end of ``run_id``: status (``done``, ``failed`` or ``skipped``), end time, duration, error.

@@ -50,6 +50,13 @@ class FineTuneResult:
             "fallbacks)"
         )
 
+    def raise_if_failed(self) -> FineTuneResult:
+        """Return this result, or raise ``RuntimeError`` with :attr:`failure` when the run failed (no finite step, or
+        non-finite weights): a caller about to measure or merge ``model`` must not take a broken one as a result."""
+        if self.failure:
+            raise RuntimeError(f"LoRA fine-tuning failed: {self.failure}; the output folder holds no adapter from it")
+        return self
+
     def _failed(self) -> str:
         return f" (FAILED: {self.failure})" if self.failure else ""
 

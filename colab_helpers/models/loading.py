@@ -118,9 +118,18 @@ def load_model(
             model, tokenizer = load_pruned(source, dtype=torch_dtype, attn_implementation=attn_implementation)
         else:
             model, tokenizer = _from_pretrained(resolved, source, kwargs)
-    except OSError as exc:
+    except Exception as exc:
+        local = Path(source).expanduser()
+        if local.is_dir():  # a damaged weights file: name it and the fix, not the library's header error
+            broken = _broken_weights(local)
+            if broken is not None:
+                raise OSError(
+                    f"cannot load model {name!r}: its weights file {str(broken[0])!r} is corrupt or truncated "
+                    f"({broken[1]}); download the model again{' (reinstall colab_helpers)' if embedded else ''}, "
+                    "or save it again with model.save_pretrained(folder) (save_pruned for a pruned model)"
+                ) from exc
         variable = offline_by_env()
-        if variable is not None and not embedded and not Path(source).expanduser().exists():
+        if isinstance(exc, OSError) and variable is not None and not embedded and not local.exists():
             raise _unreachable(resolved, f"{variable} is set and no cached copy was found") from exc
         raise
     if not quantized:
@@ -163,8 +172,20 @@ def _model_source(name: str) -> str:
 
     if name in EMBEDDED_MODELS:
         return str(embedded_model_path(name))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        _check_model_dir(name, path)
+        return str(path)
+    if path.is_file():
+        raise NotADirectoryError(
+            f"model {name!r} is a file, not a model folder; pass the folder that holds it ({str(path.parent)!r}), "
+            "which must hold config.json, the weights and the tokenizer files (what save_pretrained writes)"
+        )
+    if _looks_like_path(name):
+        raise FileNotFoundError(
+            f"no model folder at {name!r}; check the path, or pass a hub id such as 'gpt2' or an embedded model "
+            f"such as {DEFAULT_OFFLINE_MODEL!r}"
+        )
     packaged = packaged_model(name)
     if packaged is not None:
         if offline_by_env() is None and hub_reachable():
@@ -174,6 +195,51 @@ def _model_source(name: str) -> str:
     if offline_by_env() is None and not hub_reachable():
         raise _unreachable(name, "no answer from the hub")
     return source  # when offline by variable, transformers may still find it in the local cache
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+def _check_model_dir(name: str, path: Path) -> None:
+    """Raise FileNotFoundError naming the folder and the fix when ``path`` is not a saved model (before loading)."""
+    if not (path / "config.json").is_file():
+        nested = sorted(str(p.parent) for p in path.glob("*/config.json"))[:3]
+        hint = f"; the model may be in a subfolder: {', '.join(repr(n) for n in nested)}" if nested else ""
+        raise FileNotFoundError(
+            f"model folder {name!r} has no config.json, so it is not a saved model; pass the folder that "
+            f"model.save_pretrained(folder) or save_pruned wrote (config.json, weights, tokenizer files){hint}"
+        )
+    if not any((path / file).is_file() for file in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model folder {name!r} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])}, ...); save the "
+            "tokenizer next to the model with tokenizer.save_pretrained(folder)"
+        )
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for names no hub id can be (``/content/model``, ``./out``, ``~/m``, ``a/b/c``, ``x.safetensors``)."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or "\\" in name
+        or name.count("/") >= 2
+        or name.endswith((".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json"))
+    )
+
+
+def _broken_weights(folder: Path) -> tuple[Path, str] | None:
+    """Return the first ``*.safetensors`` file of ``folder`` whose header cannot be read, with the reason; else None.
+
+    Reading the header also checks the file size against it, so a truncated file is found without reading tensors.
+    """
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type from Rust
+            return file, f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _catalog_id(name: str) -> str:

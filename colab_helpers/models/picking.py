@@ -8,6 +8,8 @@ fits the memory this runtime has, with the reason and the table of candidates.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -153,23 +155,36 @@ def pick_model(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    _check_number("safety", safety, "e.g. safety=0.8 plans with 80% of the free memory")
     if not 0 < safety <= 1:
         raise ValueError(f"safety must be in (0, 1], got {safety!r}; 0.8 plans with 80% of the free memory")
+    if memory_gb is not None:
+        _check_number("memory_gb", memory_gb, "e.g. memory_gb=15 for a 16 GB GPU, or None to measure this machine")
+    if max_params is not None:
+        _check_number("max_params", max_params, "e.g. max_params=150e6 (GPT-2 sized), or None for no cap")
+    for name, value, example in (("batch_size", batch_size, 4), ("seq_len", seq_len, 256)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}); "
+                             f"e.g. {name}={example}")  # fmt: skip
+    chosen_entries = None
+    if candidates is not None:  # names checked before the machine and the hub are asked anything
+        if isinstance(candidates, str) or not isinstance(candidates, list | tuple):
+            raise ValueError(f"candidates must be a list of model names, got {candidates!r} "
+                             f"({type(candidates).__name__}); e.g. candidates=['gpt2', 'opt-125m']")  # fmt: skip
+        if not candidates:
+            raise ValueError("candidates must name at least one model, got an empty list; or None for the whole catalog")
+        chosen_entries = [get_entry(name) for name in candidates]
     if memory_gb is None:
         available, device, where, native_dtype = _available_memory()
         estimate_kwargs.setdefault("device", device)
         if native_dtype is not None:
             estimate_kwargs.setdefault("dtype", native_dtype)
     else:
-        if not isinstance(memory_gb, (int, float)) or isinstance(memory_gb, bool) or memory_gb <= 0:
-            raise ValueError(f"memory_gb must be a positive number of GB, got {memory_gb!r}; or None to measure this machine")
         available, where = int(memory_gb * 1024**3), "you allowed"
     online = _hub_reachable() if hub is None else bool(hub)
 
-    if candidates is not None:
-        if not candidates:
-            raise ValueError("candidates must name at least one model, got an empty list; or None for the whole catalog")
-        entries = [get_entry(name) for name in candidates]
+    if chosen_entries is not None:
+        entries = chosen_entries
     else:
         entries = [
             entry
@@ -178,8 +193,6 @@ def pick_model(
             or (not online and _offline(entry))  # offline, an installed real model beats the toys either way
         ]
     if max_params is not None:
-        if max_params <= 0:
-            raise ValueError(f"max_params must be a positive parameter count such as 150e6, got {max_params!r}")
         entries = [entry for entry in entries if entry.params <= max_params] or [min(entries, key=lambda e: e.params)]
     offline_only = not online
     if offline_only:  # embedded toys, and real models whose wheel is installed (packaged_models)
@@ -206,6 +219,13 @@ def pick_model(
         hub=online,
         table=_candidates_table(entries, estimates, budget, chosen),
     )
+
+
+def _check_number(name: str, value: Any, fix: str) -> None:
+    """Raise ValueError unless ``value`` is a finite number > 0 (not a bool, not text, not NaN or infinity)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return
+    raise ValueError(f"{name} must be a positive number, not NaN or infinity, got {value!r} ({type(value).__name__}); {fix}")
 
 
 def _reason(

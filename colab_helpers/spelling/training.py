@@ -90,7 +90,7 @@ def train_and_evaluate(model: Any, tokenizer: Any, config: Mapping[str, Any], pa
     try:
         with small_model_threads(model):
             result = fine_tune(model, tokenizer, train_texts, eval_texts, settings, live_plot=False,
-                               progress=progress)  # fmt: skip
+                               progress=progress).raise_if_failed()  # fmt: skip
         _for_inference(result)
         evaluation = evaluate(result.model)
         save_predictions(path, evaluation)

@@ -1,0 +1,94 @@
+"""ExperimentConfig checks every field when it is built: wrong types and values fail before any work, by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import pytest
+
+from colab_helpers.experiments.config import ExperimentConfig
+
+# field -> (bad value, what the error must say): every field has at least one row (checked below)
+BAD: list[tuple[str, Any, str]] = [
+    ("model", None, "model must be a string, got None (NoneType); e.g. model='auto'"),
+    ("model", "  ", "model must be a non-empty name"),
+    ("dataset", 3, "dataset must be a string, got 3 (int)"),
+    ("strategy", ["random"], "strategy must be a string, got ['random'] (list)"),
+    ("strategy", "attention", "strategy must be one of"),
+    ("pruning_level", "0.3", "pruning_level must be a finite number, got '0.3' (str) (a number in quotes is text"),
+    ("pruning_level", math.nan, "pruning_level must be a finite number, got nan (float)"),
+    ("pruning_level", True, "pruning_level must be a finite number, got True (bool)"),
+    ("pruning_level", 1.0, "pruning_level must be in [0, 1), got 1.0"),
+    ("scope", None, "scope must be a string, got None"),
+    ("scope", "head", "scope must be one of"),
+    ("remove_heads", "no", "remove_heads must be True or False, got 'no' (str)"),
+    ("remove_heads", 0, "remove_heads must be True or False, got 0 (int)"),
+    ("prompt", 5, "prompt must be a string, got 5 (int)"),
+    ("max_new_tokens", 30.0, "max_new_tokens must be an integer, got 30.0 (float) (write 30 for a whole number)"),
+    ("max_new_tokens", 0, "max_new_tokens must be a positive integer, got 0"),
+    ("fine_tuning_steps", 2.5, "fine_tuning_steps must be an integer or None, got 2.5 (float); e.g. fine_tuning_steps=200"),
+    ("fine_tuning_steps", True, "fine_tuning_steps must be an integer or None, got True (bool)"),
+    ("fine_tuning_steps", "200", "fine_tuning_steps must be an integer or None, got '200' (str)"),
+    ("fine_tuning_steps", -1, "fine_tuning_steps must be >= 0"),
+    ("fine_tuning_epochs", "one", "fine_tuning_epochs must be a finite number or None, got 'one' (str)"),
+    ("fine_tuning_epochs", math.inf, "fine_tuning_epochs must be a finite number or None, got inf"),
+    ("fine_tuning_epochs", 0, "fine_tuning_epochs must be > 0, got 0"),
+    ("learning_rate", "fast", "learning_rate must be a finite number, got 'fast' (str); e.g. learning_rate=0.001"),
+    ("learning_rate", math.nan, "learning_rate must be a finite number, got nan"),
+    ("learning_rate", 0.0, "learning_rate must be > 0, got 0.0"),
+    ("lora_r", 8.0, "lora_r must be an integer, got 8.0 (float)"),
+    ("lora_r", 0, "lora_r must be a positive integer, got 0"),
+    ("lora_alpha", "32", "lora_alpha must be a finite number, got '32' (str)"),
+    ("lora_alpha", -1, "lora_alpha must be > 0, got -1; e.g. lora_alpha=32"),
+    ("micro_batch_size", None, "micro_batch_size must be an integer, got None"),
+    ("seq_len", 128.5, "seq_len must be an integer, got 128.5 (float)"),
+    ("eval_tokens", "8192", "eval_tokens must be an integer, got '8192' (str)"),
+    ("eval_stride", 64.0, "eval_stride must be an integer or None, got 64.0 (float)"),
+    ("eval_stride", 256, "eval_stride must be an integer in [1, seq_len=128] or None, got 256"),
+    ("importance_batches", False, "importance_batches must be an integer, got False (bool)"),
+    ("latency_rounds", -2, "latency_rounds must be a positive integer, got -2"),
+    ("seed", 1.5, "seed must be an integer, got 1.5 (float); e.g. seed=0"),
+    ("seed", True, "seed must be an integer, got True (bool)"),
+    ("seed", -1, "seed must be an integer >= 0, got -1"),
+    ("control", "yes", "control must be True or False, got 'yes' (str)"),
+    ("dtype", None, "dtype must be a string, got None"),
+    ("dtype", "float8", "dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got 'float8'"),
+    ("load_in_4bit", 1, "load_in_4bit must be True or False, got 1 (int)"),
+    ("save_model", "false", "save_model must be True or False, got 'false' (str)"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
+def test_a_bad_field_is_a_value_error_naming_it_the_value_and_its_type(name: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ExperimentConfig(**{name: value})
+    with pytest.raises(ValueError, match=re.escape(message)):  # the YAML / sweep form says the same
+        ExperimentConfig.from_dict({name: value, "notes": "kept"})
+
+
+def test_every_field_has_a_bad_value_in_the_table() -> None:
+    assert {f.name for f in dataclasses.fields(ExperimentConfig)} == {name for name, _, _ in BAD}
+
+
+def test_good_values_of_every_kind_pass() -> None:
+    import numpy as np
+
+    config = ExperimentConfig(pruning_level=0, learning_rate=1, lora_alpha=16.5, fine_tuning_steps=0, seed=np.int64(3),
+                              fine_tuning_epochs=None, eval_stride=None, control=True, dtype="fp32")  # fmt: skip
+    assert (config.pruning_level, config.learning_rate, config.seed, config.steps) == (0, 1, 3, 0)
+    assert type(config.seed) is int  # numpy scalars become Python numbers (YAML and JSON write them)
+    assert type(ExperimentConfig(learning_rate=np.float32(0.5)).learning_rate) is float
+    assert ExperimentConfig(fine_tuning_epochs=2, fine_tuning_steps=None).fine_tuning_epochs == 2
+    assert ExperimentConfig(pruning_level=np.float64(0.25)).run_name().endswith("-25")
+
+
+def test_a_key_that_looks_like_a_setting_is_tracked_with_one_warning() -> None:
+    from colab_helpers.errors import ColabHelpersWarning
+
+    with pytest.warns(ColabHelpersWarning, match=r"'learning_rat' \(did you mean 'learning_rate'\?\)") as caught:
+        config, extra = ExperimentConfig.from_dict({"learning_rat": 5e-4, "notes": "levels study", "seed": 1})
+    assert len(caught) == 1 and extra == {"learning_rat": 5e-4, "notes": "levels study"}
+    assert config.learning_rate == ExperimentConfig().learning_rate and config.seed == 1
