@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from colab_helpers.pruning import gate_heads, head_importance, head_layout, load_pruned, remove_heads, save_pruned, supported_architectures  # noqa: E402
 from colab_helpers.pruning.layout import HeadLayout  # noqa: E402
+from test_pruning import inputs, logits, mask_of  # noqa: E402  (the same two padded sequences, 128 tokens)
 
 VOCAB = 128
 COMMON = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0}
@@ -55,26 +56,6 @@ def build(name: str, impl: str = "sdpa", seed: int = 0) -> Any:
     config = getattr(transformers, config_class)(**kwargs)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl).eval()
-
-
-def inputs(seed: int = 1) -> dict[str, Any]:
-    """Two sequences of 10 tokens; the second left-padded by 3."""
-    input_ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(seed))
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, :3] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def logits(model: Any, batch: dict[str, Any] | None = None) -> Any:
-    with torch.no_grad():
-        return model(**(batch or inputs())).logits
-
-
-def mask_of(layout: HeadLayout, pruned: dict[int, list[int]]) -> Any:
-    mask = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.bool)
-    for layer, heads in pruned.items():
-        mask[layer, heads] = True
-    return mask
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

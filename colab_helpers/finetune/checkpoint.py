@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.files import atomic_write_text
+from ..runtime.files import atomic_write_text, size_mismatch
 from ..runtime.records import to_jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,13 +71,7 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         return f"{MANIFEST} is damaged ({type(exc).__name__})"
     if version != _FORMAT or listed != step or not files:
         return f"{MANIFEST} does not describe this checkpoint (format {version!r}, step {listed!r}, {len(files)} files)"
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, the manifest says {size}"
-    return None
+    return size_mismatch(path, files)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:

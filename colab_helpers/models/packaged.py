@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ColabHelpersWarning
-from ..runtime.files import atomic_dir, atomic_write_text
+from ..runtime.files import atomic_dir, atomic_write_text, size_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -196,13 +196,7 @@ def _intact(target: Path, expected: dict[str, Any]) -> str | None:
     files = record.get("files")
     if not isinstance(files, dict) or "config.json" not in files or not any(n.endswith(".safetensors") for n in files):
         return f"{RECORD_NAME} lists no model files"
-    for file_name, size in files.items():
-        path = target / file_name
-        if not path.is_file():
-            return f"{file_name} missing"
-        if path.stat().st_size != size:
-            return f"{file_name} is {path.stat().st_size} bytes, expected {size}"
-    return None
+    return size_mismatch(target, files)
 
 
 def _ensure_writable(root: Path) -> None:

@@ -11,7 +11,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -169,3 +169,15 @@ def atomic_dir(path: str | os.PathLike[str], write: Any) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def size_mismatch(folder: str | os.PathLike[str], sizes: Mapping[str, int]) -> str | None:
+    """Return what is wrong with the files a record lists under ``folder`` (``{name: bytes}``), in a few words
+    naming the file; None when every one is there with its size. Checkpoints and converted models use it."""
+    for name, size in sizes.items():
+        file = Path(folder) / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, the record says {size}"
+    return None
