@@ -314,3 +314,10 @@ def test_a_model_without_a_loss_type_gets_one_quietly(tiny_gpt2: tuple[Any, Any]
     assert model.loss_type is None
     peft_model, backend = attach_lora(model, FineTuneConfig(), ["c_attn"], "peft", quantized=False)
     assert backend == "peft" and model.loss_type == "ForCausalLM"
+
+
+@pytest.mark.parametrize("name", ["load_in_4bit", "restore_best", "save_gradients", "resume"])
+@pytest.mark.parametrize("value", ["False", 0, None])
+def test_switches_must_be_real_bools(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be True or False, got {value!r}"):
+        FineTuneConfig(**{name: value})

@@ -119,6 +119,10 @@ class FineTuneConfig:
     plot_title: str = field(default="LoRA fine-tuning", metadata=_help("title of the live plot (e.g. which run it is)."))
 
     def __post_init__(self) -> None:
+        for name in ("load_in_4bit", "restore_best", "save_gradients", "resume"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):  # "False" is a true string: a switch must be a real bool
+                raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); e.g. {name}=False")
         _positive_int(self, "r", "e.g. r=16")
         _number(self, "alpha", "e.g. alpha=32 (2 x r is usual)")
         _number(self, "dropout", "e.g. dropout=0.05", below=1.0)
