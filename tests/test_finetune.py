@@ -179,6 +179,23 @@ def test_bad_eval_data_leaves_no_folder_either(tmp_path) -> None:
     assert not output_dir.exists()
 
 
+def test_a_failure_attaching_lora_leaves_no_new_folder(tmp_path, monkeypatch) -> None:
+    from colab_helpers.finetune import trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("peft could not wrap this model")
+
+    monkeypatch.setattr(trainer, "attach_lora", broken)
+    output_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="peft could not wrap"):
+        fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path, output_dir=str(output_dir)), progress=False)
+    assert not output_dir.exists()  # the folder this call made is gone; a folder that was there stays
+    output_dir.mkdir()
+    with pytest.raises(RuntimeError, match="peft could not wrap"):
+        fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path, output_dir=str(output_dir)), progress=False)
+    assert output_dir.is_dir()
+
+
 def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

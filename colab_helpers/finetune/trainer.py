@@ -17,7 +17,7 @@ Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) the same loop ru
 its own share of the step's sequences, one all-reduce averages gradients and loss (:mod:`.distributed`), so every
 guard decides the same on every rank; rank 0 alone writes files and shows progress.
 
-About 560 lines, in one module because what is left shares the run's live fields (model, optimizer, device,
+About 570 lines, in one module because what is left shares the run's live fields (model, optimizer, device,
 precision and GradScaler, ranks, callbacks) and changes together: set-up in the order
 the checks must run (data, ranks, targets, resume, adapter), the loop, the step with its retry, the evaluation
 with early stopping, and the four-line hand-offs to checkpoint files. Splitting them further would pass those
@@ -121,26 +121,19 @@ class FineTuner:
         self.fingerprint = self._fingerprint(model)
         if self._dist is not None:
             check_same_model(self._dist, self.fingerprint)
+        self.quantized = check_4bit(cfg, model, self.device)
         # --- the checkpoint to resume, checked before the model is touched (a mismatch leaves it as it was) ---
+        new_folder = not Path(cfg.output_dir).expanduser().exists()
         self.output_dir = _writable_output_dir(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
-        resume_from = checkpoint_to_resume(self.checkpoint_dir, self.fingerprint, resume=cfg.resume,
-                                           distributed=self._dist)
-        self.quantized = check_4bit(cfg, model, self.device)
-        from peft import PeftModel
-
-        if isinstance(model, PeftModel):  # its adapter is trained on
-            self.model, self.backend = model, "peft"
-        else:
-            backend = choose_backend(cfg, model, self.device, gated=bool(hooked_modules(model)))
-            torch.manual_seed(cfg.seed)  # LoRA initialisation
-            self.model, self.backend = attach_lora(model, cfg, self.targets, backend, quantized=self.quantized)
-        self._named_params = trainable_parameters(self.model)
-        if not self._named_params:
-            raise ValueError(
-                "the model has no trainable parameters: check target_modules, or load a saved adapter with "
-                "PeftModel.from_pretrained(base, path, is_trainable=True)"
-            )
+        try:
+            resume_from = checkpoint_to_resume(self.checkpoint_dir, self.fingerprint, resume=cfg.resume,
+                                               distributed=self._dist)
+            self.model, self.backend = self._with_adapter(model)
+        except BaseException:
+            if new_folder and not any(self.output_dir.iterdir()):  # made by this call for nothing: leave no trace
+                self.output_dir.rmdir()
+            raise
         self.params = [p for _, p in self._named_params]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         # --- run state: the counters go into checkpoints; the guard keeps the rollback snapshots ---
@@ -157,6 +150,26 @@ class FineTuner:
             self._load_checkpoint(resume_from)
         if self._dist is not None:  # same start everywhere, whatever each rank's seed or adapter was
             self._dist.broadcast_parameters(self.params)
+
+    def _with_adapter(self, model: Any) -> tuple[Any, str]:
+        """Return ``(the model with LoRA attached, its backend)``; a peft model's own adapter is trained on."""
+        import torch
+        from peft import PeftModel
+
+        cfg = self.config
+        if isinstance(model, PeftModel):
+            tuned, backend = model, "peft"
+        else:
+            backend = choose_backend(cfg, model, self.device, gated=bool(hooked_modules(model)))
+            torch.manual_seed(cfg.seed)  # LoRA initialisation
+            tuned, backend = attach_lora(model, cfg, self.targets, backend, quantized=self.quantized)
+        self._named_params = trainable_parameters(tuned)
+        if not self._named_params:
+            raise ValueError(
+                "the model has no trainable parameters: check target_modules, or load a saved adapter with "
+                "PeftModel.from_pretrained(base, path, is_trainable=True)"
+            )
+        return tuned, backend
 
     # --- the run's counters, read by callbacks -------------------------------------------------------------
 
