@@ -14,19 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 from colab_helpers.pruning import gate_heads, head_importance, head_layout, load_pruned, remove_heads, save_pruned, supported_architectures  # noqa: E402
 from colab_helpers.pruning.layout import HeadLayout  # noqa: E402
-from test_pruning import inputs, logits, mask_of  # noqa: E402  (the same two padded sequences, 128 tokens)
+from test_pruning import COMMON, LLAMA_LIKE, inputs, logits, mask_of  # noqa: E402  (the same two padded sequences, 128 tokens)
 
-VOCAB = 128
-COMMON = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0}
-GQA = {  # 4 query heads in 2 key/value groups, head size 8
-    "num_hidden_layers": 2,
-    "hidden_size": 32,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    **COMMON,
-}
+GQA = LLAMA_LIKE  # 4 query heads in 2 key/value groups, head size 8
 BIGCODE = {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64, **COMMON}
 FALCON = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, **COMMON}
 # name -> (config class, kwargs, key/value heads per layer, in the spec table)
