@@ -64,7 +64,7 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if new_path(fullname) is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)  # old packages had submodules
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=_had_submodules(fullname))
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         new = new_path(spec.name)
@@ -78,11 +78,24 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         stand_in = types.ModuleType(spec.name, target.__doc__)
         stand_in.__getattr__ = lambda name: getattr(target, name)  # type: ignore[method-assign]
         stand_in.__dir__ = lambda: dir(target)  # type: ignore[method-assign]
-        stand_in.__path__ = []  # old submodule paths come back to this finder, never to the new files twice
+        if _had_submodules(spec.name):
+            stand_in.__path__ = []  # old submodule paths come back to this finder, never to the new files twice
         return stand_in
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        """``python -m <old path>`` (e.g. ``colab_helpers.notebook_runner``): warn, then run the new module as main."""
+        new = new_path(fullname)
+        source = (f"import runpy, warnings\nwarnings.warn({fullname + ' moved to ' + str(new)!r}, DeprecationWarning)\n"
+                  f"runpy.run_module({new!r}, run_name='__main__', alter_sys=True)\n")
+        return compile(source, f"<{fullname}, moved to {new}>", "exec")
 
     def exec_module(self, module: types.ModuleType) -> None:
         """Nothing to run: the stand-in forwards to a module that is already imported."""
+
+
+def _had_submodules(old: str) -> bool:
+    """True for an old path that was a package: other old paths lie below it (``colab_helpers.tasks``)."""
+    return old in MOVED_PACKAGES or any(path.startswith(old + ".") for path in MOVED_MODULES)
 
 
 def _caller_stacklevel() -> int:

@@ -126,3 +126,12 @@ def test_old_package_submodules_import_the_new_module() -> None:
         module = importlib.import_module(f"{old}.sweep")
     assert module.SpellingStudy is importlib.import_module(f"{new}.sweep").SpellingStudy
     assert f"{new}.sweep" in sys.modules and sys.modules[f"{new}.sweep"].__name__ == f"{new}.sweep"  # loaded once
+
+
+def test_python_dash_m_on_an_old_path_runs_the_new_module(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-m", "colab_helpers.notebook_runner",
+                             "--help"], capture_output=True, text=True, cwd=tmp_path, check=False)  # fmt: skip
+    assert result.returncode == 0 and "--smoke" in result.stdout
+    assert "moved to colab_helpers.runtime.notebooks" in result.stderr
