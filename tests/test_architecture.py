@@ -17,7 +17,7 @@ from colab_helpers.deprecated import MOVED_MODULES, MOVED_PACKAGES
 PACKAGE = Path(colab_helpers.__file__).parent
 # Stages in import order: a stage imports only the stages before it (and the base modules).
 LAYERS = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling")
-BASE = ("errors", "smoke", "_version", "deprecated")  # import nothing of the stages; anyone may import them
+BASE = ("errors", "smoke", "checks", "_version", "deprecated")  # import nothing of the stages; anyone may import them
 MAX_LINES = 400
 LONG_MODULE_NOTE = "in one module because"  # the opening docstring of a longer module says why
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import numbers
 import os
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checks import field_help, is_finite_number
 from ..errors import ColabHelpersWarning
 from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
@@ -45,12 +45,11 @@ def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
     optional, kind = kind.endswith("?"), kind.rstrip("?")
     if optional and value is None:
         return
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     checks = {
         "str": isinstance(value, str),
         "bool": isinstance(value, bool),
         "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
-        "float": number and math.isfinite(value),
+        "float": is_finite_number(value),
     }
     if checks[kind]:
         return
@@ -71,42 +70,38 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
 
-    model: str = field(default="auto", metadata=_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
-    dataset: str = field(default="auto", metadata=_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
-    strategy: str = field(default="gradient", metadata=_help("head importance: random, magnitude, entropy or gradient."))
-    pruning_level: float = field(default=0.3, metadata=_help("fraction of attention heads to prune, in [0, 1)."))
-    scope: str = field(default="global", metadata=_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
-    remove_heads: bool = field(default=True, metadata=_help("slice pruned heads out (smaller, faster) or only gate them."))
-    prompt: str = field(default="A hacker is", metadata=_help("prompt for the generation at each stage."))
-    max_new_tokens: int = field(default=30, metadata=_help("tokens generated at each stage."))
-    fine_tuning_steps: int | None = field(default=None, metadata=_help("LoRA optimizer steps (default 200 when epochs is None)."))
-    fine_tuning_epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides steps."))
-    learning_rate: float = field(default=1e-3, metadata=_help("peak LoRA learning rate."))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
-    lora_alpha: float = field(default=32, metadata=_help("LoRA alpha (scale alpha / r)."))
-    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass (halved on out-of-memory)."))
-    seq_len: int = field(default=128, metadata=_help("tokens per sequence for scoring, training and perplexity."))
-    eval_tokens: int = field(default=8192, metadata=_help("validation tokens scored per perplexity measurement (its cost)."))
-    eval_stride: int | None = field(default=None, metadata=_help(
+    model: str = field(default="auto", metadata=field_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
+    dataset: str = field(default="auto", metadata=field_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
+    strategy: str = field(default="gradient", metadata=field_help("head importance: random, magnitude, entropy or gradient."))
+    pruning_level: float = field(default=0.3, metadata=field_help("fraction of attention heads to prune, in [0, 1)."))
+    scope: str = field(default="global", metadata=field_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
+    remove_heads: bool = field(default=True, metadata=field_help("slice pruned heads out (smaller, faster) or only gate them."))
+    prompt: str = field(default="A hacker is", metadata=field_help("prompt for the generation at each stage."))
+    max_new_tokens: int = field(default=30, metadata=field_help("tokens generated at each stage."))
+    fine_tuning_steps: int | None = field(default=None, metadata=field_help("LoRA optimizer steps (default 200 when epochs is None)."))
+    fine_tuning_epochs: float | None = field(default=None, metadata=field_help("passes over the training text; overrides steps."))
+    learning_rate: float = field(default=1e-3, metadata=field_help("peak LoRA learning rate."))
+    lora_r: int = field(default=16, metadata=field_help("LoRA rank."))
+    lora_alpha: float = field(default=32, metadata=field_help("LoRA alpha (scale alpha / r)."))
+    micro_batch_size: int = field(default=8, metadata=field_help("sequences per forward pass (halved on out-of-memory)."))
+    seq_len: int = field(default=128, metadata=field_help("tokens per sequence for scoring, training and perplexity."))
+    eval_tokens: int = field(default=8192, metadata=field_help("validation tokens scored per perplexity measurement (its cost)."))
+    eval_stride: int | None = field(default=None, metadata=field_help(
         "perplexity window step; None = seq_len (non-overlapping windows, each token scored once, cost = eval_tokens); "
         "a smaller stride gives every token more context at seq_len / stride times the cost."))
-    importance_batches: int = field(default=8, metadata=_help("batches of 8 training sequences read by entropy / gradient."))
-    latency_rounds: int = field(default=5, metadata=_help("interleaved timing rounds per model for latency per token (medians)."))
-    seed: int = field(default=0, metadata=_help("seed of random scores, data sampling and LoRA."))
-    control: bool = field(default=False, metadata=_help("also fine-tune the unpruned model for the same steps."))
-    dtype: str = field(default="auto", metadata=_help(
+    importance_batches: int = field(default=8, metadata=field_help("batches of 8 training sequences read by entropy / gradient."))
+    latency_rounds: int = field(default=5, metadata=field_help("interleaved timing rounds per model for latency per token (medians)."))
+    seed: int = field(default=0, metadata=field_help("seed of random scores, data sampling and LoRA."))
+    control: bool = field(default=False, metadata=field_help("also fine-tune the unpruned model for the same steps."))
+    dtype: str = field(default="auto", metadata=field_help(
         "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
-    load_in_4bit: bool = field(default=False, metadata=_help(
+    load_in_4bit: bool = field(default=False, metadata=field_help(
         "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
-    save_model: bool = field(default=False, metadata=_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
+    save_model: bool = field(default=False, metadata=field_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
 
     def __post_init__(self) -> None:
         """Check every field's type and value; ValueError naming the field, the value (and its type) and the fix.

@@ -7,12 +7,12 @@ run. Secrets are redacted from everything a mirror sends; W&B reads its key itse
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_finite_number
 from ..errors import ColabHelpersWarning
 from ..runtime.records import to_jsonable
 from ..runtime.secrets import redact
@@ -112,7 +112,7 @@ class _TensorBoardMirror(Mirror):
         step = metrics.get("step")
         step = int(step) if isinstance(step, int | float) and not isinstance(step, bool) else self.step
         for key, value in to_jsonable(metrics, keep_nonfinite=True).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if is_finite_number(value):
                 self.writer.add_scalar(key, value, global_step=step)
         self.step = step + 1
         self.writer.flush()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runtime.files import atomic_write_text, ensure_writable_dir
+from ..runtime.files import atomic_write_text, check_creatable_dir, ensure_writable_dir
 from ..runtime.records import save_results
 from .config import STAGES, ExperimentConfig
 
@@ -153,7 +153,7 @@ class PruningExperiment:
         started = time.perf_counter()
         config = dataclasses.replace(config, model=resolve_model_name(config.model))
         target = Path(output_dir).expanduser() if output_dir else self.results_dir / config.run_name()
-        _check_output_dir(target)
+        check_creatable_dir(target, what="output_dir")
         # every input is checked (and loaded: both are cached) before the run folder exists, so a bad model,
         # dataset or architecture leaves nothing behind
         data = self._dataset(config.dataset)
@@ -377,18 +377,6 @@ class PruningExperiment:
         plot_loss_curves(curves, self._histories, title="LoRA: training curves")
         figure.save(path or self.results_dir / "results.png")
         return figure
-
-
-def _check_output_dir(path: Path) -> None:
-    """Raise before any work when ``path`` cannot become a run folder (a file is in the way, or no write access)."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None:
-        return
-    if not existing.is_dir():
-        raise NotADirectoryError(f"output_dir {str(path)!r}: {str(existing)!r} is a file; pass a folder path instead")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"output_dir {str(path)!r}: {str(existing)!r} is not writable; "
-                              "pass a folder you can write to, e.g. output_dir='results/run1'")  # fmt: skip
 
 
 def _share(value: float | None) -> str:

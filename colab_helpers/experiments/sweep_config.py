@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_finite_number
 from ..errors import ColabHelpersWarning
 
 logger = logging.getLogger(__name__)
@@ -182,10 +183,6 @@ def _near(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _normalize_parameter(key: Any, spec: Any, search: str) -> dict[str, Any]:
     """Return ``{"values": [...]}`` or ``{"distribution": d, "min": a, "max": b}``; ``ValueError`` naming the fix."""
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
@@ -220,7 +217,7 @@ def _normalize_parameter(key: Any, spec: Any, search: str) -> dict[str, Any]:
     if extra:
         raise ValueError(f"sweep parameter {key!r}: unexpected key(s) {extra}; a range has distribution, min, max")
     low, high = spec.get("min"), spec.get("max")
-    if not _is_number(low) or not _is_number(high):
+    if not is_finite_number(low) or not is_finite_number(high):
         raise ValueError(
             f"sweep parameter {key!r}: min and max must be finite numbers, got min={low!r}, max={high!r}; "
             f"e.g. {{distribution: {distribution}, min: 0.0001, max: 0.01}}"

@@ -8,6 +8,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import field_help, is_finite_number
+
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "peft", "unsloth")
 
@@ -28,95 +30,91 @@ _FINGERPRINT_FIELDS = (
 )
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
 class FineTuneConfig:
     """Settings of one LoRA fine-tuning run (see each field's ``help``); ``.smoke()`` gives a tiny copy."""
 
     # --- LoRA ---
-    r: int = field(default=16, metadata=_help("LoRA rank: size of the low-rank update; 8-64 is usual."))
-    alpha: float = field(default=32, metadata=_help("LoRA alpha: the update is scaled by alpha / r."))
-    dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input, in [0, 1)."))
+    r: int = field(default=16, metadata=field_help("LoRA rank: size of the low-rank update; 8-64 is usual."))
+    alpha: float = field(default=32, metadata=field_help("LoRA alpha: the update is scaled by alpha / r."))
+    dropout: float = field(default=0.05, metadata=field_help("dropout on the LoRA input, in [0, 1)."))
     target_modules: list[str] | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             "short names of the linear layers to adapt (e.g. ['q_proj', 'v_proj']); None = attention q/k/v/o "
             "and MLP projections of this architecture."
         ),
     )
     # --- optimisation ---
-    learning_rate: float = field(default=2e-4, metadata=_help("peak AdamW learning rate."))
-    max_steps: int | None = field(default=200, metadata=_help("optimizer steps to run (ignored when epochs is set)."))
-    epochs: float | None = field(default=None, metadata=_help("passes over the training text; overrides max_steps."))
-    micro_batch_size: int = field(default=8, metadata=_help("sequences per forward pass; halved on out-of-memory."))
+    learning_rate: float = field(default=2e-4, metadata=field_help("peak AdamW learning rate."))
+    max_steps: int | None = field(default=200, metadata=field_help("optimizer steps to run (ignored when epochs is set)."))
+    epochs: float | None = field(default=None, metadata=field_help("passes over the training text; overrides max_steps."))
+    micro_batch_size: int = field(default=8, metadata=field_help("sequences per forward pass; halved on out-of-memory."))
     gradient_accumulation_steps: int = field(
-        default=1, metadata=_help("micro-batches per optimizer step; effective batch = micro_batch_size x this.")
+        default=1, metadata=field_help("micro-batches per optimizer step; effective batch = micro_batch_size x this.")
     )
     seq_len: int = field(
-        default=256, metadata=_help("tokens per training sequence; with (prompt, completion) pairs, the most per example.")
+        default=256, metadata=field_help("tokens per training sequence; with (prompt, completion) pairs, the most per example.")
     )
-    warmup_steps: int = field(default=10, metadata=_help("linear warm-up steps before the cosine decay."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay on the LoRA weights."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradients are clipped to this global norm."))
-    seed: int = field(default=0, metadata=_help("seed of LoRA initialisation, data order and dropout."))
+    warmup_steps: int = field(default=10, metadata=field_help("linear warm-up steps before the cosine decay."))
+    weight_decay: float = field(default=0.0, metadata=field_help("AdamW weight decay on the LoRA weights."))
+    max_grad_norm: float = field(default=1.0, metadata=field_help("gradients are clipped to this global norm."))
+    seed: int = field(default=0, metadata=field_help("seed of LoRA initialisation, data order and dropout."))
     dtype: str = field(
         default="auto",
-        metadata=_help("'auto' (bf16 on CUDA capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU), "
+        metadata=field_help("'auto' (bf16 on CUDA capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU), "
                        "'bf16', 'fp16' or 'fp32'."),
     )  # fmt: skip
     load_in_4bit: bool = field(
         default=False,
-        metadata=_help("QLoRA: the model must be loaded 4-bit (load_model(..., load_in_4bit=True)); "
+        metadata=field_help("QLoRA: the model must be loaded 4-bit (load_model(..., load_in_4bit=True)); "
                        "without CUDA one warning and unquantized training."),
     )  # fmt: skip
     backend: str = field(
         default="auto",
-        metadata=_help("'auto' (unsloth when on CUDA, installed and the architecture is supported, else peft), "
+        metadata=field_help("'auto' (unsloth when on CUDA, installed and the architecture is supported, else peft), "
                        "'peft' or 'unsloth'."),
     )  # fmt: skip
     # --- evaluation and early stopping ---
-    eval_every: int = field(default=50, metadata=_help("evaluate on eval_texts every this many steps."))
-    eval_batches: int = field(default=8, metadata=_help("micro-batches of eval_texts scored per evaluation."))
+    eval_every: int = field(default=50, metadata=field_help("evaluate on eval_texts every this many steps."))
+    eval_batches: int = field(default=8, metadata=field_help("micro-batches of eval_texts scored per evaluation."))
     early_stopping_patience: int | None = field(
-        default=None, metadata=_help("stop after this many evaluations without a better eval loss; None = off.")
+        default=None, metadata=field_help("stop after this many evaluations without a better eval loss; None = off.")
     )
-    restore_best: bool = field(default=True, metadata=_help("restore the adapter of the best eval loss at the end."))
+    restore_best: bool = field(default=True, metadata=field_help("restore the adapter of the best eval loss at the end."))
     # --- surviving failures ---
     nan_skip_patience: int = field(
-        default=3, metadata=_help("non-finite steps in a row before rolling back and halving the learning rate.")
+        default=3, metadata=field_help("non-finite steps in a row before rolling back and halving the learning rate.")
     )
-    snapshot_every: int = field(default=10, metadata=_help("good steps between in-memory rollback snapshots."))
-    min_micro_batch_size: int = field(default=1, metadata=_help("micro-batch floor for out-of-memory and NaN halving."))
-    max_rollbacks: int = field(default=3, metadata=_help("rollbacks allowed before training stops (best state kept)."))
+    snapshot_every: int = field(default=10, metadata=field_help("good steps between in-memory rollback snapshots."))
+    min_micro_batch_size: int = field(default=1, metadata=field_help("micro-batch floor for out-of-memory and NaN halving."))
+    max_rollbacks: int = field(default=3, metadata=field_help("rollbacks allowed before training stops (best state kept)."))
     # --- checkpoints and display ---
     output_dir: str = field(
         default="finetune",
-        metadata=_help("checkpoints, final adapter and plot go here; on Colab a Drive folder survives a runtime reset."),
+        metadata=field_help("checkpoints, final adapter and plot go here; on Colab a Drive folder survives a runtime reset."),
     )
     checkpoint_every: int | None = field(
-        default=50, metadata=_help("write an atomic checkpoint every this many steps; None = only at the end.")
+        default=50, metadata=field_help("write an atomic checkpoint every this many steps; None = only at the end.")
     )
-    keep_checkpoints: int = field(default=2, metadata=_help("complete checkpoints kept on disk (newest ones)."))
+    keep_checkpoints: int = field(default=2, metadata=field_help("complete checkpoints kept on disk (newest ones)."))
     save_gradients: bool = field(
         default=False,
-        metadata=_help("at each checkpoint step, save per-parameter gradient norms to <output_dir>/gradients/ "
+        metadata=field_help("at each checkpoint step, save per-parameter gradient norms to <output_dir>/gradients/ "
                        "(plot them with colab_helpers.plot_gradient_norms(output_dir))."),
     )  # fmt: skip
     resume: bool = field(
         default=False,
-        metadata=_help("continue from the newest checkpoint in output_dir that reads whole; any newer one that "
+        metadata=field_help("continue from the newest checkpoint in output_dir that reads whole; any newer one that "
                        "does not is moved to <output_dir>/checkpoints/unreadable-<time>/ with one warning (never "
                        "overwritten or deleted), and with none readable the run starts from step 0. A checkpoint "
                        "whose adapter holds NaN is refused with an error. False starts over (old checkpoints there "
                        "are deleted)."),
     )  # fmt: skip
     plot_every_seconds: float = field(
-        default=10.0, metadata=_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
+        default=10.0, metadata=field_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
     )
-    plot_title: str = field(default="LoRA fine-tuning", metadata=_help("title of the live plot (e.g. which run it is)."))
+    plot_title: str = field(default="LoRA fine-tuning", metadata=field_help("title of the live plot (e.g. which run it is)."))
 
     def __post_init__(self) -> None:
         for name in ("load_in_4bit", "restore_best", "save_gradients", "resume"):
@@ -208,7 +206,7 @@ class FineTuneConfig:
             raise ValueError(f"evaluations must be an integer >= 1, got {evaluations!r}; e.g. evaluations=8")
         if not isinstance(checkpoints, int) or checkpoints < 0:
             raise ValueError(f"checkpoints must be an integer >= 0, got {checkpoints!r}; 0 saves only at the end")
-        if not _is_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
+        if not is_finite_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}; e.g. warmup_ratio=0.1")
         steps = self.max_steps if self.epochs is None and self.max_steps else 200
         return dataclasses.replace(
@@ -234,10 +232,6 @@ class FineTuneConfig:
     def help(cls) -> dict[str, str]:
         """Return ``{field: help text}`` for every setting."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _number(config: FineTuneConfig, name: str, example: str, *, zero_ok: bool = False, below: float | None = None) -> None:

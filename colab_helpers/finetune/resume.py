@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ColabHelpersWarning
+from ..runtime.cuda_fallback import short_error
 from ..runtime.files import atomic_write_text
 from . import checkpoint as ckpt
 from .lora import fingerprint_differences
@@ -124,7 +125,7 @@ def _inspect(path: Path) -> tuple[str | None, list[str]]:
     try:
         state = TrainingState.from_dict(ckpt.read_state(path))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"{ckpt.STATE} cannot be read ({_short(exc)})", []
+        return f"{ckpt.STATE} cannot be read ({short_error(exc, limit=160)})", []
     if state.step != ckpt.checkpoint_step(path):
         return f"{ckpt.STATE} is of step {state.step}", []
     adapter: dict[str, torch.Tensor] = {}
@@ -140,7 +141,7 @@ def _inspect(path: Path) -> tuple[str | None, list[str]]:
             else:  # mmap: the structure is read, the tensors stay on disk
                 torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: not this checkpoint
-            return f"{name} cannot be read ({_short(exc)})", []
+            return f"{name} cannot be read ({short_error(exc, limit=160)})", []
     non_finite = [n for n, t in adapter.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     return None, non_finite
 
@@ -164,7 +165,3 @@ def _move_aside(directory: Path, paths: list[Path], chosen: Path | None) -> Path
     return aside
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text if len(text) <= 120 else text[:117] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

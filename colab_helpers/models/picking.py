@@ -8,11 +8,11 @@ fits the memory this runtime has, with the reason and the table of candidates.
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..checks import is_finite_number
 from .memory_estimate import MODES, MemoryEstimate, estimate_memory
 from .registry import CATALOG, CatalogEntry, get_entry
 
@@ -223,7 +223,7 @@ def pick_model(
 
 def _check_number(name: str, value: Any, fix: str) -> None:
     """Raise ValueError unless ``value`` is a finite number > 0 (not a bool, not text, not NaN or infinity)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+    if is_finite_number(value) and value > 0:
         return
     raise ValueError(f"{name} must be a positive number, not NaN or infinity, got {value!r} ({type(value).__name__}); {fix}")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checks import is_finite_number
 from ..plots.report import figure_html, html_report, table_html
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from .config import METRICS, SEARCH_SPACE, TRANSFER_TASKS
@@ -271,4 +272,4 @@ def _accuracy_cells(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def all_finite(*values: Any) -> bool:
     """Return True when every value is a finite real number (not a bool, None, NaN or text)."""
-    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    return all(is_finite_number(v) for v in values)
