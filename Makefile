@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast test-floor test-py313 demo demo-all bench sync clean embedded gpu-check gpu-prepare
+.PHONY: install test test-fast test-floor test-py313 demo demo-compress demo-all bench sync clean embedded gpu-check gpu-prepare
 
 install: $(STAMP)
 
@@ -80,6 +80,11 @@ test-fast: $(STAMP)
 ## threads than on one (an idle 2-core machine); set OMP_NUM_THREADS to override.
 demo: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/05_prune_and_finetune.ipynb --output results
+
+## Compress SmolLM2-135M-Instruct to 75% of its parameters (heads, MLP channels, layers), distil it back and
+## compare with plain LoRA (notebook 08), offline, into results/. About 20 minutes on 2 cores.
+demo-compress: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/08_compress.ipynb --output results
 
 ## Every notebook at full (non-smoke) settings, offline, into results/.
 demo-all: $(STAMP)

@@ -39,7 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # loaded by file path too (tests): find the shared harness beside it
 from _timing import load_benchmark  # noqa: E402
 RESULTS = HERE / "RESULTS.md"
-BENCHMARKS = ("pruning", "finetune", "real_model", "runs_cli", "spelling_eval")
+RAW = HERE / "results.json"  # every benchmark's last full result, so that --only keeps the others in RESULTS.md
+BENCHMARKS = ("pruning", "finetune", "real_model", "runs_cli", "spelling_eval", "compression")
 RUNS_CLI_TARGET_S = 1.0  # benchmarks/runs_cli.py: the runs command under 1 s end to end
 
 
@@ -175,7 +176,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, se
         elif result.get("skipped"):
             lines.append(f"| {result['name']} | (skipped: {result['skipped']}) | | | |")
     for result in results:
-        lines += ["", f"## {result['name']}", "", f"{result['seconds']} s."]
+        measured = f" Measured {result['measured']}." if result.get("measured") else ""
+        lines += ["", f"## {result['name']}", "", f"{result['seconds']} s.{measured}"]
         if result.get("error"):
             lines += ["", f"**Failed**: `{_cell(result['error'])}`"]
         if result.get("skipped"):
@@ -194,6 +196,25 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, se
             lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in result["figures"].items()]
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def merge_previous(results: list[dict[str, Any]], info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return ``results`` plus the last results in ``results.json`` of the benchmarks not run now (in
+    ``BENCHMARKS`` order), and rewrite that file; each result carries the date it was measured."""
+    import json
+
+    from colab_helpers.runtime.files import atomic_write_text
+
+    date = info.get("date (UTC)", "")
+    fresh = {r["name"]: {**r, "measured": date} for r in results}
+    try:
+        previous = {r["name"]: r for r in json.loads(RAW.read_text(encoding="utf-8"))}
+    except (OSError, ValueError, TypeError, KeyError):
+        previous = {}
+    merged = {**previous, **fresh}
+    ordered = [merged[name] for name in BENCHMARKS if name in merged]
+    atomic_write_text(RAW, json.dumps(ordered, indent=1, default=str) + "\n")
+    return ordered
 
 
 def summary(results: list[dict[str, Any]]) -> str:
@@ -242,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if output is not None:
         from colab_helpers.runtime.files import atomic_write_text
 
+        if output == RESULTS:  # the default: the benchmarks not run this time keep their last results
+            results = merge_previous(results, info)
         atomic_write_text(output, render(results, info, command, seconds))
         print(f"wrote {output}")
     return 1 if any(r.get("error") for r in results) else 0

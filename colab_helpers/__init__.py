@@ -63,6 +63,18 @@ _LAZY: dict[str, str] = {
     "PruneReport": "pruning",
     "save_pruned": "pruning",
     "load_pruned": "pruning",
+    "compress": "pruning",
+    "CompressReport": "pruning",
+    "mlp_importance": "pruning",
+    "select_mlp_channels": "pruning",
+    "gate_mlp": "pruning",
+    "remove_mlp_channels": "pruning",
+    "MlpReport": "pruning",
+    "layer_importance": "pruning",
+    "skip_layers": "pruning",
+    "remove_layers": "pruning",
+    "LayerReport": "pruning",
+    "forward_flops": "pruning",
     # evaluation and figures
     "perplexity": "evaluation.perplexity",
     "PerplexityResult": "evaluation.perplexity",
@@ -73,6 +85,8 @@ _LAZY: dict[str, str] = {
     "plot_head_importance": "plots.pruning",
     "plot_importance_grid": "plots.pruning",
     "plot_pruned_per_layer": "plots.pruning",
+    "plot_compression": "plots.compression",
+    "plot_recovery_curves": "plots.compression",
     "plot_level_curves": "plots.pruning",
     # pruning studies
     "PruningStudyConfig": "pruning.study",
@@ -89,6 +103,8 @@ _LAZY: dict[str, str] = {
     "FineTuneResult": "finetune",
     "FineTuner": "finetune",
     "fine_tune": "finetune",
+    "distill": "finetune",
+    "DistillConfig": "finetune",
     "save_adapter": "finetune",
     "merge_adapter": "finetune",
     "save_merged": "finetune",
@@ -183,9 +199,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         tokenize_texts,
     )
     from .finetune import (
+        DistillConfig,
         FineTuneConfig,
         FineTuner,
         FineTuneResult,
+        distill,
         fine_tune,
         merge_adapter,
         save_adapter,
@@ -193,6 +211,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .experiments.sweep import PruningFineTuningExperiment, run_config, run_sweep
     from .plots.pruning import plot_head_importance, plot_importance_grid, plot_level_curves, plot_pruned_per_layer
+    from .plots.compression import plot_compression, plot_recovery_curves
     from .experiments.config import ExperimentConfig
     from .experiments.pipeline import PruningExperiment
     from .plots.live import LivePlot
@@ -202,10 +221,22 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation.latency import forward_latency, generation_latency
     from .runtime.modules import model_device, parameter_count
     from .pruning import (
+        CompressReport,
         HeadGates,
         HeadLayout,
+        LayerReport,
+        MlpReport,
         PruneReport,
+        compress,
+        forward_flops,
         gate_heads,
+        gate_mlp,
+        layer_importance,
+        mlp_importance,
+        remove_layers,
+        remove_mlp_channels,
+        select_mlp_channels,
+        skip_layers,
         head_importance,
         head_layout,
         load_pruned,

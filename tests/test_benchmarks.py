@@ -193,3 +193,94 @@ def test_run_renders_results_page(pruning_result: dict[str, Any], tmp_path: Path
     assert "one torch thread" in page and "`.venv/bin/python benchmarks/run.py`" in page
     assert "runs` at 10000 runs, end to end | <= 1 s (absolute) | 0.8 | pass" in page
     assert "**Failed**: `RuntimeError: boom`" in page
+
+
+def test_torch_pruning_baseline_prunes_embedded_llama_and_runs() -> None:
+    """torch-pruning 1.6.1 as its LLM example prunes (hidden size kept), on embedded-llama; then ``--quick`` (~5 s)."""
+    pytest.importorskip("torch")
+    bench = _load("torch_pruning_baseline")
+    reason = bench.torch_pruning_missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (make install does this: it is in requirements-dev.txt)")
+        pytest.skip(reason)
+    import torch
+    from torch_pruning.dependency import index_mapping
+
+    from colab_helpers.models.loading import load_model
+
+    original_mapping = index_mapping.update_concat_index_mapping
+    model, _ = load_model("embedded-llama", device="cpu", attn_implementation="eager")
+    before = sum(p.numel() for p in model.parameters())
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    calibration = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    for importance, heads_only in (("taylor", False), ("magnitude", True)):
+        pruned = bench.prune_with_torch_pruning(copy.deepcopy(model), calibration, importance=importance,
+                                                heads_only=heads_only)  # fmt: skip
+        assert sum(p.numel() for p in pruned.parameters()) < before
+        for layer in pruned.model.layers:  # 8 query heads in 2 groups: ceil(ceil(8 / 3) / 2) = 2 go from each
+            assert layer.self_attn.q_proj.out_features == 4 * layer.self_attn.head_dim
+            assert layer.self_attn.k_proj.out_features == 2 * layer.self_attn.head_dim
+            assert layer.mlp.gate_proj.out_features == (344 if heads_only else 228)  # 344 - 115, rounded to 4
+        assert pruned.config.num_attention_heads == 4 and pruned.config.hidden_size == hidden
+        assert pruned.lm_head.weight is pruned.model.embed_tokens.weight  # the tied embedding stays tied
+        assert not any(p.grad is not None for p in pruned.parameters())  # the Taylor gradients are dropped
+        with torch.no_grad():
+            logits = pruned(input_ids=calibration).logits
+        assert logits.shape == (2, 32, vocab) and torch.isfinite(logits).all()
+        assert index_mapping.update_concat_index_mapping is original_mapping  # the run-time patch is undone
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        bench.prune_with_torch_pruning(model, calibration)
+
+    plugged: dict[str, Any] = {}
+
+    def ours(copy_of_model: Any, batches: list[dict[str, Any]], target_params: int) -> dict[str, Any]:
+        plugged.update(batches=len(batches), target=target_params)  # where colab_helpers.compress will go
+        return {"model": copy_of_model, "method": "ours (identity)"}
+
+    rows = bench.main(["--quick"], ours=ours)
+    assert [row["method"] for row in rows] == ["unpruned", "torch-pruning taylor", "torch-pruning magnitude",
+                                               "ours (identity)"]  # fmt: skip
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["share"] < 1
+    assert all(math.isfinite(row["perplexity"]) and row["perplexity"] > 1 for row in rows)
+    assert plugged == {"batches": 1, "target": rows[1]["params"]}  # 2 calibration rows in a batch of 2
+    assert rows[3]["params"] == rows[0]["params"]
+
+
+def test_torch_pruning_baseline_quick_says_skipped_without_torch_pruning(tmp_path: Path) -> None:
+    """Without torch-pruning, ``--quick`` prints one ``skipped:`` line and exits 0 (a fresh interpreter)."""
+    import subprocess
+
+    hide = ("import runpy, sys; sys.modules['torch_pruning'] = None; sys.argv = [sys.argv[1], '--quick']; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", hide, str(BENCHMARKS / "torch_pruning_baseline.py")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["skipped: torch-pruning is not installed: pip install torch-pruning==1.6.1 "
+                                        "(a dev dependency: make install)"]  # fmt: skip
+
+
+def test_compression_quick_returns_every_check_and_writes_no_docs() -> None:
+    """compress against torch-pruning, speed, distillation vs plain LoRA, on embedded-llama (~10 s)."""
+    pytest.importorskip("torch")
+    bench = _load("compression")
+    doc_before = bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None
+    result = bench.run(quick=True)
+    if result.get("skipped"):
+        if os.environ.get("CI"):
+            pytest.fail(result["skipped"] + " (make install does this: it is in requirements-dev.txt)")
+        pytest.skip(result["skipped"])
+    names = [c["name"] for c in result["checks"]]
+    assert names == [
+        "before recovery: compress perplexity / torch-pruning Taylor's, same parameter count",
+        "compressed forward speed-up: measured / FLOPs-predicted",
+        "after distillation: held-out perplexity / unpruned",
+        "distillation vs plain LoRA, same steps and data: held-out perplexity ratio",
+    ]
+    assert all(math.isfinite(c["measured"]) and c["measured"] > 0 for c in result["checks"])
+    figures = result["figures"]
+    assert figures["params_compress"] <= figures["params_torch_pruning"]  # the same count, or a little under
+    assert figures["params_compress"] < figures["params_before"]
+    assert "compress" in result["settings"] and "not shown" in result["settings"]
+    assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before  # quick writes none

@@ -275,3 +275,77 @@ def test_dry_run_rejects_what_the_real_sweep_rejects(
     with pytest.raises(ValueError) as info:  # the real sweep: the same verdict, before any folder
         run_sweep(str(base), str(sweep), root=tmp_path / "results")
     assert message in str(info.value) and not (tmp_path / "results").exists()
+
+
+# --- issue #12: --target-params, --axes, --recovery ---------------------------------------------------------------
+
+
+def test_run_settings_parse_only_when_given() -> None:
+    from colab_helpers.experiments.cli import build_parser, settings_from
+
+    args = build_parser().parse_args(["run", "c.yaml", "--target-params", "0.7", "--axes", "heads, mlp", "--recovery", "distill"])
+    assert settings_from(args) == {"target_params": 0.7, "axes": ["heads", "mlp"], "recovery_method": "distill"}
+    assert settings_from(build_parser().parse_args(["run", "c.yaml"])) == {}
+    args = build_parser().parse_args(["sweep", "b.yaml", "s.yaml", "--target-params", "none", "--dry-run"])
+    assert settings_from(args) == {"target_params": None}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "c.yaml", "--target-params", "most"], ["run", "c.yaml", "--recovery", "kd"], ["run", "c.yaml", "--target-params"]],
+)
+def test_bad_run_settings_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_run_settings_reach_the_pipeline_and_the_dry_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, yaml_files: tuple[Path, Path]
+) -> None:
+    from colab_helpers.experiments import sweep as sweep_module
+
+    calls: list[Any] = []
+    monkeypatch.setattr(sweep_module, "run_config", lambda config, root: calls.append(config))
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda base, sweep, root, max_runtime: calls.append(base))
+    base, sweep = yaml_files
+    settings = ["--target-params", "0.6", "--axes", "mlp,layers", "--recovery", "distill"]
+    assert main(["run", str(base), *settings]) == 0
+    assert main(["sweep", str(base), str(sweep), *settings]) == 0
+    for config in calls:
+        assert config["target_params"] == 0.6 and config["axes"] == ["mlp", "layers"]
+        assert config["recovery_method"] == "distill" and config["notes"] == {"owner": "me"}
+    assert main(["sweep", str(base), str(sweep), "--dry-run", *settings]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and 'every run: target_params=0.6, axes=["mlp", "layers"], recovery_method=distill' in out
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["--axes", "heads,neurons"], "axes must be a non-empty list of distinct names from ['heads', 'mlp', 'layers'], "
+                                      "got ['heads', 'neurons'] ('neurons' is not an axis)"),
+        (["--target-params", "1.5"], "target_params must be the share of parameters to keep, in (0, 1]"),
+        (["--target-params", "0.5", "--axes", ","], "(it is empty)"),
+    ],
+)
+def test_bad_run_settings_are_refused_by_the_config_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, yaml_files: tuple[Path, Path], settings: list[str], message: str
+) -> None:
+    base, sweep = yaml_files
+    assert main(["sweep", str(base), str(sweep), "--dry-run", *settings]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["run", str(base), "--root", str(tmp_path / "results"), *settings]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "results").exists()
+
+
+def test_a_setting_the_sweep_varies_cannot_also_be_given(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    base, sweep = tmp_path / "base.yaml", tmp_path / "sweep.yaml"
+    base.write_text("model: embedded-gpt2\n")
+    sweep.write_text("parameters:\n  target_params: [0.5, 0.75]\n  axes: [[heads, mlp], [layers]]\n")
+    assert main(["sweep", str(base), str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and '["heads", "mlp"]' in out
+    assert main(["sweep", str(base), str(sweep), "--dry-run", "--axes", "heads"]) == 2
+    assert "--axes sets axes, which the sweep varies; drop --axes or the sweep parameter" in capsys.readouterr().err

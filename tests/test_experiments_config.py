@@ -58,6 +58,27 @@ BAD: list[tuple[str, Any, str]] = [
     ("dtype", "float8", "dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got 'float8'"),
     ("load_in_4bit", 1, "load_in_4bit must be True or False, got 1 (int)"),
     ("save_model", "false", "save_model must be True or False, got 'false' (str)"),
+    ("target_params", 0, "target_params must be the share of parameters to keep, in (0, 1], or None (heads by "
+                         "pruning_level), got 0; e.g. target_params=0.75"),
+    ("target_params", 1.5, "target_params must be the share of parameters to keep, in (0, 1], or None"),
+    ("target_params", "x", "target_params must be a finite number or None, got 'x' (str); e.g. target_params=0.75"),
+    ("target_params", "0.7", "got '0.7' (str) (a number in quotes is text: drop the quotes)"),
+    ("target_params", True, "target_params must be a finite number or None, got True (bool)"),
+    ("target_params", math.nan, "target_params must be a finite number or None, got nan (float)"),
+    ("axes", [], "axes must be a non-empty list of distinct names from ['heads', 'mlp', 'layers'], got [] (it is empty); "
+                 "e.g. axes=['heads', 'mlp']"),
+    ("axes", "heads", "axes must be a list of names, got 'heads' (str) (one name is a list of one: ['heads']"),
+    ("axes", ["heads", "mlp", "heads"], "got ['heads', 'mlp', 'heads'] ('heads' appears twice)"),
+    ("axes", ["heads", "neurons"], "got ['heads', 'neurons'] ('neurons' is not an axis)"),
+    ("axes", [1], "axes must be a list of names, got [1] (list)"),
+    ("axes", None, "axes must be a list of names, got None (NoneType)"),
+    ("recovery_method", "kd", "recovery_method must be 'lora' (LoRA on the LM loss) or 'distill' (from the unpruned "
+                              "model), got 'kd'; e.g. recovery_method='distill'"),
+    ("recovery_method", None, "recovery_method must be a string, got None"),
+    ("distill_temperature", 0, "distill_temperature must be > 0, got 0; e.g. distill_temperature=2.0"),
+    ("distill_temperature", "2", "distill_temperature must be a finite number, got '2' (str)"),
+    ("distill_alpha", 1.5, "distill_alpha must be in [0, 1], got 1.5; e.g. distill_alpha=0.5"),
+    ("distill_alpha", math.inf, "distill_alpha must be a finite number, got inf"),
 ]
 
 
@@ -92,3 +113,87 @@ def test_a_key_that_looks_like_a_setting_is_tracked_with_one_warning() -> None:
         config, extra = ExperimentConfig.from_dict({"learning_rat": 5e-4, "notes": "levels study", "seed": 1})
     assert len(caught) == 1 and extra == {"learning_rat": 5e-4, "notes": "levels study"}
     assert config.learning_rate == ExperimentConfig().learning_rate and config.seed == 1
+
+
+# --- issue #12: compress to a parameter share, recover by distillation -------------------------------------------
+
+
+def test_every_field_documents_itself() -> None:
+    for spec in dataclasses.fields(ExperimentConfig):
+        assert spec.metadata.get("help"), f"{spec.name} has no help text"
+
+
+def test_compression_and_recovery_settings_pass_and_axes_are_normalized() -> None:
+    import numpy as np
+
+    config = ExperimentConfig(target_params=np.float64(0.7), axes=["layers", "heads"], recovery_method="distill",
+                              distill_temperature=4, distill_alpha=1)  # fmt: skip
+    assert type(config.target_params) is float and config.target_params == 0.7
+    assert config.axes == ("heads", "layers")  # order does not matter: kept as heads, mlp, layers
+    assert config == ExperimentConfig(target_params=0.7, axes=("heads", "layers"), recovery_method="distill",
+                                      distill_temperature=4, distill_alpha=1)  # fmt: skip
+    assert hash(config) == hash(dataclasses.replace(config))  # hashable: sweeps deduplicate configs in a dict
+    assert ExperimentConfig(target_params=1).target_params == 1 and ExperimentConfig().target_params is None
+    assert ExperimentConfig().axes == ("heads", "mlp", "layers") and ExperimentConfig().recovery_method == "lora"
+    distill = config.distill_config()
+    assert (distill.temperature, distill.alpha, distill.top_k) == (4, 1, None)
+    assert "distilled" in config.finetune_config("out").plot_title
+    assert "distilled" not in ExperimentConfig().finetune_config("out").plot_title
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(target_params=0.5, load_in_4bit=True, remove_heads=False), "set load_in_4bit=False, or target_params=None"),
+        (dict(target_params=0.5, remove_heads=False), "target_params always removes what it prunes"),
+    ],
+)
+def test_compression_refuses_what_it_cannot_do(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ExperimentConfig(**settings)
+
+
+def test_the_new_settings_round_trip_through_dicts_and_yaml(tmp_path: Any) -> None:
+    import yaml
+
+    from colab_helpers.experiments.sweep_config import load_config
+
+    config = ExperimentConfig(model="embedded-llama", target_params=0.6, axes=["mlp", "heads"], recovery_method="distill",
+                              distill_temperature=3.0, distill_alpha=0.25)  # fmt: skip
+    values = config.to_dict()
+    assert values["axes"] == ["heads", "mlp"] and values["target_params"] == 0.6  # plain builtins
+    assert values["recovery_method"] == "distill" and (values["distill_temperature"], values["distill_alpha"]) == (3.0, 0.25)
+    assert ExperimentConfig.from_dict(values) == (config, {})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(values))
+    assert ExperimentConfig.from_dict(load_config(path)) == (config, {})
+    assert ExperimentConfig(**ExperimentConfig().to_dict()) == ExperimentConfig()
+    smoke = config.smoke()
+    assert (smoke.target_params, smoke.axes, smoke.recovery_method) == (0.6, ("heads", "mlp"), "distill")
+
+
+def test_run_names_tell_target_axes_and_recovery_apart_and_old_names_stay() -> None:
+    assert ExperimentConfig(model="embedded-gpt2").run_name() == "embedded-gpt2-gradient-30"  # unchanged
+    assert ExperimentConfig(model="x/gpt2", strategy="random", pruning_level=0.5).run_name() == "gpt2-random-50"
+    names = [
+        ExperimentConfig(model="embedded-gpt2", **settings).run_name()
+        for settings in (
+            {}, dict(recovery_method="distill"), dict(target_params=0.7), dict(target_params=0.5),
+            dict(target_params=0.7, axes=["heads", "mlp"]), dict(target_params=0.7, axes=["layers"]),
+            dict(target_params=0.7, recovery_method="distill"), dict(target_params=0.725),
+        )
+    ]  # fmt: skip
+    assert len(set(names)) == len(names)
+    assert names[1] == "embedded-gpt2-gradient-30-distill"
+    assert names[2] == "embedded-gpt2-keep70-heads+mlp+layers" and names[5] == "embedded-gpt2-keep70-layers"
+    assert names[6] == "embedded-gpt2-keep70-heads+mlp+layers-distill" and names[7] == "embedded-gpt2-keep72.5-heads+mlp+layers"
+    assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", name) for name in names)  # file-safe
+    # strategy and level are unused by compression: they do not split its runs
+    assert ExperimentConfig(target_params=0.7, pruning_level=0.5).run_name() == ExperimentConfig(target_params=0.7).run_name()
+
+
+def test_recovery_as_a_key_points_at_recovery_method() -> None:
+    with pytest.raises(ValueError, match=re.escape("the recovery setting is recovery_method ('recovery' is a metric")):
+        ExperimentConfig.from_dict({"recovery": "distill"})
+    config, extra = ExperimentConfig.from_dict({"recovery_method": "distill", "notes": 1})
+    assert config.recovery_method == "distill" and extra == {"notes": 1}

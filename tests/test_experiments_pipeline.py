@@ -177,3 +177,121 @@ def test_an_output_dir_under_a_file_fails_before_the_model_loads(tmp_path: Path)
     assert experiment._models == {} and experiment._data == {}  # nothing was loaded
     with pytest.raises(TypeError, match="config must be an ExperimentConfig"):
         experiment.run({"model": "embedded-gpt2"})  # type: ignore[arg-type]
+
+
+# --- issue #12: compress to a parameter share, recover by distillation -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compress_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PruningExperiment, dict[str, Any]]:
+    experiment = PruningExperiment(tmp_path_factory.mktemp("compress"), progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", target_params=0.7).smoke()
+    return experiment, experiment.run(config)
+
+
+def test_a_target_share_compresses_across_axes_and_every_stage_is_measured(
+    compress_run: tuple[PruningExperiment, dict[str, Any]],
+) -> None:
+    import json
+
+    experiment, result = compress_run
+    pruning = result["pruning"]
+    assert pruning["method"] == "compress" and pruning["target_params"] == 0.7
+    assert tuple(pruning["axes"]) == ("heads", "mlp", "layers")
+    # compress meets the target unless a floor stops it (a head per layer, round_to channels, one layer), and rounds
+    # MLP sizes down: at most the rounded goal
+    assert pruning["params_after"] <= round(0.7 * pruning["params_before"])
+    assert pruning["params_before"] == result["stages"]["baseline"]["parameters"]
+    assert pruning["params_after"] == result["stages"]["pruned"]["parameters"] == result["stages"]["fine_tuned"]["parameters"]
+    assert sum(pruning["removed_params"].values()) == pruning["params_before"] - pruning["params_after"]
+    assert pruning["heads_pruned"] == sum(pruning["heads_before"]) - sum(pruning["heads_after"])
+    assert pruning["predicted_speedup"] >= 1 and pruning["candidates"]
+    for stage in ("baseline", "pruned", "fine_tuned"):
+        measured = result["stages"][stage]
+        assert math.isfinite(measured["perplexity"]) and measured["latency_ms_per_token"] > 0 and measured["seconds"] >= 0
+    assert result["training"]["recovery_method"] == "lora" and result["training"]["steps"] > 0
+    assert result["name"] == "embedded-gpt2-keep70-heads+mlp+layers"
+    saved = json.loads((Path(result["output_dir"]) / "result.json").read_text())
+    assert saved["pruning"]["params_after"] == pruning["params_after"] and saved["pruning"]["kept_share"] <= 0.7
+    assert saved["config"]["target_params"] == 0.7 and saved["config"]["axes"] == ["heads", "mlp", "layers"]
+    table = experiment.comparison()
+    assert list(table.index) == ["baseline", "pruned", "fine-tuned"]
+    assert table.loc["pruned", "parameters"] == pruning["params_after"]
+    assert "pruned + fine-tuned" in experiment.recovery_table().index
+
+
+def test_the_calibration_batches_split_into_scoring_and_comparison(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib
+
+    compress_module = importlib.import_module("colab_helpers.pruning.compress")  # the module, not the function
+    calls: list[tuple[int, int | None, tuple[str, ...]]] = []
+    real = compress_module.compress
+
+    def spy(model: Any, batches: Any, target: float, axes: Any, *, eval_batches: Any = None, **options: Any) -> Any:
+        calls.append((len(batches), None if eval_batches is None else len(eval_batches), tuple(axes)))
+        return real(model, batches, target, axes, eval_batches=eval_batches, **options)
+
+    monkeypatch.setattr(compress_module, "compress", spy)
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    for batches in (3, 1):
+        config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, axes=["mlp"], seq_len=32,
+                                  importance_batches=batches)  # fmt: skip
+        model, tokenizer = experiment._model(config)
+        _, pruning = experiment._compress(model, tokenizer, experiment._dataset("embedded"), config)
+        assert pruning["removed_params"]["mlp"] > 0 and pruning["heads_pruned"] == 0
+    assert calls == [(2, 1, ("mlp",)), (1, None, ("mlp",))]  # the first half scores; one batch does both
+
+
+def test_distillation_recovers_from_the_unpruned_model_and_the_control_stays_lora(tmp_path: Path) -> None:
+    pytest.importorskip("colab_helpers.finetune.distill")
+    import torch
+
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", target_params=0.7, recovery_method="distill", control=True,
+                              distill_temperature=3.0, distill_alpha=0.7).smoke()  # fmt: skip
+    original, _ = experiment._model(config)  # loads and caches the teacher: a copy to compare its weights with
+    result = experiment.run(config)
+    training = result["training"]
+    assert training["recovery_method"] == "distill" and training["steps"] > 0
+    assert training["distill"]["temperature"] == 3.0 and training["distill"]["alpha"] == 0.7
+    assert {"kd_loss", "lm_loss"} <= set(experiment._histories[result["name"]].columns)
+    assert result["control"]["training"]["recovery_method"] == "lora"  # the control: LM loss, unpruned
+    assert result["name"].endswith("-distill") and result["pruning"]["params_after"] <= round(0.7 * result["pruning"]["params_before"])
+    assert math.isfinite(result["stages"]["fine_tuned"]["perplexity"])
+    teacher = experiment._models[experiment._model_key(config)][0]
+    assert all(p.requires_grad for p in teacher.parameters()) == all(p.requires_grad for p in original.parameters())
+    assert teacher.training == original.training  # lent as a frozen teacher, put back as it was
+    for (name, kept), (_, before) in zip(teacher.named_parameters(), original.named_parameters()):
+        assert torch.equal(kept, before), f"the teacher changed: {name}"
+
+
+def test_head_pruning_by_level_may_recover_by_distillation(tmp_path: Path) -> None:
+    pytest.importorskip("colab_helpers.finetune.distill")
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    result = experiment.run(ExperimentConfig(model="embedded-llama", recovery_method="distill").smoke())
+    assert result["pruning"]["method"] == "heads" and result["pruning"]["heads_pruned"] > 0
+    assert result["training"]["recovery_method"] == "distill" and result["name"] == "embedded-llama-gradient-30-distill"
+
+
+def test_one_compression_recovered_two_ways_is_compressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import importlib
+
+    compress_module = importlib.import_module("colab_helpers.pruning.compress")
+    calls: list[float] = []
+    real = compress_module.compress
+
+    def spy(model: Any, batches: Any, target: float, *args: Any, **options: Any) -> Any:
+        calls.append(target)
+        return real(model, batches, target, *args, **options)
+
+    monkeypatch.setattr(compress_module, "compress", spy)
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, control=False).smoke()
+    first = experiment.run(config)
+    second = experiment.run(dataclasses.replace(config, recovery_method="distill"))
+    assert calls == [0.8]
+    assert second["pruning"]["params_after"] == first["pruning"]["params_after"]
+    assert second["stages"]["pruned"]["perplexity"] == pytest.approx(first["stages"]["pruned"]["perplexity"])
+    assert first["stages"]["pruned"]["weights_mb"] < first["stages"]["baseline"]["weights_mb"]
+    assert "weights MB" in experiment.comparison(first).columns

@@ -212,3 +212,72 @@ def test_extra_keys_named_like_a_metric_are_refused_before_any_run(tmp_path: Pat
     with pytest.raises(ValueError, match=re.escape("['baseline_perplexity'] are metric names")):
         run_config({"model": "embedded-gpt2", "baseline_perplexity": 3}, root=tmp_path / "single")
     assert not (tmp_path / "runs.csv").exists() and not (tmp_path / "single").exists()
+
+
+# --- issue #12: sweeps over target_params, axes and recovery_method ----------------------------------------------
+
+
+def test_a_sweep_over_two_targets_plans_two_runs_and_lists_of_axes_are_values() -> None:
+    from colab_helpers.experiments.sweep import plan_sweep
+
+    base = {"model": "embedded-gpt2", "recovery_method": "distill"}
+    sweep, pairs = plan_sweep(base, {"name": "targets", "parameters": {"target_params": {"values": [0.5, 0.75]}}})
+    assert sweep.size == 2 and [config.target_params for config, _ in pairs] == [0.5, 0.75]
+    assert len({config.run_name() for config, _ in pairs}) == 2 and all(c.recovery_method == "distill" for c, _ in pairs)
+    grid = {"parameters": {"target_params": [0.5, 0.75], "axes": {"values": [["heads", "mlp"], ["layers"]]}}}
+    _, pairs = plan_sweep({"model": "embedded-gpt2"}, grid)
+    assert [(c.target_params, c.axes) for c, _ in pairs] == [
+        (0.5, ("heads", "mlp")), (0.5, ("layers",)), (0.75, ("heads", "mlp")), (0.75, ("layers",))]
+    assert len({config.run_name() for config, _ in pairs}) == 4
+    drawn = {"search": "random", "num_runs": 3, "seed": 1, "parameters": {
+        "target_params": {"distribution": "uniform", "min": 0.4, "max": 0.9},
+        "axes": {"values": [["heads"], ["mlp", "layers"], ["heads", "mlp", "layers"]]}}}  # fmt: skip
+    _, pairs = plan_sweep({"model": "embedded-gpt2"}, drawn)
+    assert len(pairs) == 3
+    for config, _ in pairs:
+        assert 0.4 <= config.target_params <= 0.9 and config.axes in {("heads",), ("mlp", "layers"), ("heads", "mlp", "layers")}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"target_params": [0.5, 0]}, "run config #1: target_params must be the share of parameters to keep, in (0, 1]"),
+        ({"target_params": [0.5, "x"]}, "run config #1: target_params must be a finite number or None, got 'x' (str)"),
+        ({"axes": ["heads", "mlp"]}, "axes must be a list of names, got 'heads' (str) (one name is a list of one: "
+                                     "['heads']; a sweep lists lists: {values: [[a, b], [a]]})"),
+        ({"axes": [["heads", "heads"]]}, "'heads' appears twice"),
+        ({"recovery_method": ["lora", "kd"]}, "run config #1: recovery_method must be 'lora'"),
+    ],
+)
+def test_bad_compression_sweeps_are_refused_before_any_run(tmp_path: Path, parameters: dict, message: str) -> None:
+    from colab_helpers.experiments.sweep import plan_sweep
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_sweep({"model": "embedded-gpt2"}, {"parameters": parameters})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_sweep({"model": "embedded-gpt2"}, {"parameters": parameters}, root=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_compression_metrics_reach_runs_csv_and_settings_never_clash_with_metrics(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from colab_helpers.experiments.config import ExperimentConfig
+    from colab_helpers.experiments.sweep import METRIC_NAMES, run_metrics
+
+    assert not {f.name for f in dataclasses.fields(ExperimentConfig)} & set(METRIC_NAMES)  # they share a runs.csv row
+
+    def run(self, config, output_dir=None):
+        result = _fake_result(config)
+        result["pruning"].update(predicted_speedup=1.5, removed_layers=[2], params_after=70)
+        return result
+
+    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
+    configs = [ExperimentConfig(model="embedded-gpt2", target_params=t, axes=["heads", "layers"]) for t in (0.5, 0.7)]
+    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_configs(configs, sweep="targets")
+    assert list(runs["target_params"]) == [0.5, 0.7] and list(runs["predicted_speedup"]) == [1.5, 1.5]
+    assert list(runs["layers_removed"]) == [1, 1] and list(runs["axes"]) == ['["heads", "layers"]'] * 2
+    again = PruningFineTuningExperiment(tmp_path, progress=False).run_configs(configs, sweep="targets")
+    assert list(again["run_id"]) == list(runs["run_id"])  # axes as a list hash the same: done runs are skipped
+    assert "predicted_speedup" not in run_metrics(_fake_result(configs[0]))  # head runs: no compress metrics

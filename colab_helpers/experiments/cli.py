@@ -6,6 +6,7 @@
     python -m colab_helpers sweep base.yaml sweep.yaml --dry-run      # the run configs, nothing started
     python -m colab_helpers sweep base.yaml sweep.yaml --root results  # runs them (needs the pipeline)
     python -m colab_helpers run config.yaml --root results
+    python -m colab_helpers run config.yaml --target-params 0.7 --axes heads,mlp --recovery distill
 
 Exit status: 0 on success, 1 when a run of ``run`` or ``sweep`` failed (each failure named on stderr with the path of
 its ``error.txt``), 2 for bad input (unknown column, a filter without a value, malformed YAML or runs.csv, a run config
@@ -73,11 +74,59 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--root", default=DEFAULT_ROOT, help=f"results dir (default: {DEFAULT_ROOT})")
     sweep.add_argument("--dry-run", action="store_true", help="print the run configs' parameters, start nothing")
     sweep.add_argument("--max-runtime", type=float, metavar="SECONDS", help="start no new run after this many seconds")
+    _add_settings(sweep)
 
     run = commands.add_parser("run", help="run one config (CONFIG.yaml)")
     run.add_argument("config", metavar="CONFIG.yaml", help="the run config")
     run.add_argument("--root", default=DEFAULT_ROOT, help=f"results dir (default: {DEFAULT_ROOT})")
+    _add_settings(run)
     return parser
+
+
+# run settings the command line may set over the YAML config: option -> ExperimentConfig field
+SETTINGS: dict[str, str] = {"--target-params": "target_params", "--axes": "axes", "--recovery": "recovery_method"}
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """Add the options that set a run setting over the config file (absent from ``args`` unless given)."""
+    from .config import AXES, RECOVERY_METHODS
+
+    group = parser.add_argument_group("run settings (set over the YAML config, checked like it)")
+    group.add_argument("--target-params", dest="target_params", type=_share, default=argparse.SUPPRESS, metavar="SHARE",
+                       help="keep this share of the parameters, in (0, 1], pruning across --axes ('none': attention "
+                       "heads by pruning_level)")  # fmt: skip
+    group.add_argument("--axes", type=_names, default=argparse.SUPPRESS, metavar="AXIS,AXIS",
+                       help=f"what --target-params may prune, comma-separated from {','.join(AXES)}")
+    group.add_argument("--recovery", dest="recovery_method", choices=RECOVERY_METHODS, default=argparse.SUPPRESS,
+                       help="recovery_method: 'lora' (LoRA on the LM loss) or 'distill' (from the unpruned model)")
+
+
+def _share(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'none', got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the run settings given on the command line (``SETTINGS``), by field name; empty when none."""
+    return {field: getattr(args, field) for field in SETTINGS.values() if hasattr(args, field)}
+
+
+def _apply_settings(config: dict[str, Any], args: argparse.Namespace, varied: Sequence[str] = ()) -> dict[str, Any]:
+    """Return ``config`` with the command line's run settings set; CliError when the sweep varies one of them."""
+    settings = settings_from(args)
+    clash = [name for name in settings if name in varied]
+    if clash:
+        option = next(option for option, field in SETTINGS.items() if field == clash[0])
+        raise CliError(f"{option} sets {clash[0]}, which the sweep varies; drop {option} or the sweep parameter")
+    return {**config, **settings}
 
 
 def _non_negative_int(text: str) -> int:
@@ -260,8 +309,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep_config import load_config, load_sweep, sweep_overrides
 
-    base = load_config(args.base)
     sweep = load_sweep(args.sweep)
+    base = _apply_settings(load_config(args.base), args, varied=list(sweep.parameters))
     if args.dry_run:
         from .runs_table import format_value
         from .sweep import plan_sweep
@@ -269,6 +318,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         plan_sweep(base, sweep)  # every run config gets the check the real sweep applies (ValueError: exit 2)
         overrides = sweep_overrides(sweep)
         print(f"sweep {sweep.name!r} ({sweep.search}): {len(overrides)} runs")
+        settings = settings_from(args)
+        if settings:
+            print("every run: " + ", ".join(f"{name}={format_value(value)}" for name, value in settings.items()))
         rows = [{"#": str(i), **{k: format_value(v) for k, v in combo.items()}} for i, combo in enumerate(overrides)]
         print(format_table(["#", *sweep.parameters], rows))
         return 0
@@ -283,7 +335,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .sweep_config import load_config
 
-    config = load_config(args.config)
+    config = _apply_settings(load_config(args.config), args)
     from .sweep import run_config
 
     result = run_config(config, root=args.root)

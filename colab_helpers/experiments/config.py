@@ -1,5 +1,10 @@
 """``ExperimentConfig``: every setting of one prune-then-recover run, checked when it is built.
 
+What is pruned: attention heads by ``pruning_level`` (``target_params=None``, the default), or a share of the
+parameters across heads, MLP channels and layers (``target_params`` and ``axes``,
+:func:`colab_helpers.pruning.compress.compress`). How it recovers: ``recovery_method`` ``'lora'`` (LM loss) or
+``'distill'`` (knowledge distillation from the unpruned model, :func:`colab_helpers.finetune.distill`).
+
 One config for one run: the fine-tuning settings are fields of this flat config (what YAML files, sweeps and
 ``run_single_experiment(**options)`` name) and become a :class:`~colab_helpers.finetune.FineTuneConfig` in one
 method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scopes are pruning's
@@ -22,19 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 from ..checks import field_help, is_finite_number
 from ..errors import ColabHelpersWarning
+from ..pruning.compress import AXES  # what compress may prune: heads, mlp, layers (in this order)
 from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
 from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, smoke_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..finetune import FineTuneConfig
+    from ..finetune import DistillConfig, FineTuneConfig
 
 STAGES = ("baseline", "pruned", "fine_tuned")
+RECOVERY_METHODS = ("lora", "distill")  # how the pruned model recovers: LM-loss LoRA, or KD from the unpruned model
 
 # a field's annotation -> the kind __post_init__ checks ("?": None allowed too)
-_KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?"}
-_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64}  # fields whose default is None
-_WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number"}
+_KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
+          "tuple[str, ...]": "names"}  # fmt: skip
+_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64,  # fields whose default is None
+            "target_params": 0.75, "axes": ["heads", "mlp"]}  # fmt: skip
+_WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
+           "names": "a list of names"}  # fmt: skip
 
 
 def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
@@ -50,6 +60,7 @@ def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
         "bool": isinstance(value, bool),
         "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
         "float": is_finite_number(value),
+        "names": isinstance(value, list | tuple) and all(isinstance(item, str) for item in value),
     }
     if checks[kind]:
         return
@@ -58,6 +69,8 @@ def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
         hint = " (a number in quotes is text: drop the quotes)"
     elif kind == "int" and isinstance(value, float) and value == int(value):
         hint = f" (write {int(value)} for a whole number)"
+    elif kind == "names" and isinstance(value, str):
+        hint = f" (one name is a list of one: [{value!r}]; a sweep lists lists: {{values: [[a, b], [a]]}})"
     wanted = _WANTED[kind] + (" or None" if optional else "")
     raise ValueError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}){hint}; e.g. {name}={example!r}")
 
@@ -102,6 +115,20 @@ class ExperimentConfig:
     load_in_4bit: bool = field(default=False, metadata=field_help(
         "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
     save_model: bool = field(default=False, metadata=field_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
+    target_params: float | None = field(default=None, metadata=field_help(
+        "share of the parameters to keep, in (0, 1]: compress across `axes` by measured loss "
+        "(colab_helpers.pruning.compress; strategy, pruning_level and scope are then unused); "
+        "None = prune attention heads by pruning_level."))
+    axes: tuple[str, ...] = field(default=AXES, metadata=field_help(
+        "what target_params may prune: a non-empty list of 'heads', 'mlp' (MLP channels), 'layers' (whole layers); "
+        "order does not matter."))
+    recovery_method: str = field(default="lora", metadata=field_help(
+        "how the pruned model recovers: 'lora' (LoRA on the LM loss) or 'distill' (LoRA on knowledge distillation "
+        "from the unpruned model, colab_helpers.finetune.distill); the control is always 'lora'."))
+    distill_temperature: float = field(default=2.0, metadata=field_help(
+        "recovery_method='distill': softmax temperature T of teacher and student, > 0."))
+    distill_alpha: float = field(default=0.5, metadata=field_help(
+        "recovery_method='distill': weight of the KD term in [0, 1]; loss = alpha * T^2 * KL + (1 - alpha) * LM loss."))
 
     def __post_init__(self) -> None:
         """Check every field's type and value; ValueError naming the field, the value (and its type) and the fix.
@@ -147,6 +174,34 @@ class ExperimentConfig:
         for name, example in (("learning_rate", "1e-3"), ("lora_alpha", "32")):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}; e.g. {name}={example}")
+        self._check_compression()
+        if self.recovery_method not in RECOVERY_METHODS:
+            raise ValueError(f"recovery_method must be 'lora' (LoRA on the LM loss) or 'distill' (from the unpruned "
+                             f"model), got {self.recovery_method!r}; e.g. recovery_method='distill'")  # fmt: skip
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature!r}; e.g. distill_temperature=2.0")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}; e.g. distill_alpha=0.5")
+
+    def _check_compression(self) -> None:
+        """Check ``target_params`` and ``axes``; store ``axes`` as a tuple in the order heads, mlp, layers."""
+        if self.target_params is not None and not 0 < self.target_params <= 1:
+            raise ValueError(f"target_params must be the share of parameters to keep, in (0, 1], or None (heads by "
+                             f"pruning_level), got {self.target_params!r}; e.g. target_params=0.75 keeps 75%")  # fmt: skip
+        unknown = [axis for axis in self.axes if axis not in AXES]
+        repeated = sorted({axis for axis in self.axes if list(self.axes).count(axis) > 1})
+        if not self.axes or unknown or repeated:
+            why = ("it is empty" if not self.axes else f"{unknown[0]!r} is not an axis" if unknown
+                   else f"{repeated[0]!r} appears twice")  # fmt: skip
+            raise ValueError(f"axes must be a non-empty list of distinct names from {list(AXES)}, got "
+                             f"{list(self.axes)!r} ({why}); e.g. axes=['heads', 'mlp']")  # fmt: skip
+        object.__setattr__(self, "axes", tuple(axis for axis in AXES if axis in self.axes))
+        if self.target_params is not None and self.load_in_4bit:
+            raise ValueError("target_params removes weights physically, which 4-bit weights cannot be (sliced); "
+                             "set load_in_4bit=False, or target_params=None to gate heads by pruning_level")  # fmt: skip
+        if self.target_params is not None and not self.remove_heads:
+            raise ValueError("target_params always removes what it prunes (remove_heads=False only gates heads pruned "
+                             "by pruning_level); set remove_heads=True, or target_params=None")  # fmt: skip
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -154,6 +209,9 @@ class ExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {key: value for key, value in config.items() if key in names}
         extra = {key: value for key, value in config.items() if key not in names}
+        if extra.get("recovery") in RECOVERY_METHODS:  # 'recovery' is the metric (the share won back), not the setting
+            raise ValueError(f"the recovery setting is recovery_method ('recovery' is a metric of the run: the share of "
+                             f"the loss won back); write recovery_method: {extra['recovery']}")  # fmt: skip
         typos = {key: difflib.get_close_matches(str(key), names, n=1, cutoff=0.8) for key in extra}
         typos = {key: near[0] for key, near in typos.items() if near}
         if typos:  # an extra key is tracked, never used: one that looks like a setting is probably a typo
@@ -163,7 +221,10 @@ class ExperimentConfig:
         return cls(**known), extra
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Return the settings as plain builtins (``axes`` as a list), as YAML, JSON and runs.csv hold them."""
+        values = dataclasses.asdict(self)
+        values["axes"] = list(self.axes)
+        return values
 
     def smoke(self) -> ExperimentConfig:
         """Return a copy that runs in seconds on a CPU (:mod:`colab_helpers.smoke`): an embedded toy model (the
@@ -182,7 +243,8 @@ class ExperimentConfig:
         return 200 if self.fine_tuning_steps is None else self.fine_tuning_steps
 
     def finetune_config(self, output_dir: str | os.PathLike[str], *, control: bool = False) -> FineTuneConfig:
-        """Return the LoRA config of this run: the one place the pipeline's settings become fine-tuning settings.
+        """Return the LoRA config of this run: the one place the pipeline's settings become fine-tuning settings
+        (:meth:`distill_config` adds the distillation settings of ``recovery_method='distill'``).
 
         Field names differ on purpose (``lora_r`` is ``r``, ``fine_tuning_steps`` is ``max_steps``): a run config
         is flat, so its fine-tuning fields say what they tune. Recovery after pruning trains faster than a plain
@@ -194,10 +256,23 @@ class ExperimentConfig:
             r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
             epochs=self.fine_tuning_epochs, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
             seed=self.seed, dtype=self.dtype, load_in_4bit=self.load_in_4bit, output_dir=str(output_dir), eval_batches=4,
-            plot_title="control: the unpruned model, fine-tuned as long" if control else "LoRA recovery of the pruned model",
+            plot_title="control: the unpruned model, fine-tuned as long" if control else (
+                "LoRA recovery of the pruned model, distilled from the unpruned one" if self.recovery_method == "distill"
+                else "LoRA recovery of the pruned model"),
         ).with_intervals(evaluations=8, checkpoints=4)
 
+    def distill_config(self) -> DistillConfig:
+        """Return the distillation settings of ``recovery_method='distill'`` (temperature and alpha)."""
+        from ..finetune import DistillConfig
+
+        return DistillConfig(temperature=self.distill_temperature, alpha=self.distill_alpha)
+
     def run_name(self) -> str:
-        """A readable, file-safe name: ``embedded-gpt2-gradient-30``."""
+        """A readable, file-safe name: ``embedded-gpt2-gradient-30`` (heads by pruning_level),
+        ``embedded-gpt2-keep70-heads+mlp+layers`` (target_params=0.7), ``-distill`` appended for distillation."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
-        return f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"
+        if self.target_params is None:
+            name = f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"
+        else:
+            name = f"{model}-keep{round(self.target_params * 100, 2):g}-{'+'.join(self.axes)}"
+        return name if self.recovery_method == "lora" else f"{name}-{self.recovery_method}"

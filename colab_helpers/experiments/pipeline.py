@@ -3,7 +3,14 @@
 ``PruningExperiment(results_dir).run_single_experiment(model=..., strategy=..., pruning_level=..., ...)`` runs
 one pipeline and returns a dict with ``stages`` ``baseline``, ``pruned`` and ``fine_tuned`` (perplexity, a
 generation for the prompt, parameter count, latency per token, seconds spent), serialized as JSON under
-``results_dir``. Sweeps over strategies x levels x models live in :mod:`colab_helpers.experiments.sweep`.
+``results_dir``. With ``target_params`` the prune step is :func:`~colab_helpers.pruning.compress.compress`
+(heads, MLP channels and layers to a parameter share; its report is ``result["pruning"]``); with
+``recovery_method="distill"`` the LoRA step distils the unpruned model (:func:`~colab_helpers.finetune.distill`).
+Sweeps over strategies x levels x models live in :mod:`colab_helpers.experiments.sweep`.
+
+About 470 lines, in one module because the stages share the experiment's caches (loaded models, data, scores,
+compressed models, baselines) and one result layout that the comparison, recovery and generation tables read;
+measurement and the recovery metric, which stand alone, are the two functions at the top.
 """
 
 from __future__ import annotations
@@ -46,8 +53,21 @@ def measure_stage(model: Any, tokenizer: Any, texts: list[str], config: Experime
         "generation": generation.text,
         "generation_path": generation.path,
         "parameters": parameter_count(model),
+        "weights_mb": weights_bytes(model) / 1e6,
         "seconds": time.perf_counter() - started,
     }
+
+
+def weights_bytes(model: Any) -> int:
+    """Bytes of the model's distinct weights and buffers as saved (tied weights once; LoRA adapters included): the
+    size of its safetensors files, give or take their headers."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def recovery(baseline: float, pruned: float, fine_tuned: float) -> float | None:
@@ -67,8 +87,8 @@ def recovery(baseline: float, pruned: float, fine_tuned: float) -> float | None:
 class PruningExperiment:
     """Run prune-then-fine-tune pipelines and keep their results under ``results_dir``.
 
-    Loaded models, data and importance scores are cached per experiment object, so several runs on one model
-    (e.g. a sweep over levels) load and score it once.
+    Loaded models, data, importance scores and compressed models are cached per experiment object, so several
+    runs on one model (a sweep over levels; one compression recovered two ways) load, score and compress it once.
     """
 
     def __init__(self, results_dir: str | os.PathLike[str] = "results/pipeline", *, progress: bool = True, live_plot: bool = True) -> None:
@@ -80,6 +100,7 @@ class PruningExperiment:
         self._data: dict[str, Any] = {}
         self._scores: dict[tuple[str, str, int, int, int], Any] = {}
         self._baselines: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._compressed: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
         self._histories: dict[str, Any] = {}
 
     # --- cached inputs --------------------------------------------------------------------------------
@@ -105,16 +126,22 @@ class PruningExperiment:
             self._data[name] = load_text_dataset(name)
         return self._data[name]
 
-    def _importance(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> Any:
+    @staticmethod
+    def _calibration_batches(model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> list[Any]:
+        """Return up to ``importance_batches`` batches of 8 training sequences of ``seq_len`` tokens (scoring input)."""
         from ..evaluation.perplexity import lm_batches, model_vocab_size, tokenize_texts
+
+        batch_size = 8
+        ids = tokenize_texts(tokenizer, data.train, max_tokens=config.importance_batches * batch_size * config.seq_len)
+        return list(lm_batches(ids, seq_len=config.seq_len, batch_size=batch_size, max_batches=config.importance_batches,
+                               vocab_size=model_vocab_size(model)))  # fmt: skip
+
+    def _importance(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> Any:
         from ..pruning import head_importance
 
         key = (config.model, config.strategy, config.seed, config.seq_len, config.importance_batches)
         if key not in self._scores:
-            batch_size = 8
-            ids = tokenize_texts(tokenizer, data.train, max_tokens=config.importance_batches * batch_size * config.seq_len)
-            batches = lm_batches(ids, seq_len=config.seq_len, batch_size=batch_size, max_batches=config.importance_batches,
-                                 vocab_size=model_vocab_size(model))  # fmt: skip
+            batches = self._calibration_batches(model, tokenizer, data, config)
             self._scores[key] = head_importance(model, batches, config.strategy, seed=config.seed, progress=self.progress)
         return self._scores[key]
 
@@ -159,6 +186,10 @@ class PruningExperiment:
         data = self._dataset(config.dataset)
         model, tokenizer = self._model(config)
         head_layout(model)  # an architecture pruning cannot handle fails here, not after the baseline
+        if config.target_params is not None:
+            from ..pruning.compress import check_axes
+
+            check_axes(model, config.axes)  # an axis this model cannot lose fails here too
         out = ensure_writable_dir(target)
         stages: dict[str, dict[str, Any]] = {}
         baseline_key = (self._model_key(config), config.dataset, config.prompt, config.seq_len, config.eval_tokens,
@@ -168,19 +199,23 @@ class PruningExperiment:
         stages["baseline"] = dict(self._baselines[baseline_key])
 
         pruning_started = time.perf_counter()
-        scores = self._importance(model, tokenizer, data, config)
-        mask = select_heads(scores, config.pruning_level, scope=config.scope)
-        pruning: dict[str, Any] = {"heads_pruned": int(mask.sum()), "mask": mask.int().tolist(), "scores": scores.tolist(),
-                                   "normalization": resolve_normalization("auto", config.strategy)}  # fmt: skip
         pruned_copy = None  # the pruned model as it was before fine-tuning, kept for the latency comparison
-        if config.remove_heads and mask.any():
-            pruning["report"] = remove_heads(model, mask).to_dict()
-            gates = None
+        gates = None
+        if config.target_params is not None:  # across heads, MLP channels and layers, to a parameter share
+            model, pruning = self._compress(model, tokenizer, data, config)
             pruned_copy = copy.deepcopy(model)
-        else:
-            from ..pruning import gate_heads
+        else:  # attention heads by pruning_level
+            scores = self._importance(model, tokenizer, data, config)
+            mask = select_heads(scores, config.pruning_level, scope=config.scope)
+            pruning = {"method": "heads", "heads_pruned": int(mask.sum()), "mask": mask.int().tolist(),
+                       "scores": scores.tolist(), "normalization": resolve_normalization("auto", config.strategy)}  # fmt: skip
+            if config.remove_heads and mask.any():
+                pruning["report"] = remove_heads(model, mask).to_dict()
+                pruned_copy = copy.deepcopy(model)
+            else:
+                from ..pruning import gate_heads
 
-            gates = gate_heads(model, mask)  # kept for fine-tuning: LoRA leaves gated projections alone
+                gates = gate_heads(model, mask)  # kept for fine-tuning: LoRA leaves gated projections alone
         stages["pruned"] = measure_stage(model, tokenizer, data.validation, config, progress=self.progress)
         stages["pruned"]["seconds"] = time.perf_counter() - pruning_started  # scoring + pruning + measuring
 
@@ -220,6 +255,34 @@ class PruningExperiment:
                     *(stages[s]["perplexity"] for s in STAGES))  # fmt: skip
         return result
 
+    def _compress(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig) -> tuple[Any, dict[str, Any]]:
+        """Compress ``model`` in place to ``config.target_params`` across ``config.axes``; return it and the pruning
+        record. A compression done before with the same settings is reused (a copy of the model it gave).
+
+        The calibration batches are those head importance reads (``importance_batches`` of 8 x ``seq_len``): the
+        first half scores the units, the rest compares the candidate allocations (all of them when there is one).
+        The record is :meth:`CompressReport.to_dict` plus ``method`` and ``heads_pruned`` (heads gone, those of
+        removed layers included), the keys every result carries.
+        """
+        from ..pruning.compress import compress
+
+        key = (self._model_key(config), config.dataset, config.target_params, config.axes, config.seq_len,
+               config.importance_batches)  # fmt: skip
+        if key in self._compressed:  # e.g. the same compression recovered two ways: compress it once
+            compressed, record = self._compressed[key]
+            logger.info("reusing the compressed model of an earlier run with the same settings")
+            return copy.deepcopy(compressed), copy.deepcopy(record)
+        batches = self._calibration_batches(model, tokenizer, data, config)
+        half = (len(batches) + 1) // 2
+        scoring, evaluation = (batches[:half], batches[half:]) if len(batches) >= 2 else (batches, None)
+        report = compress(model, scoring, config.target_params, config.axes, eval_batches=evaluation,
+                          progress=self.progress)  # fmt: skip
+        logger.info("%s", report.summary())
+        record = {"method": "compress", "heads_pruned": sum(report.heads_before) - sum(report.heads_after),
+                  **report.to_dict()}  # fmt: skip
+        self._compressed[key] = (copy.deepcopy(model), record)
+        return model, record
+
     def _add_latency(self, stages: dict[str, dict[str, Any]], config: ExperimentConfig, tokenizer: Any,
                      fine_tuned: Any, pruned: Any | None) -> None:  # fmt: skip
         """Time every stage's model together (interleaved rounds, medians) and add latency and speed-up to ``stages``."""
@@ -238,15 +301,23 @@ class PruningExperiment:
 
     def _fine_tune(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, out: Path,
                    *, control: bool = False) -> tuple[dict[str, Any], Any]:  # fmt: skip
-        """LoRA fine-tune ``model``; return the training summary and the merged plain model."""
+        """LoRA fine-tune ``model`` (on the LM loss, or distilled from the unpruned model with
+        ``recovery_method='distill'``; the control always on the LM loss); return the training summary and the
+        merged plain model."""
+        method = "lora" if control else config.recovery_method
         if config.steps == 0:
-            return {"steps": 0, "seconds": 0.0}, model
-        from ..finetune import fine_tune, merge_adapter
+            return {"steps": 0, "seconds": 0.0, "recovery_method": method}, model
+        from ..finetune import merge_adapter
 
         ft_config = config.finetune_config(out, control=control)
-        eval_texts = data.validation
-        result = fine_tune(model, tokenizer, data.train, eval_texts, ft_config, live_plot=self.live_plot,
-                           progress=self.progress).raise_if_failed()  # a NaN model is no result to measure
+        if method == "distill":
+            result = self._distill(model, tokenizer, data, config, ft_config)
+        else:
+            from ..finetune import fine_tune
+
+            result = fine_tune(model, tokenizer, data.train, data.validation, ft_config, live_plot=self.live_plot,
+                               progress=self.progress)  # fmt: skip
+        result.raise_if_failed()  # a NaN model is no result to measure
         history = result.history_frame()
         history_path = out / "history.csv"
         atomic_write_text(history_path, history.to_csv())
@@ -258,8 +329,28 @@ class PruningExperiment:
             "load_in_4bit": ft_config.load_in_4bit, "events": len(result.events),
             "event_kinds": sorted({event["kind"] for event in result.events}),
             "history_path": str(history_path), "plot_path": str(result.plot_path) if result.plot_path else None,
+            "recovery_method": method,
         }  # fmt: skip
+        if method == "distill":
+            summary["distill"] = config.distill_config().to_dict()
         return summary, merge_adapter(result.model)
+
+    def _distill(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, ft_config: Any) -> Any:
+        """Distil the unpruned model (the cached original, lent as the frozen teacher) into ``model``; return the
+        fine-tuning result. ``distill`` freezes its teacher: the original's training mode and ``requires_grad``
+        flags are put back afterwards, since later runs copy it."""
+        from ..finetune import distill
+
+        teacher = self._models[self._model_key(config)][0]
+        was_training = teacher.training
+        trainable = [param.requires_grad for param in teacher.parameters()]
+        try:
+            return distill(model, teacher, tokenizer, data.train, data.validation, ft_config, config.distill_config(),
+                           live_plot=self.live_plot, progress=self.progress)  # fmt: skip
+        finally:
+            teacher.train(was_training)
+            for param, flag in zip(teacher.parameters(), trainable):
+                param.requires_grad_(flag)
 
     def _control(self, config: ExperimentConfig, data: Any, out: Path) -> dict[str, Any]:
         """Fine-tune the unpruned model for the same steps: separates 'recovery' from 'more training'."""
@@ -273,8 +364,8 @@ class PruningExperiment:
     def comparison(self, result: dict[str, Any] | None = None) -> Any:
         """Return a table of one run's stages (default: the last run), with the control when it ran.
 
-        Columns: perplexity and its change against the baseline, parameters, median latency per generated
-        token (wall) and the speed-up against the baseline (CPU time on a CPU), and the seconds each stage took.
+        Columns: perplexity and its change against the baseline, parameters, size of the weights as saved (MB),
+        median latency per generated token (wall) and the speed-up against the baseline (CPU time on a CPU), and the seconds each stage took.
         """
         import pandas as pd
 
@@ -288,6 +379,7 @@ class PruningExperiment:
                 "perplexity": stage["perplexity"],
                 "vs baseline": f"{stage['perplexity'] / baseline - 1:+.1%}",
                 "parameters": stage["parameters"],
+                "weights MB": stage.get("weights_mb", math.nan),
                 "ms / token": stage.get("latency_ms_per_token", math.nan),
                 "speed-up": stage.get("speedup", math.nan),
                 "seconds": stage["seconds"],
@@ -295,8 +387,9 @@ class PruningExperiment:
             for name, stage in stages.items()
         }
         table = pd.DataFrame(rows).T
-        table = table.astype({"perplexity": float, "parameters": int, "ms / token": float, "speed-up": float, "seconds": float})
-        return table.round({"perplexity": 2, "ms / token": 1, "speed-up": 3, "seconds": 1})
+        table = table.astype({"perplexity": float, "parameters": int, "weights MB": float, "ms / token": float,
+                              "speed-up": float, "seconds": float})  # fmt: skip
+        return table.round({"perplexity": 2, "weights MB": 1, "ms / token": 1, "speed-up": 3, "seconds": 1})
 
     def recovery_table(self, result: dict[str, Any] | None = None) -> Any:
         """Return what pruning cost and fine-tuning won back, read against the control when it ran.

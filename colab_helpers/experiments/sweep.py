@@ -58,6 +58,7 @@ def _check_list(name: str, values: Any, example: str) -> list[Any]:
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{stage}_{what}" for stage in STAGES for what in ("perplexity", "parameters", "latency_ms")),
     "heads_pruned", "recovery", "training_steps", "run_seconds", "control_perplexity",
+    "predicted_speedup", "layers_removed",  # target_params runs (compress)
 )  # fmt: skip
 
 
@@ -70,6 +71,9 @@ def run_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
         metrics[f"{stage}_parameters"] = values["parameters"]
         metrics[f"{stage}_latency_ms"] = values["latency_ms_per_token"]
     metrics["heads_pruned"] = result["pruning"]["heads_pruned"]
+    if "predicted_speedup" in result["pruning"]:  # compress: the rest of its report is in result.json
+        metrics["predicted_speedup"] = result["pruning"]["predicted_speedup"]
+        metrics["layers_removed"] = len(result["pruning"]["removed_layers"])
     metrics["recovery"] = result["recovery"]
     metrics["training_steps"] = result["training"].get("steps")
     metrics["run_seconds"] = result["seconds"]

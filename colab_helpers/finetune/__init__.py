@@ -3,6 +3,7 @@
     result = fine_tune(model, tokenizer, data.train, data.validation, FineTuneConfig(max_steps=200))
     result.history_frame()          # one row per step, eval metrics merged in
     save_merged(result.model, tokenizer, "merged")
+    distill(model, teacher, tokenizer, data.train, config=FineTuneConfig(), distill_config=DistillConfig(top_k=64))
 
 Stage 3 of the pipeline. Modules: :mod:`.config` (settings; ``with_intervals`` paces evaluation, checkpoints
 and warm-up), :mod:`.trainer` (the guarded loop), :mod:`.state` (the resumable counters), :mod:`.guard` (NaN skip,
@@ -11,8 +12,9 @@ rollback, LR and micro-batch halving, CPU fallback), :mod:`.blocks` (tokenised t
 returns), :mod:`.checkpoint` (atomic checkpoints), :mod:`.resume` (the checkpoint a run continues from;
 unreadable ones moved aside), :mod:`.lora` (targets, backend, precision, gates),
 :mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar, gradient files),
-:mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged model). torch and peft
-are imported only when training starts.
+:mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged model),
+:mod:`.distill` (knowledge distillation from a teacher through the same loop), :mod:`.teacher_cache` (the
+teacher's top-k logits computed once, on disk). torch and peft are imported only when training starts.
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from __future__ import annotations
 from .callbacks import Callback, LivePlotCallback, ProgressCallback
 from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import FineTuneConfig
+from .distill import DistillConfig, distill
 from .export import merge_adapter, save_adapter, save_merged
 from .result import FineTuneResult
 from .trainer import FineTuner, fine_tune
 
 __all__ = [
     "Callback",
+    "DistillConfig",
     "FineTuneConfig",
     "FineTuneResult",
     "FineTuner",
     "LivePlotCallback",
     "ProgressCallback",
+    "distill",
     "fine_tune",
     "latest_checkpoint",
     "list_checkpoints",

@@ -46,6 +46,10 @@ class TrainingBlocks:
 
     def for_step(self, step: int, count: int) -> torch.Tensor | CompletionBatch:
         """Return the ``count`` sequences of (1-based) ``step`` (``[count, seq_len]`` for plain blocks)."""
+        return self.blocks[self.rows_for_step(step, count)]
+
+    def rows_for_step(self, step: int, count: int) -> torch.Tensor:
+        """Return the row numbers (in :attr:`blocks`) of the ``count`` sequences of (1-based) ``step``."""
         import torch
 
         n = len(self)
@@ -57,7 +61,7 @@ class TrainingBlocks:
             take = min(n - offset, first + count - position)
             parts.append(self._order(epoch)[offset : offset + take])
             position += take
-        return self.blocks[torch.cat(parts)]
+        return torch.cat(parts)
 
 
 def training_blocks(tokenizer: Any, texts: TrainingData, config: FineTuneConfig) -> tuple[TrainingBlocks, bool]:

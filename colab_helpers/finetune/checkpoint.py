@@ -8,7 +8,8 @@ every file it lists has the listed size, so a half-written directory is never re
 says.
 
 :func:`save_run` and :func:`load_run` fill such a checkpoint with a LoRA run (adapter, optimizer, RNG states, the
-best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``); :func:`checkpoint_problem` says
+best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``; with ``method="full"`` the
+trained weights take the adapter's place); :func:`checkpoint_problem` says
 what is wrong with one that is not complete, and :mod:`.resume` picks the one a run continues from. torch, peft and
 safetensors are imported inside the functions that need them.
 """
@@ -214,11 +215,15 @@ def save_run(
     *,
     best: dict[str, torch.Tensor] | None = None,
     keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``checkpoint-<step>`` of a LoRA run under ``directory``; return its path.
 
     It holds the peft ``model``'s adapter and config, the ``optimizer`` state, the RNG states, ``best`` (name ->
     weights of the best evaluation) when given, and ``state`` (plus the Python and numpy RNG) as ``state.json``.
+    ``weights`` (name -> trained tensor; ``method="full"``, a model without an adapter) are saved instead of the
+    adapter, in the same ``adapter_model.safetensors`` file (so :mod:`.resume` reads both alike), without
+    ``adapter_config.json``.
     """
     import torch
     from peft.utils import get_peft_model_state_dict
@@ -232,11 +237,14 @@ def save_run(
         path.write_text(json.dumps(config, indent=1), encoding="utf-8")
 
     writers: dict[str, Callable[[Path], None]] = {
-        "adapter_model.safetensors": lambda path: tensors(path, get_peft_model_state_dict(model)),
+        "adapter_model.safetensors": lambda path: tensors(path, weights if weights is not None
+                                                          else get_peft_model_state_dict(model)),
         "adapter_config.json": adapter_config,
         "optimizer.pt": lambda path: torch.save(optimizer.state_dict(), path),
         "rng.pt": lambda path: torch.save(_torch_rng_states(), path),
     }
+    if weights is not None:
+        del writers["adapter_config.json"]
     if best is not None:
         writers["best_adapter.safetensors"] = lambda path: tensors(path, best)
     state = {**state, "python_rng": _python_rng_state(), "numpy_rng": _numpy_rng_state()}
@@ -244,19 +252,24 @@ def save_run(
 
 
 def load_run(
-    path: Path, model: Any, optimizer: Any, device: torch.device
+    path: Path, model: Any, optimizer: Any, device: torch.device, *, params: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load checkpoint ``path`` of a LoRA run into ``model``, ``optimizer`` and the RNGs; return its ``state.json``
-    and the best evaluation's weights (name -> tensor on ``device``; None when it has none)."""
+    and the best evaluation's weights (name -> tensor on ``device``; None when it has none). With ``params``
+    (name -> parameter; ``method="full"``) the saved weights are copied into those parameters instead of an adapter."""
     import torch
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     state = read_state(path)
     adapter = load_file(str(path / "adapter_model.safetensors"), device=str(device))
-    unexpected = getattr(set_peft_model_state_dict(model, adapter), "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"checkpoint {path} holds adapter weights this model does not have: {unexpected[:3]}")
+    if params is not None:
+        _load_weights(path, params, adapter)
+    else:
+        from peft.utils import set_peft_model_state_dict
+
+        unexpected = getattr(set_peft_model_state_dict(model, adapter), "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"checkpoint {path} holds adapter weights this model does not have: {unexpected[:3]}")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     _set_torch_rng_states(torch.load(path / "rng.pt", weights_only=True))
     _set_python_rng(state.get("python_rng"))
@@ -264,6 +277,19 @@ def load_run(
     best_file = path / "best_adapter.safetensors"
     best = load_file(str(best_file), device=str(device)) if best_file.is_file() else None
     return state, best
+
+
+def _load_weights(path: Path, params: dict[str, Any], saved: dict[str, torch.Tensor]) -> None:
+    """Copy the weights of a full-training checkpoint into ``params``; raise ValueError when the names differ."""
+    import torch
+
+    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not hold the weights of this model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}); pass a new output_dir, or resume=False")  # fmt: skip
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
 
 
 def _torch_rng_states() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``FineTuneConfig``: every setting of a LoRA run, with a default and a help text, checked when it is built."""
+"""``FineTuneConfig``: every setting of a fine-tuning run (LoRA by default, or every weight with
+``method="full"``), with a default and a help text, checked when it is built."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..checks import field_help, is_finite_number
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "peft", "unsloth")
+METHODS = ("lora", "full")
 
 # Fields that decide what is being trained: a checkpoint can only be resumed under the same values.
 # Left out on purpose: everything about *how* (micro-batch, dtype, backend, 4-bit, eval and checkpoint cadence,
@@ -34,6 +36,15 @@ _FINGERPRINT_FIELDS = (
 class FineTuneConfig:
     """Settings of one LoRA fine-tuning run (see each field's ``help``); ``.smoke()`` gives a tiny copy."""
 
+    # --- what is trained ---
+    method: str = field(
+        default="lora",
+        metadata=field_help("'lora' (a low-rank adapter on the frozen model: small files, little memory) or 'full' "
+                       "(every floating-point weight of the model, no adapter: about 4x the model's memory for "
+                       "weights, gradients and AdamW moments, plus in-memory copies for rollback and the best "
+                       "evaluation; float32 or bfloat16 weights; the model is saved whole to <output_dir>/model and "
+                       "r, alpha, dropout, target_modules and backend are unused)."),
+    )  # fmt: skip
     # --- LoRA ---
     r: int = field(default=16, metadata=field_help("LoRA rank: size of the low-rank update; 8-64 is usual."))
     alpha: float = field(default=32, metadata=field_help("LoRA alpha: the update is scaled by alpha / r."))
@@ -121,6 +132,11 @@ class FineTuneConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):  # "False" is a true string: a switch must be a real bool
                 raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); e.g. {name}=False")
+        if self.method not in METHODS:
+            raise ValueError(
+                f"method must be one of {METHODS}, got {self.method!r}; e.g. method='lora' (an adapter) or "
+                "method='full' (every weight)"
+            )
         _positive_int(self, "r", "e.g. r=16")
         _number(self, "alpha", "e.g. alpha=32 (2 x r is usual)")
         _number(self, "dropout", "e.g. dropout=0.05", below=1.0)
@@ -150,6 +166,12 @@ class FineTuneConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}; 'auto' picks per device")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}; 'auto' picks per device")
+        if self.method == "full" and self.load_in_4bit:
+            raise ValueError("method='full' trains every weight, and 4-bit weights cannot be trained: set "
+                             "load_in_4bit=False, or method='lora' for QLoRA")
+        if self.method == "full" and self.backend == "unsloth":
+            raise ValueError("method='full' trains every weight, and backend='unsloth' trains LoRA adapters only: set "
+                             "backend='auto', or method='lora'")
         if self.target_modules is not None:
             if isinstance(self.target_modules, str) or not all(isinstance(t, str) and t for t in self.target_modules):
                 raise ValueError(
@@ -226,6 +248,8 @@ class FineTuneConfig:
         """Return the settings a checkpoint must share to be resumed (what is trained, not how)."""
         values = {name: getattr(self, name) for name in _FINGERPRINT_FIELDS}
         values["effective_batch_size"] = self.effective_batch_size
+        if self.method != "lora":  # only when not the default: checkpoints written before the field still resume
+            values["method"] = self.method
         return values
 
     @classmethod

@@ -116,10 +116,10 @@ class DistributedContext:
     ) -> tuple[torch.Tensor, int]:
         """Average the gradients of ``params`` and ``loss`` over the ranks in one all-reduce, in place.
 
-        Returns ``(mean loss, number of ranks that failed)``. A rank with ``failed=True`` (out of memory
-        mid-step) contributes zeros; the caller retries the step on every rank when the count is > 0. A
-        non-finite value on any rank makes the averaged loss or gradients non-finite on every rank, so the
-        loop's non-finite check skips the step everywhere: the ranks agree without a separate flag.
+        Returns ``(mean loss, number of ranks that failed)``; ``loss`` may be a vector, each value averaged. A rank
+        with ``failed=True`` (out of memory mid-step) contributes zeros; the caller retries the step on every rank
+        when the count is > 0. A non-finite value on any rank makes the averaged loss or gradients non-finite on
+        every rank, so the loop's non-finite check skips the step everywhere: the ranks agree without a separate flag.
         """
         import torch
         import torch.distributed as dist
@@ -131,8 +131,11 @@ class DistributedContext:
                 parts.append(torch.zeros(param.numel(), device=self.device, dtype=torch.float32))
             else:
                 parts.append(grad.detach().reshape(-1).to(self.device, torch.float32))
-        local_loss = torch.zeros((), device=self.device) if failed else loss.detach().to(self.device, torch.float32)
-        parts.append(torch.stack([local_loss, torch.tensor(float(failed), device=self.device)]))
+        # the loss may be a vector (the loss and its parts, e.g. distillation's kd_loss and lm_loss): averaged alike
+        local_loss = loss.detach().to(self.device, torch.float32).reshape(-1)
+        if failed:
+            local_loss = torch.zeros_like(local_loss)
+        parts.append(torch.cat([local_loss, torch.tensor([float(failed)], device=self.device)]))
         flat = torch.cat(parts)
         dist.all_reduce(flat)
         failures = round(flat[-1].item())
@@ -148,7 +151,7 @@ class DistributedContext:
                     param.grad = mean.to(param.device, param.dtype).clone()
                 else:
                     param.grad.copy_(mean)
-        return flat[offset].to(loss.device), 0
+        return flat[offset : offset + local_loss.numel()].reshape(loss.shape).to(loss.device), 0
 
     def broadcast_parameters(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Copy rank 0's values of ``params`` to every rank (one broadcast of a flat buffer)."""

@@ -6,6 +6,7 @@
 * :func:`save_merged` writes a standalone model: a physically pruned one (``colab_helpers.pruning.remove_heads``,
   layers may hold different head counts) through ``colab_helpers.pruning.save_pruned`` (reload with
   ``load_pruned``), any other through ``save_pretrained`` (reload with ``from_pretrained``).
+* :func:`save_model` does the same for a model without an adapter (one trained with ``method="full"``).
 
 Every directory is written under a temporary name and renamed into place, so a full disk or a disconnect never
 leaves half a model behind.
@@ -73,19 +74,35 @@ def save_merged(peft_model: Any, tokenizer: Any, path: str | os.PathLike[str]) -
             "remove the gated heads physically first (colab_helpers.pruning.remove_heads(model, mask) after "
             "gates.remove()), or save the adapter alone with save_adapter"
         )
-    merged = merge_adapter(peft_model)
-    if _is_pruned(merged):
+    return save_model(merge_adapter(peft_model), tokenizer, path)
+
+
+def save_model(model: Any, tokenizer: Any, path: str | os.PathLike[str]) -> Path:
+    """Save a plain model (no adapter: merged, or trained with ``method="full"``) + tokenizer; return the path.
+
+    A physically pruned model goes through ``colab_helpers.pruning.save_pruned`` (reload with ``load_pruned``), any
+    other through ``save_pretrained`` (reload with ``AutoModelForCausalLM.from_pretrained``), written atomically. A
+    gated model is refused, as by :func:`save_merged`.
+    """
+    hooked = _gate_hooks(model)
+    if hooked:
+        raise ValueError(
+            f"the model still carries head-gate hooks ({hooked[0]}, ...), which save_pretrained cannot store: "
+            "remove the gated heads physically first (colab_helpers.pruning.remove_heads(model, mask) after "
+            "gates.remove())"
+        )
+    if _is_pruned(model):
         from ..pruning import save_pruned
 
-        saved = save_pruned(merged, tokenizer, path)
-        logger.info("saved merged pruned model to %s (reload with colab_helpers.pruning.load_pruned)", saved)
+        saved = save_pruned(model, tokenizer, path)
+        logger.info("saved pruned model to %s (reload with colab_helpers.pruning.load_pruned)", saved)
         return saved
 
     def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
     saved = atomic_dir(path, write)
-    logger.info("saved merged model to %s", saved)
+    logger.info("saved model to %s", saved)
     return saved

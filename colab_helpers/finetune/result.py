@@ -14,7 +14,8 @@ from typing import Any
 class FineTuneResult:
     """What a run produced: the peft model, per-step history, events, best evaluation and where files went."""
 
-    model: Any = field(repr=False)  # the peft model, adapter attached (the best one when restore_best)
+    # the peft model, adapter attached (the best one when restore_best); with method="full" the model itself
+    model: Any = field(repr=False)
     history: list[dict[str, Any]] = field(repr=False)  # one dict per step, eval metrics merged into their step
     events: list[dict[str, Any]] = field(repr=False)  # NaN skips, rollbacks, halvings, fallbacks, stops
     best_step: int | None
@@ -32,6 +33,8 @@ class FineTuneResult:
     # why the run failed (every step non-finite, or NaN / inf in the weights), None when it did not: a failed run
     # stops with stopped_reason "non_finite", saves no adapter (adapter_dir None) and its model is no result
     failure: str | None = None
+    # method="full": the whole trained model (from_pretrained / load_pruned), in place of adapter_dir; None otherwise
+    model_dir: Path | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -89,6 +92,7 @@ class FineTuneResult:
             "output_dir": str(self.output_dir),
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
             "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
             "plot_path": str(self.plot_path) if self.plot_path else None,
             "failure": self.failure,
         }

@@ -13,11 +13,16 @@ are clipped; one host sync reads the loss and the gradient norm; a non-finite va
 :class:`~.guard.FailureGuard` decides what follows (as it does for out-of-memory and CUDA errors). The run's
 counters are a :class:`~.state.TrainingState`, saved with the adapter by :func:`.checkpoint.save_run`.
 
+What a micro-batch's loss is comes from one override point, :meth:`FineTuner._train_loss`: the causal-LM loss
+here, knowledge distillation from a teacher in :class:`~.distill.Distiller`. It may return extra terms (named by
+``loss_parts``) that reach the history rows through the same one host sync. ``method="full"`` trains every weight
+of the model instead of an adapter: the same loop, the weights in the checkpoints, the model saved whole at the end.
+
 Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs on every rank: each rank trains on
 its own share of the step's sequences, one all-reduce averages gradients and loss (:mod:`.distributed`), so every
 guard decides the same on every rank; rank 0 alone writes files and shows progress.
 
-About 570 lines, in one module because what is left shares the run's live fields (model, optimizer, device,
+About 650 lines, in one module because what is left shares the run's live fields (model, optimizer, device,
 precision and GradScaler, ranks, callbacks) and changes together: set-up in the order
 the checks must run (data, ranks, targets, resume, adapter), the loop, the step with its retry, the evaluation
 with early stopping, and the four-line hand-offs to checkpoint files. Splitting them further would pass those
@@ -31,10 +36,12 @@ import contextlib
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ColabHelpersWarning
 from ..runtime.cuda_fallback import is_cuda_oom
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from ..runtime.modules import model_device
@@ -52,6 +59,7 @@ from .lora import (
     check_4bit,
     choose_backend,
     hooked_modules,
+    is_quantized,
     model_fingerprint,
     resolve_precision,
     trainable_parameters,
@@ -67,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # method="full": the trained model, saved whole
 GRADIENT_DIR = "gradients"
 PLOT_FILE = "training.png"
 SUMMARY_FILE = "history.json"
@@ -81,6 +90,9 @@ class FineTuner:
     Construction checks everything that can be checked before training (settings, text length, output dir,
     target modules, a checkpoint to resume) and attaches the adapter; :meth:`train` runs the loop.
     """
+
+    # names of the extra terms :meth:`_train_loss` returns after the loss (history columns), e.g. distillation's
+    loss_parts: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -115,9 +127,13 @@ class FineTuner:
                 self._eval_blocks = self._eval_blocks[self.rank :: self.world_size]
         self.max_steps = total_steps(cfg, self._blocks, self.world_size, self.completion_only)
         # --- model ---
+        self.tokenizer = tokenizer  # saved with the model of a method="full" run
         self._amp_dtype, use_scaler = resolve_precision(cfg.dtype, self.device)
         self._scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
-        self.targets, self.gated_left_out = adapter_targets(model, cfg.target_modules)
+        if cfg.method == "full":
+            self.targets, self.gated_left_out = _check_full_training(model), []
+        else:
+            self.targets, self.gated_left_out = adapter_targets(model, cfg.target_modules)
         self.fingerprint = self._fingerprint(model)
         if self._dist is not None:
             check_same_model(self._dist, self.fingerprint)
@@ -152,12 +168,19 @@ class FineTuner:
             self._dist.broadcast_parameters(self.params)
 
     def _with_adapter(self, model: Any) -> tuple[Any, str]:
-        """Return ``(the model with LoRA attached, its backend)``; a peft model's own adapter is trained on."""
+        """Return ``(the model with LoRA attached, its backend)``; a peft model's own adapter is trained on. With
+        ``method="full"``: ``(the model itself with every floating-point weight trainable, "full")``."""
         import torch
         from peft import PeftModel
 
         cfg = self.config
-        if isinstance(model, PeftModel):
+        if cfg.method == "full":
+            if getattr(model, "loss_type", "") is None:  # as attach_lora: name the loss, quietly
+                model.loss_type = "ForCausalLM"
+            for param in model.parameters():
+                param.requires_grad_(param.is_floating_point())
+            tuned, backend = model, "full"
+        elif isinstance(model, PeftModel):
             tuned, backend = model, "peft"
         else:
             backend = choose_backend(cfg, model, self.device, gated=bool(hooked_modules(model)))
@@ -308,16 +331,12 @@ class FineTuner:
         if self.config.restore_best and self._best_params is not None:
             load_values(self.params, self._best_params)
             logger.info("restored the adapter of step %s (best eval loss %.4f)", state.best_step, state.best_eval_loss)
-        from .export import save_adapter
-
-        adapter_dir = None if failure else self.output_dir / ADAPTER_DIR
-        if self.is_main_process and adapter_dir is not None:
-            adapter_dir = save_adapter(self.model, adapter_dir)
+        adapter_dir, model_dir = self._save_final(failure)
         result = FineTuneResult(
             model=self.model, history=state.history, events=state.events, best_step=state.best_step,
             best_eval_loss=state.best_eval_loss, seconds=seconds, steps=state.step, stopped_reason=reason,
             device=str(self.device), world_size=self.world_size, backend=self.backend, output_dir=self.output_dir,
-            checkpoint_dir=last, adapter_dir=adapter_dir, failure=failure,
+            checkpoint_dir=last, adapter_dir=adapter_dir, failure=failure, model_dir=model_dir,
         )  # fmt: skip
         self.model.eval()
         self._emit("on_train_end", result)
@@ -327,6 +346,32 @@ class FineTuner:
         if self._dist is not None:
             self._dist.barrier()  # when train() returns on any rank, rank 0's files are all there
         return result
+
+    def _save_final(self, failure: str | None) -> tuple[Path | None, Path | None]:
+        """Save what the run trained (nothing for a failed run); return ``(adapter dir, model dir)``.
+
+        LoRA: the adapter in ``<output_dir>/adapter``. ``method="full"``: the whole model and the tokenizer in
+        ``<output_dir>/model``, except for a gated model (its gates cannot be saved): one warning, nothing saved.
+        """
+        from .export import save_adapter, save_model
+
+        if failure:
+            return None, None
+        if self.config.method != "full":
+            adapter_dir = self.output_dir / ADAPTER_DIR
+            return (save_adapter(self.model, adapter_dir) if self.is_main_process else adapter_dir), None
+        gated = hooked_modules(self.model)
+        if gated:
+            warnings.warn(
+                f"method='full': the trained model carries head-gate hooks ({gated[0]}, ...), which save_pretrained "
+                f"cannot store, so {self.output_dir / MODEL_DIR} was not written; remove the gated heads physically "
+                "(colab_helpers.pruning.remove_heads) and save result.model yourself",
+                ColabHelpersWarning,
+                stacklevel=5,  # _save_final <- _finish <- train <- fine_tune <- the caller
+            )
+            return None, None
+        model_dir = self.output_dir / MODEL_DIR
+        return None, (save_model(self.model, self.tokenizer, model_dir) if self.is_main_process else model_dir)
 
     def _checkpoint_on_interrupt(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -345,14 +390,17 @@ class FineTuner:
         import torch
 
         cfg = self.config
-        sequences = self._blocks.for_step(step, cfg.effective_batch_size * self.world_size)
+        rows = self._blocks.rows_for_step(step, cfg.effective_batch_size * self.world_size)
         if self.world_size > 1:  # the step's sequences of all ranks, dealt out: disjoint shards
-            sequences = sequences[self.rank :: self.world_size]
+            rows = rows[self.rank :: self.world_size]
+        sequences = self._blocks.blocks[rows]
         while True:
             try:
-                loss_sum, grad_norm = self._forward_backward(sequences)
-                # the one host sync of the step: loss and gradient norm together
-                loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.device, torch.float32)]).tolist()
+                loss_sums, grad_norm = self._forward_backward(sequences, rows)
+                # the one host sync of the step: loss, its parts and the gradient norm together
+                synced = torch.cat([loss_sums, grad_norm.reshape(1).to(loss_sums.device, torch.float32)])
+                *losses, norm = synced.tolist()
+                loss, parts = losses[0], dict(zip(self.loss_parts, losses[1:]))
                 break
             except Exception as exc:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -370,8 +418,9 @@ class FineTuner:
                 self._scaler.step(self.optimizer)
             else:
                 self.optimizer.step()
-        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "micro_batch_size": self.micro_batch_size,
-               "skipped": not finite, "device": self.device.type, "seconds": self.state.elapsed()}
+        row = {"step": step, "loss": loss, **parts, "lr": lr, "grad_norm": norm,
+               "micro_batch_size": self.micro_batch_size, "skipped": not finite, "device": self.device.type,
+               "seconds": self.state.elapsed()}
         if self._scaler is not None:
             if not finite and math.isfinite(loss):
                 # fp16 gradients overflowed at this loss scale: GradScaler's own business (it lowers the scale),
@@ -383,19 +432,20 @@ class FineTuner:
         self.optimizer.zero_grad(set_to_none=True)
         return row
 
-    def _forward_backward(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Accumulate gradients over the step's micro-batches; return (mean loss, clipped-gradient norm) as tensors."""
+    def _forward_backward(self, sequences: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate gradients over the step's micro-batches (``rows``: their numbers in the training blocks);
+        return ``([mean loss, *mean parts], clipped-gradient norm)`` as tensors."""
         import torch
 
         total = weight(sequences)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        loss_sum = torch.zeros(1 + len(self.loss_parts), device=self.device, dtype=torch.float32)
         failure: BaseException | None = None
         try:
-            for chunk in sequences.split(self.micro_batch_size):
-                loss = self._loss(chunk)
+            for chunk, chunk_rows in zip(sequences.split(self.micro_batch_size), rows.split(self.micro_batch_size)):
+                terms = self._train_loss(chunk, chunk_rows).float().reshape(-1)
                 # exact mean over the step: blocks have equal lengths; pairs weigh by their completion tokens
-                weighted = loss.float() * (weight(chunk) / total)
-                (self._scaler.scale(weighted) if self._scaler is not None else weighted).backward()
+                weighted = terms * (weight(chunk) / total)
+                (self._scaler.scale(weighted[0]) if self._scaler is not None else weighted[0]).backward()
                 loss_sum += weighted.detach()
         except Exception as exc:
             if self._dist is None or not is_cuda_oom(exc):
@@ -412,21 +462,37 @@ class FineTuner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
         return loss_sum, grad_norm
 
+    def _train_loss(self, chunk: torch.Tensor | CompletionBatch, rows: torch.Tensor) -> torch.Tensor:
+        """Return what one training micro-batch minimises: its mean loss, or ``[loss, *parts]`` (1-D, the parts
+        named by :attr:`loss_parts`, recorded in the history). ``rows`` are the micro-batch's numbers in the
+        training blocks (what a subclass looks precomputed data up by). The override point of the training
+        objective; evaluation keeps :meth:`_loss`."""
+        return self._loss(chunk)
+
     def _loss(self, chunk: torch.Tensor | CompletionBatch) -> torch.Tensor:
         """Return the mean loss of one micro-batch: over every token of plain blocks, over the completion tokens
         of (prompt, completion) examples (labels -100 on prompt and padding)."""
+        ids, mask, labels = self._inputs(chunk)
+        with self._autocast():
+            return self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+
+    def _inputs(self, chunk: torch.Tensor | CompletionBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(input_ids, attention_mask, labels)`` of a micro-batch on the run's device."""
         import torch
 
-        autocast = (contextlib.nullcontext() if self._amp_dtype is None
-                    else torch.autocast(device_type=self.device.type, dtype=self._amp_dtype))
-        with autocast:
-            if isinstance(chunk, CompletionBatch):
-                batch = chunk.to(self.device, non_blocking=True)
-                ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels
-            else:
-                ids = labels = chunk.to(self.device, non_blocking=True)
-                mask = torch.ones_like(ids)
-            return self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        if isinstance(chunk, CompletionBatch):
+            batch = chunk.to(self.device, non_blocking=True)
+            return batch.input_ids, batch.attention_mask, batch.labels
+        ids = chunk.to(self.device, non_blocking=True)
+        return ids, torch.ones_like(ids), ids
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Return the run's mixed-precision context (none in fp32, e.g. on the CPU)."""
+        import torch
+
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
 
     def _schedule(self, step: int) -> float:
         """Return the learning-rate factor of ``step``: linear warm-up, then cosine decay to 10%."""
@@ -521,12 +587,14 @@ class FineTuner:
             state["world_size"] = self.world_size
         names = [name for name, _ in self._named_params]
         best = dict(zip(names, self._best_params)) if self._best_params is not None else None
+        weights = dict(self._named_params) if self.config.method == "full" else None
         return ckpt.save_run(self.checkpoint_dir, self.step, self.model, self.optimizer, state, best=best,
-                             keep=self.config.keep_checkpoints)
+                             keep=self.config.keep_checkpoints, weights=weights)
 
     def _load_checkpoint(self, path: Path) -> None:
         """Restore the run from checkpoint ``path`` (already checked by :func:`.resume.checkpoint_to_resume`)."""
-        saved, best = ckpt.load_run(path, self.model, self.optimizer, self.device)
+        params = dict(self._named_params) if self.config.method == "full" else None
+        saved, best = ckpt.load_run(path, self.model, self.optimizer, self.device, params=params)
         cfg = self.config
         self.state = TrainingState.from_dict(saved)
         # the micro-batch an out-of-memory halving left is kept (a bigger one would fail again on the same GPU)
@@ -558,6 +626,30 @@ def fine_tune(model: Any, tokenizer: Any, train_texts: TrainingData, eval_texts:
     :class:`~colab_helpers.LivePlot` saved as ``<output_dir>/training.png``; ``progress`` shows a tqdm bar.
     """
     return FineTuner(model, tokenizer, train_texts, eval_texts, config, **options).train()
+
+
+def _check_full_training(model: Any) -> list[str]:
+    """Return the adapter targets of a ``method="full"`` run (none); raise ValueError for a model that cannot be
+    trained whole: one carrying a LoRA adapter, one loaded in 4 or 8 bit, or one with float16 weights."""
+    import torch
+
+    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError(
+            "method='full' trains a plain model, and this one carries a LoRA adapter: fold it in first (model = "
+            "merge_adapter(model)) or reload the base model; or keep training the adapter with method='lora'"
+        )
+    if is_quantized(model):
+        raise ValueError(
+            "method='full' cannot train a model loaded in 4 or 8 bit: load it unquantized, or use method='lora' "
+            "(QLoRA)"
+        )
+    half = next((name for name, p in model.named_parameters() if p.dtype == torch.float16), None)
+    if half is not None:  # GradScaler refuses float16 gradients, and AdamW's small updates vanish in float16
+        raise ValueError(
+            f"method='full' cannot train float16 weights ({half}, ...; load_model's default on GPUs older than "
+            "the A100, e.g. a T4): load the model with load_model(name, dtype='float32'), or use method='lora'"
+        )
+    return []
 
 
 def _writable_output_dir(path: Any) -> Path:

@@ -3,6 +3,8 @@
 - :mod:`.base` -- the shared figure base (``new_figure``, ``save_figure``), log-axis helpers;
 - :mod:`.live` -- :class:`~.live.LivePlot`, training curves that redraw in place and end as a PNG;
 - :mod:`.pruning` -- head-importance heatmaps, pruned heads per layer, perplexity against level, stage perplexity;
+- :mod:`.compression` -- what :func:`~colab_helpers.compress` removed per layer and axis; distillation vs LoRA
+  recovery curves;
 - :mod:`.sweeps` -- a sweep's runs table as figures;
 - :mod:`.training` -- gradient norms of a training run;
 - :mod:`.report` -- the one self-contained HTML report builder (tables and figures embedded).

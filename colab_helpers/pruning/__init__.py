@@ -1,4 +1,5 @@
-"""Stage 2, pruning: attention heads of causal LMs of many architectures, scored, selected, gated, removed.
+"""Stage 2, pruning: attention heads, MLP channels and whole layers of causal LMs of many architectures, scored,
+selected, gated, removed; :func:`compress` prunes to a parameter target across the three.
 
 transformers 5 dropped ``head_mask`` and ``prune_heads``; this sub-package does both through one code path
 driven by a small table of where attention lives. It works on any loaded ``nn.Module`` and imports no model
@@ -11,6 +12,13 @@ loading (:mod:`colab_helpers.models` imports it to read pruned checkpoints back)
 - :mod:`.removal` -- :func:`remove_heads`, physical removal by slicing weights, with a :class:`PruneReport`;
 - :mod:`.record` -- the pruning record (kept heads per layer), checked on load; the guard against stale masks;
 - :mod:`.io` -- :func:`save_pruned` / :func:`load_pruned`, safetensors + ``pruning.json``;
+- :mod:`.mlp` -- MLP channels: :func:`mlp_importance` (activation, Taylor, random), :func:`gate_mlp`,
+  :func:`remove_mlp_channels` (per-layer sizes go into the record);
+- :mod:`.layers` -- whole layers: :func:`layer_importance` (block influence, loss, random), :func:`skip_layers`,
+  :func:`remove_layers` (KV-cache indices, config and record follow);
+- :mod:`.flops` -- :func:`forward_flops`, the speed-up prediction read from actual shapes;
+- :mod:`.compress` -- :func:`compress`, to a parameter target across heads, MLP and layers, with a
+  :class:`CompressReport`;
 - :mod:`.study` -- strategies over seeds, perplexity against level (:class:`~.study.PruningStudyConfig`).
 
 A new architecture: add its attention spec to :mod:`.layout`. A new strategy: a scoring function in
@@ -20,15 +28,35 @@ them, never at import time of this package.
 
 from __future__ import annotations
 
+from .compress import AXES, CompressReport, compress
+from .flops import forward_flops
 from .gating import HeadGates, gate_heads
 from .importance import AUTO_NORMALIZATION, NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores
 from .io import load_pruned, save_pruned
+from .layers import LAYER_STRATEGIES, LayerReport, layer_importance, remove_layers, skip_layers
 from .layout import AttentionSpec, HeadLayout, head_layout, supported_architectures
+from .mlp import MLP_STRATEGIES, MlpGates, MlpReport, gate_mlp, mlp_importance, remove_mlp_channels, select_mlp_channels
 from .removal import PruneReport, remove_heads
 from .selection import SCOPES, select_heads
 
 __all__ = [
     "AUTO_NORMALIZATION",
+    "AXES",
+    "CompressReport",
+    "LAYER_STRATEGIES",
+    "LayerReport",
+    "MLP_STRATEGIES",
+    "MlpGates",
+    "MlpReport",
+    "compress",
+    "forward_flops",
+    "gate_mlp",
+    "layer_importance",
+    "mlp_importance",
+    "remove_layers",
+    "remove_mlp_channels",
+    "select_mlp_channels",
+    "skip_layers",
     "AttentionSpec",
     "HeadGates",
     "HeadLayout",

@@ -160,8 +160,8 @@ def _raw_scores(
         return _magnitude_scores(sites, layout)
     if batches is None:
         raise ValueError(f"strategy {strategy!r} needs batches: an iterable of dicts with input_ids")
-    iterator = _progress(batches, strategy, max_batches, progress)
-    with _eval_mode(model):
+    iterator = progress_bar(batches, f"head importance ({strategy})", max_batches, progress)
+    with eval_mode(model):
         if strategy == "entropy":
             return _entropy_scores(model, sites, layout, iterator)
         return _gradient_scores(model, layout, iterator)
@@ -224,7 +224,7 @@ def _entropy_scores(
     try:
         with _eager_attention(model), torch.no_grad():
             for batch in batches:
-                input_ids, attention_mask = _inputs(batch, model)
+                input_ids, attention_mask = batch_inputs(batch, model)
                 current["attention_mask"] = attention_mask
                 seen += 1
                 batch_sums.clear()
@@ -315,12 +315,12 @@ def _gradient_scores(model: nn.Module, layout: HeadLayout, batches: Iterator[Any
             param.requires_grad_(False)
         with torch.enable_grad():
             for batch in batches:
-                input_ids, attention_mask = _inputs(batch, model)
+                input_ids, attention_mask = batch_inputs(batch, model)
                 gate_values = torch.ones(input_ids.shape[0], layout.num_layers, layout.max_heads, device=device,
                                          requires_grad=True)
                 gates.set(gate_values)
                 logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                losses, has_tokens = _per_example_loss(logits, input_ids, attention_mask)
+                losses, has_tokens = per_example_loss(logits, input_ids, attention_mask)
                 losses.sum().backward()
                 grad = gate_values.grad.detach().abs().double().cpu()
                 total += grad[has_tokens.cpu()].sum(dim=0)
@@ -338,7 +338,7 @@ def _gradient_scores(model: nn.Module, layout: HeadLayout, batches: Iterator[Any
     return scores
 
 
-def _per_example_loss(
+def per_example_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return each example's mean next-token loss over real tokens, and which examples had any."""
@@ -356,7 +356,7 @@ def _per_example_loss(
     return token_loss.sum(dim=1) / n.clamp_min(1), n > 0
 
 
-def _inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def batch_inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     import torch
 
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
@@ -379,7 +379,7 @@ def _inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | 
     return input_ids, attention_mask
 
 
-def _progress(batches: Iterable[Any], strategy: str, max_batches: int | None, progress: bool) -> Iterator[Any]:
+def progress_bar(batches: Iterable[Any], desc: str, max_batches: int | None, progress: bool) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
     total = None
@@ -390,10 +390,10 @@ def _progress(batches: Iterable[Any], strategy: str, max_batches: int | None, pr
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
         batches = itertools.islice(batches, max_batches)
-    return iter(tqdm(batches, total=total, desc=f"head importance ({strategy})", disable=not progress, leave=False))
+    return iter(tqdm(batches, total=total, desc=desc, disable=not progress, leave=False))
 
 
-class _eval_mode:  # noqa: N801 - used as a context manager like torch.no_grad
+class eval_mode:  # noqa: N801 - used as a context manager like torch.no_grad
     """Put the model in eval mode for a block, then restore every submodule's own training flag."""
 
     def __init__(self, model: nn.Module) -> None:

@@ -1,8 +1,9 @@
 """Save and reload physically pruned models, whose layers may each hold a different number of heads.
 
-``from_pretrained`` cannot load such a model: the config has one head count for all layers. So
+``from_pretrained`` cannot load such a model: the config has one head count and one MLP size for all layers. So
 :func:`save_pruned` writes the usual ``save_pretrained`` files (config, safetensors weights, tokenizer) plus a
-``pruning.json`` with the kept heads of every layer, and :func:`load_pruned` builds the full model from the
+``pruning.json`` with the kept heads and MLP channels of every layer (removed layers are gone from the config's
+``num_hidden_layers``), and :func:`load_pruned` builds the full model from the
 config, cuts it to the recorded shapes, then loads the safetensors weights strictly. Nothing touches the
 network; the directory is written under a temporary name and renamed into place when complete. A damaged
 ``pruning.json`` (not JSON, keys missing, head counts that do not fit the config) is refused with the file's path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime.files import atomic_dir, atomic_write_text
 from .layout import head_layout
+from .mlp import apply_mlp_sizes, known_mlp_sizes
 from .record import check_record, current_record
 from .removal import apply_record
 
@@ -47,7 +49,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str]) 
             f"{str(target)!r} exists and is not a pruned-model directory; pass a new or empty directory so that "
             "nothing else gets overwritten"
         )
-    record = current_record(model, head_layout(model))
+    record = current_record(model, head_layout(model), known_mlp_sizes(model))
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, **_save_kwargs(model))
@@ -81,7 +83,9 @@ def load_pruned(
     model = AutoModelForCausalLM.from_config(config, **extra)
     try:
         apply_record(model, {k: v for k, v in meta.items() if k != "format"})
-    except ValueError as exc:
+        if "mlp_sizes" in meta:
+            apply_mlp_sizes(model, meta["mlp_sizes"], original=meta.get("original_mlp_sizes"))
+    except (ValueError, NotImplementedError) as exc:
         raise ValueError(f"{str(source / PRUNING_FILE)!r} does not fit the model's config.json: {exc}") from exc
     state = _read_state_dict(source)
     saved_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
@@ -152,8 +156,18 @@ def _read_state_dict(source: Path) -> dict[str, torch.Tensor]:
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load ``state`` into ``model``: every key must match, except tied weights that safetensors stores once."""
-    result = model.load_state_dict(state, strict=False)
     own = model.state_dict(keep_vars=True)
+    # load_state_dict raises a bare RuntimeError on a shape mismatch: name the files and the fix instead
+    wrong = [
+        f"{k} {tuple(t.shape)} != {tuple(own[k].shape)}" for k, t in state.items() if k in own and t.shape != own[k].shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"weights in {str(source)!r} do not have the shapes that its {PRUNING_FILE} gives (saved != expected: "
+            f"{wrong[:3]}); the files were changed or do not belong together: save the pruned model again with "
+            "save_pruned"
+        )
+    result = model.load_state_dict(state, strict=False)
     stored = {id(t) for k, t in own.items() if k in state}
     untied_missing = [k for k in result.missing_keys if id(own[k]) not in stored]
     if untied_missing or result.unexpected_keys:

@@ -117,7 +117,7 @@ def supported_architectures() -> tuple[str, ...]:
 
 
 def _unsupported(model: Any, why: str) -> NotImplementedError:
-    arch = _model_type(model)
+    arch = model_type_of(model)
     return NotImplementedError(
         f"cannot locate attention heads in architecture {arch!r} ({type(model).__name__}): {why}. Supported: "
         f"{', '.join(supported_architectures())}, and decoders whose attention has separate q_proj/k_proj/v_proj "
@@ -187,7 +187,7 @@ class AttentionSite:
     def proj(self, name: str | None) -> nn.Module:
         """Return the projection called ``name`` (a dotted path below the attention module)."""
         assert name is not None
-        return _get_path(self.attn, name)
+        return get_path(self.attn, name)
 
     @property
     def out_proj(self) -> nn.Module:
@@ -205,7 +205,7 @@ def head_layout(model: nn.Module) -> HeadLayout:
 def layout_of(model: nn.Module, sites: list[AttentionSite]) -> HeadLayout:
     """Return the :class:`HeadLayout` of already located attention sites."""
     return HeadLayout(
-        architecture=_model_type(model),
+        architecture=model_type_of(model),
         query_heads=tuple(s.n_q for s in sites),
         kv_heads=tuple(s.n_kv for s in sites),
         head_dim=sites[0].head_dim,
@@ -223,7 +223,7 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
     sites = []
     for index, layer in enumerate(layers):
         try:
-            attn = _get_path(layer, spec.attn)
+            attn = get_path(layer, spec.attn)
         except AttributeError as exc:
             raise _unsupported(model, f"layer {index} has no attention module at {spec.attn!r}") from exc
         sites.append(_site(model, index, attn, spec))
@@ -232,20 +232,20 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
 
 def _site(model: nn.Module, index: int, attn: nn.Module, spec: AttentionSpec) -> AttentionSite:
     head_dim = _head_dim(model, attn)
-    q_dim = in_features(_get_path(attn, spec.out))
+    q_dim = in_features(get_path(attn, spec.out))
     if q_dim % head_dim:
         raise _unsupported(
             model, f"layer {index}: output projection input {q_dim} is not a multiple of head size {head_dim}"
         )
     n_q = q_dim // head_dim
     if spec.fused:
-        fused_out = out_features(_get_path(attn, spec.qkv))  # type: ignore[arg-type]
+        fused_out = out_features(get_path(attn, spec.qkv))  # type: ignore[arg-type]
         if spec.fused_layout == "interleaved":
             n_kv = fused_out // (3 * head_dim)
         else:  # blocks and grouped both hold n_q query heads and n_kv key and value heads
             n_kv = (fused_out - q_dim) // (2 * head_dim)
     else:
-        n_kv = out_features(_get_path(attn, spec.k)) // head_dim  # type: ignore[arg-type]
+        n_kv = out_features(get_path(attn, spec.k)) // head_dim  # type: ignore[arg-type]
     if n_kv < 1 or n_q % n_kv:
         raise _unsupported(model, f"layer {index}: {n_q} query heads do not split into {n_kv} key/value groups")
     return AttentionSite(index=index, attn=attn, spec=spec, head_dim=head_dim, n_q=n_q, n_kv=n_kv)
@@ -294,7 +294,7 @@ def check_causal_lm(model: Any) -> None:
         )
 
 
-def _model_type(model: Any) -> str:
+def model_type_of(model: Any) -> str:
     config = getattr(model, "config", None)
     return str(getattr(config, "model_type", None) or type(model).__name__)
 
@@ -321,28 +321,34 @@ def _num_layers(model: Any) -> int | None:
 
 
 def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], AttentionSpec]:
-    """Return the decoder layers (the first ModuleList with one entry per hidden layer holding attention) and
-    the table row that describes their attention."""
+    """Return the decoder layers and the table row that describes their attention."""
+    _, layers, spec = decoder_layer_list(model)
+    return list(layers), spec
+
+
+def decoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList, AttentionSpec]:
+    """Return ``(dotted path, ModuleList, attention row)`` of the decoder layers: the first ModuleList with one
+    entry per hidden layer (``config.num_hidden_layers``) whose layers hold attention where the table says."""
     from torch import nn
 
     n = _num_layers(model)
-    for _, module in model.named_modules():
+    for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0 or (n is not None and len(module) != n):
             continue
         spec = _spec_for(model, module[0])
         if spec is not None:
-            return list(module), spec
+            return path, module, spec
     raise _unsupported(model, f"no list of {n} decoder layers with a known attention module found")
 
 
 def _spec_for(model: nn.Module, layer: nn.Module) -> AttentionSpec | None:
     """Return the table row for ``model`` if ``layer`` holds attention where it says, else one found by name."""
-    model_type = _model_type(model)
+    model_type = model_type_of(model)
     config = text_config(model)
     for spec in _SPECS:
         if model_type in spec.model_types and all(getattr(config, k, None) == v for k, v in spec.when):
             try:
-                _get_path(layer, spec.attn)
+                get_path(layer, spec.attn)
             except AttributeError:
                 return None
             return spec
@@ -358,7 +364,7 @@ def _spec_for(model: nn.Module, layer: nn.Module) -> AttentionSpec | None:
     return None
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module:
+def get_path(root: nn.Module, path: str) -> nn.Module:
     module = root
     for part in path.split("."):
         if part:

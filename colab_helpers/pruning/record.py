@@ -4,6 +4,10 @@
 A record holds, per layer, the kept query heads and key/value heads (original indices) and the zeroed padding
 heads (:mod:`.removal`); ``original_query_heads`` / ``original_kv_heads`` / ``head_dim`` say what the unpruned
 model had, so a pruned model's shapes can be rebuilt from its config (:func:`~colab_helpers.pruning.load_pruned`).
+Version 2 adds, where MLP channels or whole layers were removed (:mod:`.mlp`, :mod:`.layers`): ``mlp_sizes`` and
+``original_mlp_sizes`` (intermediate channels per layer: transformers configs hold one ``intermediate_size``), and
+``kept_layers`` / ``original_num_layers`` (which of the original decoder layers remain). Every per-layer list has
+one entry per layer the model holds *now*: removing a layer removes its entries.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 _RECORD_KEYS = (
     "architecture",
     "head_dim",
@@ -28,12 +32,18 @@ _RECORD_KEYS = (
     "padding_heads",
 )
 
+_PER_LAYER_KEYS = (*_RECORD_KEYS[2:], "kept_layers", "mlp_sizes", "original_mlp_sizes")
 
-def current_record(model: nn.Module, layout: HeadLayout) -> dict[str, Any]:
-    """Return the model's pruning record, or the identity record of an unpruned model."""
+
+def current_record(model: nn.Module, layout: HeadLayout, mlp_sizes: list[int] | None = None) -> dict[str, Any]:
+    """Return the model's pruning record, or the identity record of an unpruned model.
+
+    ``mlp_sizes`` (the intermediate channels each layer holds now, when the MLPs can be located) fills the MLP
+    entries of a record that has none and is checked against one that has them.
+    """
     record = pruning_record(model)
     if record is None:
-        return {
+        record = {
             "format_version": RECORD_VERSION,
             "architecture": layout.architecture,
             "head_dim": layout.head_dim,
@@ -43,14 +53,39 @@ def current_record(model: nn.Module, layout: HeadLayout) -> dict[str, Any]:
             "kept_kv_heads": [list(range(n)) for n in layout.kv_heads],
             "padding_heads": [[] for _ in layout.query_heads],
         }
-    counts = [len(k) for k in record["kept_heads"]], [len(k) for k in record["kept_kv_heads"]]
-    if counts != (list(layout.query_heads), list(layout.kv_heads)):
-        raise RuntimeError(
-            f"model.config.{RECORD_ATTR} says the layers hold {counts[0]} query heads but they hold "
-            f"{list(layout.query_heads)}; the model was changed outside remove_heads. Delete the attribute only if "
-            "the model is unpruned"
-        )
-    return copy.deepcopy(record)
+    else:
+        counts = [len(k) for k in record["kept_heads"]], [len(k) for k in record["kept_kv_heads"]]
+        if counts != (list(layout.query_heads), list(layout.kv_heads)):
+            raise RuntimeError(
+                f"model.config.{RECORD_ATTR} says the layers hold {counts[0]} query heads but they hold "
+                f"{list(layout.query_heads)}; the model was changed outside remove_heads. Delete the attribute only "
+                "if the model is unpruned"
+            )
+        record = copy.deepcopy(record)
+    record.setdefault("original_num_layers", layout.num_layers)
+    record.setdefault("kept_layers", list(range(layout.num_layers)))
+    if mlp_sizes is not None:
+        if "mlp_sizes" not in record:
+            record["mlp_sizes"] = list(mlp_sizes)
+            record["original_mlp_sizes"] = list(mlp_sizes)
+        elif list(record["mlp_sizes"]) != list(mlp_sizes):
+            raise RuntimeError(
+                f"model.config.{RECORD_ATTR} says the layers hold {record['mlp_sizes']} MLP channels but they hold "
+                f"{list(mlp_sizes)}; the model was changed outside remove_mlp_channels"
+            )
+    record["format_version"] = RECORD_VERSION
+    return record
+
+
+def drop_layers_from_record(record: dict[str, Any], kept: list[int]) -> dict[str, Any]:
+    """Return ``record`` with only the entries of the layers at positions ``kept`` (current positions)."""
+    new = copy.deepcopy(record)
+    for key in _PER_LAYER_KEYS:
+        if key in record:
+            new[key] = [copy.deepcopy(record[key][i]) for i in kept]
+    new.pop("last_mask", None)  # positions of a mask for the old layers mean nothing now
+    new.pop("last_mask_heads", None)
+    return new
 
 
 def had_removals(record: dict[str, Any] | None) -> bool:
@@ -156,3 +191,30 @@ def check_record(record: Any) -> None:
                 f"layer {i}: kept query heads {kept} do not fill the kept key/value heads {kept_kv} evenly "
                 f"({group} query heads per key/value head originally)"
             )
+    _check_layer_entries(record, layers, int_list)
+    _check_mlp_entries(record, layers, int_list)
+
+
+def _check_layer_entries(record: dict[str, Any], layers: int, int_list: Any) -> None:
+    if "kept_layers" not in record and "original_num_layers" not in record:
+        return
+    total = record.get("original_num_layers")
+    if not isinstance(total, int) or isinstance(total, bool) or total < layers:
+        raise ValueError(f"original_num_layers must be an integer >= the {layers} layers recorded, got {total!r}")
+    kept = int_list("kept_layers", record.get("kept_layers"))
+    if len(kept) != layers or kept != sorted(set(kept)) or (kept and (kept[0] < 0 or kept[-1] >= total)):
+        raise ValueError(
+            f"kept_layers must be {layers} increasing layer indices in [0, {total}), got {kept}"
+        )
+
+
+def _check_mlp_entries(record: dict[str, Any], layers: int, int_list: Any) -> None:
+    if "mlp_sizes" not in record and "original_mlp_sizes" not in record:
+        return
+    sizes = int_list("mlp_sizes", record.get("mlp_sizes"))
+    original = int_list("original_mlp_sizes", record.get("original_mlp_sizes"))
+    if len(sizes) != layers or len(original) != layers:
+        raise ValueError(f"mlp_sizes and original_mlp_sizes need one entry per layer ({layers}), got {sizes} / {original}")
+    for i, (n, full) in enumerate(zip(sizes, original)):
+        if not 1 <= n <= full:
+            raise ValueError(f"mlp_sizes[{i}] must be in [1, original_mlp_sizes[{i}] = {full}], got {n}")

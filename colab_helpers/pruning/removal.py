@@ -183,7 +183,7 @@ def remove_heads(
             "before remove_heads: their head counts would no longer match"
         )
     record = current_record(model, layout)
-    plans = [_plan_layer(mask[s.index, : s.n_q].tolist(), s.n_q, s.n_kv) for s in sites]
+    plans = [plan_layer(mask[s.index, : s.n_q].tolist(), s.n_q, s.n_kv) for s in sites]
     changed = [s for s, p in zip(sites, plans) if p.changes(s.n_q, s.n_kv)]
     for site in changed:
         check_removable(model, site)
@@ -244,7 +244,7 @@ def apply_record(model: nn.Module, record: dict[str, Any]) -> None:
     setattr(model.config, RECORD_ATTR, copy.deepcopy(record))
 
 
-def _plan_layer(prune: list[bool], n_q: int, n_kv: int) -> _LayerPlan:
+def plan_layer(prune: list[bool], n_q: int, n_kv: int) -> _LayerPlan:
     """Plan one layer: drop key/value groups with no kept query head, pad uneven groups with pruned heads."""
     group = n_q // n_kv
     members = [list(range(g * group, (g + 1) * group)) for g in range(n_kv)]
@@ -428,9 +428,9 @@ def _slice_site(site: AttentionSite, plan: _LayerPlan) -> AttentionSite:
     kv_rows = _head_index(plan.keep_kv, hd, 0, device)
     new_q, new_kv = len(plan.keep_q), len(plan.keep_kv)
     if not spec.fused:
-        _slice_out(site.proj(spec.q), q_rows)
-        _slice_out(site.proj(spec.k), kv_rows)
-        _slice_out(site.proj(spec.v), kv_rows)
+        slice_out(site.proj(spec.q), q_rows)
+        slice_out(site.proj(spec.k), kv_rows)
+        slice_out(site.proj(spec.v), kv_rows)
     else:  # new block b of the fused projection comes from old block source[b]
         layout = spec.fused_layout or ""
         old_q, old_k, old_v = fused_blocks(layout, site.n_q, site.n_kv)
@@ -439,8 +439,8 @@ def _slice_site(site: AttentionSite, plan: _LayerPlan) -> AttentionSite:
         for new, old, keep in zip(new_blocks, (old_q, old_k, old_v), (plan.keep_q, plan.keep_kv, plan.keep_kv)):
             for b, position in zip(new, keep):
                 source[b] = old[position]
-        _slice_out(site.proj(spec.qkv), _head_index(source, hd, 0, device))
-    _slice_in(site.out_proj, q_rows)
+        slice_out(site.proj(spec.qkv), _head_index(source, hd, 0, device))
+    slice_in(site.out_proj, q_rows)
     _update_counts(site.attn, site.n_q, site.n_kv, new_q, new_kv, hd)
     _update_config_view(site.attn, new_q, new_kv)
     return replace(site, n_q=new_q, n_kv=new_kv)
@@ -452,7 +452,7 @@ def _new_param(old: torch.nn.Parameter, value: torch.Tensor) -> torch.nn.Paramet
     return nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
 
 
-def _slice_out(module: nn.Module, rows: torch.Tensor) -> None:
+def slice_out(module: nn.Module, rows: torch.Tensor) -> None:
     """Keep only output features ``rows`` of a Linear (weight rows) or Conv1D (weight columns)."""
     conv = is_conv1d(module)
     module.weight = _new_param(module.weight, module.weight.index_select(1 if conv else 0, rows))
@@ -464,7 +464,7 @@ def _slice_out(module: nn.Module, rows: torch.Tensor) -> None:
         module.out_features = len(rows)
 
 
-def _slice_in(module: nn.Module, cols: torch.Tensor) -> None:
+def slice_in(module: nn.Module, cols: torch.Tensor) -> None:
     """Keep only input features ``cols`` of a Linear (weight columns) or Conv1D (weight rows)."""
     conv = is_conv1d(module)
     module.weight = _new_param(module.weight, module.weight.index_select(0 if conv else 1, cols))

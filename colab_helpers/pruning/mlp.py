@@ -1,0 +1,587 @@
+"""MLP-neuron (intermediate channel) pruning: where each architecture's MLP lives, channel importance, reversible
+gating by hooks, and physical removal with per-layer sizes recorded.
+
+An MLP maps the hidden state up to ``intermediate`` channels (one projection, or two for gated MLPs: ``act(gate)
+* up``) and back down with one output projection. Channel ``c`` is row ``c`` of every up projection (rows ``c``
+and ``intermediate + c`` of Phi-3's fused ``gate_up_proj``) and column ``c`` of the output projection, so
+removing it removes exactly its contribution, the output projection's input ``c``. Gating multiplies that input
+(a forward pre-hook on the output projection), which is why gated and removed logits agree.
+
+Importance of each channel, from calibration batches (``MLP_STRATEGIES``):
+
+- ``"activation"``: mean absolute value of the channel's input to the output projection over real tokens
+  (Minitron's activation-based width importance);
+- ``"taylor"``: first-order Taylor estimate of the loss change when the channel is removed, ``|a * dL/da|``
+  summed over a sequence, per example, averaged (LLM-Pruner's first-order criterion at the channel level, the
+  same estimate as gradient head importance);
+- ``"random"``: uniform scores from a seed (the baseline).
+
+Scores come as one float32 CPU tensor per layer (layers may hold different channel counts after removal).
+transformers configs hold one ``intermediate_size``: the per-layer sizes go into the pruning record
+(:mod:`.record`, ``mlp_sizes``), from which :func:`~colab_helpers.pruning.load_pruned` rebuilds the shapes.
+
+The spec table, gating, importance and removal stay in one module because they must agree on one layout of
+every MLP projection (Phi-3's fused halves, OPT's flattened rows); split, a fix to one could silently break the
+gated == removed guarantee of another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..runtime.modules import model_device, parameter_count
+from .layout import (
+    RECORD_ATTR,
+    get_path,
+    model_type_of,
+    base_layer,
+    decoder_layer_list,
+    head_layout,
+    in_features,
+    is_conv1d,
+    out_features,
+    weight_out_in,
+)
+from .record import current_record
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MLP_STRATEGIES = ("activation", "taylor", "random")
+# Integer attributes of MLP modules that track the intermediate size (updated only when they hold the old value).
+_SIZE_ATTRS = ("intermediate_size", "ffn_dim", "inner_dim", "n_inner")
+
+
+@dataclass(frozen=True)
+class MlpSpec:
+    """Where the MLP sits in a decoder layer: ``mlp`` (dotted path, ``""`` for the layer itself as in OPT), the
+    projections producing the intermediate channels (``inputs``) and the one reading them (``output``).
+    ``fused_gate_up``: one input projection holding ``[gate | up]`` halves (Phi-3)."""
+
+    model_types: tuple[str, ...]
+    mlp: str
+    inputs: tuple[str, ...]
+    output: str
+    fused_gate_up: bool = False
+
+
+def _gated(*model_types: str) -> MlpSpec:
+    return MlpSpec(model_types, mlp="mlp", inputs=("gate_proj", "up_proj"), output="down_proj")
+
+
+# Read from each architecture's MLP forward in transformers 5.x (models/*/modeling_*.py).
+_MLP_SPECS: tuple[MlpSpec, ...] = (
+    _gated("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "stablelm"),
+    MlpSpec(("gpt2", "gpt_bigcode", "gpt_neo"), mlp="mlp", inputs=("c_fc",), output="c_proj"),
+    MlpSpec(("opt",), mlp="", inputs=("fc1",), output="fc2"),
+    MlpSpec(("gpt_neox", "bloom", "falcon"), mlp="mlp", inputs=("dense_h_to_4h",), output="dense_4h_to_h"),
+    MlpSpec(("gptj",), mlp="mlp", inputs=("fc_in",), output="fc_out"),
+    MlpSpec(("phi",), mlp="mlp", inputs=("fc1",), output="fc2"),
+    MlpSpec(("phi3",), mlp="mlp", inputs=("gate_up_proj",), output="down_proj", fused_gate_up=True),
+)
+
+
+@dataclass
+class MlpSite:
+    """One decoder layer's MLP: its projections and current channel count (internal)."""
+
+    index: int
+    module: nn.Module
+    spec: MlpSpec
+    size: int
+
+    @property
+    def inputs(self) -> list[nn.Module]:
+        return [get_path(self.module, name) for name in self.spec.inputs]
+
+    @property
+    def output(self) -> nn.Module:
+        return get_path(self.module, self.spec.output)
+
+    def params_per_channel(self) -> int:
+        """Parameters one channel costs: its rows (and biases) in the input projections, its output column."""
+        rows = 2 if self.spec.fused_gate_up else 1
+        total = 0
+        for proj in self.inputs:
+            bias = getattr(base_layer(proj), "bias", None)
+            total += rows * (in_features(proj) + (1 if bias is not None else 0))
+        return total + out_features(self.output)
+
+
+def mlp_sites(model: nn.Module) -> list[MlpSite]:
+    """Locate every decoder layer's MLP and read its channel count from the weights.
+
+    Raises ``NotImplementedError`` naming the architecture when the MLP cannot be located (MLP pruning supports
+    the architectures of head pruning; mixtures of experts are refused).
+    """
+    _, layers, _ = decoder_layer_list(model)
+    spec = _spec_for(model, layers[0])
+    sites = []
+    for index, layer in enumerate(layers):
+        try:
+            module = get_path(layer, spec.mlp)
+            inputs = [get_path(module, name) for name in spec.inputs]
+            output = get_path(module, spec.output)
+        except AttributeError as exc:
+            raise _unsupported(model, f"layer {index} has no MLP projections {spec.inputs} / {spec.output!r}") from exc
+        size = in_features(output)
+        for proj in inputs:
+            expected = 2 * size if spec.fused_gate_up else size
+            if out_features(proj) != expected:
+                raise _unsupported(
+                    model, f"layer {index}: MLP projection gives {out_features(proj)} channels, output reads {size}"
+                )
+        sites.append(MlpSite(index=index, module=module, spec=spec, size=size))
+    return sites
+
+
+def mlp_sizes(model: nn.Module) -> list[int]:
+    """Return the intermediate channels each decoder layer's MLP holds now."""
+    return [site.size for site in mlp_sites(model)]
+
+
+def supports_mlp(model: nn.Module) -> str | None:
+    """Return None when the model's MLP channels can be pruned, else why not (one sentence)."""
+    try:
+        sites = mlp_sites(model)
+        for site in sites:
+            for proj in (*site.inputs, site.output):
+                weight_out_in(proj)
+    except (NotImplementedError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _spec_for(model: nn.Module, layer: nn.Module) -> MlpSpec:
+    model_type = model_type_of(model)
+    for spec in _MLP_SPECS:
+        if model_type in spec.model_types:
+            return spec
+    for path, module in layer.named_modules():  # name-based discovery: a gated or plain up/down MLP
+        children = dict(module.named_children())
+        if {"gate_proj", "up_proj", "down_proj"} <= children.keys():
+            return MlpSpec((model_type,), mlp=path, inputs=("gate_proj", "up_proj"), output="down_proj")
+        if {"up_proj", "down_proj"} <= children.keys():
+            return MlpSpec((model_type,), mlp=path, inputs=("up_proj",), output="down_proj")
+    raise _unsupported(model, "no MLP with known projection names in its decoder layers")
+
+
+def _unsupported(model: Any, why: str) -> NotImplementedError:
+    known = sorted({t for spec in _MLP_SPECS for t in spec.model_types})
+    return NotImplementedError(
+        f"cannot prune MLP channels of architecture {model_type_of(model)!r} ({type(model).__name__}): {why}. "
+        f"Supported: {', '.join(known)}, and decoders whose MLP has gate_proj/up_proj/down_proj or up_proj/down_proj. "
+        "Prune heads or layers only (axes=('heads', 'layers')), or add a row to colab_helpers.pruning.mlp._MLP_SPECS"
+    )
+
+
+# --- gating ------------------------------------------------------------------------------------------------
+
+
+class MlpGates:
+    """Gates on the MLP channels (a forward pre-hook on each output projection), live until :meth:`remove`.
+
+    ``gates[i]`` is a float tensor ``[channels]`` (1 keeps, 0 removes the channel's contribution) or
+    ``[batch, channels]`` (per example, for per-example gradients). Layers whose gates are all ones and need no
+    gradient get no hook.
+    """
+
+    def __init__(self, sites: list[MlpSite], gates: list[torch.Tensor]) -> None:
+        self._sites = sites
+        self.gates = gates
+        self._handles: list[Any] = []
+        for site, gate in zip(sites, gates):
+            if gate.requires_grad or gate.dim() == 2 or bool((gate != 1).any()):
+                self._handles.append(site.output.register_forward_pre_hook(_gate_hook(gate)))
+
+    def remove(self) -> None:
+        """Remove the hooks (safe to call twice)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> MlpGates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _gate_hook(gate: torch.Tensor) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        g = gate
+        if gate.dim() == 2 and x.dim() == 2:  # OPT flattens [batch, seq] into rows before its MLP
+            g = gate.repeat_interleave(x.shape[0] // gate.shape[0], dim=0)
+        elif gate.dim() == 2:
+            g = gate.reshape(gate.shape[0], *([1] * (x.dim() - 2)), gate.shape[-1])
+        return (x * g.to(dtype=x.dtype, device=x.device), *args[1:])
+
+    hook._colab_helpers_gate = True  # type: ignore[attr-defined]
+    return hook
+
+
+def gate_mlp(model: nn.Module, masks: Sequence[Any] | None = None) -> MlpGates:
+    """Gate MLP channels reversibly; ``masks[i]`` is a bool tensor ``[channels of layer i]``, True = gate off.
+
+    Returns an :class:`MlpGates` handle (a context manager); with no masks all gates are ones (no hooks).
+    """
+    import torch
+
+    sites = mlp_sites(model)
+    device = model_device(model)
+    masks = check_masks(masks, sites) if masks is not None else [torch.zeros(s.size, dtype=torch.bool) for s in sites]
+    return MlpGates(sites, [(~m).to(device=device, dtype=torch.float32) for m in masks])
+
+
+def check_masks(masks: Any, sites: list[MlpSite], *, name: str = "masks") -> list[torch.Tensor]:
+    """Return ``masks`` as CPU bool tensors after checking one per layer, of the layer's current channel count."""
+    import torch
+
+    sizes = [s.size for s in sites]
+    if not isinstance(masks, Sequence) or len(masks) != len(sites):
+        found = f"{len(masks)} entries" if isinstance(masks, Sequence) else type(masks).__name__
+        raise ValueError(
+            f"{name} needs one bool tensor per decoder layer ({len(sites)} layers, channels {sizes}), got {found}; "
+            "build them with select_mlp_channels(mlp_importance(model, ...), level)"
+        )
+    checked = []
+    for i, (mask, size) in enumerate(zip(masks, sizes)):
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (size,):
+            found = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(
+                f"{name}[{i}] must be a torch.bool tensor of shape ({size},) (layer {i} holds {size} channels now; "
+                f"True = prune), got {found}"
+            )
+        checked.append(mask.detach().to("cpu"))
+    return checked
+
+
+# --- importance --------------------------------------------------------------------------------------------
+
+
+def mlp_importance(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]] | None,
+    strategy: str = "taylor",
+    *,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """Return one float32 CPU tensor per decoder layer: the importance of each MLP channel, higher = keep.
+
+    ``strategy``: ``"activation"`` (mean |activation| over real tokens, as Minitron), ``"taylor"`` (first-order
+    Taylor, ``|sum over a sequence of a * dL/da|`` averaged over examples, as LLM-Pruner) or ``"random"``.
+    ``batches`` are dicts with ``input_ids`` (and optionally ``attention_mask``; padding is excluded), read up to
+    ``max_batches``. The model's weights, train/eval flags and ``requires_grad`` flags are left as they were.
+    """
+    import torch
+
+    check_mlp_strategy(strategy)
+    sites = mlp_sites(model)
+    if strategy == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return [torch.rand(s.size, generator=generator) for s in sites]
+    if batches is None:
+        raise ValueError(f"MLP importance {strategy!r} needs calibration batches (dicts with input_ids); got None")
+    from .importance import eval_mode, progress_bar
+
+    batches = progress_bar(batches, f"MLP importance ({strategy})", max_batches, progress)
+    with eval_mode(model):
+        if strategy == "activation":
+            return _activation_scores(model, sites, batches)
+        return taylor_scores(model, batches, heads=False, mlp=True)[1]
+
+
+def check_mlp_strategy(strategy: Any) -> str:
+    """Return ``strategy`` when it names an MLP importance strategy, else raise ValueError listing them."""
+    if strategy not in MLP_STRATEGIES:
+        raise ValueError(f"MLP importance strategy must be one of {', '.join(MLP_STRATEGIES)}, got {strategy!r}")
+    return strategy
+
+
+def _activation_scores(model: nn.Module, sites: list[MlpSite], batches: Iterable[Any]) -> list[torch.Tensor]:
+    import torch
+
+    from .importance import batch_inputs
+
+    totals = [torch.zeros(s.size, dtype=torch.float64) for s in sites]
+    state: dict[str, Any] = {"mask": None}
+
+    def capture(index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().abs().float()
+            mask = state["mask"]
+            if mask is not None:
+                rows = mask.reshape(-1, 1) if x.dim() == 2 else mask.reshape(*mask.shape, *([1] * (x.dim() - 2)))
+                x = torch.where(rows.bool(), x, 0.0)  # not x * mask: inf or NaN at a padded position stays out
+            totals[index] += x.reshape(-1, x.shape[-1]).sum(dim=0).double().cpu()
+
+        return hook
+
+    handles = [s.output.register_forward_pre_hook(capture(s.index)) for s in sites]
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                input_ids, attention_mask = batch_inputs(batch, model)
+                state["mask"] = attention_mask
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                tokens += int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not tokens:
+        raise ValueError("batches held no real tokens; activation importance needs text")
+    return [(t / tokens).float() for t in totals]
+
+
+def taylor_scores(
+    model: nn.Module, batches: Iterable[Any], *, heads: bool, mlp: bool
+) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    """One pass of per-example gate gradients for heads and/or MLP channels: ``(head scores, MLP scores)``.
+
+    Each score is the expected ``|d loss / d gate|`` at gates of one, the first-order estimate of the loss change
+    when the unit is removed, so head and channel scores are on one scale (the loss's). Only the gates get
+    gradients; parameters' ``requires_grad`` flags are restored afterwards.
+    """
+    import math
+
+    import torch
+
+    from .gating import gate_heads
+    from .importance import batch_inputs, per_example_loss
+
+    device = model_device(model)
+    sites = mlp_sites(model) if mlp else []
+    layout = head_layout(model) if heads else None
+    head_total = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.float64) if layout else None
+    mlp_totals = [torch.zeros(s.size, dtype=torch.float64) for s in sites]
+    examples = 0
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    head_gates = gate_heads(model) if layout else None
+    try:
+        for param, _ in flags:
+            param.requires_grad_(False)
+        with torch.enable_grad():
+            for batch in batches:
+                input_ids, attention_mask = batch_inputs(batch, model)
+                n = input_ids.shape[0]
+                head_values = None
+                if head_gates is not None and layout is not None:
+                    head_values = torch.ones(n, layout.num_layers, layout.max_heads, device=device, requires_grad=True)
+                    head_gates.set(head_values)
+                mlp_values = [torch.ones(n, s.size, device=device, requires_grad=True) for s in sites]
+                with MlpGates(sites, mlp_values):
+                    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                    losses, has_tokens = per_example_loss(logits, input_ids, attention_mask)
+                    losses.sum().backward()
+                keep = has_tokens.cpu()
+                if head_values is not None and head_total is not None:
+                    head_total += head_values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
+                for total, values in zip(mlp_totals, mlp_values):
+                    total += values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
+                examples += int(keep.sum())
+                del logits, losses
+    finally:
+        if head_gates is not None:
+            head_gates.remove()
+        for param, flag in flags:
+            param.requires_grad_(flag)
+    if not examples:
+        raise ValueError("batches held no example with at least two real tokens; Taylor importance needs text")
+    head_scores = None
+    if head_total is not None and layout is not None:
+        head_scores = (head_total / examples).float()
+        for layer, count in enumerate(layout.query_heads):
+            head_scores[layer, count:] = math.nan
+    return head_scores, ([(t / examples).float() for t in mlp_totals] if mlp else None)
+
+
+def select_mlp_channels(
+    scores: Sequence[torch.Tensor], level: float, *, scope: str = "global", min_channels: int = 1, round_to: int = 1
+) -> list[torch.Tensor]:
+    """Return bool masks (True = prune) removing the ``level`` share of all channels with the lowest scores.
+
+    ``scope="global"`` ranks all layers' channels together (for scores on one scale, e.g. ``"taylor"``),
+    ``"layer"`` removes the share from every layer. Every layer keeps at least ``min_channels``, and the kept
+    count of a layer is a multiple of ``round_to`` where possible (GPU kernels favour multiples of 8).
+    """
+    import torch
+
+    if not 0 <= level < 1:
+        raise ValueError(f"level must be in [0, 1) (share of MLP channels to prune), got {level!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{name} must be an int >= 1 (every layer keeps a channel; remove whole layers with remove_layers), "
+                f"got {value!r}"
+            )
+    sizes = [len(s) for s in scores]
+    if scope == "layer":
+        keep = [max(min_channels, n - int(round(level * n))) for n in sizes]
+    else:
+        flat = torch.cat([s.float() for s in scores])
+        k = int(round(level * flat.numel()))
+        order = torch.argsort(flat)[:k]
+        layer_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        pruned = torch.bincount(layer_of[order], minlength=len(sizes)).tolist()
+        keep = [max(min_channels, n - p) for n, p in zip(sizes, pruned)]
+    return masks_keeping(scores, [_round(k, n, round_to, min_channels) for k, n in zip(keep, sizes)])
+
+
+def _round(keep: int, size: int, round_to: int, minimum: int) -> int:
+    if round_to <= 1 or keep >= size:
+        return keep
+    return min(size, max(minimum, round_to * round(keep / round_to)))
+
+
+def masks_keeping(scores: Sequence[torch.Tensor], keep: Sequence[int]) -> list[torch.Tensor]:
+    """Return per-layer bool masks (True = prune) keeping the ``keep[i]`` highest-scored channels of layer ``i``."""
+    import torch
+
+    masks = []
+    for layer_scores, k in zip(scores, keep):
+        mask = torch.ones(len(layer_scores), dtype=torch.bool)
+        mask[torch.argsort(layer_scores.float(), descending=True)[:k]] = False
+        masks.append(mask)
+    return masks
+
+
+# --- removal -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlpReport:
+    """What :func:`remove_mlp_channels` did: channels per layer before and after, parameters before and after."""
+
+    architecture: str
+    sizes_before: tuple[int, ...]
+    sizes_after: tuple[int, ...]
+    params_before: int
+    params_after: int
+    removed_params: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "removed_params", self.params_before - self.params_after)
+
+    def summary(self) -> str:
+        before, after = sum(self.sizes_before), sum(self.sizes_after)
+        share = self.removed_params / self.params_before if self.params_before else 0.0
+        return (
+            f"{self.architecture}: removed {before - after} of {before} MLP channels; parameters "
+            f"{self.params_before:,} -> {self.params_after:,} (-{share:.1%})"
+        )
+
+    def _repr_markdown_(self) -> str:
+        return f"**MLP removal** · {self.summary()}"
+
+
+def remove_mlp_channels(model: nn.Module, masks: Sequence[Any]) -> MlpReport:
+    """Remove the MLP channels where ``masks[i]`` is True (one bool tensor per layer, current channels).
+
+    Slices the input projections' rows (and biases) and the output projection's columns in place, so logits
+    equal the model gated with the same masks. Every layer must keep at least one channel. Checked before any
+    weight changes (a refused call leaves the model as it was); the new sizes go into the pruning record.
+    """
+    sites = mlp_sites(model)
+    masks = check_masks(masks, sites)
+    for site, mask in zip(sites, masks):
+        if bool(mask.all()):
+            raise ValueError(
+                f"masks[{site.index}] prunes all {site.size} MLP channels of layer {site.index}; keep at least one "
+                "(or remove the whole layer with remove_layers)"
+            )
+        for proj in (*site.inputs, site.output):
+            _check_plain(model, site, proj)
+    layout = head_layout(model)
+    sizes_before = tuple(s.size for s in sites)
+    record = current_record(model, layout, list(sizes_before))
+    params_before = parameter_count(model)
+    for site, mask in zip(sites, masks):
+        if not bool(mask.any()):
+            continue
+        keep = (~mask).nonzero().flatten()
+        _slice_site(site, keep.to(site.output.weight.device))
+    after = [s.size for s in mlp_sites(model)]
+    record["mlp_sizes"] = after
+    setattr(model.config, RECORD_ATTR, record)
+    report = MlpReport(
+        architecture=layout.architecture,
+        sizes_before=sizes_before,
+        sizes_after=tuple(after),
+        params_before=params_before,
+        params_after=parameter_count(model),
+    )
+    logger.info("%s", report.summary())
+    return report
+
+
+def apply_mlp_sizes(model: nn.Module, sizes: Sequence[int], *, original: Sequence[int] | None = None) -> None:
+    """Cut a freshly built model's MLPs to ``sizes`` channels per layer (its weights are loaded afterwards).
+
+    ``original`` (the record's ``original_mlp_sizes``), when given, must be the sizes the model was built with.
+    """
+    import torch
+
+    sites = mlp_sites(model)
+    if original is not None and list(original) != [s.size for s in sites]:
+        raise ValueError(
+            f"the record's original MLP sizes {list(original)} differ from the model built from the config "
+            f"({[s.size for s in sites]} channels per layer)"
+        )
+    if len(sizes) != len(sites) or any(not 1 <= n <= s.size for n, s in zip(sizes, sites)):
+        raise ValueError(
+            f"the record's MLP sizes {list(sizes)} do not fit the model built from the config "
+            f"({[s.size for s in sites]} channels per layer)"
+        )
+    for site, n in zip(sites, sizes):
+        if n != site.size:
+            _slice_site(site, torch.arange(n, device=site.output.weight.device))
+
+
+def _slice_site(site: MlpSite, keep: torch.Tensor) -> None:
+    import torch
+
+    from .removal import slice_in, slice_out
+
+    old = site.size
+    rows = torch.cat([keep, keep + old]) if site.spec.fused_gate_up else keep
+    with torch.no_grad():
+        for proj in site.inputs:
+            slice_out(proj, rows)
+        slice_in(site.output, keep)
+    for module in (site.module, *site.inputs):
+        for name in _SIZE_ATTRS:
+            if type(getattr(module, name, None)) is int and getattr(module, name) == old:
+                setattr(module, name, len(keep))
+    site.size = len(keep)
+
+
+def _check_plain(model: nn.Module, site: MlpSite, proj: nn.Module) -> None:
+    if base_layer(proj) is not proj:
+        raise ValueError(
+            f"layer {site.index}'s MLP projection {type(proj).__name__} carries an adapter; merge it first "
+            "(model = model.merge_and_unload()) and prune the plain model"
+        )
+    weight_out_in(proj)  # raises for quantized weights
+    if not (is_conv1d(proj) or hasattr(proj, "in_features")):  # pragma: no cover - defensive
+        raise _unsupported(model, f"layer {site.index}: {type(proj).__name__} is not a Linear or Conv1D")
+
+
+
+def known_mlp_sizes(model: nn.Module) -> list[int] | None:
+    """Return :func:`mlp_sizes`, or None for a model whose MLPs cannot be located (heads and layers still can)."""
+    try:
+        return mlp_sizes(model)
+    except NotImplementedError:
+        return None
