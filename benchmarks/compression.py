@@ -23,9 +23,7 @@ of the train split. The checks (issue #12's goals):
 
 from __future__ import annotations
 
-import argparse
 import copy
-import math
 import os
 import sys
 import tempfile

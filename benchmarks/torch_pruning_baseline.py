@@ -45,7 +45,6 @@ import copy
 import importlib.util
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence

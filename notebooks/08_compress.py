@@ -53,6 +53,7 @@ MICRO_BATCH_SIZE: int = 4  # sequences per step; raise it on a GPU
 LEARNING_RATE: float = 1e-3  # LoRA learning rate (both recoveries)
 DISTILL_TEMPERATURE: float = 2.0  # softmax temperature of teacher and student
 DISTILL_ALPHA: float = 0.5  # weight of the KD term; the rest is the LM loss
+DISTILL_TOP_K: int = 0  # 0: the teacher runs beside the student; k: its top-k logits precomputed to disk (no teacher in memory while training: bigger models on a T4)
 SEQ_LEN: int = 128  # tokens per sequence
 EVAL_TOKENS: int = 4096  # held-out tokens per perplexity measurement
 PROMPT: str = "A hacker is"  # prompt for the generations at each stage
@@ -68,6 +69,7 @@ import colab_helpers as ch
 config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, target_params=TARGET_PARAMS, axes=AXES,
                              importance_batches=IMPORTANCE_BATCHES, recovery_method="distill",
                              distill_temperature=DISTILL_TEMPERATURE, distill_alpha=DISTILL_ALPHA,
+                             distill_top_k=DISTILL_TOP_K or None,
                              fine_tuning_steps=FINE_TUNING_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
                              learning_rate=LEARNING_RATE, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS, prompt=PROMPT,
                              control=False, save_model=True)

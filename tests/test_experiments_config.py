@@ -79,6 +79,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("distill_temperature", "2", "distill_temperature must be a finite number, got '2' (str)"),
     ("distill_alpha", 1.5, "distill_alpha must be in [0, 1], got 1.5; e.g. distill_alpha=0.5"),
     ("distill_alpha", math.inf, "distill_alpha must be a finite number, got inf"),
+    ("distill_top_k", 0, "distill_top_k must be a positive integer or None, got 0; e.g. distill_top_k=64"),
+    ("distill_top_k", 8.5, "distill_top_k must be an integer or None, got 8.5"),
 ]
 
 

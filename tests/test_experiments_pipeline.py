@@ -295,3 +295,17 @@ def test_one_compression_recovered_two_ways_is_compressed_once(tmp_path: Path, m
     assert second["stages"]["pruned"]["perplexity"] == pytest.approx(first["stages"]["pruned"]["perplexity"])
     assert first["stages"]["pruned"]["weights_mb"] < first["stages"]["baseline"]["weights_mb"]
     assert "weights MB" in experiment.comparison(first).columns
+
+
+def test_distillation_from_top_k_logits_precomputed_to_disk(tmp_path: Path) -> None:
+    """distill_top_k: the teacher's top-k logits go to <run>/finetune/teacher_cache before training; the result says so."""
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, recovery_method="distill", distill_top_k=16,
+                              control=False).smoke()  # fmt: skip
+    result = experiment.run(config)
+    settings = result["training"]["distill"]
+    assert settings["top_k"] == 16 and settings["teacher_cache"].endswith("teacher_cache")
+    assert Path(settings["teacher_cache"]).is_dir() and any(Path(settings["teacher_cache"]).iterdir())
+    assert math.isfinite(result["stages"]["fine_tuned"]["perplexity"])
+    with pytest.raises(ValueError, match="distill_top_k must be a positive integer or None, got 0"):
+        ExperimentConfig(distill_top_k=0)

@@ -78,3 +78,26 @@ def test_figures_never_import_pyplot() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_sweep_plots_put_compression_runs_on_the_parameters_removed() -> None:
+    from colab_helpers.plots import sweeps
+
+    rows = [dict(model="m", strategy="gradient", pruning_level=0.3, target_params=None, axes="['heads', 'mlp', 'layers']",
+                 recovery_method="lora", status="done", baseline_perplexity=9.0, pruned_perplexity=12.0,
+                 fine_tuned_perplexity=10.0, recovery=0.6)]  # fmt: skip
+    rows += [dict(model="m", strategy="gradient", pruning_level=0.3, target_params=t, axes="['heads', 'mlp']",
+                  recovery_method=r, status="done", baseline_perplexity=9.0, pruned_perplexity=20 - 10 * t,
+                  fine_tuned_perplexity=12 - 2 * t, recovery=0.5) for t in (0.9, 0.75) for r in ("lora", "distill")]  # fmt: skip
+    levels = sweeps.with_levels(pd.DataFrame(rows))
+    assert levels["level"].round(2).tolist() == [0.3, 0.1, 0.1, 0.25, 0.25]
+    assert levels["method"].tolist() == ["gradient", "compress heads,mlp", "compress heads,mlp + distill",
+                                         "compress heads,mlp", "compress heads,mlp + distill"]  # fmt: skip
+    assert sweeps.level_label(levels) == "pruned (heads, or parameters for compress)"
+    assert sweeps.level_label(levels[levels["method"] != "gradient"]) == "parameters removed"
+    table = sweeps.heat_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["10%", "25%", "30%"]
+    figure = sweeps.plot_sweep(pd.DataFrame(rows[1:]))
+    assert figure.axes[0].get_xlabel() == "parameters removed (%)"
+    labels = {line.get_label() for line in figure.axes[0].get_lines()}
+    assert "compress heads,mlp + distill fine-tuned" in labels

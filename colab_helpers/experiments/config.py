@@ -42,7 +42,7 @@ RECOVERY_METHODS = ("lora", "distill")  # how the pruned model recovers: LM-loss
 _KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
           "tuple[str, ...]": "names"}  # fmt: skip
 _EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64,  # fields whose default is None
-            "target_params": 0.75, "axes": ["heads", "mlp"]}  # fmt: skip
+            "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64}  # fmt: skip
 _WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
            "names": "a list of names"}  # fmt: skip
 
@@ -129,6 +129,10 @@ class ExperimentConfig:
         "recovery_method='distill': softmax temperature T of teacher and student, > 0."))
     distill_alpha: float = field(default=0.5, metadata=field_help(
         "recovery_method='distill': weight of the KD term in [0, 1]; loss = alpha * T^2 * KL + (1 - alpha) * LM loss."))
+    distill_top_k: int | None = field(default=None, metadata=field_help(
+        "recovery_method='distill': keep the teacher's k most likely tokens per position (64 is usual) and compute "
+        "them once, before training, into <run>/finetune/teacher_cache on disk, so the teacher is not run beside the "
+        "student (a bigger model on a T4); None = the live teacher, full logits."))
 
     def __post_init__(self) -> None:
         """Check every field's type and value; ValueError naming the field, the value (and its type) and the fix.
@@ -182,6 +186,9 @@ class ExperimentConfig:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature!r}; e.g. distill_temperature=2.0")
         if not 0 <= self.distill_alpha <= 1:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}; e.g. distill_alpha=0.5")
+        if self.distill_top_k is not None and self.distill_top_k < 1:
+            raise ValueError(f"distill_top_k must be a positive integer or None, got {self.distill_top_k!r}; "
+                             "e.g. distill_top_k=64")  # fmt: skip
 
     def _check_compression(self) -> None:
         """Check ``target_params`` and ``axes``; store ``axes`` as a tuple in the order heads, mlp, layers."""
@@ -261,11 +268,14 @@ class ExperimentConfig:
                 else "LoRA recovery of the pruned model"),
         ).with_intervals(evaluations=8, checkpoints=4)
 
-    def distill_config(self) -> DistillConfig:
-        """Return the distillation settings of ``recovery_method='distill'`` (temperature and alpha)."""
+    def distill_config(self, cache_dir: str | os.PathLike[str] | None = None) -> DistillConfig:
+        """Return the distillation settings of ``recovery_method='distill'``: temperature and alpha, and with
+        ``distill_top_k`` the teacher's top-k logits precomputed into ``cache_dir``."""
         from ..finetune import DistillConfig
 
-        return DistillConfig(temperature=self.distill_temperature, alpha=self.distill_alpha)
+        cache = str(cache_dir) if self.distill_top_k is not None and cache_dir is not None else None
+        return DistillConfig(temperature=self.distill_temperature, alpha=self.distill_alpha, top_k=self.distill_top_k,
+                             teacher_cache=cache)  # fmt: skip
 
     def run_name(self) -> str:
         """A readable, file-safe name: ``embedded-gpt2-gradient-30`` (heads by pruning_level),

@@ -331,8 +331,8 @@ class PruningExperiment:
             "history_path": str(history_path), "plot_path": str(result.plot_path) if result.plot_path else None,
             "recovery_method": method,
         }  # fmt: skip
-        if method == "distill":
-            summary["distill"] = config.distill_config().to_dict()
+        if method == "distill":  # what was done: a live teacher, or its top-k logits precomputed to disk
+            summary["distill"] = config.distill_config(Path(ft_config.output_dir) / "teacher_cache").to_dict()
         return summary, merge_adapter(result.model)
 
     def _distill(self, model: Any, tokenizer: Any, data: Any, config: ExperimentConfig, ft_config: Any) -> Any:
@@ -345,7 +345,8 @@ class PruningExperiment:
         was_training = teacher.training
         trainable = [param.requires_grad for param in teacher.parameters()]
         try:
-            return distill(model, teacher, tokenizer, data.train, data.validation, ft_config, config.distill_config(),
+            settings = config.distill_config(Path(ft_config.output_dir) / "teacher_cache")
+            return distill(model, teacher, tokenizer, data.train, data.validation, ft_config, settings,
                            live_plot=self.live_plot, progress=self.progress)  # fmt: skip
         finally:
             teacher.train(was_training)

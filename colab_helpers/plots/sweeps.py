@@ -26,10 +26,40 @@ def finished_runs(runs: "pd.DataFrame") -> "pd.DataFrame":
     return done
 
 
+def with_levels(runs: "pd.DataFrame") -> "pd.DataFrame":
+    """Return ``runs`` with ``level`` (what was pruned, 0-1) and ``method`` (how) for every run.
+
+    Head-pruning runs: ``pruning_level`` and the strategy. Compression runs (``target_params`` set): the share of
+    parameters removed, ``1 - target_params``, and ``compress <axes>``. Distillation adds `` + distill``.
+    """
+    import pandas as pd
+
+    done = runs.copy()
+    targets = pd.to_numeric(done["target_params"], errors="coerce") if "target_params" in done.columns else None
+    compressed = targets.notna() if targets is not None else pd.Series(False, index=done.index)
+    done["level"] = done["pruning_level"].astype(float)
+    done["method"] = done["strategy"].astype(str)
+    if compressed.any():
+        axes = done["axes"].astype(str).str.replace(r"[\[\]'\" ]", "", regex=True) if "axes" in done.columns else ""
+        done.loc[compressed, "level"] = 1 - targets[compressed]
+        done.loc[compressed, "method"] = "compress " + (axes[compressed] if "axes" in done.columns else "")
+    if "recovery_method" in done.columns:
+        distilled = done["recovery_method"].astype(str) == "distill"
+        done.loc[distilled, "method"] = done.loc[distilled, "method"] + " + distill"
+    return done
+
+
+def level_label(runs: "pd.DataFrame") -> str:
+    """The x-axis label for :func:`with_levels`' ``level``: heads, parameters, or both kinds of run."""
+    kinds = set(runs["method"].str.startswith("compress")) if "method" in runs.columns else {False}
+    return {frozenset({False}): "heads pruned", frozenset({True}): "parameters removed"}.get(
+        frozenset(kinds), "pruned (heads, or parameters for compress)")
+
+
 def heat_table(runs: "pd.DataFrame", value: str = "fine_tuned_perplexity") -> "pd.DataFrame":
-    """Return ``value`` averaged per (model, strategy) row and pruning level column."""
-    done = finished_runs(runs)
-    table = done.pivot_table(index=["model", "strategy"], columns="pruning_level", values=value, aggfunc="mean")
+    """Return ``value`` averaged per (model, method) row and level column (see :func:`with_levels`)."""
+    done = with_levels(finished_runs(runs))
+    table = done.pivot_table(index=["model", "method"], columns="level", values=value, aggfunc="mean")
     table.columns = [f"{level:.0%}" for level in table.columns]
     return table
 
@@ -40,21 +70,22 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
 
     from .base import new_figure
 
-    done = finished_runs(runs)
+    done = with_levels(finished_runs(runs))
+    label = level_label(done)
     models = sorted(done["model"].unique())
     figure = new_figure(4.2 * (len(models) + 2), 3.8)
     axes = figure.subplots(1, len(models) + 2, squeeze=False)[0]
-    colors = {name: f"C{index}" for index, name in enumerate(sorted(done["strategy"].unique()))}
+    colors = {name: f"C{index}" for index, name in enumerate(sorted(done["method"].unique()))}
     for ax, model in zip(axes, models):
         subset = done[done["model"] == model]
-        for strategy, group in subset.groupby("strategy"):
-            stats = group.groupby("pruning_level")[["pruned_perplexity", "fine_tuned_perplexity"]].mean().sort_index()
+        for strategy, group in subset.groupby("method"):
+            stats = group.groupby("level")[["pruned_perplexity", "fine_tuned_perplexity"]].mean().sort_index()
             x = stats.index * 100
             ax.plot(x, stats["pruned_perplexity"], "o-", color=colors[strategy], label=f"{strategy} pruned")
             ax.plot(x, stats["fine_tuned_perplexity"], "s--", color=colors[strategy], label=f"{strategy} fine-tuned")
         ax.axhline(subset["baseline_perplexity"].mean(), color="grey", linestyle=":", label="unpruned")
         ax.set_title(str(model), loc="left", fontsize=10)
-        ax.set_xlabel("heads pruned (%)")
+        ax.set_xlabel(f"{label} (%)")
         ax.set_ylabel("perplexity")
         values = subset[["pruned_perplexity", "fine_tuned_perplexity", "baseline_perplexity"]].to_numpy(dtype=float)
         if np.nanmax(values) > 3 * np.nanmin(values):  # log only when it spans a wide range: readable ticks
@@ -63,17 +94,17 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
         ax.legend(fontsize="x-small")
     recovery_ax, heat_ax = axes[-2], axes[-1]
     if "recovery" in done.columns:
-        rec = done.dropna(subset=["recovery"]).groupby(["strategy", "pruning_level"])["recovery"].mean().unstack(0)
+        rec = done.dropna(subset=["recovery"]).groupby(["method", "level"])["recovery"].mean().unstack(0)
         width = 0.8 / max(len(rec.columns), 1)
         for offset, strategy in enumerate(rec.columns):  # grouped bars by hand: pandas' .plot imports pyplot
             positions = np.arange(len(rec.index)) + (offset - (len(rec.columns) - 1) / 2) * width
             recovery_ax.bar(positions, rec[strategy], width, color=colors[strategy], label=str(strategy))
         recovery_ax.set_xticks(range(len(rec.index)), [f"{level:.0%}" for level in rec.index])
         if len(rec.columns):
-            recovery_ax.legend(fontsize="small", title="strategy", title_fontsize="small")
+            recovery_ax.legend(fontsize="small", title="method", title_fontsize="small")
         recovery_ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     recovery_ax.set_title("Share of lost perplexity recovered", loc="left", fontsize=10)
-    recovery_ax.set_xlabel("heads pruned")
+    recovery_ax.set_xlabel(label)
     table = heat_table(done)
     values = table.to_numpy(dtype=float)
     image = heat_ax.imshow(np.log(values), aspect="auto", cmap="viridis_r")

@@ -4,7 +4,7 @@ channels and whole layers by measured importance, then removes it in place.
 How it decides (one round; ``rounds > 1`` repeats it towards the target, re-scoring the smaller model):
 
 1. **Score every unit on one scale, the loss.** Heads and MLP channels: first-order Taylor estimates from one
-   backward pass (``|d loss / d gate|`` per example, :func:`~.mlp.taylor_scores`); layers: the measured loss
+   backward pass (``|d loss / d gate|`` per example, :func:`~.importance.taylor_scores`); layers: the measured loss
    increase when each is skipped (``layer_strategy="loss"``) or ShortGPT's block influence.
 2. **Cost every unit in parameters.** A layer costs all its weights; an MLP channel its rows and column; a head
    its query rows and output columns. With grouped-query attention a unit is one head from *each* key/value
@@ -36,8 +36,9 @@ from ..runtime.modules import parameter_count
 from .flops import forward_flops
 from .layers import LAYER_STRATEGIES, check_layers_removable, decoder_layers, layer_importance, mean_loss, remove_layers
 from .layout import AttentionSite, attention_sites, base_layer, in_features, out_features, pruning_record
-from .mlp import MLP_STRATEGIES, mlp_importance, mlp_sites, supports_mlp, taylor_scores
-from .removal import plan_layer, check_removable, remove_heads
+from .importance import taylor_scores
+from .mlp import MLP_STRATEGIES, mlp_importance, mlp_sites, supports_mlp
+from .removal import check_removable, remove_heads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import model_device
 from .gating import gate_heads
-from .layout import AttentionSite, HeadLayout, attention_sites, layout_of, o_weight, qkv_weights
+from .layout import AttentionSite, HeadLayout, attention_sites, head_layout, layout_of, o_weight, qkv_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -303,39 +303,68 @@ def _entropy_sum(weights: torch.Tensor, attention_mask: torch.Tensor | None) -> 
 
 
 def _gradient_scores(model: nn.Module, layout: HeadLayout, batches: Iterator[Any]) -> torch.Tensor:
+    scores, _ = taylor_scores(model, batches, heads=True, mlp=False)
+    assert scores is not None
+    return scores
+
+
+def taylor_scores(
+    model: nn.Module, batches: Iterable[Any], *, heads: bool, mlp: bool
+) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    """One pass of per-example gate gradients for heads and/or MLP channels: ``(head scores, MLP scores)``.
+
+    Each score is the expected ``|d loss / d gate|`` at gates of one, the first-order estimate of the loss change
+    when the unit is removed, so head and channel scores are on one scale (the loss's). Only the gates get
+    gradients; parameters' ``requires_grad`` flags are restored afterwards.
+    """
     import torch
 
+    from .mlp import MlpGates, mlp_sites
+
     device = model_device(model)
-    total = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.float64)
+    sites = mlp_sites(model) if mlp else []
+    layout = head_layout(model) if heads else None
+    head_total = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.float64) if layout else None
+    mlp_totals = [torch.zeros(s.size, dtype=torch.float64) for s in sites]
     examples = 0
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    gates = gate_heads(model)
+    head_gates = gate_heads(model) if layout else None
     try:
         for param, _ in flags:
             param.requires_grad_(False)
         with torch.enable_grad():
             for batch in batches:
                 input_ids, attention_mask = batch_inputs(batch, model)
-                gate_values = torch.ones(input_ids.shape[0], layout.num_layers, layout.max_heads, device=device,
-                                         requires_grad=True)
-                gates.set(gate_values)
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                losses, has_tokens = per_example_loss(logits, input_ids, attention_mask)
-                losses.sum().backward()
-                grad = gate_values.grad.detach().abs().double().cpu()
-                total += grad[has_tokens.cpu()].sum(dim=0)
-                examples += int(has_tokens.sum())
+                n = input_ids.shape[0]
+                head_values = None
+                if head_gates is not None and layout is not None:
+                    head_values = torch.ones(n, layout.num_layers, layout.max_heads, device=device, requires_grad=True)
+                    head_gates.set(head_values)
+                mlp_values = [torch.ones(n, s.size, device=device, requires_grad=True) for s in sites]
+                with MlpGates(sites, mlp_values):
+                    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                    losses, has_tokens = per_example_loss(logits, input_ids, attention_mask)
+                    losses.sum().backward()
+                keep = has_tokens.cpu()
+                if head_values is not None and head_total is not None:
+                    head_total += head_values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
+                for total, values in zip(mlp_totals, mlp_values):
+                    total += values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
+                examples += int(keep.sum())
                 del logits, losses
     finally:
-        gates.remove()
+        if head_gates is not None:
+            head_gates.remove()
         for param, flag in flags:
             param.requires_grad_(flag)
     if not examples:
-        raise ValueError("batches held no example with at least two real tokens; gradient importance needs text")
-    scores = (total / examples).float()
-    for layer, n in enumerate(layout.query_heads):
-        scores[layer, n:] = math.nan
-    return scores
+        raise ValueError("batches held no example with at least two real tokens; gradient (Taylor) importance needs text")
+    head_scores = None
+    if head_total is not None and layout is not None:
+        head_scores = (head_total / examples).float()
+        for layer, count in enumerate(layout.query_heads):
+            head_scores[layer, count:] = math.nan
+    return head_scores, ([(t / examples).float() for t in mlp_totals] if mlp else None)
 
 
 def per_example_loss(

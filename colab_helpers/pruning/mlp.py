@@ -297,6 +297,8 @@ def mlp_importance(
     with eval_mode(model):
         if strategy == "activation":
             return _activation_scores(model, sites, batches)
+        from .importance import taylor_scores
+
         return taylor_scores(model, batches, heads=False, mlp=True)[1]
 
 
@@ -341,68 +343,6 @@ def _activation_scores(model: nn.Module, sites: list[MlpSite], batches: Iterable
     if not tokens:
         raise ValueError("batches held no real tokens; activation importance needs text")
     return [(t / tokens).float() for t in totals]
-
-
-def taylor_scores(
-    model: nn.Module, batches: Iterable[Any], *, heads: bool, mlp: bool
-) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
-    """One pass of per-example gate gradients for heads and/or MLP channels: ``(head scores, MLP scores)``.
-
-    Each score is the expected ``|d loss / d gate|`` at gates of one, the first-order estimate of the loss change
-    when the unit is removed, so head and channel scores are on one scale (the loss's). Only the gates get
-    gradients; parameters' ``requires_grad`` flags are restored afterwards.
-    """
-    import math
-
-    import torch
-
-    from .gating import gate_heads
-    from .importance import batch_inputs, per_example_loss
-
-    device = model_device(model)
-    sites = mlp_sites(model) if mlp else []
-    layout = head_layout(model) if heads else None
-    head_total = torch.zeros(layout.num_layers, layout.max_heads, dtype=torch.float64) if layout else None
-    mlp_totals = [torch.zeros(s.size, dtype=torch.float64) for s in sites]
-    examples = 0
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    head_gates = gate_heads(model) if layout else None
-    try:
-        for param, _ in flags:
-            param.requires_grad_(False)
-        with torch.enable_grad():
-            for batch in batches:
-                input_ids, attention_mask = batch_inputs(batch, model)
-                n = input_ids.shape[0]
-                head_values = None
-                if head_gates is not None and layout is not None:
-                    head_values = torch.ones(n, layout.num_layers, layout.max_heads, device=device, requires_grad=True)
-                    head_gates.set(head_values)
-                mlp_values = [torch.ones(n, s.size, device=device, requires_grad=True) for s in sites]
-                with MlpGates(sites, mlp_values):
-                    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                    losses, has_tokens = per_example_loss(logits, input_ids, attention_mask)
-                    losses.sum().backward()
-                keep = has_tokens.cpu()
-                if head_values is not None and head_total is not None:
-                    head_total += head_values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
-                for total, values in zip(mlp_totals, mlp_values):
-                    total += values.grad.detach().abs().double().cpu()[keep].sum(dim=0)
-                examples += int(keep.sum())
-                del logits, losses
-    finally:
-        if head_gates is not None:
-            head_gates.remove()
-        for param, flag in flags:
-            param.requires_grad_(flag)
-    if not examples:
-        raise ValueError("batches held no example with at least two real tokens; Taylor importance needs text")
-    head_scores = None
-    if head_total is not None and layout is not None:
-        head_scores = (head_total / examples).float()
-        for layer, count in enumerate(layout.query_heads):
-            head_scores[layer, count:] = math.nan
-    return head_scores, ([(t / examples).float() for t in mlp_totals] if mlp else None)
 
 
 def select_mlp_channels(
