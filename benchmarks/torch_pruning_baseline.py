@@ -237,12 +237,19 @@ def layout(model: Any, original_heads: int | None = None) -> str:
     blocks = _llama_blocks(model)
     total = original_heads
     shapes = []
+    heads_kv, mlps = [], []
     for attn, mlp in blocks:
         heads, kv = attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
         shapes.append(f"{heads}{f'/{total}' if total else ''} heads ({kv} kv), MLP {mlp.gate_proj.out_features}")
+        heads_kv.append((heads, kv))
+        mlps.append(mlp.gate_proj.out_features)
     if len(set(shapes)) == 1:
         return f"{shapes[0]} x {len(shapes)} layers"
-    return "; ".join(shapes)
+    # layers that differ (colab_helpers.compress): ranges, not a list of every layer
+    heads = sorted({h for h, _ in heads_kv})
+    head_text = f"{heads[0]}" if len(heads) == 1 else f"{heads[0]}-{heads[-1]}"
+    return (f"{len(blocks)} layers; {head_text}{f'/{total}' if total else ''} heads; MLP {min(mlps)}-{max(mlps)} "
+            f"(mean {sum(mlps) / len(mlps):.0f})")
 
 
 def _params(model: Any) -> int:

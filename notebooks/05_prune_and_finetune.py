@@ -105,7 +105,10 @@ experiment.comparison()
 experiment.recovery_table()
 
 # %%
-experiment.generations()
+import pandas as pd
+
+with pd.option_context("display.max_colwidth", None):  # whole generations, not cut at 50 characters
+    display(experiment.generations())  # noqa: F821  (IPython's display)
 
 # %% [markdown]
 # ## 4. Figures

@@ -66,6 +66,7 @@ import pandas as pd
 
 import colab_helpers as ch
 
+pd.set_option("display.max_colwidth", None)  # generations are whole sentences: show them uncut
 config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, target_params=TARGET_PARAMS, axes=AXES,
                              importance_batches=IMPORTANCE_BATCHES, recovery_method="distill",
                              distill_temperature=DISTILL_TEMPERATURE, distill_alpha=DISTILL_ALPHA,
