@@ -72,13 +72,18 @@ def load_pruned(
     """Load a model saved by :func:`save_pruned`; return ``(model, tokenizer)`` (tokenizer None if none saved).
 
     The model is in eval mode, in ``dtype`` (default: the saved weights' dtype) on ``device`` (default CPU), with
-    ``attn_implementation`` (default: transformers' default for the architecture, usually sdpa).
+    ``attn_implementation`` (default: transformers' default for the architecture, usually sdpa; eager for a
+    config that softcaps attention scores, e.g. Gemma 2, which sdpa cannot do).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = Path(path).expanduser()
     meta = _read_meta(source)
     config = AutoConfig.from_pretrained(source, local_files_only=True)
+    if attn_implementation is None and getattr(config, "attn_logit_softcapping", None) is not None:
+        # sdpa has no softcapping: transformers 5.1 still builds Gemma 2 with sdpa by default and silently drops
+        # attn_logit_softcapping (other logits than the saved model); later versions default to eager themselves
+        attn_implementation = "eager"
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_config(config, **extra)
     try:
