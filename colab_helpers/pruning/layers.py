@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.modules import parameter_count
+from ..runtime.modules import HookHandles, parameter_count
 from .layout import RECORD_ATTR, get_path, model_type_of, decoder_layer_list, head_layout, text_config
 from .mlp import known_mlp_sizes
-from .record import current_record, drop_layers_from_record
+from .record import ParameterChange, current_record, drop_layers_from_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -53,23 +53,14 @@ def check_layer_strategy(strategy: Any) -> str:
 # --- skipping ----------------------------------------------------------------------------------------------
 
 
-class SkippedLayers:
+class SkippedLayers(HookHandles):
     """Forward hooks making the chosen layers pass their input through unchanged; live until :meth:`remove`."""
 
     def __init__(self, layers: list[nn.Module], skipped: Iterable[int]) -> None:
+        super().__init__()
         self.skipped = sorted(set(skipped))
-        self._handles = [layers[i].register_forward_hook(_pass_through, with_kwargs=True) for i in self.skipped]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> SkippedLayers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+        for i in self.skipped:
+            self.add(layers[i].register_forward_hook(_pass_through, with_kwargs=True))
 
 
 def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -205,29 +196,18 @@ def _block_influence(model: nn.Module, layers: list[nn.Module], batches: list[An
 
 
 @dataclass(frozen=True)
-class LayerReport:
+class LayerReport(ParameterChange):
     """What :func:`remove_layers` did: ``removed`` and ``kept`` are indices in the *original* model."""
 
-    architecture: str
-    layers_before: int
-    removed: tuple[int, ...]
-    kept: tuple[int, ...]
-    params_before: int
-    params_after: int
-    removed_params: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "removed_params", self.params_before - self.params_after)
+    layers_before: int = 0
+    removed: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
 
     def summary(self) -> str:
-        share = self.removed_params / self.params_before if self.params_before else 0.0
         return (
             f"{self.architecture}: removed layers {list(self.removed)} ({self.layers_before} -> {len(self.kept)}); "
-            f"parameters {self.params_before:,} -> {self.params_after:,} (-{share:.1%})"
+            f"{self.parameters_text()}"
         )
-
-    def _repr_markdown_(self) -> str:
-        return f"**Layer removal** · {self.summary()}"
 
 
 def remove_layers(model: nn.Module, layers: Iterable[int]) -> LayerReport:

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..runtime.modules import model_device, parameter_count
+from ..runtime.modules import HookHandles, model_device, parameter_count
 from .layout import (
     RECORD_ATTR,
     get_path,
@@ -45,7 +45,7 @@ from .layout import (
     out_features,
     weight_out_in,
 )
-from .record import current_record
+from .record import ParameterChange, current_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -184,7 +184,7 @@ def _unsupported(model: Any, why: str) -> NotImplementedError:
 # --- gating ------------------------------------------------------------------------------------------------
 
 
-class MlpGates:
+class MlpGates(HookHandles):
     """Gates on the MLP channels (a forward pre-hook on each output projection), live until :meth:`remove`.
 
     ``gates[i]`` is a float tensor ``[channels]`` (1 keeps, 0 removes the channel's contribution) or
@@ -193,24 +193,12 @@ class MlpGates:
     """
 
     def __init__(self, sites: list[MlpSite], gates: list[torch.Tensor]) -> None:
+        super().__init__()
         self._sites = sites
         self.gates = gates
-        self._handles: list[Any] = []
         for site, gate in zip(sites, gates):
             if gate.requires_grad or gate.dim() == 2 or bool((gate != 1).any()):
-                self._handles.append(site.output.register_forward_pre_hook(_gate_hook(gate)))
-
-    def remove(self) -> None:
-        """Remove the hooks (safe to call twice)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> MlpGates:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+                self.add(site.output.register_forward_pre_hook(_gate_hook(gate)))
 
 
 def _gate_hook(gate: torch.Tensor) -> Any:
@@ -401,29 +389,15 @@ def masks_keeping(scores: Sequence[torch.Tensor], keep: Sequence[int]) -> list[t
 
 
 @dataclass(frozen=True)
-class MlpReport:
+class MlpReport(ParameterChange):
     """What :func:`remove_mlp_channels` did: channels per layer before and after, parameters before and after."""
 
-    architecture: str
-    sizes_before: tuple[int, ...]
-    sizes_after: tuple[int, ...]
-    params_before: int
-    params_after: int
-    removed_params: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "removed_params", self.params_before - self.params_after)
+    sizes_before: tuple[int, ...] = ()
+    sizes_after: tuple[int, ...] = ()
 
     def summary(self) -> str:
         before, after = sum(self.sizes_before), sum(self.sizes_after)
-        share = self.removed_params / self.params_before if self.params_before else 0.0
-        return (
-            f"{self.architecture}: removed {before - after} of {before} MLP channels; parameters "
-            f"{self.params_before:,} -> {self.params_after:,} (-{share:.1%})"
-        )
-
-    def _repr_markdown_(self) -> str:
-        return f"**MLP removal** · {self.summary()}"
+        return f"{self.architecture}: removed {before - after} of {before} MLP channels; {self.parameters_text()}"
 
 
 def remove_mlp_channels(model: nn.Module, masks: Sequence[Any]) -> MlpReport:
