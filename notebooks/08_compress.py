@@ -129,8 +129,8 @@ pd.DataFrame(report["candidates"]).sort_values("loss").round(4)
 
 # %%
 runs = {"distillation (KD + LM)": distilled} | ({"plain LoRA (LM loss)": plain} if plain is not None else {})
-histories = {name: pd.read_csv(run["training"]["history_path"], index_col=0) for name, run in runs.items()}
-ch.plot_recovery_curves(histories, path=experiment.results_dir / "recovery_curves.png")
+ch.plot_recovery_curves({name: experiment.history(run) for name, run in runs.items()},
+                        path=experiment.results_dir / "recovery_curves.png")
 
 # %% [markdown]
 # ## 6. Generations

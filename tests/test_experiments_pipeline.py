@@ -309,3 +309,12 @@ def test_distillation_from_top_k_logits_precomputed_to_disk(tmp_path: Path) -> N
     assert math.isfinite(result["stages"]["fine_tuned"]["perplexity"])
     with pytest.raises(ValueError, match="distill_top_k must be a positive integer or None, got 0"):
         ExperimentConfig(distill_top_k=0)
+
+
+def test_history_of_a_run_from_memory_and_from_its_file(tmp_path: Path) -> None:
+    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    result = experiment.run(ExperimentConfig(model="embedded-gpt2", target_params=0.8, control=False).smoke())
+    history = experiment.history(result)
+    assert "loss" in history.columns and len(history) == result["training"]["steps"]
+    fresh = PruningExperiment(tmp_path / "other", progress=False, live_plot=False)
+    assert fresh.history(result)["loss"].to_numpy() == pytest.approx(history["loss"].to_numpy(), rel=1e-9)

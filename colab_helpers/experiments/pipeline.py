@@ -426,6 +426,20 @@ class PruningExperiment:
             texts["control"] = prompt + result["control"]["generation"]
         return pd.DataFrame({"generation": texts})
 
+    def history(self, result: dict[str, Any] | None = None) -> Any:
+        """Return the training history (a DataFrame by step: ``loss``, ``eval_loss``, and for distillation
+        ``kd_loss`` / ``lm_loss``) of one run (default: the last), from memory or its ``history.csv``."""
+        import pandas as pd
+
+        result = result or self._last()
+        if result["name"] not in self._histories:
+            path = Path(result.get("training", {}).get("history_path") or "")
+            if not path.is_file():
+                raise ValueError(f"run {result['name']!r} has no training history (it trained no steps, or its "
+                                 "history.csv was moved)")  # fmt: skip
+            self._histories[result["name"]] = pd.read_csv(path, index_col=0)
+        return self._histories[result["name"]]
+
     def load_result(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Read a saved run (its ``result.json``, or the run folder) back, with its training histories, so that
         :meth:`comparison`, :meth:`recovery_table`, :meth:`generations` and :meth:`plot_results` show it again

@@ -35,7 +35,7 @@ from ..checks import is_finite_number
 from ..runtime.modules import parameter_count
 from .flops import forward_flops
 from .layers import LAYER_STRATEGIES, check_layers_removable, decoder_layers, layer_importance, mean_loss, remove_layers
-from .layout import AttentionSite, attention_sites, base_layer, in_features, out_features, pruning_record
+from .layout import AttentionSite, attention_sites, base_layer, in_features, out_features
 from .importance import taylor_scores
 from .mlp import MLP_STRATEGIES, mlp_importance, mlp_sites, supports_mlp
 from .removal import check_removable, remove_heads
@@ -251,9 +251,9 @@ def check_axes(model: nn.Module, axes: Any) -> tuple[str, ...]:
     unknown = [a for a in chosen if a not in AXES]
     if not chosen or unknown:
         raise ValueError(f"axes must be a non-empty subset of {AXES}, got {axes!r}")
-    attention_sites(model)  # not a causal LM, or attention not found: say so before anything else
+    sites = attention_sites(model)  # not a causal LM, or attention not found: say so before anything else
     if "heads" in chosen:
-        for site in attention_sites(model):
+        for site in sites:
             try:
                 check_removable(model, site)
             except (NotImplementedError, ValueError) as exc:
@@ -452,7 +452,6 @@ class _Units:
     """The prunable units of a model with their scores and parameter costs; :meth:`plan` fills a budget."""
 
     def __init__(self, model: nn.Module, scores: _Scores, *, global_mlp: bool, round_to: int) -> None:
-        import torch
 
         self.sites = attention_sites(model)
         self.layer_count = len(self.sites)
@@ -464,10 +463,10 @@ class _Units:
         self.mlp_sites = mlp_sites(model) if scores.mlp is not None else []
         self.channel_cost = [s.params_per_channel() for s in self.mlp_sites]
         self.head_cost = [_head_costs(s) for s in self.sites]
-        self._torch = torch
 
     def plan(self, shares: dict[str, float], budget: int) -> _Plan:
-        torch = self._torch
+        import torch
+
         finest = next(a for a in _FINE_TO_COARSE if a in shares)
         removed = {axis: 0 for axis in shares}
         left = budget
@@ -499,7 +498,8 @@ class _Units:
 
     def _plan_heads(self, mask: Any, skipped: set[int], allowance: int, *, exact: bool) -> int:
         """Mark heads in ``mask``, cheapest score per parameter first, until ``allowance`` parameters; return saved."""
-        torch = self._torch
+        import torch
+
         scores = self.scores.heads
         units: list[tuple[float, int, list[int]]] = []  # (score per parameter, layer, heads)
         for site in self.sites:
@@ -538,7 +538,8 @@ class _Units:
 
     def _plan_mlp(self, masks: list[Any], skipped: set[int], allowance: int) -> int:
         """Mark MLP channels, lowest score per parameter first (globally or per layer), until ``allowance``."""
-        torch = self._torch
+        import torch
+
         sites = [s for s in self.mlp_sites if s.index not in skipped]
         if not sites:
             return 0
@@ -600,5 +601,3 @@ def _apply_plan(model: nn.Module, plan: _Plan, removed: dict[str, int]) -> None:
                          ("layers", after_mlp - after_layers)):
         if axis in removed:
             removed[axis] += amount
-    if pruning_record(model) is None:  # pragma: no cover - every removal above writes the record
-        logger.debug("no pruning record after compress")

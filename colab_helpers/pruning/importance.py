@@ -367,20 +367,28 @@ def taylor_scores(
     return head_scores, ([(t / examples).float() for t in mlp_totals] if mlp else None)
 
 
-def per_example_loss(
+def token_losses(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return each example's mean next-token loss over real tokens, and which examples had any."""
+    """Return each position's next-token loss (float32, zero where not scored) and which positions are scored: both
+    the token and the one it predicts are real (not padding)."""
     import torch
 
     targets = input_ids[:, 1:]
-    logits = logits[:, :-1].float()
-    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
     if attention_mask is None:
         valid = torch.ones_like(targets, dtype=torch.bool)
     else:
         valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     token_loss = torch.where(valid, token_loss, torch.zeros((), dtype=token_loss.dtype, device=token_loss.device))
+    return token_loss, valid
+
+
+def per_example_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return each example's mean next-token loss over real tokens, and which examples had any."""
+    token_loss, valid = token_losses(logits, input_ids, attention_mask)
     n = valid.sum(dim=1)
     return token_loss.sum(dim=1) / n.clamp_min(1), n > 0
 

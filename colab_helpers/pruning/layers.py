@@ -124,20 +124,15 @@ def mean_loss(model: nn.Module, batches: Sequence[Any]) -> float:
     """Mean next-token loss over the real tokens of ``batches`` (no grad, the model as it is now)."""
     import torch
 
-    from .importance import batch_inputs
+    from .importance import batch_inputs, token_losses
 
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             input_ids, attention_mask = batch_inputs(batch, model)
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            targets = input_ids[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
-            )
-            valid = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()) if attention_mask is not None \
-                else torch.ones_like(targets, dtype=torch.bool)
-            total += float(loss[valid].sum())
+            loss, valid = token_losses(logits, input_ids, attention_mask)
+            total += float(loss.sum())
             count += int(valid.sum())
     if not count:
         raise ValueError("batches held no pair of real tokens; a loss needs text")
