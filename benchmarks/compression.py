@@ -1,13 +1,13 @@
-"""Compression to a parameter target, then recovery by distillation, on SmolLM2-135M-Instruct: issue #12's goals.
+"""Compression to a parameter target, then recovery by distillation, on SmolLM2-135M-Instruct: the checks below.
 
-    OMP_NUM_THREADS=2 python benchmarks/compression.py            # ~40 min on an idle 2-core machine
+    OMP_NUM_THREADS=2 python benchmarks/compression.py            # about half an hour on a 2-core machine
     python benchmarks/compression.py --quick                       # embedded-llama, seconds (tests)
     python benchmarks/run.py --only compression                    # the same, its table into RESULTS.md
 
 Writes ``docs/compression-results.md`` and ``docs/compression-results.png`` (not with ``--quick``). Every number
 comes from one run on one text: held-out blocks of the embedded corpus's validation split (scored in
 non-overlapping blocks of 128), calibration from the start of its train split, recovery training on the rest
-of the train split. The checks (issue #12's goals):
+of the train split. The checks (each a goal, in brackets):
 
 - **Before recovery** [perplexity <= 1/3 of torch-pruning's Taylor at the same parameter count]: torch-pruning
   1.6.1 as its LLM example prunes (``torch_pruning_baseline.py``: 6 of 9 heads and MLP 1024 in every layer,
@@ -40,9 +40,9 @@ sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness be
 from _timing import check, command_line, interleaved, paired_spread, ratio  # noqa: E402
 
 DOC = ROOT / "docs" / "compression-results.md"
-# text of another domain (the one ../shared/NOTES.md measured torch-pruning on): what recovery on the embedded corpus
-# keeps of the model's general ability; skipped where the file is missing (Debian and Ubuntu ship it)
-OTHER_TEXT = Path("/usr/share/common-licenses/GPL-3")
+# text of another domain, shipped in the package (colab_helpers/embedded/texts): what recovery on the embedded corpus
+# keeps of the model's general ability
+OTHER_TEXT = "gpl-3.0"
 FIGURE = ROOT / "docs" / "compression-results.png"
 TARGET_VS_TORCH_PRUNING = 1 / 3
 TARGET_SPEED_AGREEMENT = 0.9
@@ -193,17 +193,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     speed_row, figures = _speed(model, compressed, plan)
     checks.append(speed_row)
 
-    from colab_helpers.evaluation import perplexity
+    from colab_helpers.evaluation import other_domain_text, perplexity
 
     def held_out(target: Any) -> float:
         return perplexity(target, tokenizer, heldout, seq_len=seq, stride=seq, batch_size=8, progress=False).perplexity
 
-    other = _token_blocks(tokenizer, OTHER_TEXT.read_text(encoding="utf-8"), plan["heldout"], seq) \
-        if OTHER_TEXT.is_file() else None  # fmt: skip
+    other = _token_blocks(tokenizer, other_domain_text(OTHER_TEXT), plan["heldout"], seq)
 
-    def other_domain(target: Any) -> float | None:
-        if other is None:
-            return None
+    def other_domain(target: Any) -> float:
         return perplexity(target, tokenizer, other, seq_len=seq, stride=seq, batch_size=8, progress=False).perplexity
 
     other_before = {"unpruned": other_domain(model), "compressed": other_domain(compressed)}
@@ -275,7 +272,7 @@ def _keep(ours: Any, box: dict[str, Any]) -> Any:
 
 
 def _write_docs(result: dict[str, Any], rows: list[dict[str, Any]], report: Any, recovered: dict[str, Any],
-                plan: dict[str, Any], other: dict[str, float | None]) -> None:  # fmt: skip
+                plan: dict[str, Any], other: dict[str, float]) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,7 +289,7 @@ def _write_docs(result: dict[str, Any], rows: list[dict[str, Any]], report: Any,
         f"Written by `{COMMAND}` (do not edit by hand; run it again). {plan['steps']} recovery steps; "
         f"{result['settings']['seconds'] / 60:.0f} min in all.",
         "",
-        "## Goals (issue #12)",
+        "## Goals",
         "",
         "| check | target | measured | result | detail |",
         "|---|---|---:|---|---|",
@@ -315,13 +312,12 @@ def _write_docs(result: dict[str, Any], rows: list[dict[str, Any]], report: Any,
               "| recovery | held-out perplexity | minutes |", "|---|---:|---:|"]
     for kind, label in (("distill", "distillation (KD + LM, T=2, alpha 0.5)"), ("lora", "plain LoRA (LM loss)")):
         lines.append(f"| {label} | {recovered[kind]['perplexity']:,.1f} | {recovered[kind]['seconds'] / 60:.1f} |")
-    if other["unpruned"] is not None:
-        lines += ["", f"On text of another domain ({OTHER_TEXT}, {plan['heldout']} x {plan['seq_len']} tokens, the text "
-                  "NOTES.md measured torch-pruning on): what recovery on the embedded corpus keeps of the model's "
-                  "general ability.", "", "| model | perplexity on the other text |", "|---|---:|",
-                  f"| unpruned | {other['unpruned']:,.1f} |", f"| compressed, before recovery | {other['compressed']:,.1f} |",
-                  f"| distilled | {recovered['distill']['other']:,.1f} |",
-                  f"| plain LoRA | {recovered['lora']['other']:,.1f} |"]  # fmt: skip
+    lines += ["", f"On text of another domain (the GPL-3 licence text, `other_domain_text({OTHER_TEXT!r})`, "
+              f"{plan['heldout']} x {plan['seq_len']} tokens): what recovery on the embedded corpus keeps of the "
+              "model's general ability.", "", "| model | perplexity on the other text |", "|---|---:|",
+              f"| unpruned | {other['unpruned']:,.1f} |", f"| compressed, before recovery | {other['compressed']:,.1f} |",
+              f"| distilled | {recovered['distill']['other']:,.1f} |",
+              f"| plain LoRA | {recovered['lora']['other']:,.1f} |"]  # fmt: skip
     lines += ["", "![recovery curves](compression-recovery.png)", "", "## Reading the results", ""]
     lines += _reading(rows, report, recovered, other)
     lines += ["", "## Settings", ""]
@@ -330,7 +326,7 @@ def _write_docs(result: dict[str, Any], rows: list[dict[str, Any]], report: Any,
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 
-def _reading(rows: list[dict[str, Any]], report: Any, recovered: dict[str, Any], other: dict[str, float | None]) -> list[str]:
+def _reading(rows: list[dict[str, Any]], report: Any, recovered: dict[str, Any], other: dict[str, float]) -> list[str]:
     """What the tables say, in sentences built from this run's numbers."""
     unpruned = rows[0]["perplexity"]
     kd, lm = recovered["distill"]["perplexity"], recovered["lora"]["perplexity"]
@@ -350,13 +346,12 @@ def _reading(rows: list[dict[str, Any]], report: Any, recovered: dict[str, Any],
            "so on in-domain text the teacher is a ceiling that plain LoRA is free to pass. Minitron's remedy is "
            "*teacher correction* (fine-tune the teacher on the distillation text first); it is not implemented here."),
     ]
-    if other["unpruned"] is not None:
-        lines.append(
-            f"- **Another domain.** On {OTHER_TEXT.name} the unpruned model scores {other['unpruned']:,.1f}, the "
-            f"compressed one {other['compressed']:,.1f}, distilled {recovered['distill']['other']:,.1f}, plain LoRA "
-            f"{recovered['lora']['other']:,.1f}: which recovery keeps more of what the model knew outside the "
-            "training text."
-        )
+    lines.append(
+        f"- **Another domain.** On the GPL-3 text the unpruned model scores {other['unpruned']:,.1f}, the "
+        f"compressed one {other['compressed']:,.1f}, distilled {recovered['distill']['other']:,.1f}, plain LoRA "
+        f"{recovered['lora']['other']:,.1f}: which recovery keeps more of what the model knew outside the "
+        "training text."
+    )
     lines.append("- **Not shown**: " + NOT_SHOWN + ".")
     return lines
 

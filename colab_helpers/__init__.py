@@ -11,10 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .deprecated import install as _install_moved_module_finder
 from .errors import ColabHelpersWarning, CudaFallbackWarning, OfflineFallbackWarning
-
-_install_moved_module_finder()  # old module paths (colab_helpers.pipeline, ...) import with a DeprecationWarning
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {

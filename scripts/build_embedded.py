@@ -17,10 +17,13 @@ Usage (about 5-6 minutes on an idle 2-core CPU machine; more when it is shared):
     HF_HUB_OFFLINE=1 python scripts/build_embedded.py            # everything
     python scripts/build_embedded.py --only corpus                # corpus only
     python scripts/build_embedded.py --only llama --steps 50      # a quick retrain of one model
+    python scripts/build_embedded.py --only corpus --jargon PATH  # the Jargon File from somewhere else
 
-The corpus comes from the Debian package ``jargon-text`` (``apt-get install jargon-text``), which is public
-domain. Training is seeded and runs on the CPU with a fixed data order: a rebuild on the same machine and
-torch version gives the same numbers; elsewhere the last bits of the weights may differ.
+The corpus comes from the file ``jargon.txt.gz`` of Debian's package ``jargon-text`` (``apt-get install
+jargon-text``), which is public domain; ``--jargon`` names that file, and without it the script asks ``dpkg``
+where the package put it. Rebuilding only a model reads the corpus already built, not the Jargon File. Training
+is seeded and runs on the CPU with a fixed data order: a rebuild on the same machine and torch version gives the
+same numbers; elsewhere the last bits of the weights may differ.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +55,9 @@ from colab_helpers.runtime.files import atomic_write_bytes, atomic_write_text  #
 logger = logging.getLogger("build_embedded")
 
 # ---- settings ------------------------------------------------------------------------------------------
-JARGON_PATH = Path("/usr/share/doc/jargon-text/jargon.txt.gz")  # Debian package jargon-text 4.4.7
-JARGON_COPYRIGHT = Path("/usr/share/doc/jargon-text/copyright")
+JARGON_PACKAGE = "jargon-text"  # Debian's package of the Jargon File 4.4.7
+JARGON_FILE = "jargon.txt.gz"  # the file of that package the corpus is cleaned from; its "copyright" sits beside it
+JARGON_INSTALL = f"`apt-get install -y {JARGON_PACKAGE}` on Debian or Ubuntu"
 VALIDATION_EVERY = 20  # paragraph i goes to validation when i % 20 == 19 (5 %), else to train
 MIN_WORDS = 6  # shorter paragraphs (index entries, headings) are dropped
 VOCAB_SIZE = 2048
@@ -173,14 +178,24 @@ def read_split(out: Path, split: str) -> list[str]:
         return [p for p in handle.read().split("\n\n") if p.strip()]
 
 
-def build_corpus(out: Path) -> dict[str, Any]:
-    """Write the corpus splits and SOURCE.md under ``out/corpus`` and return their figures."""
-    if not JARGON_PATH.exists():
+def find_jargon() -> Path | None:
+    """Return where Debian's ``jargon-text`` package put ``jargon.txt.gz`` (asked of ``dpkg``), or None."""
+    try:
+        listed = subprocess.run(["dpkg", "-L", JARGON_PACKAGE], capture_output=True, text=True, check=False)
+    except OSError:  # no dpkg: not a Debian-based system
+        return None
+    paths = [Path(line) for line in listed.stdout.splitlines() if line.endswith("/" + JARGON_FILE)]
+    return next((path for path in paths if path.is_file()), None)
+
+
+def build_corpus(out: Path, jargon: Path) -> dict[str, Any]:
+    """Write the corpus splits and SOURCE.md under ``out/corpus`` from ``jargon`` (jargon.txt.gz); return figures."""
+    if not jargon.is_file():
         raise FileNotFoundError(
-            f"{JARGON_PATH} not found; install the public-domain Jargon File with "
-            "`apt-get install -y jargon-text` (Debian/Ubuntu), then rerun"
+            f"{jargon} not found: pass the Jargon File, the file {JARGON_FILE} of Debian's {JARGON_PACKAGE} package "
+            f"(install it with {JARGON_INSTALL}; `dpkg -L {JARGON_PACKAGE}` shows where it is)"
         )
-    with gzip.open(JARGON_PATH, "rt", encoding="utf-8") as handle:
+    with gzip.open(jargon, "rt", encoding="utf-8") as handle:
         raw = handle.read()
     paragraphs = clean_jargon(raw)
     train, validation = split_paragraphs(paragraphs)
@@ -192,7 +207,8 @@ def build_corpus(out: Path) -> dict[str, Any]:
         _publish(atomic_write_bytes(corpus_dir / f"{split}.txt.gz", data))
         figures[split] = {"paragraphs": len(items), "chars": len(text), "gz_bytes": len(data)}
         logger.info("corpus %s: %d paragraphs, %d chars, %d bytes gzipped", split, len(items), len(text), len(data))
-    copyright_text = JARGON_COPYRIGHT.read_text(encoding="utf-8") if JARGON_COPYRIGHT.exists() else ""
+    copyright_file = jargon.with_name("copyright")  # Debian's copyright file, beside the text in the package
+    copyright_text = copyright_file.read_text(encoding="utf-8") if copyright_file.is_file() else ""
     _publish(atomic_write_text(corpus_dir / "SOURCE.md", _source_md(figures, raw, copyright_text)))
     return figures
 
@@ -200,12 +216,15 @@ def build_corpus(out: Path) -> dict[str, Any]:
 def _source_md(figures: dict[str, Any], raw: str, copyright_text: str) -> str:
     """Return the text of corpus/SOURCE.md."""
     version = re.search(r"\(version ([0-9.]+)\)", raw)
-    notice = "\n".join(f"> {line}".rstrip() for line in copyright_text.strip().splitlines())
+    # the copyright file ends by naming where Debian systems keep the GPL's text: a file our users need not have,
+    # and the GPL covers only Debian's packaging scripts, which are not shipped here
+    kept = [p for p in copyright_text.strip().split("\n\n") if not p.startswith("On Debian GNU/Linux systems")]
+    notice = "\n".join(f"> {line}".rstrip() for line in "\n\n".join(kept).splitlines())
     return f"""# Embedded corpus: the Jargon File
 
 - **What**: *The Jargon File*, version {version[1] if version else "4.4.7"} (29 Dec 2003), edited by Eric S. Raymond:
   a lexicon of hacker slang with essays and folklore. About 1.3 MB of English prose after cleaning.
-- **Where it came from**: the Debian package `jargon-text` (file `{JARGON_PATH}`), which took it from
+- **Where it came from**: the file `{JARGON_FILE}` of the Debian package `{JARGON_PACKAGE}`, which took it from
   <http://www.catb.org/~esr/jargon/>.
 - **Licence**: public domain. The File itself says: "This document (the Jargon File) is in the public domain,
   to be freely used, shared, and modified. There are (by intention) no legal restraints on what you can do with
@@ -236,6 +255,8 @@ Files: `train.txt.gz`, `validation.txt.gz`: UTF-8, paragraphs separated by one b
 (a rebuild is byte-identical).
 
 ## Debian's copyright file for the package
+Without its closing paragraph, which names where Debian systems keep the GPL's text.
+
 {notice}
 """
 
@@ -543,6 +564,7 @@ perplexities, versions) are in each model's `training.json`.
 apt-get install -y jargon-text        # the corpus source (Debian/Ubuntu)
 {command}
 ```
+`--jargon PATH` names the Jargon File (default: where `dpkg -L jargon-text` says it is),
 `--only corpus|gpt2|llama` rebuilds one part, `--steps N` changes the training length, `--seed S` the seed,
 `--batch-size`, `--lr` and `--threads` the rest of the recipe, `--out DIR` the output directory (the docs
 table is rewritten only for the package's own directory). Every file is written atomically. The corpus files are byte-identical on
@@ -568,12 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=LEARNING_RATE, help="peak AdamW learning rate")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (the build machine is shared)")
     parser.add_argument("--only", choices=["corpus", "gpt2", "llama"], help="rebuild only this part")
+    parser.add_argument("--jargon", type=Path, help=f"the corpus source: {JARGON_FILE} of Debian's {JARGON_PACKAGE} "
+                        f"package (default: where `dpkg -L {JARGON_PACKAGE}` says it is)")
     args = parser.parse_args(argv)
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if args.only in (None, "corpus"):
+        args.jargon = args.jargon or find_jargon()
+        if args.jargon is None:
+            parser.error(f"the corpus source was not found: install the Jargon File with {JARGON_INSTALL}, or pass "
+                         f"the path of its {JARGON_FILE} with --jargon PATH")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -581,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out: Path = args.out.resolve()
     if args.only in (None, "corpus"):
-        build_corpus(out)
+        build_corpus(out, args.jargon)
     if args.only != "corpus":
         import torch
 

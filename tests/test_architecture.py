@@ -1,23 +1,20 @@
-"""The package's shape (docs/architecture.md): stages import one way, no private names cross modules, old paths
-still import (with a DeprecationWarning), long modules say why, every sub-package lists its modules."""
+"""The package's shape (docs/architecture.md): stages import one way, no private names cross modules, no old flat paths, long modules say why, every sub-package lists its modules."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 import colab_helpers
-from colab_helpers.deprecated import MOVED_MODULES, MOVED_PACKAGES
 
 PACKAGE = Path(colab_helpers.__file__).parent
 # Stages in import order: a stage imports only the stages before it (and the base modules).
 LAYERS = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling")
-BASE = ("errors", "smoke", "checks", "_version", "deprecated")  # import nothing of the stages; anyone may import them
+BASE = ("errors", "smoke", "checks", "_version")  # import nothing of the stages; anyone may import them
 MAX_LINES = 400
 LONG_MODULE_NOTE = "in one module because"  # the opening docstring of a longer module says why
 
@@ -107,31 +104,8 @@ def test_every_sub_package_lists_its_modules() -> None:
         assert not missing, f"colab_helpers/{stage}/__init__.py does not list {missing}"
 
 
-@pytest.mark.parametrize("old", sorted(MOVED_MODULES))
-def test_old_module_paths_import_with_a_deprecation_warning(old: str) -> None:
-    for name in [n for n in sys.modules if n == old or n.startswith(old + ".")]:
-        del sys.modules[name]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    new = importlib.import_module(MOVED_MODULES[old])
-    assert [w for w in caught if issubclass(w.category, DeprecationWarning) and MOVED_MODULES[old] in str(w.message)]
-    public = next(name for name in dir(new) if not name.startswith("_"))
-    assert getattr(module, public) is getattr(new, public)
-
-
-def test_old_package_submodules_import_the_new_module() -> None:
-    old, new = next(iter(MOVED_PACKAGES.items()))
-    with pytest.warns(DeprecationWarning, match=f"{new}.sweep"):
-        module = importlib.import_module(f"{old}.sweep")
-    assert module.SpellingStudy is importlib.import_module(f"{new}.sweep").SpellingStudy
-    assert f"{new}.sweep" in sys.modules and sys.modules[f"{new}.sweep"].__name__ == f"{new}.sweep"  # loaded once
-
-
-def test_python_dash_m_on_an_old_path_runs_the_new_module(tmp_path: Path) -> None:
-    import subprocess
-
-    result = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-m", "colab_helpers.notebook_runner",
-                             "--help"], capture_output=True, text=True, cwd=tmp_path, check=False)  # fmt: skip
-    assert result.returncode == 0 and "--smoke" in result.stdout
-    assert "moved to colab_helpers.runtime.notebooks" in result.stderr
+def test_no_module_path_from_before_the_stage_layout_imports() -> None:
+    """The layout was never released with its old flat modules: no compatibility layer answers for them."""
+    for old in ("colab_helpers.pipeline", "colab_helpers.tracking", "colab_helpers.notebook_runner"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)

@@ -9,16 +9,16 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from colab_helpers.runtime import hub
-from colab_helpers.evaluation.data import TextDataset, available_datasets, load_text_dataset
+from colab_helpers.evaluation.data import TextDataset, available_datasets, load_text_dataset, other_domain_text
 from colab_helpers.errors import OfflineFallbackWarning
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "colab_helpers" / "embedded" / "corpus"
-JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 
 
 @pytest.fixture
@@ -52,16 +52,57 @@ def test_embedded_corpus_files_are_reproducible() -> None:
     assert load_text_dataset("embedded") == load_text_dataset("embedded")
 
 
-@pytest.mark.skipif(not JARGON.exists(), reason="jargon-text (Debian) not installed")
-def test_corpus_rebuild_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def build(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """scripts/build_embedded.py, loaded as a module."""
     spec = importlib.util.spec_from_file_location("build_embedded", REPO / "scripts" / "build_embedded.py")
     assert spec is not None and spec.loader is not None
-    build = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "build_embedded", build)  # dataclasses look their module up
-    spec.loader.exec_module(build)
-    build.build_corpus(tmp_path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "build_embedded", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_corpus_rebuild_is_byte_identical(build: Any, tmp_path: Path) -> None:
+    jargon = build.find_jargon()
+    if jargon is None:
+        pytest.skip("Debian's jargon-text package is not installed (apt-get install -y jargon-text): nothing to "
+                    "rebuild the corpus from")
+    build.build_corpus(tmp_path, jargon)
     for split in ("train.txt.gz", "validation.txt.gz", "SOURCE.md"):
         assert (tmp_path / "corpus" / split).read_bytes() == (CORPUS / split).read_bytes(), split
+
+
+def test_corpus_source_describes_the_shipped_files(build: Any) -> None:
+    # SOURCE.md's table and text are what the build script writes for the shipped splits (the copyright notice
+    # quoted at its end comes from Debian's package and is checked by the rebuild above)
+    figures: dict[str, Any] = {}
+    for split in ("train", "validation"):
+        data = (CORPUS / f"{split}.txt.gz").read_bytes()
+        text = gzip.decompress(data).decode("utf-8")
+        paragraphs = len(build.read_split(CORPUS.parent, split))
+        figures[split] = {"paragraphs": paragraphs, "chars": len(text), "gz_bytes": len(data)}
+    shipped = (CORPUS / "SOURCE.md").read_text(encoding="utf-8")
+    written = build._source_md(figures, "(version 4.4.7)", "")
+    assert shipped.startswith(written.rstrip("\n")), "SOURCE.md differs from what scripts/build_embedded.py writes"
+
+
+def test_corpus_build_names_where_to_get_the_jargon_file(build: Any, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"jargon\.txt\.gz of Debian's jargon-text package.*apt-get install"):
+        build.build_corpus(tmp_path, tmp_path / "missing.txt.gz")
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_other_domain_text_is_shipped_in_the_package() -> None:
+    text = other_domain_text("gpl-3.0")
+    assert text.lstrip().startswith("GNU GENERAL PUBLIC LICENSE") and "Version 3, 29 June 2007" in text
+    assert len(text) > 30_000 and text.rstrip().endswith("<https://www.gnu.org/licenses/why-not-lgpl.html>.")
+    assert other_domain_text() == text  # the default
+    from colab_helpers.evaluation import other_domain_text as exported
+
+    assert exported is other_domain_text
+    with pytest.raises(ValueError, match=r"unknown text 'gpl-2'; choose one of \['gpl-3.0'\]"):
+        other_domain_text("gpl-2")
 
 
 def test_text_dataset_fields_and_repr(embedded: TextDataset) -> None:

@@ -183,6 +183,33 @@ def test_python_dash_m_runs(root: Path) -> None:
     assert result.returncode == 0 and result.stdout.split() == ["tag", "c"]
 
 
+def test_version_from_python_dash_m() -> None:
+    from colab_helpers import __version__
+
+    result = subprocess.run([sys.executable, "-m", "colab_helpers", "--version"], cwd=REPO, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == f"colab-helpers {__version__}"
+
+
+def test_console_script_is_the_cli_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import tomllib
+
+    from colab_helpers import __version__
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["colab-helpers"]
+    module, _, name = target.partition(":")
+    entry = getattr(importlib.import_module(module), name)
+    assert entry is main
+    with pytest.raises(SystemExit) as exited:
+        entry(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"colab-helpers {__version__}"
+    monkeypatch.setattr(sys, "argv", [str(Path("bin") / "colab-helpers"), "runs"])  # as the console script runs it
+    with pytest.raises(SystemExit):
+        entry(["--no-such-option"])
+    assert capsys.readouterr().err.startswith("usage: colab-helpers ")
+
+
 def test_table_cuts_long_cells_and_rounds_floats(capsys: pytest.CaptureFixture[str], root: Path) -> None:
     manager = RunManager(root, record_environment=False)
     run = manager.new_run({"tag": "long"})
@@ -194,7 +221,7 @@ def test_table_cuts_long_cells_and_rounds_floats(capsys: pytest.CaptureFixture[s
     assert header.index("final_valid_loss") + len("final_valid_loss") == len(line)  # numbers right-aligned
 
 
-# --- issue #11: filters without a value, failed runs, dry runs checked like real sweeps --------------------------
+# --- filters without a value, failed runs, dry runs checked like real sweeps -------------------------------------
 
 
 @pytest.mark.parametrize("condition", ["training.steps>", "training.steps<", "training.steps>=", "training.steps<= "])
@@ -277,7 +304,7 @@ def test_dry_run_rejects_what_the_real_sweep_rejects(
     assert message in str(info.value) and not (tmp_path / "results").exists()
 
 
-# --- issue #12: --target-params, --axes, --recovery ---------------------------------------------------------------
+# --- --target-params, --axes, --recovery --------------------------------------------------------------------------
 
 
 def test_run_settings_parse_only_when_given() -> None:

@@ -214,7 +214,7 @@ def test_extra_keys_named_like_a_metric_are_refused_before_any_run(tmp_path: Pat
     assert not (tmp_path / "runs.csv").exists() and not (tmp_path / "single").exists()
 
 
-# --- issue #12: sweeps over target_params, axes and recovery_method ----------------------------------------------
+# --- sweeps over target_params, axes and recovery_method ---------------------------------------------------------
 
 
 def test_a_sweep_over_two_targets_plans_two_runs_and_lists_of_axes_are_values() -> None:

@@ -1,6 +1,6 @@
 """scripts/gpu_check.sh on a CPU machine: it refuses without CUDA and writes nothing; its rehearsal runs the real driver.
 
-The check itself runs on a lent GPU machine (docs/gpu-validation.md). What can be checked here: the shell scripts
+The check itself runs on a GPU machine (docs/gpu-validation.md). What can be checked here: the shell scripts
 parse, a machine without CUDA gets a clear message, a non-zero status and no half-written output, and the
 rehearsal (``GPU_CHECK_REHEARSAL=1``: the embedded model at smoke size on the CPU) runs the pipeline with the
 variant's ``ExperimentConfig.dtype`` and checks the model loaded and trained in it, so a change to the pipeline that

@@ -156,7 +156,7 @@ def test_catalog_alias_resolves_to_its_hub_id_and_fails_clearly_offline(monkeypa
         models.load_model("opt-125m")
 
 
-# --- issue #11: a local folder that is not a loadable model says which file and what to do ----------------------
+# --- a local folder that is not a loadable model says which file and what to do ---------------------------------
 
 
 @pytest.fixture

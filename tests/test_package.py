@@ -85,7 +85,7 @@ def test_save_results_writes_json_and_markdown_without_secrets(tmp_path: Path, m
     assert data == {"loss": None, "path": str(tmp_path), "note": "***", "items": [1, 2.5]}
 
 
-# --- an unwritable destination is named as the caller gave it, never as a temporary file (issue #11) ----------
+# --- an unwritable destination is named as the caller gave it, never as a temporary file ----------------------
 
 
 def _no_write(tmp: Path) -> None:

@@ -68,7 +68,7 @@ def test_figures_never_import_pyplot() -> None:
     import subprocess
 
     code = (
-        "import sys, torch, pandas as pd; from colab_helpers import figures, sweep_plots\n"
+        "import sys, torch, pandas as pd; from colab_helpers.plots import pruning as figures, sweeps as sweep_plots\n"
         "figures.plot_head_importance(torch.rand(2, 4), torch.rand(2, 4) < 0.5)\n"
         "figures.plot_level_curves(pd.DataFrame({'strategy': ['a', 'a'], 'level': [0.0, 0.3], 'perplexity': [9.0, 12.0]}))\n"
         "rows = [dict(model='m', strategy=s, pruning_level=l, status='done', baseline_perplexity=9.0,\n"

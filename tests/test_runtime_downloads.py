@@ -360,7 +360,7 @@ def test_drive_results_dir_off_colab_warns_and_keeps_the_path(no_colab: None) ->
         assert drive_results_dir("results/x") == Path("results/x")
 
 
-# --- no secret value in a bundle: compressed files, other encodings, file names (issue #11) -----------------
+# --- no secret value in a bundle: compressed files, other encodings, file names -----------------------------
 
 KEY = "wandbKEY0123456789abcdef"  # a second secret whose value makes no credential-looking file name
 SECRET_FORMS = [value.encode(encoding) for value in (TOKEN, KEY)

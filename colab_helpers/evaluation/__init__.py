@@ -1,6 +1,7 @@
 """The measuring instruments every stage uses: text data, perplexity, generations, latency.
 
-- :mod:`.data` -- text datasets: the embedded offline corpus, or WikiText from the hub;
+- :mod:`.data` -- text datasets: the embedded offline corpus, or WikiText from the hub; shipped texts of another
+  domain (``other_domain_text``);
 - :mod:`.perplexity` -- perplexity on held-out text, token batches, side-by-side generations;
 - :mod:`.latency` -- per-token generation latency and forward latency, measured so models compare.
 
@@ -9,6 +10,7 @@ This package was the module ``colab_helpers.evaluation``: its names stay importa
 
 from __future__ import annotations
 
+from .data import other_domain_text
 from .perplexity import (
     PerplexityResult,
     check_token_ids,
@@ -25,6 +27,7 @@ __all__ = [
     "compare_generations",
     "lm_batches",
     "model_vocab_size",
+    "other_domain_text",
     "perplexity",
     "tokenize_texts",
 ]

@@ -32,6 +32,9 @@ _SOURCES: dict[str, str] = {
     "wikitext-2-raw-v1": "Salesforce/wikitext, wikitext-2-raw-v1 (CC BY-SA 3.0), Hugging Face Hub",
     "wikitext-103-raw-v1": "Salesforce/wikitext, wikitext-103-raw-v1 (CC BY-SA 3.0), Hugging Face Hub",
 }
+# Texts of another domain than the embedded corpus, shipped in colab_helpers/embedded/texts (see SOURCE.md there):
+# name -> file. They measure what recovery on the corpus keeps of a model's general ability.
+OTHER_DOMAIN_TEXTS: dict[str, str] = {"gpl-3.0": "gpl-3.0.txt"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class TextDataset:
 def available_datasets() -> list[str]:
     """Return the dataset names ``load_text_dataset`` accepts: ``"embedded"`` (offline) first, then hub ones."""
     return [EMBEDDED_DATASET, *HUB_DATASETS]
+
+
+def other_domain_text(name: str = "gpl-3.0") -> str:
+    """Return the whole text of the shipped text ``name`` of another domain (offline), e.g. ``"gpl-3.0"``."""
+    if name not in OTHER_DOMAIN_TEXTS:
+        raise ValueError(f"unknown text {name!r}; choose one of {sorted(OTHER_DOMAIN_TEXTS)}")
+    resource = resources.files("colab_helpers").joinpath("embedded", "texts", OTHER_DOMAIN_TEXTS[name])
+    return resource.read_text(encoding="utf-8")
 
 
 def load_text_dataset(name: str = "auto", *, max_chars: int | None = None) -> TextDataset:

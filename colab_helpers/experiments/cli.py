@@ -1,4 +1,4 @@
-"""Command line: ``python -m colab_helpers runs | sweep | run``.
+"""Command line: ``python -m colab_helpers runs | sweep | run`` (installed as ``colab-helpers`` too).
 
     python -m colab_helpers runs --root results --filter-sweep lr_sweep --filter "training.learning_rate<0.001" \\
         --sort-by final_valid_loss --show run_id training.learning_rate final_valid_loss --limit 10
@@ -7,6 +7,7 @@
     python -m colab_helpers sweep base.yaml sweep.yaml --root results  # runs them (needs the pipeline)
     python -m colab_helpers run config.yaml --root results
     python -m colab_helpers run config.yaml --target-params 0.7 --axes heads,mlp --recovery distill
+    colab-helpers --version                                           # "colab-helpers X.Y.Z"
 
 Exit status: 0 on success, 1 when a run of ``run`` or ``sweep`` failed (each failure named on stderr with the path of
 its ``error.txt``), 2 for bad input (unknown column, a filter without a value, malformed YAML or runs.csv, a run config
@@ -35,10 +36,11 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the parser of ``python -m colab_helpers``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m colab_helpers", description="Track, list and sweep pruning + LoRA runs."
-    )
+    """Return the parser of ``python -m colab_helpers`` (and of the ``colab-helpers`` console script)."""
+    from .._version import __version__
+
+    parser = argparse.ArgumentParser(prog=_prog(), description="Track, list and sweep pruning + LoRA runs.")
+    parser.add_argument("--version", action="version", version=f"colab-helpers {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{runs,sweep,run}")
     commands.required = True
 
@@ -81,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", default=DEFAULT_ROOT, help=f"results dir (default: {DEFAULT_ROOT})")
     _add_settings(run)
     return parser
+
+
+def _prog() -> str:
+    """The command as the user typed it: ``colab-helpers`` from the console script, else ``python -m colab_helpers``."""
+    return "colab-helpers" if Path(sys.argv[0]).stem == "colab-helpers" else "python -m colab_helpers"
 
 
 # run settings the command line may set over the YAML config: option -> ExperimentConfig field

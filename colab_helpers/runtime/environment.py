@@ -4,7 +4,7 @@
 (``_repr_html_``), logs as one line (``summary()``) or saves as JSON (``to_dict()``). Its
 ``recommendations`` turn the figures into choices: dtype, 4-bit, unsloth, and a rough largest model size.
 
-Runtime markers (see /work/shared/NOTES.md, "Where our users run"): Colab sets ``COLAB_RELEASE_TAG`` (its
+Runtime markers (environment variables each platform sets in its notebooks): Colab sets ``COLAB_RELEASE_TAG`` (its
 ``COLAB_GPU`` is set even on CPU runtimes, so it says nothing about a GPU); Kaggle ``KAGGLE_KERNEL_RUN_TYPE``;
 Lightning ``LIGHTNING_CLOUD_SPACE_ID``/``LIGHTNING_CLOUD_PROJECT_ID``. papermill sets nothing, so our own
 headless runs set ``COLAB_HELPERS_HEADLESS=1``. "Which platform" and "is a browser attached" are separate
