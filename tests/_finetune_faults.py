@@ -194,6 +194,17 @@ class NanAdapter(Callback):
                     param.fill_(float("nan"))
 
 
+class NanBase(Callback):
+    """Fill the frozen base weights with NaN when training begins: broken after the set-up, which refuses a model
+    whose weights are NaN already, so that the guard's end-of-run verdict is what must name them."""
+
+    def on_train_begin(self, tuner: Any) -> None:
+        with torch.no_grad():
+            for param in tuner.model.parameters():
+                if not param.requires_grad:
+                    param.fill_(float("nan"))
+
+
 def nan_base_weights(model: Any) -> Any:
     """Fill every weight of ``model`` with NaN (a broken download or a bad merge); return the model."""
     with torch.no_grad():

@@ -82,7 +82,7 @@ def test_lm_batches_shapes_and_errors(model_and_tokenizer) -> None:
         lm_batches(ids[:5], seq_len=16, batch_size=2)
 
 
-# --- issue #11: token ids are checked before the model runs ------------------------------------------------------
+# --- token ids are checked before the model runs -----------------------------------------------------------------
 
 
 class _NoForward(torch.nn.Module):
@@ -112,6 +112,15 @@ def test_bad_token_ids_are_a_value_error_before_the_model_runs(model_and_tokeniz
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match=message):
         perplexity(_NoForward(model), tokenizer, ids, seq_len=16, progress=False)
+
+
+@pytest.mark.parametrize(("seq_len", "shown"), [(1, r"1 \(int\)"), (0, r"0 \(int\)"), (16.0, r"16.0 \(float\)")])
+def test_a_window_shorter_than_two_tokens_is_refused_before_the_model_runs(model_and_tokenizer, seq_len, shown) -> None:
+    """seq_len=1 was a ZeroDivisionError after the whole text ran (nothing to predict in a 1-token window)."""
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match=rf"seq_len must be an integer >= 2, got {shown}; a perplexity window needs "
+                                         r"at least 2 tokens .* pass e.g. seq_len=128, or None"):  # fmt: skip
+        perplexity(_NoForward(model), tokenizer, TEXT, seq_len=seq_len, progress=False)
 
 
 def test_token_ids_and_texts_give_the_same_perplexity(model_and_tokenizer) -> None:

@@ -15,6 +15,8 @@ from colab_helpers.experiments.config import ExperimentConfig
 BAD: list[tuple[str, Any, str]] = [
     ("model", None, "model must be a string, got None (NoneType); e.g. model='auto'"),
     ("model", "  ", "model must be a non-empty name"),
+    ("model", "gpt2-medum", "unknown model 'gpt2-medum' (did you mean 'gpt2-medium'?): not a catalog name, an existing "
+                            "local path or a hub id 'owner/name'; pass a catalog name"),
     ("dataset", 3, "dataset must be a string, got 3 (int)"),
     ("strategy", ["random"], "strategy must be a string, got ['random'] (list)"),
     ("strategy", "attention", "strategy must be one of"),
@@ -117,7 +119,7 @@ def test_a_key_that_looks_like_a_setting_is_tracked_with_one_warning() -> None:
     assert config.learning_rate == ExperimentConfig().learning_rate and config.seed == 1
 
 
-# --- issue #12: compress to a parameter share, recover by distillation -------------------------------------------
+# --- compress to a parameter share, recover by distillation ------------------------------------------------------
 
 
 def test_every_field_documents_itself() -> None:
@@ -199,3 +201,30 @@ def test_recovery_as_a_key_points_at_recovery_method() -> None:
         ExperimentConfig.from_dict({"recovery": "distill"})
     config, extra = ExperimentConfig.from_dict({"recovery_method": "distill", "notes": 1})
     assert config.recovery_method == "distill" and extra == {"notes": 1}
+
+
+@pytest.mark.parametrize("name", ["gpt2-medum", "gpt2-medum ", "no-such-model-xyz", "embedded-lama"])
+def test_a_model_name_that_resolves_to_nothing_is_refused_smoke_or_not(name: str) -> None:
+    """smoke() swapped any unknown name for the toy without a word; now the name is refused when the config is built
+    (before smoke() is reached), with the closest catalog names and the fix."""
+    with pytest.raises(ValueError, match=rf"unknown model {re.escape(repr(name))}.*not a catalog name, an existing "
+                                         r"local path or a hub id 'owner/name'; pass .* full id with the owner"):
+        ExperimentConfig(model=name).smoke()
+    with pytest.raises(ValueError, match=rf"unknown model {re.escape(repr(name))}"):
+        ExperimentConfig.from_dict({"model": name})  # YAML, sweeps and the command line
+    with pytest.raises(ValueError, match=r"did you mean 'embedded-llama'"):
+        ExperimentConfig(model="embedded-lama")
+    with pytest.raises(ValueError, match=r"model '/no/such/folder' looks like a path, but nothing is there; check the "
+                                         r"path"):  # fmt: skip
+        ExperimentConfig(model="/no/such/folder")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["auto", "AUTO", "gpt2", "distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M",
+     "embedded-gpt2", "embedded-llama", "smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "someone/any-model",
+     "x/gpt2", "."],
+)  # fmt: skip
+def test_catalog_names_hub_ids_and_existing_paths_are_accepted(name: str, tmp_path: Any) -> None:
+    assert ExperimentConfig(model=name).model == name
+    assert ExperimentConfig(model=str(tmp_path)).smoke().model == "embedded-gpt2"  # an existing folder, unchecked

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from _finetune_faults import EVAL_TEXTS, TRAIN_TEXTS, all_finite, tiny_model, tokenizer
+from _finetune_faults import EVAL_TEXTS, TRAIN_TEXTS, all_finite, nan_base_weights, tiny_model, tokenizer
 from colab_helpers.errors import ColabHelpersWarning
 from colab_helpers.finetune import FineTuneConfig, FineTuner, fine_tune
 from colab_helpers.finetune.lora import choose_backend, resolve_precision, resolve_targets
@@ -194,6 +194,27 @@ def test_a_failure_attaching_lora_leaves_no_new_folder(tmp_path, monkeypatch) ->
     with pytest.raises(RuntimeError, match="peft could not wrap"):
         fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path, output_dir=str(output_dir)), progress=False)
     assert output_dir.is_dir()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_weights_already_non_finite_are_refused_before_any_folder_or_checkpoint(tmp_path, bad) -> None:
+    """Such a model trained two skipped steps, wrote checkpoints and returned; now it is named before any file work."""
+    model = tiny_model()
+    name, param = list(model.named_parameters())[3]
+    with torch.no_grad():
+        param.view(-1)[5] = bad
+    output_dir = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match=rf"the model holds NaN or infinity in '{name}' \(the first such weight\) "
+                                         r"before training, .*; load it again \(e.g. load_model\(name\)\)"):
+        fine_tune(model, tokenizer(), TRAIN_TEXTS, config=small(tmp_path, output_dir=str(output_dir)), progress=False)
+    assert not output_dir.exists() and not (tmp_path / "new").exists()
+    assert not any("lora" in module for module, _ in model.named_modules())  # nothing was attached
+    old = output_dir / "checkpoints" / "checkpoint-3"  # resume=False deletes old checkpoints: not for this model
+    old.mkdir(parents=True)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        fine_tune(nan_base_weights(tiny_model()), tokenizer(), TRAIN_TEXTS,
+                  config=small(tmp_path, output_dir=str(output_dir)), progress=False)  # fmt: skip
+    assert [p.name for p in output_dir.rglob("*")] == ["checkpoints", "checkpoint-3"]
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:

@@ -23,6 +23,7 @@ from _finetune_faults import (
     OutOfMemoryAbove,
     StepClock,
     all_finite,
+    nan_base_weights,
     poison_loss,
     tiny_model,
     tokenizer,
@@ -264,6 +265,19 @@ def test_a_teacher_that_cannot_teach_is_refused_before_any_work(tmp_path, make_t
     if "itself" in fragment or "shares" in fragment:
         assert "copy.deepcopy(model)" in str(info.value)
     assert not (tmp_path / "run").exists()  # no folder, no adapter: nothing was touched
+    assert not any("lora" in name for name, _ in student.named_modules())
+
+
+@pytest.mark.parametrize("broken", ["the student", "the teacher"])
+def test_weights_already_non_finite_are_refused_before_any_work(tmp_path, broken) -> None:
+    """distill shares the trainer's check (the student), and checks the teacher too: its NaN logits are NaN targets."""
+    student, teach = tiny_model(), teacher()
+    nan_base_weights(student if broken == "the student" else teach)
+    first = next(name for name, _ in (student if broken == "the student" else teach).named_parameters())
+    with pytest.raises(ValueError, match=rf"{broken} holds NaN or infinity in '{first}' \(the first such weight\) "
+                                         r"before training, .*load it again"):
+        run(student, teach, config(tmp_path))
+    assert not (tmp_path / "run").exists()
     assert not any("lora" in name for name, _ in student.named_modules())
 
 

@@ -168,7 +168,7 @@ def test_cache_root_is_documented_and_overridable(monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_name_is_accepted_wherever_a_model_name_is_taken(tmp_path: Path) -> None:
-    from colab_helpers.experiments.sweep import check_model_name
+    from colab_helpers.models.loading import check_model_name
     from colab_helpers.experiments.config import ExperimentConfig
     from colab_helpers.experiments.sweep_config import load_config
 

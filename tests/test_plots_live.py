@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +178,36 @@ def test_bad_settings_and_steps() -> None:
         plot.update(math.nan, a=1.0)
     with pytest.raises(TypeError, match="values must be a dict"):
         plot.update(1, [("a", 1.0)])  # type: ignore[arg-type]
+
+
+def test_a_path_that_cannot_take_the_png_is_refused_at_construction(tmp_path: Path) -> None:
+    """A folder as the path, or a folder below a file, failed only at close(), after the whole run was plotted."""
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=rf"LivePlot path '{re.escape(str(folder))}' is a folder; pass the PNG "
+                                                rf"file to write, e.g. path='{re.escape(str(folder / 'plot.png'))}'"):
+        LivePlot(["loss"], path=folder)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError, match=rf"LivePlot path '{re.escape(str(blocker / 'sub' / 'loss.png'))}': "
+                                                 rf"its folder .*'{re.escape(str(blocker))}' is "
+                                                 r"a file; pass a folder path instead, e.g. path='results/plot.png'"):
+        LivePlot(["loss"], path=blocker / "sub" / "loss.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "plots"] and not any(folder.iterdir())
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_folder_is_refused_at_construction(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=rf"LivePlot path '{re.escape(str(locked / 'run' / 'loss.png'))}': "
+                                                  r"its folder .* is not "
+                                                  r"writable; pass a folder you can write to, e.g. path='results/plot.png'"):
+            LivePlot(["loss"], path=locked / "run" / "loss.png")
+    finally:
+        locked.chmod(0o700)
 
 
 def test_series_keep_their_own_steps(tmp_path: Path) -> None:

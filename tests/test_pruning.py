@@ -473,6 +473,34 @@ def test_importance_argument_errors() -> None:
         head_importance(model, [torch.zeros(2, 3)], "gradient", progress=False)
 
 
+def bad_token_batches() -> list[tuple[dict[str, Any], str]]:
+    """Batches whose ids no model can embed, and the words their error must say (the bad value and the fix)."""
+    ids = r"\['input_ids'\] "
+    return [
+        ({"input_ids": torch.zeros(2, 0, dtype=torch.long)}, ids + r"is empty \(shape \(2, 0\)\); pass the ids of some text"),
+        ({"input_ids": torch.rand(2, 10) * 10}, ids + "must hold integer token ids, got dtype torch.float32; convert with"),
+        ({"input_ids": torch.full((2, 10), VOCAB + 5)},
+         ids + rf"holds id {VOCAB + 5}, outside the model's vocabulary of {VOCAB} ids.*load_model\(name\)"),
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "gradient"])
+@pytest.mark.parametrize("case", range(3))
+def test_importance_refuses_bad_token_ids_before_any_forward(strategy: str, case: int) -> None:
+    """Zero-length sequences, float ids and ids past the vocabulary are named with the fix, before the model runs
+    (an id past the embedding is an IndexError on the CPU and a device-side assert on a GPU)."""
+    model = build("gpt2")
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    bad, message = bad_token_batches()[case]
+    with pytest.raises(ValueError, match="batches\\[1\\]" + message):  # the second batch: the first never ran
+        head_importance(model, [inputs(), bad], strategy, progress=False)
+    assert not forwards
+    with pytest.raises(ValueError, match=message):  # read from an iterator: checked as each batch arrives
+        head_importance(model, iter([bad]), strategy, progress=False)
+    assert not forwards
+
+
 def test_max_batches_limits_the_data_read() -> None:
     model = build("gpt2")
     seen = []

@@ -220,6 +220,26 @@ def test_bad_batches_are_refused() -> None:
         compress(build("llama"), [torch.zeros(2, 4, dtype=torch.long)], 0.7, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(torch.zeros(4, 0, dtype=torch.long), r"is empty \(shape \(4, 0\)\); pass the ids of some text"),
+     (torch.rand(4, 16) * 10, "must hold integer token ids, got dtype torch.float32; convert with"),
+     (torch.full((4, 16), VOCAB), rf"holds id {VOCAB}, outside the model's vocabulary of {VOCAB} ids.*load_model")],
+)
+@pytest.mark.parametrize("where", ["batches", "eval_batches"])
+def test_bad_token_ids_are_refused_before_any_forward(bad: Any, message: str, where: str) -> None:
+    """Zero-length sequences, float ids and ids past the vocabulary: named with the fix, the model untouched."""
+    model = build("llama")
+    state = copy.deepcopy(model.state_dict())
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    given = {"batches": batches(), "eval_batches": batches(1)}
+    given[where] = [*given[where], {"input_ids": bad}]
+    with pytest.raises(ValueError, match=rf"^{where}\[\d\]\['input_ids'\] " + message):
+        compress(model, given["batches"], 0.7, eval_batches=given["eval_batches"], progress=False)
+    assert not forwards and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_a_model_with_an_adapter_is_refused() -> None:
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))

@@ -18,7 +18,7 @@ from colab_helpers.pruning import LAYER_STRATEGIES, LayerReport, gate_heads, gat
 from colab_helpers.pruning.layers import decoder_layers, mean_loss  # noqa: E402
 from colab_helpers.pruning.mlp import mlp_sizes  # noqa: E402
 from colab_helpers.pruning.record import check_record  # noqa: E402
-from test_pruning import VOCAB, inputs, logits, mask_of, state_copy  # noqa: E402
+from test_pruning import VOCAB, bad_token_batches, inputs, logits, mask_of, state_copy  # noqa: E402
 from test_pruning_mlp import ARCHS, CASES, build, close, random_masks  # noqa: E402
 
 INDEX_ATTRS = ("layer_idx", "layer_id")
@@ -237,6 +237,19 @@ def test_measured_layer_strategies_need_batches(strategy: str) -> None:
     with pytest.raises(ValueError, match="needs text"):
         layer_importance(model, [], strategy, progress=False)
     assert not any(layer._forward_hooks for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize("strategy", ["block_influence", "loss"])
+@pytest.mark.parametrize("case", range(3))
+def test_bad_token_ids_are_refused_before_any_forward(strategy: str, case: int) -> None:
+    """Zero-length sequences, float ids and ids past the vocabulary: named with the fix before the model runs."""
+    model = build("gpt2")
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    bad, message = bad_token_batches()[case]
+    with pytest.raises(ValueError, match=r"batches\[1\]" + message):
+        layer_importance(model, [inputs(), bad], strategy, progress=False)
+    assert not forwards and not any(layer._forward_hooks for layer in decoder_layers(model))
 
 
 # --- two removals, save / load -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from colab_helpers.pruning import MLP_STRATEGIES, MlpGates, MlpReport, gate_heads, gate_mlp, head_layout, load_pruned, mlp_importance, remove_heads, remove_mlp_channels, save_pruned, select_mlp_channels  # noqa: E402
 from colab_helpers.pruning.mlp import known_mlp_sizes, mlp_sites, mlp_sizes, supports_mlp  # noqa: E402
 from colab_helpers.pruning.record import check_record  # noqa: E402
-from test_pruning import COMMON, LLAMA_LIKE, VOCAB, inputs, logits, mask_of, state_copy  # noqa: E402
+from test_pruning import COMMON, LLAMA_LIKE, VOCAB, bad_token_batches, inputs, logits, mask_of, state_copy  # noqa: E402
 
 HIDDEN = 32
 GATED = 3 * HIDDEN  # one channel: a row of gate_proj and of up_proj, a column of down_proj (no biases)
@@ -648,3 +648,16 @@ def test_measured_strategies_need_batches(strategy: str) -> None:
     with pytest.raises(ValueError, match="dict with input_ids"):
         mlp_importance(model, [torch.zeros(2, 3, dtype=torch.long)], strategy, progress=False)
     assert hooks_on_outputs(model) == [0, 0] and all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["activation", "taylor"])
+@pytest.mark.parametrize("case", range(3))
+def test_bad_token_ids_are_refused_before_any_forward(strategy: str, case: int) -> None:
+    """Zero-length sequences, float ids and ids past the vocabulary: named with the fix before the model runs."""
+    model = build("gpt2")
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    bad, message = bad_token_batches()[case]
+    with pytest.raises(ValueError, match=r"batches\[1\]" + message):
+        mlp_importance(model, [inputs(), bad], strategy, progress=False)
+    assert not forwards and hooks_on_outputs(model) == [0, 0]

@@ -186,6 +186,7 @@ def test_tables(data: Any) -> None:
         ({"split_words": {"train": ["apple", "pear"], "test": ["pear"]}}, "overlap.*'train' and 'test'"),
         ({"split_words": {"tests": ["apple"]}}, "unknown split 'tests'"),
         ({"split_words": {"test": ["Apple"]}}, "lowercase"),
+        ({"split_words": {"test": ["apple", ""]}}, r"split_words\['test'\]\[1\] is '', an empty word: .*drop it"),
         ({"train_tasks": ("speling",)}, "unknown task 'speling'.*did you mean 'spelling'"),
         ({"eval_tasks": ("spelling", "letters")}, "unknown task 'letters'"),
         ({"templates": {"spelling": ["spel"]}}, "unknown spelling template 'spel'"),
@@ -204,3 +205,18 @@ def test_bad_input_is_a_clear_error(kwargs: dict[str, Any], match: str) -> None:
     extra = {k: v for k, v in kwargs.items() if k in ("words", "split_words")}
     with pytest.raises(ValueError, match=match):
         sp.build_datasets(None, **settings, **extra)
+
+
+@pytest.mark.parametrize(
+    ("words", "match"),
+    [
+        ([""], r"words\[0\] is '', an empty word: every word needs at least one letter to ask about; drop it"),
+        (["apple", "pear", "  "], r"words\[2\] is '  ', an empty word: .*drop it"),
+        (["apple", 3], r"words\[1\] must be a string, got 3 \(int\)"),
+        ("apple", r"words must be a list of words, got 'apple'; e.g. words=\['apple', 'river'\]"),
+    ],
+)
+def test_make_rows_refuses_an_empty_word_naming_its_position(words: Any, match: str) -> None:
+    """An empty word failed inside ``random`` (a position drawn from an empty range); now its position is named."""
+    with pytest.raises(ValueError, match=match):
+        sp.make_rows(words, sp.TASKS, seed=0)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..checks import check_integer, is_integer
 from ..runtime.modules import model_device
 
 if TYPE_CHECKING:
@@ -109,11 +109,9 @@ def lm_batches(token_ids: "torch.Tensor", *, seq_len: int, batch_size: int, max_
     ``token_ids`` is checked first (:func:`check_token_ids`: integers, not empty, ids below ``vocab_size`` when
     given, e.g. ``model_vocab_size(model)``).
     """
-    for label, value, least in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{label} must be an integer >= {least}, got {value!r} ({type(value).__name__})")
-    if max_batches is not None and (not isinstance(max_batches, numbers.Integral) or isinstance(max_batches, bool)
-                                    or max_batches < 1):  # fmt: skip
+    check_integer(seq_len, "seq_len", least=2)
+    check_integer(batch_size, "batch_size", least=1)
+    if max_batches is not None and (not is_integer(max_batches) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     token_ids = check_token_ids(token_ids, vocab_size=vocab_size)
     blocks = token_ids.numel() // seq_len
@@ -170,6 +168,9 @@ def perplexity(
     import torch
     from tqdm.auto import tqdm
 
+    if seq_len is not None:  # checked before the default: 0 or 1 is a mistake, not a request for the default
+        check_integer(seq_len, "seq_len", least=2, fix="a perplexity window needs at least 2 tokens (one to "
+                      "predict the next from); pass e.g. seq_len=128, or None for the model's context (at most 1024)")
     seq_len = seq_len or min(_model_context(model), 1024)
     stride = stride or max(1, seq_len // 2)
     if not 0 < stride <= seq_len:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checks import field_help, is_finite_number
 from ..errors import ColabHelpersWarning
+from ..models.loading import check_model_name
 from ..pruning.compress import AXES  # what compress may prune: heads, mlp, layers (in this order)
 from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
@@ -87,7 +88,7 @@ def _looks_numeric(text: str) -> bool:
 class ExperimentConfig:
     """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
 
-    model: str = field(default="auto", metadata=field_help("catalog or hub name, local path, 'embedded-gpt2', or 'auto'."))
+    model: str = field(default="auto", metadata=field_help("catalog name ('gpt2'), hub id 'owner/name', existing local path, 'embedded-gpt2', or 'auto'."))
     dataset: str = field(default="auto", metadata=field_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
     strategy: str = field(default="gradient", metadata=field_help("head importance: random, magnitude, entropy or gradient."))
     pruning_level: float = field(default=0.3, metadata=field_help("fraction of attention heads to prune, in [0, 1)."))
@@ -155,6 +156,7 @@ class ExperimentConfig:
         for name in ("model", "dataset"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}; e.g. {name}='auto'")
+        check_model_name(self.model)  # a typo fails here, smoke or not (smoke() would swap it for the toy unseen)
         if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
             raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
         if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models.loading import check_model_name
 from .config import STAGES, ExperimentConfig
 from .pipeline import PruningExperiment
 
@@ -24,24 +25,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = "sweep"
 BACKENDS = ("local", "ray")
-
-
-def check_model_name(name: str) -> str:
-    """Return ``name`` if it can be loaded (embedded, catalog, local directory or 'auto'); else ValueError."""
-    from ..models.registry import CATALOG, EMBEDDED_MODELS, get_entry
-
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model must be a non-empty name such as 'embedded-gpt2', got {name!r} ({type(name).__name__})")
-    if name == "auto" or name in EMBEDDED_MODELS or Path(name).expanduser().is_dir():
-        return name
-    try:
-        get_entry(name)
-    except ValueError:
-        known = ", ".join(sorted(EMBEDDED_MODELS)) + ", or a catalog name such as " + ", ".join(list(CATALOG)[:4])
-        raise ValueError(
-            f"unknown model {name!r} in the sweep: use {known}, or the path of a saved model directory"
-        ) from None
-    return name
 
 
 def _check_list(name: str, values: Any, example: str) -> list[Any]:
@@ -269,8 +252,7 @@ def check_run_config(config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[
     if not isinstance(config, Mapping):
         raise ValueError(f"a run config must be a mapping of settings, got {config!r} ({type(config).__name__}); "
                          "e.g. {'model': 'embedded-gpt2', 'strategy': 'random'}")  # fmt: skip
-    experiment, extra = ExperimentConfig.from_dict(config)
-    check_model_name(experiment.model)
+    experiment, extra = ExperimentConfig.from_dict(config)  # the model name too (check_model_name)
     _check_extra(extra)
     return experiment, extra
 
@@ -323,7 +305,6 @@ def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] 
 __all__ = [
     "METRIC_NAMES",
     "PruningFineTuningExperiment",
-    "check_model_name",
     "check_run_config",
     "plan_sweep",
     "run_config",

@@ -50,6 +50,7 @@ from ..runtime.files import check_creatable_dir
 from ..runtime.modules import model_device
 from .completions import IGNORE_INDEX, CompletionBatch, TrainingData
 from .config import FineTuneConfig
+from .guard import check_finite_weights
 from .lora import model_fingerprint
 from .result import FineTuneResult
 from .teacher_cache import TeacherCache, cache_fingerprint, open_cache, read_cache
@@ -282,6 +283,7 @@ class Distiller(FineTuner):
     """A guarded run in which ``student`` learns from ``teacher``; see :func:`distill` and the module docstring."""
 
     loss_parts = ("kd_loss", "lm_loss")
+    model_role = "the student"
 
     def __init__(
         self,
@@ -299,6 +301,7 @@ class Distiller(FineTuner):
             raise TypeError(f"distill_config must be a DistillConfig, got {type(self.distill_config).__name__}; "
                             "e.g. DistillConfig(temperature=2.0, alpha=0.5)")  # fmt: skip
         check_teacher(student, teacher, tokenizer, self.distill_config.top_k)  # before any data, model or file work
+        check_finite_weights(teacher, "the teacher")  # the student is checked by FineTuner, before its folder
         if self.distill_config.teacher_cache is not None:
             check_creatable_dir(self.distill_config.teacher_cache, what="teacher_cache")
         self.teacher: Any = teacher  # None once a disk cache replaces it

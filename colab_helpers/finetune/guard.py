@@ -254,6 +254,18 @@ def non_finite_parameter(model: Any, *, trainable_only: bool = False) -> str | N
     return None
 
 
+def check_finite_weights(model: Any, what: str = "the model") -> None:
+    """Raise ValueError naming the first parameter of ``model`` that holds NaN or infinity: every loss of such a model
+    is NaN, so a run would only skip steps (and write checkpoints of nothing). Call it before any file work."""
+    broken = non_finite_parameter(model)
+    if broken is not None:
+        raise ValueError(
+            f"{what} holds NaN or infinity in {broken!r} (the first such weight) before training, so every loss would "
+            "be NaN; load it again (e.g. load_model(name)), or find what broke it (a diverged earlier run, an overflow "
+            "after a cast to float16) and train a copy made before"
+        )
+
+
 def remote_oom(failures: int, micro_batch_size: int) -> BaseException:
     """Return the out-of-memory error a rank raises when another rank ran out of memory (all ranks retry together)."""
     import torch

@@ -52,7 +52,15 @@ from .callbacks import GradientCallback, LivePlotCallback, ProgressCallback
 from .completions import CompletionBatch, TrainingData, weight
 from .config import FineTuneConfig
 from .distributed import check_same_model, join_device, setup_distributed
-from .guard import FailureGuard, StopTraining, load_values, move_optimizer_state, remote_oom, to_device
+from .guard import (
+    FailureGuard,
+    StopTraining,
+    check_finite_weights,
+    load_values,
+    move_optimizer_state,
+    remote_oom,
+    to_device,
+)
 from .lora import (
     adapter_targets,
     attach_lora,
@@ -87,12 +95,14 @@ _QUIET_EVENTS = ("nan_skip", "resumed", "early_stop")  # logged at INFO, the oth
 class FineTuner:
     """A LoRA fine-tuning run that survives NaNs, out-of-memory, CUDA failures and disconnects; see :func:`fine_tune`.
 
-    Construction checks everything that can be checked before training (settings, text length, output dir,
-    target modules, a checkpoint to resume) and attaches the adapter; :meth:`train` runs the loop.
+    Construction checks everything that can be checked before training (settings, text length, weights that are
+    already NaN or infinite, output dir, target modules, a checkpoint to resume) and attaches the adapter;
+    :meth:`train` runs the loop.
     """
 
     # names of the extra terms :meth:`_train_loss` returns after the loss (history columns), e.g. distillation's
     loss_parts: tuple[str, ...] = ()
+    model_role = "the model"  # how errors name the model being trained ("the student" in distillation)
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class FineTuner:
         # --- data: checked before any model or file work, so a bad input fails fast and leaves no empty folder ---
         self._blocks, self.completion_only = training_blocks(tokenizer, train_texts, cfg)  # pairs: prompts masked
         self._eval_blocks = eval_blocks(tokenizer, eval_texts, cfg)
+        check_finite_weights(model, self.model_role)  # NaN weights: every step skipped; refused before any folder
         # --- data-parallel run (accelerate launch / torchrun); None in a plain single process ---
         self.device = model_device(model)
         self._dist = setup_distributed(self.device)

@@ -10,9 +10,11 @@ cache: this module never reads, passes or logs it.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import logging
+import re
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ColabHelpersWarning
 from ..runtime.hub import hub_reachable, offline_by_env
-from .registry import EMBEDDED_MODELS, get_entry
+from .registry import EMBEDDED_MODELS, catalog_keys, get_entry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,6 +43,41 @@ def available_models() -> list[str]:
     from .packaged import PACKAGED_MODELS
 
     return [*EMBEDDED_MODELS, *PACKAGED_MODELS, DEFAULT_HUB_MODEL]
+
+
+# a hub id: owner/name, each part starting with a letter or digit (what the Hub allows)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_model_name(name: Any, *, what: str = "model") -> str:
+    """Return ``name`` when it can name a model, else ValueError naming it, the closest catalog names and the fix.
+
+    Accepted without any download: ``"auto"``, a catalog id or alias (``"gpt2"``, ``"smollm2-135m-instruct"``, the
+    embedded and packaged models), an existing local path, and any hub id of the form ``"owner/name"`` (whether it
+    exists is the hub's to say, when it loads). A bare name that is none of these is a typo or a hub id without its
+    owner: ``"gpt2-medum"`` is refused here, not swapped for a toy by ``smoke()`` or sent to the hub to fail later.
+    """
+    from .packaged import packaged_model
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be a non-empty name such as 'embedded-gpt2', got {name!r} "
+                         f"({type(name).__name__})")  # fmt: skip
+    key = name.strip()
+    if key.lower() == "auto" or key in EMBEDDED_MODELS or packaged_model(key) is not None or _HUB_ID.match(key):
+        return name
+    if key.lower() in catalog_keys() or Path(key).expanduser().exists():
+        return name
+    if _looks_like_path(key):
+        raise ValueError(f"{what} {name!r} looks like a path, but nothing is there; check the path (the folder that "
+                         "save_pretrained or save_pruned wrote), or pass a catalog name such as 'gpt2'")  # fmt: skip
+    near = difflib.get_close_matches(key.lower(), catalog_keys(), n=4, cutoff=0.6)
+    aliases = list(dict.fromkeys(get_entry(match).alias for match in near))
+    hint = f" (did you mean {' or '.join(map(repr, aliases))}?)" if aliases else ""
+    raise ValueError(
+        f"unknown {what} {name!r}{hint}: not a catalog name, an existing local path or a hub id 'owner/name'; pass a "
+        "catalog name (see catalog_table()), 'auto', the folder of a saved model, or a hub model by its full id with "
+        "the owner, e.g. 'openai-community/gpt2-large'"
+    )
 
 
 def embedded_model_path(name: str) -> Path:

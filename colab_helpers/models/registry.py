@@ -241,6 +241,11 @@ def catalog_names(*, embedded: bool | None = None, instruct: bool | None = None)
     return [entry.name for entry in sorted(entries, key=lambda entry: entry.params)]
 
 
+def catalog_keys() -> list[str]:
+    """Return every lowercase name :func:`get_entry` finds an entry by: hub ids, ids without their owner, aliases."""
+    return list(_BY_KEY)
+
+
 def get_entry(name: str | CatalogEntry) -> CatalogEntry:
     """Return the catalog entry for a hub id or alias (case-insensitive); unknown names raise ``ValueError``.
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runtime.files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes, check_creatable_dir
 from ..runtime.kernel import in_kernel as _in_kernel
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,15 @@ def _as_step(step: Any) -> float | int:
     return step if isinstance(step, int) else float(step)
 
 
+def _check_png_path(path: Path) -> None:
+    """Raise when the PNG cannot be written at ``path``: it is a folder, or its folder cannot be created or written
+    (:func:`~colab_helpers.runtime.files.check_creatable_dir`). Creates nothing."""
+    if path.is_dir():
+        raise IsADirectoryError(f"LivePlot path {str(path)!r} is a folder; pass the PNG file to write, e.g. "
+                                f"path={str(path / 'plot.png')!r}")  # fmt: skip
+    check_creatable_dir(path.parent, what=f"LivePlot path {str(path)!r}: its folder", example="path='results/plot.png'")
+
+
 class LivePlot:
     """A grid of line plots of training metrics, redrawn in place in a notebook and saved as a PNG.
 
@@ -153,6 +162,7 @@ class LivePlot:
         self.min_interval = float(min_interval)
         self.layout = layout
         self.path = Path(path) if path is not None else DEFAULT_RESULTS_DIR / f"{_slug(self.title) or 'live-plot'}.png"
+        _check_png_path(self.path)  # now, not at close() after the whole run
         self.save_every_redraw = bool(save_every_redraw)
         self.redraws = 0  # how many times the figure was drawn
         self._fixed = metrics is not None

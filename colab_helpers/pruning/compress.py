@@ -36,7 +36,7 @@ from ..runtime.modules import parameter_count
 from .flops import forward_flops
 from .layers import LAYER_STRATEGIES, check_layers_removable, decoder_layers, layer_importance, mean_loss, remove_layers
 from .layout import AttentionSite, attention_sites, base_layer, in_features, out_features
-from .importance import taylor_scores
+from .importance import check_batches, taylor_scores
 from .mlp import MLP_STRATEGIES, mlp_importance, mlp_sites, supports_mlp
 from .removal import check_removable, remove_heads
 
@@ -172,8 +172,8 @@ def compress(
     target = _check_target(target_params)
     chosen_axes = check_axes(model, axes)
     _check_options(mlp_strategy, layer_strategy, grid_step, rounds, round_to)
-    calibration = _batch_list(batches, max_batches, "batches")
-    evaluation = _batch_list(eval_batches, max_batches, "eval_batches") if eval_batches is not None else calibration
+    calibration = _batch_list(model, batches, max_batches, "batches")
+    evaluation = calibration if eval_batches is None else _batch_list(model, eval_batches, max_batches, "eval_batches")
 
     params_before = parameter_count(model)
     _check_reachable(model, chosen_axes, target, params_before, round_to)
@@ -319,16 +319,13 @@ def _check_reachable(model: nn.Module, axes: tuple[str, ...], target: float, par
         )
 
 
-def _batch_list(batches: Any, max_batches: int | None, name: str) -> list[Any]:
+def _batch_list(model: nn.Module, batches: Any, max_batches: int | None, name: str) -> list[Any]:
     if batches is None:
         raise ValueError(f"{name} are needed: dicts with input_ids (and attention_mask), e.g. from calibration text")
     listed = list(itertools.islice(batches, max_batches) if max_batches is not None else batches)
     if not listed:
         raise ValueError(f"{name} is empty: pass at least one dict with input_ids")
-    for i, batch in enumerate(listed):
-        if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise ValueError(f"{name}[{i}] must be a dict with input_ids (and optionally attention_mask), got "
-                             f"{type(batch).__name__}")
+    check_batches(listed, model, name=name)  # dicts of integer ids inside the vocabulary, before any forward
     return listed
 
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..evaluation.perplexity import check_token_ids, model_vocab_size
 from ..runtime.modules import model_device
 from .gating import gate_heads
 from .layout import AttentionSite, HeadLayout, attention_sites, head_layout, layout_of, o_weight, qkv_weights
@@ -160,6 +161,7 @@ def _raw_scores(
         return _magnitude_scores(sites, layout)
     if batches is None:
         raise ValueError(f"strategy {strategy!r} needs batches: an iterable of dicts with input_ids")
+    check_batches(batches, model, max_batches=max_batches)
     iterator = progress_bar(batches, f"head importance ({strategy})", max_batches, progress)
     with eval_mode(model):
         if strategy == "entropy":
@@ -393,20 +395,35 @@ def per_example_loss(
     return token_loss.sum(dim=1) / n.clamp_min(1), n > 0
 
 
-def batch_inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def check_batch(
+    batch: Any, *, vocab_size: int | None, name: str = "each batch"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return one batch's ``(input_ids, attention_mask)`` as 2-D tensors, checked before any model sees them.
+
+    Refused with a ValueError saying the fix: not a dict with ``input_ids``; ids that are not integers, empty
+    (zero-length sequences), negative or ``>= vocab_size`` (:func:`~colab_helpers.evaluation.check_token_ids`: on a
+    GPU an id past the embedding is a device-side assert that poisons the CUDA context); a mask of another shape.
+    """
     import torch
 
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
         raise ValueError(
-            f"each batch must be a dict with input_ids (and optionally attention_mask), got {type(batch).__name__}"
+            f"{name} must be a dict with input_ids (and optionally attention_mask), got {type(batch).__name__}"
         )
-    device = model_device(model)
-    input_ids = torch.as_tensor(batch["input_ids"]).to(device)
+    raw = batch["input_ids"]
+    try:
+        input_ids = torch.as_tensor(raw)
+    except (TypeError, ValueError, RuntimeError) as exc:  # text, ragged lists
+        raise ValueError(
+            f"{name}['input_ids'] must be token ids (a tensor, or equal-length lists of ints), got {raw!r:.60}; "
+            "e.g. lm_batches(tokenize_texts(tokenizer, texts), seq_len=128, batch_size=8)"
+        ) from exc
+    input_ids = check_token_ids(input_ids, vocab_size=vocab_size, name=f"{name}['input_ids']").view(input_ids.shape)
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     attention_mask = batch.get("attention_mask")
     if attention_mask is not None:
-        attention_mask = torch.as_tensor(attention_mask).to(device)
+        attention_mask = torch.as_tensor(attention_mask)
         if attention_mask.dim() == 1:
             attention_mask = attention_mask[None]
         if attention_mask.shape != input_ids.shape:
@@ -414,6 +431,26 @@ def batch_inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tens
                 f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
             )
     return input_ids, attention_mask
+
+
+def check_batches(
+    batches: Iterable[Any], model: nn.Module, *, max_batches: int | None = None, name: str = "batches"
+) -> None:
+    """Check every batch of a list or tuple (up to ``max_batches``) with :func:`check_batch` before any work starts,
+    naming the first bad one (``batches[2]['input_ids'] ...``). Other iterables are read once, so their batches are
+    checked one by one as they are read, still before the model sees each."""
+    if not isinstance(batches, list | tuple):
+        return
+    vocab_size = model_vocab_size(model)
+    for index, batch in enumerate(itertools.islice(batches, max_batches)):
+        check_batch(batch, vocab_size=vocab_size, name=f"{name}[{index}]")
+
+
+def batch_inputs(batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return one batch's ``(input_ids, attention_mask)`` checked (:func:`check_batch`) and on ``model``'s device."""
+    input_ids, attention_mask = check_batch(batch, vocab_size=model_vocab_size(model))
+    device = model_device(model)
+    return input_ids.to(device), (attention_mask.to(device) if attention_mask is not None else None)
 
 
 def progress_bar(batches: Iterable[Any], desc: str, max_batches: int | None, progress: bool) -> Iterator[Any]:

@@ -112,7 +112,9 @@ def layer_importance(
     if batches is None:
         raise ValueError(f"layer importance {strategy!r} needs calibration batches (dicts with input_ids); got None")
     batch_list = list(itertools.islice(batches, max_batches) if max_batches is not None else batches)
-    from .importance import eval_mode
+    from .importance import check_batches, eval_mode
+
+    check_batches(batch_list, model)
 
     with eval_mode(model), torch.no_grad():
         if strategy == "block_influence":

@@ -279,8 +279,9 @@ def mlp_importance(
         return [torch.rand(s.size, generator=generator) for s in sites]
     if batches is None:
         raise ValueError(f"MLP importance {strategy!r} needs calibration batches (dicts with input_ids); got None")
-    from .importance import eval_mode, progress_bar
+    from .importance import check_batches, eval_mode, progress_bar
 
+    check_batches(batches, model, max_batches=max_batches)
     batches = progress_bar(batches, f"MLP importance ({strategy})", max_batches, progress)
     with eval_mode(model):
         if strategy == "activation":

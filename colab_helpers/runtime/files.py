@@ -54,18 +54,21 @@ def _is_unwritable(exc: OSError) -> bool:
     return isinstance(exc, PermissionError) or exc.errno in _UNWRITABLE_ERRNOS
 
 
-def check_creatable_dir(path: str | os.PathLike[str], *, what: str = "folder") -> None:
+def check_creatable_dir(path: str | os.PathLike[str], *, what: str = "folder", example: str | None = None) -> None:
     """Raise before any work when ``path`` cannot become a folder: its nearest existing ancestor is a file, or
-    cannot be written. Creates nothing (``ensure_writable_dir`` creates). ``what`` names the setting in the error."""
+    cannot be written. Creates nothing (``ensure_writable_dir`` creates). ``what`` names the setting in the error,
+    ``example`` is the fix it suggests (default ``{what}='results/run1'``)."""
     path = Path(path)
+    example = example or f"{what}='results/run1'"
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None:
         return
     if not existing.is_dir():
-        raise NotADirectoryError(f"{what} {str(path)!r}: {str(existing)!r} is a file; pass a folder path instead")
+        raise NotADirectoryError(f"{what} {str(path)!r}: {str(existing)!r} is a file; pass a folder path instead, "
+                                 f"e.g. {example}")  # fmt: skip
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {str(path)!r}: {str(existing)!r} is not writable; "
-                              f"pass a folder you can write to, e.g. {what}='results/run1'")  # fmt: skip
+                              f"pass a folder you can write to, e.g. {example}")  # fmt: skip
 
 
 def ensure_writable_parent(target: str | os.PathLike[str]) -> Path:

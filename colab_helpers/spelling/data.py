@@ -331,7 +331,11 @@ def _count_letter(word: str, bucket: str, rng: random.Random) -> str:
 
 def make_rows(words: Sequence[str], tasks: Sequence[str], *, tokenizer: Any | None = None, chat: bool | None = None,
               templates: Mapping[str, Sequence[str]] | None = None, seed: int | str = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """Return one row per word and task (in word order, tasks in the order given), choices seeded by ``seed``."""
+    """Return one row per word and task (in word order, tasks in the order given), choices seeded by ``seed``.
+
+    ``words`` are checked first: each a string with at least one letter (ValueError naming its position).
+    """
+    words = _check_row_words(words)
     rng = random.Random(seed)
     names = {task: list((templates or {}).get(task) or TEMPLATES[task]) for task in tasks}
     rows: list[dict[str, Any]] = []
@@ -352,6 +356,23 @@ def make_rows(words: Sequence[str], tasks: Sequence[str], *, tokenizer: Any | No
     return rows
 
 
+def _check_row_words(words: Any) -> list[str]:
+    """Return ``words`` as a list after checking each is a string with a letter: an empty word has no letter to ask
+    about (its position question drew from an empty range deep inside ``random``)."""
+    if isinstance(words, str) or not isinstance(words, Iterable):
+        raise ValueError(f"words must be a list of words, got {words!r:.60}; e.g. words=['apple', 'river']")
+    listed = list(words)
+    for index, word in enumerate(listed):
+        if not isinstance(word, str):
+            raise ValueError(f"words[{index}] must be a string, got {word!r:.60} ({type(word).__name__})")
+        if not word.strip():
+            raise ValueError(
+                f"words[{index}] is {word!r}, an empty word: every word needs at least one letter to ask about; drop "
+                "it (words = [w for w in words if w.strip()]) or build the words with load_words()"
+            )
+    return listed
+
+
 # --- splits -----------------------------------------------------------------------------------------------
 
 
@@ -365,10 +386,14 @@ def _check_split_words(split_words: Mapping[str, Any] | None) -> dict[str, list[
     for split, words in split_words.items():
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r} in split_words{_near(split, SPLITS)}; the splits are {list(SPLITS)}")
-        listed = list(dict.fromkeys(_as_word_list(words, f"split_words[{split!r}]")))
-        bad = [w for w in listed if not _WORD.match(w)]
+        given = _as_word_list(words, f"split_words[{split!r}]")
+        bad = [(index, w) for index, w in enumerate(given) if not _WORD.match(w)]
         if bad:
-            raise ValueError(f"split_words[{split!r}] has {bad[0]!r}: words must be lowercase letters a-z only")
+            index, word = bad[0]
+            empty = ", an empty word" if not word else ""
+            raise ValueError(f"split_words[{split!r}][{index}] is {word!r}{empty}: words must be lowercase letters a-z "
+                             "only; drop it or fix its spelling")  # fmt: skip
+        listed = list(dict.fromkeys(given))
         if not listed:
             raise ValueError(f"split_words[{split!r}] is empty; give at least one word or leave the split out")
         fixed[split] = listed
