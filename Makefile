@@ -71,7 +71,7 @@ $(PY313_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml M
 	test -x $(PY313_VENV)/bin/python || $(PY313) -m venv $(PY313_VENV)
 	$(PY313_VENV)/bin/python -m pip install -q --upgrade pip
 	grep -vE '^(peft|accelerate)' requirements.txt > $(PY313_VENV)/requirements-notorch.txt  # these two pull torch
-	$(PY313_VENV)/bin/python -m pip install -q -r $(PY313_VENV)/requirements-notorch.txt pytest "jupytext==1.19.6" "nbformat>=5.10"
+	$(PY313_VENV)/bin/python -m pip install -q -r $(PY313_VENV)/requirements-notorch.txt pytest "jupytext==1.19.6" "nbformat>=5.10" "setuptools>=68"
 	grep -E '^(peft|accelerate)' requirements.txt | xargs $(PY313_VENV)/bin/python -m pip install -q --no-deps  # their floors, not torch
 	$(PY313_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@

@@ -21,7 +21,8 @@ from typing import Any
 from colab_helpers.runtime.files import atomic_write_text
 from colab_helpers.experiments.cli import main
 from colab_helpers.experiments.runs_table import CORE_COLUMNS, format_value, render_table
-from colab_helpers.experiments.tracking import RunManager, config_hash, new_run_id
+from colab_helpers.experiments.run_ids import config_hash, new_run_id
+from colab_helpers.experiments.tracking import RunManager
 
 RUNS = 10_000
 REPEATS = 3

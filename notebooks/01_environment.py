@@ -96,10 +96,10 @@ import colab_helpers as ch
 
 model_name = "embedded-gpt2" if SMOKE else MODEL
 max_new_tokens = 12 if SMOKE else MAX_NEW_TOKENS
-results_dir = ch.ensure_writable_dir(RESULTS_DIR)
+results_dir = ch.runtime.ensure_writable_dir(RESULTS_DIR)
 memory_plot = ch.LivePlot(title="Memory through this notebook (GB)", path=results_dir / "memory.png",
                           xlabel="notebook step", display=False)  # shown once, at the end
-memory_plot.update(0, **ch.memory_snapshot().gigabytes())
+memory_plot.update(0, **ch.runtime.memory_snapshot().gigabytes())
 
 # %% [markdown]
 # ## 1. The runtime
@@ -107,7 +107,7 @@ memory_plot.update(0, **ch.memory_snapshot().gigabytes())
 
 # %%
 env = ch.detect_environment()
-memory_plot.update(1, **ch.memory_snapshot().gigabytes())
+memory_plot.update(1, **ch.runtime.memory_snapshot().gigabytes())
 env
 
 # %% [markdown]
@@ -132,9 +132,9 @@ memory_plot.update(2, **snapshot.gigabytes())
 
 # %%
 model, tokenizer = ch.load_model(model_name)
-memory_plot.update(3, **ch.memory_snapshot().gigabytes())
+memory_plot.update(3, **ch.runtime.memory_snapshot().gigabytes())
 generation = ch.safe_generate(model, tokenizer, PROMPT, max_new_tokens=max_new_tokens, seed=0)
-memory_plot.update(4, **ch.memory_snapshot().gigabytes())
+memory_plot.update(4, **ch.runtime.memory_snapshot().gigabytes())
 generation
 
 # %% [markdown]

@@ -93,7 +93,7 @@ PROMPT: str = "The hacker culture"  # prompt for the generation check
 # %%
 import colab_helpers as ch
 
-results_dir = ch.ensure_writable_dir(RESULTS_DIR)
+results_dir = ch.runtime.ensure_writable_dir(RESULTS_DIR)
 env = ch.detect_environment()
 print(env.summary())
 
@@ -104,7 +104,7 @@ print(env.summary())
 # how close the estimates come to measured peaks).
 
 # %%
-catalog = ch.catalog_table(batch_size=BATCH_SIZE, seq_len=SEQ_LEN)
+catalog = ch.models.catalog_table(batch_size=BATCH_SIZE, seq_len=SEQ_LEN)
 catalog[["model", "family", "params", "layers", "heads", "kv_heads", "inference_gb", "lora_gb", "qlora_gb", "licence"]]
 
 # %% [markdown]

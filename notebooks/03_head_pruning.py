@@ -101,15 +101,15 @@ PROMPT: str = "A hacker is"  # prompt for generations before / after
 # %%
 import colab_helpers as ch
 
-study = ch.PruningStudyConfig(model=MODEL, dataset=DATASET, strategies=STRATEGIES, levels=LEVELS, seeds=SEEDS,
+study = ch.pruning.PruningStudyConfig(model=MODEL, dataset=DATASET, strategies=STRATEGIES, levels=LEVELS, seeds=SEEDS,
                               level=LEVEL, strategy=STRATEGY, scope=SCOPE, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
                               prompt=PROMPT)
 if SMOKE:
     study = study.smoke()
-results_dir = ch.ensure_writable_dir(RESULTS_DIR)
+results_dir = ch.runtime.ensure_writable_dir(RESULTS_DIR)
 model, tokenizer = ch.load_model(study.model)
 data = ch.load_text_dataset(study.dataset)
-layout = ch.head_layout(model)
+layout = ch.pruning.head_layout(model)
 layout
 
 # %% [markdown]
@@ -134,10 +134,10 @@ before
 # measures focus on the *other* tokens. The original notebook's advice that entropy works best does not hold.
 
 # %%
-train_batches = ch.lm_batches(ch.tokenize_texts(tokenizer, data.train, max_tokens=16 * 8 * study.seq_len),
+train_batches = ch.evaluation.lm_batches(ch.evaluation.tokenize_texts(tokenizer, data.train, max_tokens=16 * 8 * study.seq_len),
                               seq_len=study.seq_len, batch_size=8)
-scores = ch.importance_by_strategy(model, train_batches, study.strategies, seeds=study.seeds, batches_per_seed=4)
-ch.plot_importance_grid(ch.mean_scores(scores), path=results_dir / "importance.png")
+scores = ch.pruning.importance_by_strategy(model, train_batches, study.strategies, seeds=study.seeds, batches_per_seed=4)
+ch.plots.plot_importance_grid(ch.pruning.mean_scores(scores), path=results_dir / "importance.png")
 
 # %% [markdown]
 # ## 3. Perplexity as heads go
@@ -145,12 +145,12 @@ ch.plot_importance_grid(ch.mean_scores(scores), path=results_dir / "importance.p
 # the spread over seeds.
 
 # %%
-curves = ch.level_sweep(model, tokenizer, data.validation, scores, study.levels, scope=study.scope, **evaluate)
+curves = ch.pruning.level_sweep(model, tokenizer, data.validation, scores, study.levels, scope=study.scope, **evaluate)
 ch.save_results(results_dir, level_curves=curves.to_dict(orient="records"))
-ch.plot_level_curves(curves, baseline=baseline.perplexity, path=results_dir / "perplexity_vs_level.png")
+ch.plots.plot_level_curves(curves, baseline=baseline.perplexity, path=results_dir / "perplexity_vs_level.png")
 
 # %%
-ch.summarize_levels(curves)
+ch.pruning.summarize_levels(curves)
 
 # %% [markdown]
 # ## 4. The chosen level, gated
@@ -158,7 +158,7 @@ ch.summarize_levels(curves)
 # output by zero through a hook, so we can compare before and after on the same model.
 
 # %%
-mask = ch.select_heads(ch.mean_scores(scores)[study.strategy], study.level, scope=study.scope)
+mask = ch.select_heads(ch.pruning.mean_scores(scores)[study.strategy], study.level, scope=study.scope)
 gates = ch.gate_heads(model, mask)
 gated = ch.perplexity(model, tokenizer, data.validation, **evaluate)
 after = ch.safe_generate(model, tokenizer, study.prompt, do_sample=False, max_new_tokens=30)
@@ -167,7 +167,7 @@ print(f"{int(mask.sum())} of {layout.total_heads} heads gated: {baseline.perplex
 after
 
 # %%
-ch.plot_pruned_per_layer(mask, layout.query_heads, path=results_dir / "pruned_per_layer.png")
+ch.plots.plot_pruned_per_layer(mask, layout.query_heads, path=results_dir / "pruned_per_layer.png")
 
 # %% [markdown]
 # ## 5. Remove the heads for real
@@ -175,14 +175,14 @@ ch.plot_pruned_per_layer(mask, layout.query_heads, path=results_dir / "pruned_pe
 # parameters, less compute. The removed model must give the same perplexity as the gated one.
 
 # %%
-speed_before = ch.forward_latency(model, seq_len=study.seq_len)
+speed_before = ch.evaluation.forward_latency(model, seq_len=study.seq_len)
 report = ch.remove_heads(model, mask)
-speed_after = ch.forward_latency(model, seq_len=study.seq_len)
+speed_after = ch.evaluation.forward_latency(model, seq_len=study.seq_len)
 removed = ch.perplexity(model, tokenizer, data.validation, **evaluate)
 report
 
 # %%
-comparison = ch.pruning_comparison(baseline, gated, removed, report, speed_before, speed_after)
+comparison = ch.pruning.pruning_comparison(baseline, gated, removed, report, speed_before, speed_after)
 comparison
 
 # %% [markdown]

@@ -102,13 +102,13 @@ PROMPT: str = "A hacker is"  # prompt for generations before / after
 # %%
 import colab_helpers as ch
 
-results_dir = ch.ensure_writable_dir(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
+results_dir = ch.runtime.ensure_writable_dir(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
 config = ch.FineTuneConfig(r=LORA_R, alpha=LORA_ALPHA, learning_rate=LEARNING_RATE, max_steps=STEPS,
                            micro_batch_size=MICRO_BATCH_SIZE, seq_len=SEQ_LEN, load_in_4bit=QLORA,
                            early_stopping_patience=EARLY_STOPPING or None,
                            output_dir=str(results_dir / "training"), resume=RESUME).with_intervals(evaluations=10)
 if SMOKE:
-    MODEL, DATASET, config = ch.smoke_model(MODEL), ch.SMOKE_DATASET, config.smoke()
+    MODEL, DATASET, config = ch.smoke.smoke_model(MODEL), ch.smoke.SMOKE_DATASET, config.smoke()
 config
 
 # %% [markdown]
@@ -124,7 +124,7 @@ data
 # Perplexity on held-out text (lower is better) and a greedy generation.
 
 # %%
-evaluate = dict(seq_len=config.seq_len, max_tokens=ch.SMOKE_EVAL_TOKENS if SMOKE else 20000)
+evaluate = dict(seq_len=config.seq_len, max_tokens=ch.smoke.SMOKE_EVAL_TOKENS if SMOKE else 20000)
 before = ch.perplexity(model, tokenizer, data.validation, **evaluate)
 generation_before = ch.safe_generate(model, tokenizer, PROMPT, do_sample=False, max_new_tokens=30)
 print(before)
@@ -155,8 +155,8 @@ ch.compare_generations(PROMPT, before=generation_before, after=generation_after,
 # The adapter is small (it is what you share); the merged model is a standalone model with LoRA folded in.
 
 # %%
-adapter_dir = ch.save_adapter(result.model, results_dir / "adapter")
-merged_dir = ch.save_merged(result.model, tokenizer, results_dir / "merged-model")
+adapter_dir = ch.finetune.save_adapter(result.model, results_dir / "adapter")
+merged_dir = ch.finetune.save_merged(result.model, tokenizer, results_dir / "merged-model")
 reloaded, _ = ch.load_model(str(merged_dir))
 check = ch.perplexity(reloaded, tokenizer, data.validation, **evaluate)
 assert abs(check.perplexity - after.perplexity) < 1e-3 * after.perplexity, (check, after)

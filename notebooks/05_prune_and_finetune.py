@@ -105,14 +105,16 @@ ON_DRIVE: bool = False  # Colab: results, checkpoints and the model on Google Dr
 
 # %%
 import colab_helpers as ch
+from colab_helpers.experiments import comparison_table, generations_table, plot_results, recovery_table
 
-config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, strategy=STRATEGY, pruning_level=PRUNING_LEVEL,
+pruning = ch.HeadPruning(strategy=STRATEGY, level=PRUNING_LEVEL)  # the lowest-scored heads, sliced out
+config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, pruning=pruning,
                              fine_tuning_steps=FINE_TUNING_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
                              learning_rate=LEARNING_RATE, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
                              prompt=PROMPT, control=CONTROL, save_model=SAVE_MODEL)
 if SMOKE:
     config = config.smoke()
-experiment = ch.PruningExperiment(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
+experiment = ch.Experiment(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
 config
 
 # %% [markdown]
@@ -143,7 +145,7 @@ result = experiment.run(config)
 # stage took.
 
 # %%
-experiment.comparison()
+comparison_table(result)
 
 # %% [markdown]
 # How much of the quality lost to pruning did fine-tuning win back? Fine-tuning on text of the evaluation's
@@ -152,24 +154,24 @@ experiment.comparison()
 # fine-tuned against the control, is what pruning still costs after recovery.
 
 # %%
-experiment.recovery_table()
+recovery_table(result)
 
 # %%
 import pandas as pd
 
 with pd.option_context("display.max_colwidth", None):  # whole generations, not cut at 50 characters
-    display(experiment.generations())  # noqa: F821  (IPython's display)
+    display(generations_table(result))  # noqa: F821  (IPython's display)
 
 # %% [markdown]
 # ## 4. Figures
 # Which heads were pruned (on their importance map), and perplexity per stage next to the training curves.
 
 # %%
-ch.plot_head_importance(result["pruning"]["scores"], result["pruning"]["mask"], title=f"{config.strategy} importance",
-                        path=experiment.results_dir / "pruned_heads.png")
+ch.plots.plot_head_importance(result.pruning.scores, result.pruning.mask, title=f"{STRATEGY} importance",
+                              path=experiment.results_dir / "pruned_heads.png")
 
 # %%
-experiment.plot_results()
+plot_results([result], experiment.results_dir / "results.png")
 
 # %% [markdown]
 # ## 5. Save and download
@@ -177,6 +179,6 @@ experiment.plot_results()
 # weights stay out of the zip; pass `include_weights=True` to `bundle` to take them too).
 
 # %%
-ch.save_results(experiment.results_dir, comparison=experiment.comparison().reset_index().to_dict(orient="records"))
+ch.save_results(experiment.results_dir, comparison=comparison_table(result).reset_index().to_dict(orient="records"))
 bundle_path = ch.bundle(experiment.results_dir)
 ch.download(bundle_path)  # Colab: a browser download; Jupyter / lightning.ai: a link; headless: the path is logged

@@ -11,8 +11,8 @@
 #
 # **What you'll get:** the prune-then-recover pipeline run over a grid (importance strategies x pruning levels x
 # models) within a time budget, with one progress bar over runs; the runs table (`runs.csv`, one row per run,
-# every config key and metric a column) filtered and sorted; perplexity against level per strategy, recovery
-# after fine-tuning and a strategy x level heat table; a rerun that skips the runs already done (this is how a
+# every config key and metric a column) filtered and sorted; perplexity against level per strategy, the share of
+# the loss fine-tuning won back and a strategy x level heat table; a rerun that skips the runs already done (this is how a
 # sweep survives a Colab disconnect); a self-contained HTML report; and a zip to download.
 #
 # From a shell the same sweep runs as `python -m colab_helpers sweep base.yaml sweep.yaml`, and
@@ -99,9 +99,9 @@ import colab_helpers as ch
 if SMOKE:  # a smaller grid; each run is shrunk by ExperimentConfig.smoke() (smoke=SMOKE below)
     MODELS, STRATEGIES, LEVELS = MODELS[:1], STRATEGIES[:1] + STRATEGIES[-1:], LEVELS[1:2]
 root = ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR
-experiment = ch.PruningFineTuningExperiment(root)
-sweep = dict(strategies=STRATEGIES, pruning_levels=LEVELS, models=MODELS, fine_tuning_steps=FINE_TUNING_STEPS,
-             max_runtime=MAX_RUNTIME, sweep=SWEEP_NAME, smoke=SMOKE)
+sweep = ch.Sweep(root)
+grid = dict(strategies=STRATEGIES, pruning_levels=LEVELS, models=MODELS, fine_tuning_steps=FINE_TUNING_STEPS,
+            max_runtime=MAX_RUNTIME, sweep=SWEEP_NAME, smoke=SMOKE)
 
 # %% [markdown]
 # ## 1. Run the sweep
@@ -109,8 +109,9 @@ sweep = dict(strategies=STRATEGIES, pruning_levels=LEVELS, models=MODELS, fine_t
 # recorded in `runs.csv` as they start (`running`) and end (`done`, `failed` with its error, or `skipped`).
 
 # %%
-runs = experiment.run_experiment(**sweep)
-runs[["run_id", "model", "strategy", "pruning_level", "status", "pruned_perplexity", "fine_tuned_perplexity", "recovery"]]
+runs = sweep.run(**grid)
+runs[["run_id", "model", "strategy", "pruning_level", "status", "pruned_perplexity", "fine_tuned_perplexity",
+      "recovered_share"]]
 
 # %% [markdown]
 # ## 2. The runs table, filtered and sorted
@@ -127,14 +128,14 @@ done[["model", "strategy", "pruning_level", "baseline_perplexity", "pruned_perpl
 # of lost perplexity that fine-tuning won back, and fine-tuned perplexity per strategy and level.
 
 # %%
-experiment.plot_results()
+sweep.plot_results()
 
 # %% [markdown]
 # ## 4. Rerun: finished runs are skipped
 # After a disconnect, run the same sweep again: `done` runs are skipped, interrupted or failed ones are redone.
 
 # %%
-again = experiment.run_experiment(**sweep)
+again = sweep.run(**grid)
 print(f"{len(again)} runs in the table, {int((again['status'] == 'done').sum())} done; nothing was run twice")
 
 # %% [markdown]
@@ -142,6 +143,6 @@ print(f"{len(again)} runs in the table, {int((again['status'] == 'done').sum())}
 # One HTML file with the tables and figures embedded, then everything in a zip (model weights stay out).
 
 # %%
-report_path = experiment.report()
-bundle_path = ch.bundle(experiment.results_dir)
+report_path = sweep.report()
+bundle_path = ch.bundle(sweep.results_dir)
 ch.download(bundle_path)  # Colab: a browser download; Jupyter / lightning.ai: a link; headless: the path is logged

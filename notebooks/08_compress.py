@@ -115,9 +115,10 @@ import dataclasses
 import pandas as pd
 
 import colab_helpers as ch
+from colab_helpers.experiments import comparison_table, generations_table, training_history
 
 pd.set_option("display.max_colwidth", None)  # generations are whole sentences: show them uncut
-config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, target_params=TARGET_PARAMS, axes=AXES,
+config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, pruning=ch.Compression(TARGET_PARAMS, axes=AXES),
                              importance_batches=IMPORTANCE_BATCHES, recovery_method="distill",
                              distill_temperature=DISTILL_TEMPERATURE, distill_alpha=DISTILL_ALPHA,
                              distill_top_k=DISTILL_TOP_K or None,
@@ -126,7 +127,7 @@ config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, target_params=TARGET_
                              control=False, save_model=True)
 if SMOKE:
     config = config.smoke()
-experiment = ch.PruningExperiment(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
+experiment = ch.Experiment(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
 config
 
 # %% [markdown]
@@ -153,10 +154,10 @@ plain = experiment.run(dataclasses.replace(config, recovery_method="lora")) if C
 # against the unpruned model, size on disk, and the seconds each stage took.
 
 # %%
-experiment.comparison(distilled)
+comparison_table(distilled)
 
 # %%
-experiment.comparison(plain) if plain is not None else None
+comparison_table(plain) if plain is not None else None
 
 # %% [markdown]
 # ## 4. What compress removed, and why
@@ -165,12 +166,12 @@ experiment.comparison(plain) if plain is not None else None
 # batches with the candidate gated. The lowest loss was kept.
 
 # %%
-report = distilled["pruning"]
-print(report["summary"])
-ch.plot_compression(report, path=experiment.results_dir / "compression.png")
+report = distilled.pruning.report
+print(report.summary())
+ch.plots.plot_compression(report.to_dict(), path=experiment.results_dir / "compression.png")
 
 # %%
-pd.DataFrame(report["candidates"]).sort_values("loss").round(4)
+pd.DataFrame(report.candidates).sort_values("loss").round(4)
 
 # %% [markdown]
 # ## 5. Distillation against plain LoRA
@@ -179,15 +180,15 @@ pd.DataFrame(report["candidates"]).sort_values("loss").round(4)
 
 # %%
 runs = {"distillation (KD + LM)": distilled} | ({"plain LoRA (LM loss)": plain} if plain is not None else {})
-ch.plot_recovery_curves({name: experiment.history(run) for name, run in runs.items()},
-                        path=experiment.results_dir / "recovery_curves.png")
+ch.plots.plot_recovery_curves({name: training_history(run) for name, run in runs.items()},
+                              path=experiment.results_dir / "recovery_curves.png")
 
 # %% [markdown]
 # ## 6. Generations
 # The unpruned model, the compressed one before recovery, and after distillation, greedy from the same prompt.
 
 # %%
-experiment.generations(distilled)
+generations_table(distilled)
 
 # %% [markdown]
 # ## 7. Save and download
@@ -197,9 +198,9 @@ experiment.generations(distilled)
 # `include_weights=True`).
 
 # %%
-reloaded, _ = ch.load_pruned(distilled["model_dir"])
-print(f"reloaded: {ch.parameter_count(reloaded):,} parameters in {reloaded.config.num_hidden_layers} layers")
+reloaded, _ = ch.load_pruned(distilled.model_dir)
+print(f"reloaded: {ch.runtime.parameter_count(reloaded):,} parameters in {reloaded.config.num_hidden_layers} layers")
 del reloaded
-ch.save_results(experiment.results_dir, comparison=experiment.comparison(distilled).reset_index().to_dict(orient="records"))
+ch.save_results(experiment.results_dir, comparison=comparison_table(distilled).reset_index().to_dict(orient="records"))
 bundle_path = ch.bundle(experiment.results_dir)
 ch.download(bundle_path)  # Colab: a browser download; Jupyter / lightning.ai: a link; headless: the path is logged

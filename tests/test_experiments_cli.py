@@ -239,16 +239,16 @@ def test_an_order_filter_without_a_value_is_an_error_naming_it(
 
 def _fail_at(level: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the pipeline fail for ``level`` and return a tiny fake result for the others (no model is run)."""
-    from colab_helpers.experiments.sweep import PruningFineTuningExperiment
+    from _experiment_results import fake_result
 
-    def run(self: Any, config: Any, output_dir: Any = None) -> dict[str, Any]:
-        if config.pruning_level == level:
+    from colab_helpers.experiments.pipeline import Experiment
+
+    def run(self: Any, config: Any, output_dir: Any = None) -> Any:
+        if config.pruning.level == level:
             raise RuntimeError(f"boom at {level}")
-        stage = {"perplexity": 10.0, "parameters": 100, "latency_ms_per_token": 1.0}
-        return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")}, "recovery": None,
-                "pruning": {"heads_pruned": 1}, "training": {"steps": 1}, "seconds": 0.01}  # fmt: skip
+        return fake_result(config, recovered=None)
 
-    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
+    monkeypatch.setattr(Experiment, "run", run)
 
 
 def test_run_exits_1_and_names_error_txt_when_its_run_failed(
@@ -285,7 +285,7 @@ def test_sweep_exits_1_when_one_of_its_runs_failed(
         ("model: embedded-gpt2\n", "parameters:\n  pruning_level: [0.1, 1.5]\n", r"run config #1: pruning_level must be in [0, 1)"),
         ("model: embedded-gpt2\n", "parameters:\n  fine_tuning_steps: [10, 2.5]\n", "fine_tuning_steps must be an integer"),
         ("model: no-such-model-xyz\n", "parameters:\n  seed: [0]\n", "unknown model 'no-such-model-xyz'"),
-        ("model: embedded-gpt2\nrecovery: 1\n", "parameters:\n  seed: [0]\n", "['recovery'] are metric names"),
+        ("model: embedded-gpt2\nrecovered_share: 1\n", "parameters:\n  seed: [0]\n", "['recovered_share'] are metric names"),
     ],
 )
 def test_dry_run_rejects_what_the_real_sweep_rejects(

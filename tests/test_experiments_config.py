@@ -1,4 +1,5 @@
-"""ExperimentConfig checks every field when it is built: wrong types and values fail before any work, by name."""
+"""ExperimentConfig checks every field when it is built: wrong types and values fail before any work, by name; the
+pruning is one spec (HeadPruning or Compression), built from flat keys in config files."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from typing import Any
 
 import pytest
 
-from colab_helpers.experiments.config import ExperimentConfig
+from colab_helpers.experiments.config import CONFIG_KEYS, Compression, ExperimentConfig, HeadPruning
 
-# field -> (bad value, what the error must say): every field has at least one row (checked below)
+# key -> (bad value, what the error must say): every flat key has at least one row (checked below); the pruning's
+# keys are given flat (as YAML files, sweeps and the command line do), the others as fields too
 BAD: list[tuple[str, Any, str]] = [
     ("model", None, "model must be a string, got None (NoneType); e.g. model='auto'"),
     ("model", "  ", "model must be a non-empty name"),
     ("model", "gpt2-medum", "unknown model 'gpt2-medum' (did you mean 'gpt2-medium'?): not a catalog name, an existing "
                             "local path or a hub id 'owner/name'; pass a catalog name"),
     ("dataset", 3, "dataset must be a string, got 3 (int)"),
+    ("pruning", "heads", "pruning must be HeadPruning(...) or Compression(...), got 'heads' (str)"),
     ("strategy", ["random"], "strategy must be a string, got ['random'] (list)"),
     ("strategy", "attention", "strategy must be one of"),
     ("pruning_level", "0.3", "pruning_level must be a finite number, got '0.3' (str) (a number in quotes is text"),
@@ -60,9 +63,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("dtype", "float8", "dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got 'float8'"),
     ("load_in_4bit", 1, "load_in_4bit must be True or False, got 1 (int)"),
     ("save_model", "false", "save_model must be True or False, got 'false' (str)"),
-    ("target_params", 0, "target_params must be the share of parameters to keep, in (0, 1], or None (heads by "
-                         "pruning_level), got 0; e.g. target_params=0.75"),
-    ("target_params", 1.5, "target_params must be the share of parameters to keep, in (0, 1], or None"),
+    ("target_params", 0, "target_params must be the share of parameters to keep, in (0, 1], got 0; e.g. "
+                         "target_params=0.75"),
+    ("target_params", 1.5, "target_params must be the share of parameters to keep, in (0, 1], got 1.5"),
     ("target_params", "x", "target_params must be a finite number or None, got 'x' (str); e.g. target_params=0.75"),
     ("target_params", "0.7", "got '0.7' (str) (a number in quotes is text: drop the quotes)"),
     ("target_params", True, "target_params must be a finite number or None, got True (bool)"),
@@ -86,28 +89,68 @@ BAD: list[tuple[str, Any, str]] = [
 ]
 
 
+FLAT = {"strategy", "pruning_level", "scope", "remove_heads", "target_params", "axes"}
+
+
 @pytest.mark.parametrize(("name", "value", "message"), BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
 def test_a_bad_field_is_a_value_error_naming_it_the_value_and_its_type(name: str, value: Any, message: str) -> None:
+    target = {"target_params": 0.7} if name == "axes" else {}  # axes are read with a target only
+    if name not in FLAT:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ExperimentConfig(**{name: value})
+    if name != "pruning":
+        with pytest.raises(ValueError, match=re.escape(message)):  # the YAML / sweep form says the same
+            ExperimentConfig.from_dict({name: value, "notes": "kept", **target})
+
+
+def test_every_key_has_a_bad_value_in_the_table() -> None:
+    assert {*CONFIG_KEYS, "pruning"} == {name for name, _, _ in BAD}
+    assert {f.name for f in dataclasses.fields(ExperimentConfig)} == set(CONFIG_KEYS) - FLAT | {"pruning"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (lambda: HeadPruning(level=1.0), "level must be in [0, 1), got 1.0; e.g. level=0.3"),
+        (lambda: HeadPruning(level="0.3"), "level must be a finite number, got '0.3' (str) (a number in quotes"),
+        (lambda: HeadPruning(remove="no"), "remove must be True or False, got 'no' (str); e.g. remove=True"),
+        (lambda: HeadPruning(strategy="attention"), "strategy must be one of"),
+        (lambda: HeadPruning(scope="head"), "scope must be one of"),
+        (lambda: Compression(0), "target_params must be the share of parameters to keep, in (0, 1], got 0"),
+        (lambda: Compression(None), "target_params must be a finite number, got None (NoneType)"),
+        (lambda: Compression(0.5, axes=["neurons"]), "('neurons' is not an axis)"),
+    ],
+)
+def test_the_pruning_specs_check_their_fields_by_their_own_names(spec: Any, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        ExperimentConfig(**{name: value})
-    with pytest.raises(ValueError, match=re.escape(message)):  # the YAML / sweep form says the same
-        ExperimentConfig.from_dict({name: value, "notes": "kept"})
+        spec()
 
 
-def test_every_field_has_a_bad_value_in_the_table() -> None:
-    assert {f.name for f in dataclasses.fields(ExperimentConfig)} == {name for name, _, _ in BAD}
+def test_flat_keys_build_the_pruning_spec_and_to_dict_writes_them_back() -> None:
+    config, _ = ExperimentConfig.from_dict({"strategy": "random", "pruning_level": 0.5, "scope": "layer"})
+    assert config.pruning == HeadPruning(strategy="random", level=0.5, scope="layer")
+    compressed, _ = ExperimentConfig.from_dict({"target_params": 0.7, "axes": ["mlp"], "pruning_level": 0.5})
+    assert compressed.pruning == Compression(0.7, axes=("mlp",))  # the head keys are unused with a target
+    assert ExperimentConfig.from_dict({"target_params": None, "axes": None})[0].pruning == HeadPruning()
+    values = compressed.to_dict()
+    assert (values["target_params"], values["axes"], values["strategy"], values["pruning_level"]) == (0.7, ["mlp"], None, None)
+    assert list(values) == list(CONFIG_KEYS)  # every key, in one order
+    assert ExperimentConfig.from_dict(values)[0] == compressed
+    with pytest.raises(ValueError, match="names its pruning by flat keys"):
+        ExperimentConfig.from_dict({"pruning": {"strategy": "random"}})
 
 
 def test_good_values_of_every_kind_pass() -> None:
     import numpy as np
 
-    config = ExperimentConfig(pruning_level=0, learning_rate=1, lora_alpha=16.5, fine_tuning_steps=0, seed=np.int64(3),
-                              fine_tuning_epochs=None, eval_stride=None, control=True, dtype="fp32")  # fmt: skip
-    assert (config.pruning_level, config.learning_rate, config.seed, config.steps) == (0, 1, 3, 0)
+    config = ExperimentConfig(pruning=HeadPruning(level=0), learning_rate=1, lora_alpha=16.5, fine_tuning_steps=0,
+                              seed=np.int64(3), fine_tuning_epochs=None, eval_stride=None, control=True, dtype="fp32")  # fmt: skip
+    assert (config.pruning.level, config.learning_rate, config.seed, config.steps) == (0, 1, 3, 0)
     assert type(config.seed) is int  # numpy scalars become Python numbers (YAML and JSON write them)
     assert type(ExperimentConfig(learning_rate=np.float32(0.5)).learning_rate) is float
     assert ExperimentConfig(fine_tuning_epochs=2, fine_tuning_steps=None).fine_tuning_epochs == 2
-    assert ExperimentConfig(pruning_level=np.float64(0.25)).run_name().endswith("-25")
+    assert ExperimentConfig(pruning=HeadPruning(level=np.float64(0.25))).run_name().endswith("-25")
+    assert type(HeadPruning(level=np.float64(0.25)).level) is float
 
 
 def test_a_key_that_looks_like_a_setting_is_tracked_with_one_warning() -> None:
@@ -123,22 +166,22 @@ def test_a_key_that_looks_like_a_setting_is_tracked_with_one_warning() -> None:
 
 
 def test_every_field_documents_itself() -> None:
-    for spec in dataclasses.fields(ExperimentConfig):
+    for spec in (*dataclasses.fields(ExperimentConfig), *dataclasses.fields(HeadPruning), *dataclasses.fields(Compression)):
         assert spec.metadata.get("help"), f"{spec.name} has no help text"
 
 
 def test_compression_and_recovery_settings_pass_and_axes_are_normalized() -> None:
     import numpy as np
 
-    config = ExperimentConfig(target_params=np.float64(0.7), axes=["layers", "heads"], recovery_method="distill",
+    config = ExperimentConfig(pruning=Compression(np.float64(0.7), axes=["layers", "heads"]), recovery_method="distill",
                               distill_temperature=4, distill_alpha=1)  # fmt: skip
-    assert type(config.target_params) is float and config.target_params == 0.7
-    assert config.axes == ("heads", "layers")  # order does not matter: kept as heads, mlp, layers
-    assert config == ExperimentConfig(target_params=0.7, axes=("heads", "layers"), recovery_method="distill",
+    assert type(config.pruning.target_params) is float and config.pruning.target_params == 0.7
+    assert config.pruning.axes == ("heads", "layers")  # order does not matter: kept as heads, mlp, layers
+    assert config == ExperimentConfig(pruning=Compression(0.7, axes=("heads", "layers")), recovery_method="distill",
                                       distill_temperature=4, distill_alpha=1)  # fmt: skip
     assert hash(config) == hash(dataclasses.replace(config))  # hashable: sweeps deduplicate configs in a dict
-    assert ExperimentConfig(target_params=1).target_params == 1 and ExperimentConfig().target_params is None
-    assert ExperimentConfig().axes == ("heads", "mlp", "layers") and ExperimentConfig().recovery_method == "lora"
+    assert Compression(1).target_params == 1 and ExperimentConfig().pruning == HeadPruning()
+    assert Compression(0.5).axes == ("heads", "mlp", "layers") and ExperimentConfig().recovery_method == "lora"
     distill = config.distill_config()
     assert (distill.temperature, distill.alpha, distill.top_k) == (4, 1, None)
     assert "distilled" in config.finetune_config("out").plot_title
@@ -148,13 +191,13 @@ def test_compression_and_recovery_settings_pass_and_axes_are_normalized() -> Non
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(target_params=0.5, load_in_4bit=True, remove_heads=False), "set load_in_4bit=False, or target_params=None"),
+        (dict(target_params=0.5, load_in_4bit=True), "set load_in_4bit=False, or target_params=None"),
         (dict(target_params=0.5, remove_heads=False), "target_params always removes what it prunes"),
     ],
 )
 def test_compression_refuses_what_it_cannot_do(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        ExperimentConfig(**settings)
+        ExperimentConfig.from_dict(settings)
 
 
 def test_the_new_settings_round_trip_through_dicts_and_yaml(tmp_path: Any) -> None:
@@ -162,8 +205,8 @@ def test_the_new_settings_round_trip_through_dicts_and_yaml(tmp_path: Any) -> No
 
     from colab_helpers.experiments.sweep_config import load_config
 
-    config = ExperimentConfig(model="embedded-llama", target_params=0.6, axes=["mlp", "heads"], recovery_method="distill",
-                              distill_temperature=3.0, distill_alpha=0.25)  # fmt: skip
+    config = ExperimentConfig(model="embedded-llama", pruning=Compression(0.6, axes=["mlp", "heads"]),
+                              recovery_method="distill", distill_temperature=3.0, distill_alpha=0.25)  # fmt: skip
     values = config.to_dict()
     assert values["axes"] == ["heads", "mlp"] and values["target_params"] == 0.6  # plain builtins
     assert values["recovery_method"] == "distill" and (values["distill_temperature"], values["distill_alpha"]) == (3.0, 0.25)
@@ -171,16 +214,16 @@ def test_the_new_settings_round_trip_through_dicts_and_yaml(tmp_path: Any) -> No
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(values))
     assert ExperimentConfig.from_dict(load_config(path)) == (config, {})
-    assert ExperimentConfig(**ExperimentConfig().to_dict()) == ExperimentConfig()
+    assert ExperimentConfig.from_dict(ExperimentConfig().to_dict())[0] == ExperimentConfig()
     smoke = config.smoke()
-    assert (smoke.target_params, smoke.axes, smoke.recovery_method) == (0.6, ("heads", "mlp"), "distill")
+    assert (smoke.pruning, smoke.recovery_method) == (Compression(0.6, axes=("heads", "mlp")), "distill")
 
 
 def test_run_names_tell_target_axes_and_recovery_apart_and_old_names_stay() -> None:
     assert ExperimentConfig(model="embedded-gpt2").run_name() == "embedded-gpt2-gradient-30"  # unchanged
-    assert ExperimentConfig(model="x/gpt2", strategy="random", pruning_level=0.5).run_name() == "gpt2-random-50"
+    assert ExperimentConfig(model="x/gpt2", pruning=HeadPruning("random", 0.5)).run_name() == "gpt2-random-50"
     names = [
-        ExperimentConfig(model="embedded-gpt2", **settings).run_name()
+        ExperimentConfig.from_dict({"model": "embedded-gpt2", **settings})[0].run_name()
         for settings in (
             {}, dict(recovery_method="distill"), dict(target_params=0.7), dict(target_params=0.5),
             dict(target_params=0.7, axes=["heads", "mlp"]), dict(target_params=0.7, axes=["layers"]),
@@ -193,11 +236,12 @@ def test_run_names_tell_target_axes_and_recovery_apart_and_old_names_stay() -> N
     assert names[6] == "embedded-gpt2-keep70-heads+mlp+layers-distill" and names[7] == "embedded-gpt2-keep72.5-heads+mlp+layers"
     assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", name) for name in names)  # file-safe
     # strategy and level are unused by compression: they do not split its runs
-    assert ExperimentConfig(target_params=0.7, pruning_level=0.5).run_name() == ExperimentConfig(target_params=0.7).run_name()
+    assert (ExperimentConfig.from_dict({"target_params": 0.7, "pruning_level": 0.5})[0].run_name()
+            == ExperimentConfig(pruning=Compression(0.7)).run_name())
 
 
 def test_recovery_as_a_key_points_at_recovery_method() -> None:
-    with pytest.raises(ValueError, match=re.escape("the recovery setting is recovery_method ('recovery' is a metric")):
+    with pytest.raises(ValueError, match=re.escape("the recovery setting is recovery_method; write recovery_method: distill")):
         ExperimentConfig.from_dict({"recovery": "distill"})
     config, extra = ExperimentConfig.from_dict({"recovery_method": "distill", "notes": 1})
     assert config.recovery_method == "distill" and extra == {"notes": 1}
@@ -216,7 +260,7 @@ def test_a_model_name_that_resolves_to_nothing_is_refused_smoke_or_not(name: str
         ExperimentConfig(model="embedded-lama")
     with pytest.raises(ValueError, match=r"model '/no/such/folder' looks like a path, but nothing is there; check the "
                                          r"path"):  # fmt: skip
-        ExperimentConfig(model="/no/such/folder")
+        ExperimentConfig(model="/no/such/folder").smoke()
 
 
 @pytest.mark.parametrize(

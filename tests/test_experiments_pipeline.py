@@ -1,4 +1,5 @@
-"""The prune-then-recover pipeline: its config, cheap evaluation, latency measured side by side, the readouts."""
+"""The prune-then-recover pipeline: its config, cheap evaluation, latency measured side by side, the typed result and
+its tables."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 
 from colab_helpers.evaluation.latency import LatencyReport, generation_latency, speedup
-from colab_helpers.experiments.config import ExperimentConfig
-from colab_helpers.experiments.pipeline import PruningExperiment, recovery
+from colab_helpers.experiments import report
+from colab_helpers.experiments.config import Compression, ExperimentConfig, HeadPruning
+from colab_helpers.experiments.pipeline import Experiment
+from colab_helpers.experiments.result import Compressed, ExperimentResult, HeadsPruned
 
 
 def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
@@ -22,15 +25,6 @@ def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
     assert ExperimentConfig(model="embedded-llama").smoke().model == "embedded-llama"
     with pytest.raises(ValueError, match="latency_rounds must be a positive integer"):
         ExperimentConfig(latency_rounds=0)
-
-
-def test_recovery_share() -> None:
-    assert recovery(100.0, 150.0, 125.0) == pytest.approx(0.5)
-    assert recovery(100.0, 150.0, 90.0) == pytest.approx(1.2)  # beyond the unpruned model
-    assert recovery(100.0, 100.0, 90.0) is None  # nothing was lost
-    assert recovery(100.0, 99.0, 90.0) is None  # pruning helped: nothing to win back
-    assert recovery(100.0, 150.0, 150.0) == 0.0 and recovery(100.0, 150.0, 100.0) == pytest.approx(1.0)
-    assert recovery(100.0, math.inf, 120.0) is None  # a diverged pruned model has no share
 
 
 def test_the_run_config_builds_the_fine_tuning_config_in_one_place(tmp_path: Path) -> None:
@@ -82,70 +76,62 @@ def test_speedup_uses_cpu_time_on_the_cpu_and_wall_time_on_a_gpu() -> None:
 
 
 @pytest.fixture(scope="module")
-def llama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PruningExperiment, dict[str, Any]]:
-    experiment = PruningExperiment(tmp_path_factory.mktemp("pipeline"), progress=False, live_plot=False)
+def llama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, ExperimentResult]:
+    experiment = Experiment(tmp_path_factory.mktemp("pipeline"), progress=False, live_plot=False)
     config = ExperimentConfig(model="embedded-llama", control=True, save_model=True).smoke()
     return experiment, experiment.run(config)
 
 
-def test_every_stage_is_measured_with_latency_and_the_control(llama_run: tuple[PruningExperiment, dict[str, Any]]) -> None:
-    experiment, result = llama_run
-    for stage in ("baseline", "pruned", "fine_tuned"):
-        measured = result["stages"][stage]
-        assert math.isfinite(measured["perplexity"]) and measured["eval_tokens"] > 0
-        assert measured["latency_ms_per_token"] > 0 and measured["cpu_ms_per_token"] > 0
-        assert measured["latency"]["rounds"] == 2  # smoke: two interleaved rounds
-    assert result["stages"]["baseline"]["speedup"] == pytest.approx(1.0)
-    assert result["stages"]["pruned"]["parameters"] < result["stages"]["baseline"]["parameters"]
-    assert math.isfinite(result["control"]["perplexity"]) and "generation" in result["control"]
-    table = experiment.comparison()
+def test_every_stage_is_measured_with_latency_and_the_control(llama_run: tuple[Experiment, ExperimentResult]) -> None:
+    _, result = llama_run
+    for measured in result.stages.values():
+        assert math.isfinite(measured.perplexity) and measured.eval_tokens > 0
+        assert measured.latency_ms_per_token > 0 and measured.latency.cpu_ms_per_token > 0
+        assert measured.latency.rounds == 2  # smoke: two interleaved rounds
+    assert result.baseline.speedup == pytest.approx(1.0)
+    assert result.pruned.parameters < result.baseline.parameters
+    assert math.isfinite(result.control.perplexity) and isinstance(result.control.generation, str)
+    assert isinstance(result.pruning, HeadsPruned) and result.pruning.removal is not None
+    table = report.comparison_table(result)
     assert list(table.index) == ["baseline", "pruned", "fine-tuned", "control (unpruned, fine-tuned)"]
     assert {"perplexity", "vs baseline", "parameters", "ms / token", "speed-up", "seconds"} <= set(table.columns)
-    readout = experiment.recovery_table()["value"]
+    readout = report.recovery_table(result)["value"]
     assert "what pruning still costs" in readout["pruned + fine-tuned vs control"]
-    assert set(experiment.generations().index) == {"baseline", "pruned", "fine-tuned", "control"}
-    assert Path(result["model_dir"], "pruning.json").is_file()
+    assert set(report.generations_table(result).index) == {"baseline", "pruned", "fine-tuned", "control"}
+    assert Path(result.model_dir, "pruning.json").is_file()
 
 
-def test_training_curves_of_run_and_control_are_both_drawn(llama_run: tuple[PruningExperiment, dict[str, Any]], tmp_path: Path) -> None:
-    experiment, result = llama_run
-    figure = experiment.plot_results(tmp_path / "results.png")
+def test_training_curves_of_run_and_control_are_both_drawn(llama_run: tuple[Experiment, ExperimentResult], tmp_path: Path) -> None:
+    _, result = llama_run
+    figure = report.plot_results([result], tmp_path / "results.png")
     stages_ax, curves = figure.axes
     labels = [line.get_label() for line in curves.lines]
     assert any(label.endswith("control train") for label in labels)
     assert any(label.endswith("train") and "control" not in label for label in labels)
     assert [tick.get_text() for tick in stages_ax.get_xticklabels()] == ["baseline", "pruned", "fine-tuned", "control"]
     low, _ = stages_ax.get_ylim()
-    assert stages_ax.get_yscale() == "log" or low > 0.5 * result["stages"]["baseline"]["perplexity"]  # not from 0
+    assert stages_ax.get_yscale() == "log" or low > 0.5 * result.baseline.perplexity  # not from 0
     assert (tmp_path / "results.png").stat().st_size > 0
-
-
-def test_share_above_one_points_at_the_control() -> None:
-    from colab_helpers.experiments.pipeline import _share
-
-    assert _share(None) == "nothing was lost"
-    assert _share(0.5) == "50%"
-    assert "compare with the control" in _share(2.02)
 
 
 def test_precision_settings_are_validated_before_any_work() -> None:
     with pytest.raises(ValueError, match="dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got 'float8'"):
         ExperimentConfig(dtype="float8")
-    with pytest.raises(ValueError, match="set remove_heads=False to gate"):
+    with pytest.raises(ValueError, match=r"set remove_heads=False \(HeadPruning\(remove=False\)\) to gate"):
         ExperimentConfig(load_in_4bit=True)
-    assert ExperimentConfig(load_in_4bit=True, remove_heads=False, dtype="bf16").dtype == "bf16"
+    assert ExperimentConfig(load_in_4bit=True, pruning=HeadPruning(remove=False), dtype="bf16").dtype == "bf16"
 
 
-def test_a_saved_run_reads_back_with_its_curves(llama_run: tuple[PruningExperiment, dict[str, Any]], tmp_path: Path) -> None:
+def test_a_saved_run_reads_back_with_its_curves(llama_run: tuple[Experiment, ExperimentResult], tmp_path: Path) -> None:
     _, result = llama_run
-    reopened = PruningExperiment(tmp_path / "again", progress=False, live_plot=False)
-    loaded = reopened.load_result(result["output_dir"])
-    assert loaded["stages"]["fine_tuned"]["perplexity"] == pytest.approx(result["stages"]["fine_tuned"]["perplexity"])
-    assert list(reopened.comparison().index)[-1] == "control (unpruned, fine-tuned)"
-    curves = reopened.plot_results(tmp_path / "again.png").axes[1]
+    loaded = ExperimentResult.load(result.output_dir)
+    assert loaded == result  # every figure, the config and the reports, as run
+    assert loaded.fine_tuned.perplexity == pytest.approx(result.fine_tuned.perplexity)
+    assert list(report.comparison_table(loaded).index)[-1] == "control (unpruned, fine-tuned)"
+    curves = report.plot_results([loaded], tmp_path / "again.png").axes[1]
     assert len(curves.lines) >= 2  # the run's and the control's training curves came back from history.csv
     with pytest.raises(FileNotFoundError, match="no saved run at"):
-        reopened.load_result(tmp_path / "nothing-here")
+        ExperimentResult.load(tmp_path / "nothing-here")
 
 
 @pytest.mark.parametrize(
@@ -160,7 +146,7 @@ def test_a_saved_run_reads_back_with_its_curves(llama_run: tuple[PruningExperime
 def test_a_run_with_a_bad_model_or_dataset_creates_no_folder(
     tmp_path: Path, settings: dict[str, Any], error: type[Exception], message: str
 ) -> None:
-    experiment = PruningExperiment(tmp_path / "results", progress=False, live_plot=False)
+    experiment = Experiment(tmp_path / "results", progress=False, live_plot=False)
     config = ExperimentConfig(**settings)
     with pytest.raises(error, match=message):
         experiment.run(config)
@@ -172,7 +158,7 @@ def test_a_run_with_a_bad_model_or_dataset_creates_no_folder(
 def test_an_output_dir_under_a_file_fails_before_the_model_loads(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    experiment = PruningExperiment(tmp_path / "results", progress=False, live_plot=False)
+    experiment = Experiment(tmp_path / "results", progress=False, live_plot=False)
     with pytest.raises(NotADirectoryError, match="is a file"):
         experiment.run(ExperimentConfig(model="embedded-gpt2").smoke(), output_dir=blocker / "run")
     assert experiment._models == {} and experiment._data == {}  # nothing was loaded
@@ -184,41 +170,40 @@ def test_an_output_dir_under_a_file_fails_before_the_model_loads(tmp_path: Path)
 
 
 @pytest.fixture(scope="module")
-def compress_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PruningExperiment, dict[str, Any]]:
-    experiment = PruningExperiment(tmp_path_factory.mktemp("compress"), progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", target_params=0.7).smoke()
+def compress_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, ExperimentResult]:
+    experiment = Experiment(tmp_path_factory.mktemp("compress"), progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.7)).smoke()
     return experiment, experiment.run(config)
 
 
 def test_a_target_share_compresses_across_axes_and_every_stage_is_measured(
-    compress_run: tuple[PruningExperiment, dict[str, Any]],
+    compress_run: tuple[Experiment, ExperimentResult],
 ) -> None:
     import json
 
-    experiment, result = compress_run
-    pruning = result["pruning"]
-    assert pruning["method"] == "compress" and pruning["target_params"] == 0.7
-    assert tuple(pruning["axes"]) == ("heads", "mlp", "layers")
+    _, result = compress_run
+    assert isinstance(result.pruning, Compressed)
+    report_ = result.pruning.report
+    assert report_.target_params == 0.7 and report_.axes == ("heads", "mlp", "layers")
     # compress meets the target unless a floor stops it (a head per layer, round_to channels, one layer), and rounds
     # MLP sizes down: at most the rounded goal
-    assert pruning["params_after"] <= round(0.7 * pruning["params_before"])
-    assert pruning["params_before"] == result["stages"]["baseline"]["parameters"]
-    assert pruning["params_after"] == result["stages"]["pruned"]["parameters"] == result["stages"]["fine_tuned"]["parameters"]
-    assert sum(pruning["removed_params"].values()) == pruning["params_before"] - pruning["params_after"]
-    assert pruning["heads_pruned"] == sum(pruning["heads_before"]) - sum(pruning["heads_after"])
-    assert pruning["predicted_speedup"] >= 1 and pruning["candidates"]
-    for stage in ("baseline", "pruned", "fine_tuned"):
-        measured = result["stages"][stage]
-        assert math.isfinite(measured["perplexity"]) and measured["latency_ms_per_token"] > 0 and measured["seconds"] >= 0
-    assert result["training"]["recovery_method"] == "lora" and result["training"]["steps"] > 0
-    assert result["name"] == "embedded-gpt2-keep70-heads+mlp+layers"
-    saved = json.loads((Path(result["output_dir"]) / "result.json").read_text())
-    assert saved["pruning"]["params_after"] == pruning["params_after"] and saved["pruning"]["kept_share"] <= 0.7
+    assert report_.params_after <= round(0.7 * report_.params_before)
+    assert report_.params_before == result.baseline.parameters
+    assert report_.params_after == result.pruned.parameters == result.fine_tuned.parameters
+    assert sum(report_.removed_params.values()) == report_.params_before - report_.params_after
+    assert result.pruning.heads_pruned == sum(report_.heads_before) - sum(report_.heads_after)
+    assert report_.predicted_speedup >= 1 and report_.candidates
+    for measured in result.stages.values():
+        assert math.isfinite(measured.perplexity) and measured.latency_ms_per_token > 0 and measured.seconds >= 0
+    assert result.training.recovery_method == "lora" and result.training.steps > 0
+    assert result.name == "embedded-gpt2-keep70-heads+mlp+layers"
+    saved = json.loads((result.output_dir / "result.json").read_text())
+    assert saved["pruning"]["params_after"] == report_.params_after and saved["pruning"]["kept_share"] <= 0.7
     assert saved["config"]["target_params"] == 0.7 and saved["config"]["axes"] == ["heads", "mlp", "layers"]
-    table = experiment.comparison()
+    table = report.comparison_table(result)
     assert list(table.index) == ["baseline", "pruned", "fine-tuned"]
-    assert table.loc["pruned", "parameters"] == pruning["params_after"]
-    assert "pruned + fine-tuned" in experiment.recovery_table().index
+    assert table.loc["pruned", "parameters"] == report_.params_after
+    assert "pruned + fine-tuned" in report.recovery_table(result).index
 
 
 def test_the_calibration_batches_split_into_scoring_and_comparison(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -233,13 +218,13 @@ def test_the_calibration_batches_split_into_scoring_and_comparison(monkeypatch: 
         return real(model, batches, target, axes, eval_batches=eval_batches, **options)
 
     monkeypatch.setattr(compress_module, "compress", spy)
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
     for batches in (3, 1):
-        config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, axes=["mlp"], seq_len=32,
+        config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8, axes=["mlp"]), seq_len=32,
                                   importance_batches=batches)  # fmt: skip
         model, tokenizer = experiment._model(config)
         _, pruning = experiment._compress(model, tokenizer, experiment._dataset("embedded"), config)
-        assert pruning["removed_params"]["mlp"] > 0 and pruning["heads_pruned"] == 0
+        assert pruning.report.removed_params["mlp"] > 0 and pruning.heads_pruned == 0
     assert calls == [(2, 1, ("mlp",)), (1, None, ("mlp",))]  # the first half scores; one batch does both
 
 
@@ -247,18 +232,19 @@ def test_distillation_recovers_from_the_unpruned_model_and_the_control_stays_lor
     pytest.importorskip("colab_helpers.finetune.distill")
     import torch
 
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", target_params=0.7, recovery_method="distill", control=True,
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.7), recovery_method="distill", control=True,
                               distill_temperature=3.0, distill_alpha=0.7).smoke()  # fmt: skip
     original, _ = experiment._model(config)  # loads and caches the teacher: a copy to compare its weights with
     result = experiment.run(config)
-    training = result["training"]
-    assert training["recovery_method"] == "distill" and training["steps"] > 0
-    assert training["distill"]["temperature"] == 3.0 and training["distill"]["alpha"] == 0.7
-    assert {"kd_loss", "lm_loss"} <= set(experiment._histories[result["name"]].columns)
-    assert result["control"]["training"]["recovery_method"] == "lora"  # the control: LM loss, unpruned
-    assert result["name"].endswith("-distill") and result["pruning"]["params_after"] <= round(0.7 * result["pruning"]["params_before"])
-    assert math.isfinite(result["stages"]["fine_tuned"]["perplexity"])
+    training = result.training
+    assert training.recovery_method == "distill" and training.steps > 0
+    assert training.distill["temperature"] == 3.0 and training.distill["alpha"] == 0.7
+    assert {"kd_loss", "lm_loss"} <= set(report.training_history(result).columns)
+    assert result.control_training.recovery_method == "lora"  # the control: LM loss, unpruned
+    assert result.name.endswith("-distill")
+    assert result.pruning.report.params_after <= round(0.7 * result.pruning.report.params_before)
+    assert math.isfinite(result.fine_tuned.perplexity)
     teacher = experiment._models[experiment._model_key(config)][0]
     assert all(p.requires_grad for p in teacher.parameters()) == all(p.requires_grad for p in original.parameters())
     assert teacher.training == original.training  # lent as a frozen teacher, put back as it was
@@ -268,10 +254,10 @@ def test_distillation_recovers_from_the_unpruned_model_and_the_control_stays_lor
 
 def test_head_pruning_by_level_may_recover_by_distillation(tmp_path: Path) -> None:
     pytest.importorskip("colab_helpers.finetune.distill")
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
     result = experiment.run(ExperimentConfig(model="embedded-llama", recovery_method="distill").smoke())
-    assert result["pruning"]["method"] == "heads" and result["pruning"]["heads_pruned"] > 0
-    assert result["training"]["recovery_method"] == "distill" and result["name"] == "embedded-llama-gradient-30-distill"
+    assert isinstance(result.pruning, HeadsPruned) and result.pruning.heads_pruned > 0
+    assert result.training.recovery_method == "distill" and result.name == "embedded-llama-gradient-30-distill"
 
 
 def test_one_compression_recovered_two_ways_is_compressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,35 +273,35 @@ def test_one_compression_recovered_two_ways_is_compressed_once(tmp_path: Path, m
         return real(model, batches, target, *args, **options)
 
     monkeypatch.setattr(compress_module, "compress", spy)
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, control=False).smoke()
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False).smoke()
     first = experiment.run(config)
     second = experiment.run(dataclasses.replace(config, recovery_method="distill"))
     assert calls == [0.8]
-    assert second["pruning"]["params_after"] == first["pruning"]["params_after"]
-    assert second["stages"]["pruned"]["perplexity"] == pytest.approx(first["stages"]["pruned"]["perplexity"])
-    assert first["stages"]["pruned"]["weights_mb"] < first["stages"]["baseline"]["weights_mb"]
-    assert "weights MB" in experiment.comparison(first).columns
+    assert second.pruning.report.params_after == first.pruning.report.params_after
+    assert second.pruned.perplexity == pytest.approx(first.pruned.perplexity)
+    assert first.pruned.weights_mb < first.baseline.weights_mb
+    assert "weights MB" in report.comparison_table(first).columns
 
 
 def test_distillation_from_top_k_logits_precomputed_to_disk(tmp_path: Path) -> None:
     """distill_top_k: the teacher's top-k logits go to <run>/finetune/teacher_cache before training; the result says so."""
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", target_params=0.8, recovery_method="distill", distill_top_k=16,
-                              control=False).smoke()  # fmt: skip
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), recovery_method="distill",
+                              distill_top_k=16, control=False).smoke()  # fmt: skip
     result = experiment.run(config)
-    settings = result["training"]["distill"]
+    settings = result.training.distill
     assert settings["top_k"] == 16 and settings["teacher_cache"].endswith("teacher_cache")
     assert Path(settings["teacher_cache"]).is_dir() and any(Path(settings["teacher_cache"]).iterdir())
-    assert math.isfinite(result["stages"]["fine_tuned"]["perplexity"])
+    assert math.isfinite(result.fine_tuned.perplexity)
     with pytest.raises(ValueError, match="distill_top_k must be a positive integer or None, got 0"):
         ExperimentConfig(distill_top_k=0)
 
 
-def test_history_of_a_run_from_memory_and_from_its_file(tmp_path: Path) -> None:
-    experiment = PruningExperiment(tmp_path, progress=False, live_plot=False)
-    result = experiment.run(ExperimentConfig(model="embedded-gpt2", target_params=0.8, control=False).smoke())
-    history = experiment.history(result)
-    assert "loss" in history.columns and len(history) == result["training"]["steps"]
-    fresh = PruningExperiment(tmp_path / "other", progress=False, live_plot=False)
-    assert fresh.history(result)["loss"].to_numpy() == pytest.approx(history["loss"].to_numpy(), rel=1e-9)
+def test_history_of_a_run_is_read_from_its_file(tmp_path: Path) -> None:
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
+    result = experiment.run(ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False).smoke())
+    history = report.training_history(result)
+    assert "loss" in history.columns and len(history) == result.training.steps
+    with pytest.raises(ValueError, match="has no training history"):
+        report.training_history(result, control=True)  # no control ran

@@ -12,24 +12,25 @@ import time
 from pathlib import Path
 
 import pytest
+from _experiment_results import fake_result
 
-from colab_helpers.experiments.sweep import PruningFineTuningExperiment, run_config, run_sweep
-from colab_helpers.experiments.tracking import read_runs_table
+from colab_helpers.experiments.pipeline import Experiment
+from colab_helpers.experiments.result import Compressed
+from colab_helpers.experiments.runs_table import read_runs_table
+from colab_helpers.experiments.sweep import Sweep, run_config, run_sweep
 
 TINY = dict(dataset="embedded", fine_tuning_steps=2, eval_tokens=400, seq_len=32, importance_batches=1,
             micro_batch_size=2, max_new_tokens=3)  # fmt: skip
 
 
-def _fake_result(config) -> dict:
-    stage = {"perplexity": 10.0 + config.pruning_level, "parameters": 100, "latency_ms_per_token": 1.0}
-    return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")},
-            "pruning": {"heads_pruned": 1}, "recovery": 0.5, "training": {"steps": 1}, "seconds": 0.01}  # fmt: skip
+def _fake_result(config):
+    return fake_result(config, perplexity=10.0 + config.pruning.level)
 
 
 def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")  # real runs (a torch-less run is recorded as failed, not raised)
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
-    runs = experiment.run_experiment(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
+    experiment = Sweep(tmp_path, progress=False)
+    runs = experiment.run(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
     assert list(runs["status"]) == ["done", "done"]
     assert (runs["pruned_parameters"] < runs["baseline_parameters"]).all()
     assert set(runs["strategy"]) == {"random", "gradient"}
@@ -37,7 +38,7 @@ def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> No
         assert (tmp_path / "runs" / run_id / "config.yaml").is_file()
         assert (tmp_path / "runs" / run_id / "result.json").is_file()
     started = time.perf_counter()
-    again = experiment.run_experiment(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
+    again = experiment.run(["random", "gradient"], [0.3], ["embedded-gpt2"], **TINY)
     assert list(again["run_id"]) == list(runs["run_id"])
     assert time.perf_counter() - started < 5  # nothing re-ran (a run takes longer than that here)
     figure = experiment.plot_results()
@@ -56,10 +57,10 @@ def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> No
     ],
 )
 def test_bad_sweeps_are_rejected_before_any_run(tmp_path: Path, kwargs: dict, message: str) -> None:
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    experiment = Sweep(tmp_path, progress=False)
     settings = dict(strategies=["random"], pruning_levels=[0.3], models=["embedded-gpt2"]) | kwargs
     with pytest.raises(ValueError, match=message):
-        experiment.run_experiment(**settings, **TINY)
+        experiment.run(**settings, **TINY)
     assert not (tmp_path / "runs.csv").exists() or read_runs_table(tmp_path)[1] == []
 
 
@@ -73,28 +74,27 @@ def test_bad_sweeps_are_rejected_before_any_run(tmp_path: Path, kwargs: dict, me
     ],
 )
 def test_one_value_where_a_list_is_expected_says_so(tmp_path: Path, kwargs: dict, message: str) -> None:
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
+    experiment = Sweep(tmp_path, progress=False)
     settings = dict(strategies=["random"], pruning_levels=[0.3], models=["embedded-gpt2"]) | kwargs
     with pytest.raises(TypeError, match=re.escape(message)):
-        experiment.run_experiment(**settings, **TINY)
+        experiment.run(**settings, **TINY)
     assert not (tmp_path / "runs.csv").exists()
 
 
 def test_levels_may_be_any_iterable_of_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(PruningFineTuningExperiment, "run", lambda self, config, output_dir=None: _fake_result(config))
-    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_experiment(
-        ("random",), (level / 10 for level in (1, 2)), ["embedded-gpt2"])
+    monkeypatch.setattr(Experiment, "run", lambda self, config, output_dir=None: _fake_result(config))
+    runs = Sweep(tmp_path, progress=False).run(("random",), (level / 10 for level in (1, 2)), ["embedded-gpt2"])
     assert list(runs["pruning_level"]) == [0.1, 0.2] and runs.attrs["run_ids"] == list(runs["run_id"])
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def run(self, config, output_dir=None):
-        if config.pruning_level == 0.3:
+        if config.pruning.level == 0.3:
             raise RuntimeError("boom at 0.3")
         return _fake_result(config)
 
-    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
-    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_experiment(["random"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
+    monkeypatch.setattr(Experiment, "run", run)
+    runs = Sweep(tmp_path, progress=False).run(["random"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
     assert list(runs["status"]) == ["done", "failed", "done"]
     assert "boom at 0.3" in runs.loc[1, "error"]
 
@@ -104,11 +104,11 @@ def test_max_runtime_marks_the_rest_skipped(tmp_path: Path, monkeypatch: pytest.
         time.sleep(0.2)
         return _fake_result(config)
 
-    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
-    runs = experiment.run_experiment(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"], max_runtime=0.1)
+    monkeypatch.setattr(Experiment, "run", run)
+    experiment = Sweep(tmp_path, progress=False)
+    runs = experiment.run(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"], max_runtime=0.1)
     assert list(runs["status"]) == ["done", "skipped", "skipped"]
-    rerun = experiment.run_experiment(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"])  # no budget: finish the rest
+    rerun = experiment.run(["random"], [0.1, 0.2, 0.3], ["embedded-gpt2"])  # no budget: finish the rest
     assert list(rerun["status"]) == ["done", "done", "done"] and len(rerun) == 3
 
 
@@ -125,20 +125,23 @@ def test_yaml_forms_run_and_track_extra_keys(tmp_path: Path) -> None:
 KILLABLE_SWEEP = textwrap.dedent(
     """
     import os, sys, time
-    from colab_helpers.experiments.sweep import PruningFineTuningExperiment
+    from pathlib import Path
+    from colab_helpers.experiments.pipeline import Experiment
+    from colab_helpers.experiments.result import ExperimentResult, HeadsPruned, StageMetrics, Training
+    from colab_helpers.experiments.sweep import Sweep
 
     def run(self, config, output_dir=None):
         marker = os.path.join(sys.argv[1], "executions.log")
         with open(marker, "a") as log:
-            log.write(f"{config.strategy}-{config.pruning_level}\\n")
+            log.write(f"{config.pruning.strategy}-{config.pruning.level}\\n")
         time.sleep(0.15)
-        stage = {"perplexity": 10.0, "parameters": 1, "latency_ms_per_token": 1.0}
-        return {"stages": {s: dict(stage) for s in ("baseline", "pruned", "fine_tuned")}, "recovery": None,
-                "pruning": {"heads_pruned": 1}, "training": {"steps": 1}, "seconds": 0.1}
+        stage = StageMetrics(10.0, 1, "", None, 1, 0.1, 0.1)
+        return ExperimentResult(config.run_name(), config, stage, stage, stage, HeadsPruned([[1]], [[0.5]]),
+                                Training("lora", 1, 0.1), None, 0.1, Path(output_dir))
 
-    PruningFineTuningExperiment.run = run
-    experiment = PruningFineTuningExperiment(sys.argv[1], progress=False)
-    experiment.run_experiment(["random", "magnitude", "gradient"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
+    Experiment.run = run
+    experiment = Sweep(sys.argv[1], progress=False)
+    experiment.run(["random", "magnitude", "gradient"], [0.1, 0.3, 0.5], ["embedded-gpt2"])
     """
 )
 
@@ -168,12 +171,12 @@ def test_sigkilled_sweep_completes_every_run_exactly_once_after_reruns(tmp_path:
 
 def test_ray_backend_records_into_the_same_runs_table(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="ray[tune] is a dev requirement; install with make install")
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
-    runs = experiment.run_experiment(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
+    experiment = Sweep(tmp_path, progress=False)
+    runs = experiment.run(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
     assert sorted(runs["strategy"]) == ["magnitude", "random"]
     assert list(runs["status"]) == ["done", "done"]
     assert (runs["fine_tuned_perplexity"] > 0).all()
-    again = experiment.run_experiment(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
+    again = experiment.run(["random", "magnitude"], [0.3], ["embedded-gpt2"], backend="ray", **TINY)
     assert list(again["run_id"]) == list(runs["run_id"])  # done runs are skipped on Ray too
 
 
@@ -183,7 +186,7 @@ def test_cli_sweep_and_runs_end_to_end(tmp_path: Path) -> None:
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": "embedded-gpt2", "strategy": "random", **TINY}))
     (tmp_path / "sweep.yaml").write_text(
-        "name: levels\nstrategy: grid\nparameters:\n  pruning_level: {values: [0.25, 0.5]}\n"
+        "name: levels\nsearch: grid\nparameters:\n  pruning_level: {values: [0.25, 0.5]}\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     root = tmp_path / "results"
@@ -204,9 +207,9 @@ def test_cli_sweep_and_runs_end_to_end(tmp_path: Path) -> None:
 def test_extra_keys_named_like_a_metric_are_refused_before_any_run(tmp_path: Path) -> None:
     from colab_helpers.experiments.config import ExperimentConfig
 
-    experiment = PruningFineTuningExperiment(tmp_path, progress=False)
-    with pytest.raises(ValueError, match=re.escape("config key(s) ['recovery'] are metric names")):
-        experiment.run_configs([ExperimentConfig(model="embedded-gpt2")], extras=[{"recovery": "full"}])
+    experiment = Sweep(tmp_path, progress=False)
+    with pytest.raises(ValueError, match=re.escape("config key(s) ['recovered_share'] are metric names")):
+        experiment.run_configs([ExperimentConfig(model="embedded-gpt2")], extras=[{"recovered_share": "full"}])
     with pytest.raises(ValueError, match="one mapping per config"):
         experiment.run_configs([ExperimentConfig(model="embedded-gpt2")], extras=[])
     with pytest.raises(ValueError, match=re.escape("['baseline_perplexity'] are metric names")):
@@ -222,11 +225,11 @@ def test_a_sweep_over_two_targets_plans_two_runs_and_lists_of_axes_are_values() 
 
     base = {"model": "embedded-gpt2", "recovery_method": "distill"}
     sweep, pairs = plan_sweep(base, {"name": "targets", "parameters": {"target_params": {"values": [0.5, 0.75]}}})
-    assert sweep.size == 2 and [config.target_params for config, _ in pairs] == [0.5, 0.75]
+    assert sweep.size == 2 and [config.pruning.target_params for config, _ in pairs] == [0.5, 0.75]
     assert len({config.run_name() for config, _ in pairs}) == 2 and all(c.recovery_method == "distill" for c, _ in pairs)
     grid = {"parameters": {"target_params": [0.5, 0.75], "axes": {"values": [["heads", "mlp"], ["layers"]]}}}
     _, pairs = plan_sweep({"model": "embedded-gpt2"}, grid)
-    assert [(c.target_params, c.axes) for c, _ in pairs] == [
+    assert [(c.pruning.target_params, c.pruning.axes) for c, _ in pairs] == [
         (0.5, ("heads", "mlp")), (0.5, ("layers",)), (0.75, ("heads", "mlp")), (0.75, ("layers",))]
     assert len({config.run_name() for config, _ in pairs}) == 4
     drawn = {"search": "random", "num_runs": 3, "seed": 1, "parameters": {
@@ -235,7 +238,8 @@ def test_a_sweep_over_two_targets_plans_two_runs_and_lists_of_axes_are_values() 
     _, pairs = plan_sweep({"model": "embedded-gpt2"}, drawn)
     assert len(pairs) == 3
     for config, _ in pairs:
-        assert 0.4 <= config.target_params <= 0.9 and config.axes in {("heads",), ("mlp", "layers"), ("heads", "mlp", "layers")}
+        assert 0.4 <= config.pruning.target_params <= 0.9
+        assert config.pruning.axes in {("heads",), ("mlp", "layers"), ("heads", "mlp", "layers")}
 
 
 @pytest.mark.parametrize(
@@ -263,21 +267,26 @@ def test_compression_metrics_reach_runs_csv_and_settings_never_clash_with_metric
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from colab_helpers.experiments.config import ExperimentConfig
+    from colab_helpers.experiments.config import CONFIG_KEYS, Compression, ExperimentConfig
     from colab_helpers.experiments.sweep import METRIC_NAMES, run_metrics
+    from colab_helpers.pruning.reports import CompressReport
 
-    assert not {f.name for f in dataclasses.fields(ExperimentConfig)} & set(METRIC_NAMES)  # they share a runs.csv row
+    assert not set(CONFIG_KEYS) & set(METRIC_NAMES)  # they share a runs.csv row
+    report = CompressReport(
+        architecture="gpt2", target_params=0.7, axes=("heads", "layers"), params_before=100, params_after=70,
+        removed_params={"heads": 10, "layers": 20}, shares={}, heads_before=(2, 2, 2), heads_after=(1, 0, 2),
+        mlp_before=(8, 8, 8), mlp_after=(8, 0, 8), removed_layers=(1,), kept_layers=(0, 2), flops_before=3.0,
+        flops_after=2.0, seq_len=64, loss_before=5.0, loss_after=5.1, candidates=(), seconds=1.0,
+    )  # fmt: skip
 
     def run(self, config, output_dir=None):
-        result = _fake_result(config)
-        result["pruning"].update(predicted_speedup=1.5, removed_layers=[2], params_after=70)
-        return result
+        return dataclasses.replace(fake_result(config), pruning=Compressed(report))
 
-    monkeypatch.setattr(PruningFineTuningExperiment, "run", run)
-    configs = [ExperimentConfig(model="embedded-gpt2", target_params=t, axes=["heads", "layers"]) for t in (0.5, 0.7)]
-    runs = PruningFineTuningExperiment(tmp_path, progress=False).run_configs(configs, sweep="targets")
+    monkeypatch.setattr(Experiment, "run", run)
+    configs = [ExperimentConfig(model="embedded-gpt2", pruning=Compression(t, axes=["heads", "layers"])) for t in (0.5, 0.7)]
+    runs = Sweep(tmp_path, progress=False).run_configs(configs, sweep="targets")
     assert list(runs["target_params"]) == [0.5, 0.7] and list(runs["predicted_speedup"]) == [1.5, 1.5]
     assert list(runs["layers_removed"]) == [1, 1] and list(runs["axes"]) == ['["heads", "layers"]'] * 2
-    again = PruningFineTuningExperiment(tmp_path, progress=False).run_configs(configs, sweep="targets")
+    again = Sweep(tmp_path, progress=False).run_configs(configs, sweep="targets")
     assert list(again["run_id"]) == list(runs["run_id"])  # axes as a list hash the same: done runs are skipped
-    assert "predicted_speedup" not in run_metrics(_fake_result(configs[0]))  # head runs: no compress metrics
+    assert "predicted_speedup" not in run_metrics(fake_result(configs[0]))  # head runs: no compress metrics

@@ -109,7 +109,7 @@ def test_grid_is_the_cartesian_product_in_a_stable_order() -> None:
 
 def test_random_search_is_seeded_in_range_and_distinct() -> None:
     spec = {
-        "strategy": "random",
+        "search": "random",
         "num_runs": 20,
         "seed": 7,
         "parameters": {
@@ -133,7 +133,7 @@ def test_random_search_is_seeded_in_range_and_distinct() -> None:
 
 
 def test_random_draws_from_a_small_space_warn_and_stay_distinct() -> None:
-    spec = {"strategy": "random", "num_runs": 5, "parameters": {"model.name": {"values": ["gpt2", "opt-125m"]}}}
+    spec = {"search": "random", "num_runs": 5, "parameters": {"model.name": {"values": ["gpt2", "opt-125m"]}}}
     with pytest.warns(ColabHelpersWarning, match="only 2 distinct combinations"):
         configs = expand(BASE, spec)
     assert sorted(c["model"]["name"] for c in configs) == ["gpt2", "opt-125m"]
@@ -167,11 +167,11 @@ num_runs: 3   # ignored by grid
         ({"parameters": {"lr": {"values": 0.1}}}, r"values must be a list, got 0\.1; write \[0\.1\]"),
         ({"parameters": {"lr": {"values": [1], "distribution": "uniform"}}}, "both 'values' and 'distribution'"),
         ({"parameters": {}}, "parameters must be a non-empty mapping"),
-        ({"strategy": "random", "num_runs": 0, "parameters": {"a": [1]}}, "num_runs must be an integer > 0, got 0"),
-        ({"strategy": "random", "num_runs": -2, "parameters": {"a": [1]}}, "num_runs must be an integer > 0, got -2"),
-        ({"strategy": "random", "num_runs": True, "parameters": {"a": [1]}}, "num_runs must be an integer > 0"),
-        ({"strategy": "random", "parameters": {"a": [1]}}, "needs num_runs"),
-        ({"strategy": "gird", "parameters": {"a": [1]}}, "search must be one of.*got 'gird'.*did you mean 'grid'"),
+        ({"search": "random", "num_runs": 0, "parameters": {"a": [1]}}, "num_runs must be an integer > 0, got 0"),
+        ({"search": "random", "num_runs": -2, "parameters": {"a": [1]}}, "num_runs must be an integer > 0, got -2"),
+        ({"search": "random", "num_runs": True, "parameters": {"a": [1]}}, "num_runs must be an integer > 0"),
+        ({"search": "random", "parameters": {"a": [1]}}, "needs num_runs"),
+        ({"search": "gird", "parameters": {"a": [1]}}, "search must be one of.*got 'gird'.*did you mean 'grid'"),
         (_ranged(distribution="loguniform", min=1, max=2), "distribution 'loguniform'.*did you mean 'log_uniform'"),
         (_ranged(distribution="uniform", min=2, max=1), "min must be < max, got min=2, max=1"),
         (_ranged(distribution="uniform", min=1, max=1), "min must be < max"),
@@ -182,8 +182,10 @@ num_runs: 3   # ignored by grid
             {"parameters": {"a": {"distribution": "uniform", "min": 0, "max": 1}}},
             "a grid cannot enumerate; use search: random",
         ),
-        ({"parameters": {"a": [1]}, "stratgy": "grid"}, "unknown key 'stratgy'.*did you mean 'strategy'"),
-        ({"strategy": "grid"}, "a sweep needs 'parameters'"),
+        ({"parameters": {"a": [1]}, "serch": "grid"}, "unknown key 'serch'.*did you mean 'search'"),
+        ({"parameters": {"a": [1]}, "strategy": "grid"}, "unknown key 'strategy'"),  # the search is `search:` only
+        ({"parameters": {"a": [1]}, "method": "random"}, "unknown key 'method'"),
+        ({"search": "grid"}, "a sweep needs 'parameters'"),
         ({"parameters": {"a": [1]}, "name": ""}, "sweep name must be a non-empty string"),
     ],
 )
@@ -200,7 +202,7 @@ def test_validate_rejects_unknown_names_before_any_run() -> None:
     with pytest.raises(ValueError, match=r"run config #0: model.name='gpt-2' is not allowed.*choose one of"):
         expand(merge(BASE, {"model.name": "gpt-2"}), {"parameters": {"pruning.level": [0.1]}}, validate=allowed)
     random_sweep = {  # a bad listed value is caught even when no draw picks it
-        "strategy": "random", "num_runs": 1, "seed": 0,
+        "search": "random", "num_runs": 1, "seed": 0,
         "parameters": {"model.name": {"values": ["gpt2", "gpt2", "gpt2", "gpt2", "gpt3"]}},
     }
     with pytest.raises(ValueError, match="'gpt3' is not allowed"):

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from colab_helpers.experiments import tracking
-from colab_helpers.finetune import gradients
 from colab_helpers.errors import ColabHelpersWarning
-from colab_helpers.experiments.tracking import RunManager, new_run_id
+from colab_helpers.experiments import runs_table, tracking
+from colab_helpers.experiments.run_ids import config_hash, new_run_id
+from colab_helpers.experiments.tracking import RunManager
+from colab_helpers.finetune import gradients
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG: dict[str, Any] = {
@@ -73,7 +74,7 @@ def test_columns_are_flattened_and_new_keys_become_columns(manager: RunManager) 
     second = manager.new_run({**CONFIG, "lora": {"rank": 8}, "status": "mine"})
     manager.update_metrics(first.run_id, {"final_valid_loss": 3.25, "eval": {"ppl": 25.8}})
     header = manager.csv_path.read_text().splitlines()[0].split(",")
-    assert header[: len(tracking.CORE_COLUMNS)] == list(tracking.CORE_COLUMNS)
+    assert header[: len(runs_table.CORE_COLUMNS)] == list(runs_table.CORE_COLUMNS)
     expected = ("model.name", "training.learning_rate", "lora.rank", "config.status", "final_valid_loss", "eval.ppl")
     assert set(expected) <= set(header)
     frame = manager.runs()
@@ -102,7 +103,7 @@ def test_a_metric_named_like_a_config_key_is_refused_and_nothing_is_written(
 ) -> None:
     run = manager.new_run({**CONFIG, "lr": 0.001, "status": "mine"})
     before = manager.csv_path.read_text()
-    taken = sorted({"lr", "training.learning_rate", "config.status"} & set(tracking.flatten(metrics)))
+    taken = sorted({"lr", "training.learning_rate", "config.status"} & set(runs_table.flatten(metrics)))
     with pytest.raises(ValueError, match=re.escape(f"metric name(s) {taken} are config keys of run {run.run_id!r}")):
         manager.update_metrics(run.run_id, metrics)
     assert manager.csv_path.read_text() == before
@@ -131,7 +132,7 @@ def test_cells_keep_exact_and_non_finite_numbers() -> None:
     cells = [format_value(v) for v in (np.float64(0.1), float("nan"), float("inf"), np.int64(3), None, (1, 2.5))]
     assert cells == ["0.1", "nan", "inf", "3", "", "[1, 2.5]"]  # numpy scalars as numbers, NaN kept (not None)
     assert parse_value("0.1") == 0.1 and math.isnan(parse_value("nan")) and parse_value("3") == 3
-    assert tracking.config_hash({"a": np.float64(0.1)}) == tracking.config_hash({"a": 0.1})
+    assert config_hash({"a": np.float64(0.1)}) == config_hash({"a": 0.1})
 
 
 def test_status_transitions_and_redacted_error(manager: RunManager, monkeypatch: pytest.MonkeyPatch) -> None:

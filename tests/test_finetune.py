@@ -180,12 +180,12 @@ def test_bad_eval_data_leaves_no_folder_either(tmp_path) -> None:
 
 
 def test_a_failure_attaching_lora_leaves_no_new_folder(tmp_path, monkeypatch) -> None:
-    from colab_helpers.finetune import trainer
+    from colab_helpers.finetune import trainable
 
     def broken(*args, **kwargs):
         raise RuntimeError("peft could not wrap this model")
 
-    monkeypatch.setattr(trainer, "attach_lora", broken)
+    monkeypatch.setattr(trainable, "attach_lora", broken)
     output_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="peft could not wrap"):
         fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path, output_dir=str(output_dir)), progress=False)

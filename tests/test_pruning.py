@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from colab_helpers.pruning import HeadGates, HeadLayout, PruneReport, gate_heads, head_importance, head_layout, load_pruned, remove_heads, save_pruned, select_heads
 from colab_helpers.pruning import removal as removal_module  # noqa: E402
-from colab_helpers.pruning.importance import AUTO_NORMALIZATION, NORMALIZATIONS, normalize_scores  # noqa: E402
+from colab_helpers.pruning.importance import NORMALIZATIONS, normalize_scores  # noqa: E402
 
 VOCAB = 128
 COMMON = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0}
@@ -553,22 +553,18 @@ def test_l2_normalisation_stops_a_global_ranking_from_emptying_a_layer() -> None
 
 
 @pytest.mark.parametrize("strategy", ["random", "magnitude", "entropy", "gradient"])
-def test_auto_normalisation_is_the_measured_choice_per_strategy(strategy: str) -> None:
+def test_importance_is_raw_unless_a_normalisation_is_asked_for(strategy: str) -> None:
     model = build("llama")
     batches = [inputs(1), inputs(2)]
     raw = head_importance(model, batches, strategy, normalize="none", progress=False)
-    auto = head_importance(model, batches, strategy, progress=False)  # the default is "auto"
-    assert torch.allclose(auto, normalize_scores(raw, AUTO_NORMALIZATION[strategy]))
-    assert torch.equal(auto, head_importance(model, batches, strategy, normalize="auto", progress=False))
-    assert torch.equal(auto, raw)  # every strategy measured best raw on the real model (normalising cost more)
+    default = head_importance(model, batches, strategy, progress=False)  # the default is "none"
+    assert torch.equal(default, raw)  # every strategy measured best raw on the real model (normalising cost more)
+    l2 = head_importance(model, batches, strategy, normalize="l2", progress=False)
+    assert torch.allclose(l2, normalize_scores(raw, "l2"), equal_nan=True)
 
 
-def test_auto_table_covers_every_strategy_with_a_concrete_method() -> None:
-    from colab_helpers.pruning import STRATEGIES
-
-    assert set(AUTO_NORMALIZATION) == set(STRATEGIES)
-    assert set(AUTO_NORMALIZATION.values()) <= set(NORMALIZATIONS) - {"auto"}
-    assert AUTO_NORMALIZATION["random"] == "none"
+def test_normalizations_are_the_concrete_methods() -> None:
+    assert NORMALIZATIONS == ("none", "l2", "zscore")
 
 
 @pytest.mark.parametrize("method", ["none", "l2", "zscore"])
@@ -584,10 +580,10 @@ def test_normalised_importance_keeps_nan_past_each_layers_heads(method: str) -> 
 @pytest.mark.parametrize("bad", ["L2", "rank", "", None, 2])
 def test_bad_normalize_names_the_value_and_the_choices(bad: Any) -> None:
     model = build("gpt2")
-    choices = "'auto', 'none', 'l2', 'zscore'"
+    choices = "'none', 'l2', 'zscore'"
     with pytest.raises(ValueError, match=f"normalize must be one of {choices}, got {bad!r}"):
         head_importance(model, [inputs()], "magnitude", normalize=bad, progress=False)
-    with pytest.raises(ValueError, match=r"'auto' needs a strategy"):
+    with pytest.raises(ValueError, match=f"normalize must be one of {choices}, got 'auto'"):  # no automatic choice
         normalize_scores(torch.rand(2, 4), "auto")
     with pytest.raises(ValueError, match="scores must be a float tensor"):
         normalize_scores(torch.ones(2, 4, dtype=torch.long), "l2")

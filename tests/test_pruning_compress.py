@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from colab_helpers import compress as top_level_compress  # noqa: E402
 from colab_helpers.pruning import AXES, CompressReport, compress, forward_flops, head_layout, load_pruned, save_pruned  # noqa: E402
-from colab_helpers.pruning.layers import mean_loss  # noqa: E402
+from colab_helpers.pruning.batches import mean_loss  # noqa: E402
 from colab_helpers.pruning.mlp import mlp_sizes  # noqa: E402
 
 VOCAB = 128

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from colab_helpers.pruning import LAYER_STRATEGIES, LayerReport, gate_heads, gate_mlp, head_layout, layer_importance, load_pruned, remove_heads, remove_layers, remove_mlp_channels, save_pruned, skip_layers  # noqa: E402
-from colab_helpers.pruning.layers import decoder_layers, mean_loss  # noqa: E402
+from colab_helpers.pruning.batches import mean_loss  # noqa: E402
+from colab_helpers.pruning.layers import decoder_layers  # noqa: E402
 from colab_helpers.pruning.mlp import mlp_sizes  # noqa: E402
 from colab_helpers.pruning.record import check_record  # noqa: E402
 from test_pruning import VOCAB, bad_token_batches, inputs, logits, mask_of, state_copy  # noqa: E402

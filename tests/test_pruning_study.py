@@ -13,7 +13,7 @@ pytest.importorskip("pandas")
 
 from colab_helpers.evaluation.perplexity import perplexity  # noqa: E402
 from colab_helpers.pruning import gate_heads, head_importance  # noqa: E402
-from colab_helpers.pruning.importance import AUTO_NORMALIZATION, normalize_scores  # noqa: E402
+from colab_helpers.pruning.importance import STRATEGIES, normalize_scores  # noqa: E402
 from colab_helpers.pruning.study import GatedPerplexity, PruningStudyConfig, _split_texts, importance_by_strategy, level_sweep, renormalize, summarize_levels  # noqa: E402
 
 TEXTS = [
@@ -24,17 +24,18 @@ TEXTS = [
 ]
 
 
-def test_renormalize_applies_each_strategys_auto_choice() -> None:
-    raw = {name: [torch.rand(3, 4) * 10, torch.rand(3, 4)] for name in AUTO_NORMALIZATION}
-    auto = renormalize(raw, "auto")
-    for name, runs in auto.items():
-        assert len(runs) == 2
-        for got, scores in zip(runs, raw[name], strict=True):
-            assert torch.equal(got, normalize_scores(scores, AUTO_NORMALIZATION[name]))
+def test_renormalize_applies_one_method_to_every_strategy() -> None:
+    raw = {name: [torch.rand(3, 4) * 10, torch.rand(3, 4)] for name in STRATEGIES}
+    for method in ("none", "l2", "zscore"):
+        normalised = renormalize(raw, method)
+        for name, runs in normalised.items():
+            assert len(runs) == 2
+            for got, scores in zip(runs, raw[name], strict=True):
+                assert torch.equal(got, normalize_scores(scores, method))
     l2 = renormalize({"mine": [torch.ones(2, 4)]}, "l2")["mine"][0]
     assert torch.allclose(l2, torch.full((2, 4), 0.5))
-    with pytest.raises(ValueError, match="'auto' needs strategy names"):
-        renormalize({"mine": [torch.ones(2, 4)]}, "auto")
+    with pytest.raises(ValueError, match="normalize must be one of .* got 'auto'"):
+        renormalize(raw, "auto")
     with pytest.raises(ValueError, match="normalize must be one of .* got 'max'"):
         renormalize(raw, "max")
 

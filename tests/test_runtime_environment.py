@@ -11,7 +11,8 @@ import types
 import pytest
 
 from colab_helpers.runtime import environment
-from colab_helpers.runtime.environment import RUNTIMES, EnvironmentReport, detect_environment
+from colab_helpers.runtime.environment import RUNTIMES, detect_environment
+from colab_helpers.runtime.environment_report import EnvironmentReport
 
 GIB = 1024**3
 MARKERS = (

@@ -12,6 +12,7 @@ import torch
 from colab_helpers import spelling as ss
 from colab_helpers.errors import OfflineFallbackWarning
 from colab_helpers.spelling import data as sp
+from colab_helpers.spelling.questions import TASKS
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_batched_generation_matches_one_at_a_time(embedded: tuple[Any, Any], tin
 def test_evaluate_scores_by_generation(embedded: tuple[Any, Any], tiny_data: Any, monkeypatch: Any) -> None:
     model, tokenizer = embedded
     evaluation = ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=100)
-    assert set(evaluation.scores) == set(sp.TASKS) and len(evaluation.predictions) == 18
+    assert set(evaluation.scores) == set(TASKS) and len(evaluation.predictions) == 18
     for score in evaluation.scores.values():
         assert 0 <= score["ci_low"] <= score["accuracy"] <= score["ci_high"] <= 1 and score["n"] == 6
     # a model that answers every question right, in its own words, scores 1.0 everywhere
@@ -196,7 +197,7 @@ def test_evaluate_scores_by_generation(embedded: tuple[Any, Any], tiny_data: Any
     monkeypatch.setattr(ss, "generate_answers", lambda m, t, prompts, **kw: [
         styles[rows[p]["task"]](rows[p]["answer"]) for p in prompts])  # fmt: skip
     perfect = ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=100)
-    assert {task: s["accuracy"] for task, s in perfect.scores.items()} == {t: 1.0 for t in sp.TASKS}
+    assert {task: s["accuracy"] for task, s in perfect.scores.items()} == {t: 1.0 for t in TASKS}
     assert perfect.metrics()["transfer_accuracy"] == 1.0
 
 
@@ -215,7 +216,7 @@ def test_the_token_budget_leaves_room_to_restate_the_question(embedded: tuple[An
         monkeypatch.setattr(ss, "generate_answers", lambda m, t, prompts, max_new_tokens, **kw: budgets[restate].append(
             max_new_tokens) or [""] * len(prompts))  # fmt: skip
         ss.evaluate(model, tokenizer, tiny_data["test"], n_boot=10, min_new_tokens=1, restate=restate)
-    for (task, restated), plain in zip(zip(sp.TASKS, budgets[True], strict=True), budgets[False], strict=True):
+    for (task, restated), plain in zip(zip(TASKS, budgets[True], strict=True), budgets[False], strict=True):
         rows = [row for row in tiny_data["test"] if row["task"] == task]
         assert plain == ss.answer_budget(tokenizer, [r["answer"] for r in rows], minimum=1)
         assert restated == ss.answer_budget(tokenizer, [r["answer"] for r in rows], minimum=1,
@@ -261,7 +262,7 @@ def test_default_sweep_covers_the_search_space() -> None:
     ],
 )
 def test_a_sweep_value_of_the_wrong_type_fails_before_training(key: str, value: Any, match: str) -> None:
-    sweep = {"name": "bad", "strategy": "random", "num_runs": 1, "parameters": {key: {"values": [4, value]}}}
+    sweep = {"name": "bad", "search": "random", "num_runs": 1, "parameters": {key: {"values": [4, value]}}}
     with pytest.raises(ValueError, match=match):
         ss.check_sweep(ss.base_config("m"), sweep)
 
@@ -272,7 +273,7 @@ def test_a_sweep_value_of_the_wrong_type_fails_before_training(key: str, value: 
 def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_data: Any, tmp_path: Any,
                                                monkeypatch: Any) -> None:  # fmt: skip
     import colab_helpers.finetune as finetune
-    from colab_helpers.experiments.tracking import read_runs
+    from colab_helpers.experiments.runs_table import read_runs
 
     calls = []
     real = finetune.fine_tune
@@ -295,7 +296,7 @@ def test_sweep_records_runs_and_skips_done_ones(embedded: tuple[Any, Any], tiny_
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # runs train copies
     assert len(read_runs(tmp_path)) == 4  # runs.csv holds the sweep and its references
     gains = study.gains(runs["run_id"][0], runs["baseline_run_id"][0])  # paired, on the same test questions
-    assert list(gains.index) == list(sp.TASKS) and (gains["n"] == 6).all()
+    assert list(gains.index) == list(TASKS) and (gains["n"] == 6).all()
     assert gains.loc["position", "gain"] == pytest.approx(runs["position_gain"][0])
     # a rerun finds every run done: nothing is trained again
     again = study.run_sweep(ss.default_sweep(smoke=True), base)
@@ -348,7 +349,7 @@ def fake_runs() -> Any:
         row = {"run_id": f"run{i}", "status": "done", "lora.r": r, "training.learning_rate": lr,
                "spelling_accuracy": spelling, "position_accuracy": [0.1, 0.3, 0.2, 0.4, 0.5][i],
                "count_accuracy": 0.3, "transfer_accuracy": ([0.1, 0.3, 0.2, 0.4, 0.5][i] + 0.3) / 2}  # fmt: skip
-        for task in sp.TASKS:
+        for task in TASKS:
             row[f"{task}_ci_low"], row[f"{task}_ci_high"] = row[f"{task}_accuracy"] - 0.05, row[f"{task}_accuracy"] + 0.05
         rows.append(row)
     rows.append({"run_id": "failed", "status": "failed", "lora.r": 32})

@@ -1,16 +1,15 @@
-"""Spelling data: the shipped word list, the DatasetDict contract, split disjointness, templates, prompts, bad input."""
+"""Spelling data: the DatasetDict contract, split disjointness, prompts, saving, tables, bad input."""
 
 from __future__ import annotations
 
 import copy
-import gzip
 from collections import Counter
-from importlib import resources
 from typing import Any
 
 import pytest
 
 from colab_helpers.spelling import data as sp
+from colab_helpers.spelling.questions import TASKS
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -25,30 +24,6 @@ def small(**changes: Any) -> sp.SpellingDataConfig:
 @pytest.fixture(scope="module")
 def data() -> Any:
     return sp.build_datasets(None, small())
-
-
-# --- the word list ----------------------------------------------------------------------------------------
-
-
-def test_shipped_word_list_is_small_lowercase_and_licensed() -> None:
-    resource = resources.files("colab_helpers.spelling").joinpath("words.txt.gz")
-    assert len(resource.read_bytes()) < 300 * 1024
-    words = sp.shipped_words()
-    assert len(words) > 50_000 and words == sorted(set(words))
-    assert all(w.isascii() and w.isalpha() and w.islower() for w in words)
-    licence = resources.files("colab_helpers.spelling").joinpath("WORDS.md").read_text(encoding="utf-8")
-    assert "SCOWL" in licence and "Kevin Atkinson" in licence and "wamerican" in licence
-    with gzip.open(resource.open("rb"), "rt") as handle:  # a plain gzip file, readable without our code
-        assert handle.readline().strip() == words[0]
-
-
-def test_load_words_filters_length_letters_and_tokens(tiny_gpt2: Any) -> None:
-    words = sp.load_words(4, 6)
-    assert words and all(4 <= len(w) <= 6 for w in words)
-    assert sp.load_words(3, 5, words=["Apple", "it's", "cat", "river", "rivers", "x1y", "dog"]) == ["cat", "dog", "river"]
-    _, tokenizer = tiny_gpt2
-    few = sp.load_words(3, 8, tokenizer=tokenizer, max_tokens=2, words=["the", "quick", "zyzzyva", "fox"])
-    assert "zyzzyva" not in few and all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) <= 2 for w in few)
 
 
 # --- the contract -----------------------------------------------------------------------------------------
@@ -113,31 +88,7 @@ def test_explicit_split_words_are_kept() -> None:
     assert "apple" not in data["train"]["word"] and "banana" not in data["validation"]["word"]
 
 
-# --- templates and prompts --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("n", "suffixed", "word"),
-    [(1, "1st", "first"), (2, "2nd", "second"), (3, "3rd", "third"), (4, "4th", "fourth"), (11, "11th", "eleventh"),
-     (12, "12th", "twelfth"), (13, "13th", "thirteenth"), (20, "20th", "twentieth"), (21, "21st", "twenty-first"),
-     (22, "22nd", "twenty-second"), (33, "33rd", "thirty-third"), (40, "40th", "fortieth")],
-)  # fmt: skip
-def test_ordinals(n: int, suffixed: str, word: str) -> None:
-    assert sp.ordinal(n) == suffixed and sp.ordinal_word(n) == word
-    assert sp.ordinal(111) == "111th" and sp.ordinal(101) == "101st"
-
-
-def test_every_template_renders_and_answers_match() -> None:
-    for task, templates in sp.TEMPLATES.items():
-        for name in templates:
-            rows = sp.make_rows(["apple", "banana"], [task], templates={task: [name]}, seed=3)
-            assert {r["template"] for r in rows} == {name}
-            for row in rows:
-                assert row["word"] in row["question"] and "{" not in row["question"]
-    hyphens = sp.make_rows(["apple"], ["spelling"], templates={"spelling": ["hyphens"]})
-    assert hyphens[0]["answer"] == "a-p-p-l-e"
-    ordinal = sp.make_rows(["apple"] * 20, ["position"], templates={"position": ["ordinal"]})
-    assert any("3rd letter of 'apple'" in r["question"] and r["answer"] == "p" for r in ordinal)
+# --- prompts --------------------------------------------------------------------------------
 
 
 def test_chat_template_used_when_the_tokenizer_has_one(tiny_gpt2: Any) -> None:
@@ -172,7 +123,7 @@ def test_tables(data: Any) -> None:
     table = sp.summary_table(data)
     assert table.loc["test", "count"] == 20 and table.loc["train", "position"] == 0
     shown = sp.examples(data, per_task=2)
-    assert len(shown) == 6 and set(shown["task"]) == set(sp.TASKS)
+    assert len(shown) == 6 and set(shown["task"]) == set(TASKS)
 
 
 # --- bad input, each before any work -------------------------------------------------------------------------
@@ -205,18 +156,3 @@ def test_bad_input_is_a_clear_error(kwargs: dict[str, Any], match: str) -> None:
     extra = {k: v for k, v in kwargs.items() if k in ("words", "split_words")}
     with pytest.raises(ValueError, match=match):
         sp.build_datasets(None, **settings, **extra)
-
-
-@pytest.mark.parametrize(
-    ("words", "match"),
-    [
-        ([""], r"words\[0\] is '', an empty word: every word needs at least one letter to ask about; drop it"),
-        (["apple", "pear", "  "], r"words\[2\] is '  ', an empty word: .*drop it"),
-        (["apple", 3], r"words\[1\] must be a string, got 3 \(int\)"),
-        ("apple", r"words must be a list of words, got 'apple'; e.g. words=\['apple', 'river'\]"),
-    ],
-)
-def test_make_rows_refuses_an_empty_word_naming_its_position(words: Any, match: str) -> None:
-    """An empty word failed inside ``random`` (a position drawn from an empty range); now its position is named."""
-    with pytest.raises(ValueError, match=match):
-        sp.make_rows(words, sp.TASKS, seed=0)

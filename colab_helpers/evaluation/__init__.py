@@ -10,7 +10,8 @@ This package was the module ``colab_helpers.evaluation``: its names stay importa
 
 from __future__ import annotations
 
-from .data import other_domain_text
+from .data import TextDataset, available_datasets, load_text_dataset, other_domain_text
+from .latency import forward_latency, generation_latency
 from .perplexity import (
     PerplexityResult,
     check_token_ids,
@@ -22,6 +23,11 @@ from .perplexity import (
 )
 
 __all__ = [
+    "TextDataset",
+    "available_datasets",
+    "forward_latency",
+    "generation_latency",
+    "load_text_dataset",
     "PerplexityResult",
     "check_token_ids",
     "compare_generations",

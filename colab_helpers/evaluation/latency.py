@@ -1,11 +1,9 @@
-"""Generation latency per token, measured so that two models can be compared: warm-up, the same threads,
-interleaved rounds, medians, and CPU time beside wall time.
+"""Generation latency per token and forward latency, measured so that two models can be compared.
 
-One timed ``generate`` of a 135M model on a shared CPU varies by 2-5x from one call to the next (another
-process, frequency scaling, the allocator): a single call per model said a pruned model was 4x slower than the
-same-shaped fine-tuned one. Timing every model once per round, several rounds, and taking medians cancels the
-drift; process CPU time is less disturbed by other processes than wall time, so on a CPU the comparison
-(``speedup``) uses it.
+One timed call on a shared machine drifts from the next (other processes, frequency scaling, the allocator), so
+every model is warmed up, run with the same threads, timed once per round in turn over several rounds, and
+reported as medians; process CPU time, less disturbed by other processes than wall time, sits beside it and is
+what ``speedup`` compares on a CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..checks import check_positive_integer
 from ..runtime.modules import model_device
 
 
@@ -52,8 +51,8 @@ def generation_latency(
 
     if not models:
         raise ValueError("models must name at least one model, e.g. {'baseline': model}")
-    if not isinstance(new_tokens, int) or new_tokens < 1 or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"new_tokens and rounds must be positive integers, got {new_tokens!r} and {rounds!r}")
+    check_positive_integer(new_tokens, "new_tokens", fix="e.g. new_tokens=16")
+    check_positive_integer(rounds, "rounds", fix="e.g. rounds=5")
     runners = {name: _runner(model, tokenizer, prompt, new_tokens) for name, model in models.items()}
     for run in runners.values():
         run(2)  # warm-up: first calls allocate and pick kernels

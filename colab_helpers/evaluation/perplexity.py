@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..checks import check_integer, is_integer
+from ..checks import check_integer, check_positive_integer
 from ..runtime.modules import model_device
 
 if TYPE_CHECKING:
@@ -111,8 +111,7 @@ def lm_batches(token_ids: "torch.Tensor", *, seq_len: int, batch_size: int, max_
     """
     check_integer(seq_len, "seq_len", least=2)
     check_integer(batch_size, "batch_size", least=1)
-    if max_batches is not None and (not is_integer(max_batches) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    check_positive_integer(max_batches, "max_batches", optional=True)
     token_ids = check_token_ids(token_ids, vocab_size=vocab_size)
     blocks = token_ids.numel() // seq_len
     if blocks == 0:
@@ -165,7 +164,6 @@ def perplexity(
     half a window); each token is scored once, with up to ``seq_len - stride`` tokens of context. Windows are
     right-padded into batches; padded positions are masked out of attention and loss.
     """
-    import torch
     from tqdm.auto import tqdm
 
     if seq_len is not None:  # checked before the default: 0 or 1 is a mistake, not a request for the default
@@ -175,14 +173,7 @@ def perplexity(
     stride = stride or max(1, seq_len // 2)
     if not 0 < stride <= seq_len:
         raise ValueError(f"stride must be in (0, seq_len={seq_len}], got {stride}")
-    if isinstance(texts, torch.Tensor):  # already token ids
-        ids = check_token_ids(texts, vocab_size=model_vocab_size(model), name="texts (token ids)")
-        ids = ids[:max_tokens] if max_tokens else ids
-    else:
-        ids = check_token_ids(tokenize_texts(tokenizer, texts, max_tokens=max_tokens), vocab_size=model_vocab_size(model),
-                              name="the tokenized texts")  # fmt: skip
-    if ids.numel() < 2:
-        raise ValueError("need at least 2 tokens of text to measure perplexity; pass longer text")
+    ids = _scored_ids(model, tokenizer, texts, max_tokens)
     windows = list(_windows(ids.numel(), seq_len, stride))
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -192,29 +183,56 @@ def perplexity(
     try:
         bar = tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress, leave=False)
         for first in bar:
-            batch = windows[first : first + batch_size]
-            width = max(end - start for start, end, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (start, end, scored) in enumerate(batch):
-                input_ids[row, : end - start] = ids[start:end]
-                attention[row, : end - start] = 1
-                labels[row, end - start - scored : end - start] = ids[end - scored : end]
-            with torch.no_grad():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(device)
-            nll = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total_nll += nll.item()
-            total_tokens += int((shift_labels != -100).sum())
+            nll, scored = _window_batch_nll(model, ids, windows[first : first + batch_size], pad_id, device)
+            total_nll += nll
+            total_tokens += scored
             bar.set_postfix(ppl=f"{math.exp(total_nll / max(total_tokens, 1)):.2f}")
     finally:
         model.train(was_training)
     mean_nll = total_nll / total_tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, total_tokens, time.perf_counter() - started)
+
+
+def _scored_ids(model: Any, tokenizer: Any, texts: Any, max_tokens: int | None) -> "torch.Tensor":
+    """Return the checked token ids ``perplexity`` scores: ``texts`` tokenized, or the ids it already is."""
+    import torch
+
+    if isinstance(texts, torch.Tensor):  # already token ids
+        ids = check_token_ids(texts, vocab_size=model_vocab_size(model), name="texts (token ids)")
+        ids = ids[:max_tokens] if max_tokens else ids
+    else:
+        ids = check_token_ids(tokenize_texts(tokenizer, texts, max_tokens=max_tokens), vocab_size=model_vocab_size(model),
+                              name="the tokenized texts")  # fmt: skip
+    if ids.numel() < 2:
+        raise ValueError("need at least 2 tokens of text to measure perplexity; pass longer text")
+    return ids
+
+
+def _window_batch_nll(
+    model: Any, ids: "torch.Tensor", batch: list[tuple[int, int, int]], pad_id: int, device: Any
+) -> tuple[float, int]:
+    """Return ``(summed negative log-likelihood, scored tokens)`` of one batch of windows, right-padded.
+
+    Each window's first ``end - start - scored`` tokens are context only; padding is masked out of attention and loss.
+    """
+    import torch
+
+    width = max(end - start for start, end, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (start, end, scored) in enumerate(batch):
+        input_ids[row, : end - start] = ids[start:end]
+        attention[row, : end - start] = 1
+        labels[row, end - start - scored : end - start] = ids[end - scored : end]
+    with torch.no_grad():
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(device)
+    nll = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return nll.item(), int((shift_labels != -100).sum())
 
 
 def compare_generations(prompt: str, *, perplexity: dict[str, float] | None = None, **generations: Any) -> Any:

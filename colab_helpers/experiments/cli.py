@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run every config of a sweep (BASE.yaml + SWEEP.yaml)")
     sweep.add_argument("base", metavar="BASE.yaml", help="the base run config")
-    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep: parameters, strategy, num_runs, seed, name")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep: parameters, search, num_runs, seed, name")
     sweep.add_argument("--root", default=DEFAULT_ROOT, help=f"results dir (default: {DEFAULT_ROOT})")
     sweep.add_argument("--dry-run", action="store_true", help="print the run configs' parameters, start nothing")
     sweep.add_argument("--max-runtime", type=float, metavar="SECONDS", help="start no new run after this many seconds")
@@ -285,7 +285,7 @@ def format_table(columns: Sequence[str], rows: Rows) -> str:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .tracking import read_runs_table
+    from .runs_table import read_runs_table
 
     columns, rows = read_runs_table(args.root)
     if args.list_columns:

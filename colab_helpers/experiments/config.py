@@ -1,15 +1,19 @@
 """``ExperimentConfig``: every setting of one prune-then-recover run, checked when it is built.
 
-What is pruned: attention heads by ``pruning_level`` (``target_params=None``, the default), or a share of the
-parameters across heads, MLP channels and layers (``target_params`` and ``axes``,
+What is pruned is one spec, ``ExperimentConfig.pruning``: :class:`HeadPruning` (attention heads by importance, the
+default) or :class:`Compression` (a share of the parameters across heads, MLP channels and layers,
 :func:`colab_helpers.pruning.compress.compress`). How it recovers: ``recovery_method`` ``'lora'`` (LM loss) or
 ``'distill'`` (knowledge distillation from the unpruned model, :func:`colab_helpers.finetune.distill`).
 
-One config for one run: the fine-tuning settings are fields of this flat config (what YAML files, sweeps and
-``run_single_experiment(**options)`` name) and become a :class:`~colab_helpers.finetune.FineTuneConfig` in one
-method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scopes are pruning's
-(``STRATEGIES`` and ``check_strategy`` in :mod:`colab_helpers.pruning.importance`, ``SCOPES`` in
-:mod:`colab_helpers.pruning.selection`), defined there once.
+Flat keys: YAML run configs, sweeps, the command line and :meth:`ExperimentConfig.from_dict` write the pruning as
+flat keys, which build the spec: ``target_params`` (not None) and ``axes`` make a :class:`Compression`; otherwise
+``strategy``, ``pruning_level``, ``scope`` and ``remove_heads`` make a :class:`HeadPruning` (the keys of the other
+kind are then unused). :meth:`ExperimentConfig.to_dict` writes them back the same way (None for the unused kind),
+which is what ``result.json`` and ``runs.csv`` hold. ``CONFIG_KEYS`` lists every key.
+
+The fine-tuning settings are fields of this flat config and become a :class:`~colab_helpers.finetune.FineTuneConfig`
+in one method, :meth:`ExperimentConfig.finetune_config`. Importance strategies and scopes are pruning's
+(``check_strategy`` in :mod:`colab_helpers.pruning.importance`, ``SCOPES`` in :mod:`colab_helpers.pruning.selection`).
 """
 
 from __future__ import annotations
@@ -38,14 +42,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 STAGES = ("baseline", "pruned", "fine_tuned")
 RECOVERY_METHODS = ("lora", "distill")  # how the pruned model recovers: LM-loss LoRA, or KD from the unpruned model
+HEAD_KEYS = {"strategy": "strategy", "pruning_level": "level", "scope": "scope", "remove_heads": "remove"}  # flat -> field
+COMPRESSION_KEYS = ("target_params", "axes")
 
-# a field's annotation -> the kind __post_init__ checks ("?": None allowed too)
+# a field's annotation -> the kind _check_type checks ("?": None allowed too)
 _KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
-          "tuple[str, ...]": "names"}  # fmt: skip
+          "tuple[str, ...]": "names", "HeadPruning | Compression": "pruning"}  # fmt: skip
 _EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64,  # fields whose default is None
             "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64}  # fmt: skip
 _WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
-           "names": "a list of names"}  # fmt: skip
+           "names": "a list of names", "pruning": "HeadPruning(...) or Compression(...)"}  # fmt: skip
 
 
 def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
@@ -62,6 +68,7 @@ def _check_type(name: str, value: Any, kind: str, example: Any) -> None:
         "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
         "float": is_finite_number(value),
         "names": isinstance(value, list | tuple) and all(isinstance(item, str) for item in value),
+        "pruning": isinstance(value, HeadPruning | Compression),
     }
     if checks[kind]:
         return
@@ -84,16 +91,115 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def _check_fields(config: Any) -> None:
+    """Check the type of every field of the dataclass ``config``; turn numpy scalars into Python numbers."""
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        kind = _KINDS[str(spec.type)]
+        _check_type(spec.name, value, kind, _EXAMPLE.get(spec.name, spec.default))
+        if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):  # numpy scalars
+            object.__setattr__(config, spec.name, int(value) if kind.startswith("int") else float(value))
+
+
+# --- what is pruned ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadPruning:
+    """Prune attention heads: the ``level`` share with the lowest ``strategy`` importance, ranked ``scope``-wide,
+    sliced out of the model (``remove``) or only gated."""
+
+    strategy: str = field(default="gradient", metadata=field_help("head importance: random, magnitude, entropy or gradient."))
+    level: float = field(default=0.3, metadata=field_help("fraction of attention heads to prune, in [0, 1)."))
+    scope: str = field(default="global", metadata=field_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
+    remove: bool = field(default=True, metadata=field_help("slice pruned heads out (smaller, faster) or only gate them."))
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        check_strategy(self.strategy)
+        if not 0 <= self.level < 1:
+            raise ValueError(f"level must be in [0, 1), got {self.level!r}; e.g. level=0.3 for 30% of heads")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+
+    def flat(self) -> dict[str, Any]:
+        """The flat keys of a config file: ``strategy``, ``pruning_level``, ``scope``, ``remove_heads``."""
+        return {key: getattr(self, name) for key, name in HEAD_KEYS.items()}
+
+    def label(self) -> str:
+        """``gradient-30``: strategy and level in percent (run names)."""
+        return f"{self.strategy}-{round(self.level * 100)}"
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Keep ``target_params`` of the parameters, pruning across ``axes`` (heads, MLP channels, whole layers) where the
+    measured loss says it costs least (:func:`colab_helpers.pruning.compress.compress`); always removed physically."""
+
+    target_params: float = field(metadata=field_help("share of the parameters to keep, in (0, 1]."))
+    axes: tuple[str, ...] = field(default=AXES, metadata=field_help(
+        "what may be pruned: a non-empty list of 'heads', 'mlp' (MLP channels), 'layers' (whole layers); order does "
+        "not matter."))
+
+    def __post_init__(self) -> None:
+        """Check both fields; store ``axes`` as a tuple in the order heads, mlp, layers."""
+        _check_fields(self)
+        if not 0 < self.target_params <= 1:
+            raise ValueError(f"target_params must be the share of parameters to keep, in (0, 1], got "
+                             f"{self.target_params!r}; e.g. target_params=0.75 keeps 75%")  # fmt: skip
+        unknown = [axis for axis in self.axes if axis not in AXES]
+        repeated = sorted({axis for axis in self.axes if list(self.axes).count(axis) > 1})
+        if not self.axes or unknown or repeated:
+            why = ("it is empty" if not self.axes else f"{unknown[0]!r} is not an axis" if unknown
+                   else f"{repeated[0]!r} appears twice")  # fmt: skip
+            raise ValueError(f"axes must be a non-empty list of distinct names from {list(AXES)}, got "
+                             f"{list(self.axes)!r} ({why}); e.g. axes=['heads', 'mlp']")  # fmt: skip
+        object.__setattr__(self, "axes", tuple(axis for axis in AXES if axis in self.axes))
+
+    def flat(self) -> dict[str, Any]:
+        """The flat keys of a config file: ``target_params`` and ``axes`` (a list)."""
+        return {"target_params": self.target_params, "axes": list(self.axes)}
+
+    def label(self) -> str:
+        """``keep70-heads+mlp+layers``: the share kept in percent and the axes (run names)."""
+        return f"keep{round(self.target_params * 100, 2):g}-{'+'.join(self.axes)}"
+
+
+def pruning_from_flat(values: Mapping[str, Any]) -> HeadPruning | Compression:
+    """Return the pruning spec the flat keys of ``values`` describe (see the module docstring); errors name the keys.
+
+    ``target_params`` not None: :class:`Compression` (``remove_heads=False`` is refused: compression always
+    removes). Otherwise :class:`HeadPruning`, with its defaults for the keys not given (``axes`` is checked all the
+    same).
+    """
+    target = values.get("target_params")
+    _check_type("target_params", target, "float?", 0.75)
+    if target is not None:
+        if values.get("remove_heads") is False:
+            raise ValueError("target_params always removes what it prunes (remove_heads=False only gates heads pruned "
+                             "by pruning_level); set remove_heads=True, or target_params=None")  # fmt: skip
+        return Compression(target, **({"axes": values["axes"]} if "axes" in values else {}))
+    if values.get("axes") is not None:  # unused without a target, but a typo in it fails here all the same
+        Compression(1.0, values["axes"])
+    try:
+        return HeadPruning(**{name: values[key] for key, name in HEAD_KEYS.items() if key in values})
+    except ValueError as error:  # say pruning_level / remove_heads, as the input wrote them
+        flat = {"level": "pruning_level", "remove": "remove_heads"}
+        raise ValueError(re.sub(r"\b(level|remove)\b(?=[ =])", lambda m: flat[m[1]], str(error))) from None
+
+
+# --- one run -----------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One prune-then-recover run. Every field has a default; ``smoke()`` gives a seconds-long copy."""
 
     model: str = field(default="auto", metadata=field_help("catalog name ('gpt2'), hub id 'owner/name', existing local path, 'embedded-gpt2', or 'auto'."))
     dataset: str = field(default="auto", metadata=field_help("'auto', 'embedded' or a hub dataset such as 'wikitext-2-raw-v1'."))
-    strategy: str = field(default="gradient", metadata=field_help("head importance: random, magnitude, entropy or gradient."))
-    pruning_level: float = field(default=0.3, metadata=field_help("fraction of attention heads to prune, in [0, 1)."))
-    scope: str = field(default="global", metadata=field_help("'global' (lowest heads anywhere) or 'layer' (same share per layer)."))
-    remove_heads: bool = field(default=True, metadata=field_help("slice pruned heads out (smaller, faster) or only gate them."))
+    pruning: HeadPruning | Compression = field(default=HeadPruning(), metadata=field_help(
+        "what is pruned: HeadPruning(strategy, level, scope, remove) (attention heads) or "
+        "Compression(target_params, axes) (a parameter share across heads, MLP channels and layers)."))
     prompt: str = field(default="A hacker is", metadata=field_help("prompt for the generation at each stage."))
     max_new_tokens: int = field(default=30, metadata=field_help("tokens generated at each stage."))
     fine_tuning_steps: int | None = field(default=None, metadata=field_help("LoRA optimizer steps (default 200 when epochs is None)."))
@@ -114,15 +220,8 @@ class ExperimentConfig:
     dtype: str = field(default="auto", metadata=field_help(
         "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
     load_in_4bit: bool = field(default=False, metadata=field_help(
-        "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (set remove_heads=False)."))
+        "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (HeadPruning(remove=False))."))
     save_model: bool = field(default=False, metadata=field_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
-    target_params: float | None = field(default=None, metadata=field_help(
-        "share of the parameters to keep, in (0, 1]: compress across `axes` by measured loss "
-        "(colab_helpers.pruning.compress; strategy, pruning_level and scope are then unused); "
-        "None = prune attention heads by pruning_level."))
-    axes: tuple[str, ...] = field(default=AXES, metadata=field_help(
-        "what target_params may prune: a non-empty list of 'heads', 'mlp' (MLP channels), 'layers' (whole layers); "
-        "order does not matter."))
     recovery_method: str = field(default="lora", metadata=field_help(
         "how the pruned model recovers: 'lora' (LoRA on the LM loss) or 'distill' (LoRA on knowledge distillation "
         "from the unpruned model, colab_helpers.finetune.distill); the control is always 'lora'."))
@@ -142,21 +241,13 @@ class ExperimentConfig:
         ValueError as bad input): ints are ints (not bools, not ``2.5``), numbers are finite numbers (not strings),
         switches are ``True`` / ``False``, names are strings. A run fails here, before minutes of work, not later.
         """
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            kind = _KINDS[str(spec.type)]
-            _check_type(spec.name, value, kind, _EXAMPLE.get(spec.name, spec.default))
-            if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):  # numpy scalars
-                object.__setattr__(self, spec.name, int(value) if kind.startswith("int") else float(value))
-        check_strategy(self.strategy)
-        if not 0 <= self.pruning_level < 1:
-            raise ValueError(f"pruning_level must be in [0, 1), got {self.pruning_level!r}; e.g. 0.3 for 30% of heads")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        _check_fields(self)
         for name in ("model", "dataset"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}; e.g. {name}='auto'")
-        check_model_name(self.model)  # a typo fails here, smoke or not (smoke() would swap it for the toy unseen)
+        # A typo fails here, smoke or not (smoke() would swap it for the toy unseen). A folder is checked when the
+        # model is needed (smoke(), loading), not here: a saved result's config names folders that may have moved.
+        check_model_name(self.model, paths_must_exist=False)
         if self.fine_tuning_steps is not None and self.fine_tuning_epochs is not None:
             raise ValueError("give fine_tuning_steps or fine_tuning_epochs, not both; e.g. fine_tuning_steps=200")
         if self.fine_tuning_steps is not None and self.fine_tuning_steps < 0:
@@ -174,13 +265,19 @@ class ExperimentConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}; e.g. seed=0")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"dtype must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
-        if self.load_in_4bit and self.remove_heads:
-            raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
-                             "set remove_heads=False to gate the pruned heads instead")
         for name, example in (("learning_rate", "1e-3"), ("lora_alpha", "32")):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}; e.g. {name}={example}")
-        self._check_compression()
+        self._check_recovery()
+        if self.load_in_4bit and isinstance(self.pruning, Compression):
+            raise ValueError("Compression removes weights physically, which 4-bit weights cannot be (sliced); set "
+                             "load_in_4bit=False, or target_params=None to gate heads (HeadPruning(remove=False))")
+        if self.load_in_4bit and self.pruning.remove:
+            raise ValueError("load_in_4bit=True cannot remove heads physically (4-bit weights cannot be sliced); "
+                             "set remove_heads=False (HeadPruning(remove=False)) to gate the pruned heads instead")
+
+    def _check_recovery(self) -> None:
+        """Check ``recovery_method`` and the distillation settings."""
         if self.recovery_method not in RECOVERY_METHODS:
             raise ValueError(f"recovery_method must be 'lora' (LoRA on the LM loss) or 'distill' (from the unpruned "
                              f"model), got {self.recovery_method!r}; e.g. recovery_method='distill'")  # fmt: skip
@@ -192,52 +289,40 @@ class ExperimentConfig:
             raise ValueError(f"distill_top_k must be a positive integer or None, got {self.distill_top_k!r}; "
                              "e.g. distill_top_k=64")  # fmt: skip
 
-    def _check_compression(self) -> None:
-        """Check ``target_params`` and ``axes``; store ``axes`` as a tuple in the order heads, mlp, layers."""
-        if self.target_params is not None and not 0 < self.target_params <= 1:
-            raise ValueError(f"target_params must be the share of parameters to keep, in (0, 1], or None (heads by "
-                             f"pruning_level), got {self.target_params!r}; e.g. target_params=0.75 keeps 75%")  # fmt: skip
-        unknown = [axis for axis in self.axes if axis not in AXES]
-        repeated = sorted({axis for axis in self.axes if list(self.axes).count(axis) > 1})
-        if not self.axes or unknown or repeated:
-            why = ("it is empty" if not self.axes else f"{unknown[0]!r} is not an axis" if unknown
-                   else f"{repeated[0]!r} appears twice")  # fmt: skip
-            raise ValueError(f"axes must be a non-empty list of distinct names from {list(AXES)}, got "
-                             f"{list(self.axes)!r} ({why}); e.g. axes=['heads', 'mlp']")  # fmt: skip
-        object.__setattr__(self, "axes", tuple(axis for axis in AXES if axis in self.axes))
-        if self.target_params is not None and self.load_in_4bit:
-            raise ValueError("target_params removes weights physically, which 4-bit weights cannot be (sliced); "
-                             "set load_in_4bit=False, or target_params=None to gate heads by pruning_level")  # fmt: skip
-        if self.target_params is not None and not self.remove_heads:
-            raise ValueError("target_params always removes what it prunes (remove_heads=False only gates heads pruned "
-                             "by pruning_level); set remove_heads=True, or target_params=None")  # fmt: skip
-
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
-        """Return the config built from the known keys of ``config`` and a dict of the other keys (tracked, unused)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {key: value for key, value in config.items() if key in names}
-        extra = {key: value for key, value in config.items() if key not in names}
-        if extra.get("recovery") in RECOVERY_METHODS:  # 'recovery' is the metric (the share won back), not the setting
-            raise ValueError(f"the recovery setting is recovery_method ('recovery' is a metric of the run: the share of "
-                             f"the loss won back); write recovery_method: {extra['recovery']}")  # fmt: skip
-        typos = {key: difflib.get_close_matches(str(key), names, n=1, cutoff=0.8) for key in extra}
+        """Return the config built from the known keys of ``config`` (``CONFIG_KEYS``: the pruning as flat keys, see
+        the module docstring) and a dict of the other keys (tracked, unused)."""
+        if "pruning" in config:
+            raise ValueError("a config names its pruning by flat keys: strategy, pruning_level, scope, remove_heads "
+                             "(heads), or target_params and axes (compression); drop 'pruning'")  # fmt: skip
+        extra = {key: value for key, value in config.items() if key not in CONFIG_KEYS}
+        if extra.get("recovery") in RECOVERY_METHODS:  # the command line's --recovery is this setting
+            raise ValueError(f"the recovery setting is recovery_method; write recovery_method: {extra['recovery']}")
+        typos = {key: difflib.get_close_matches(str(key), CONFIG_KEYS, n=1, cutoff=0.8) for key in extra}
         typos = {key: near[0] for key, near in typos.items() if near}
         if typos:  # an extra key is tracked, never used: one that looks like a setting is probably a typo
             listed = ", ".join(f"{key!r} (did you mean {near!r}?)" for key, near in typos.items())
             warnings.warn(f"config keys {listed} are not settings of a run: they are tracked in runs.csv but change "
                           "nothing; fix the spelling if you meant the setting", ColabHelpersWarning, stacklevel=2)
-        return cls(**known), extra
+        known = {key: value for key, value in config.items() if key in CONFIG_KEYS and key not in _PRUNING_KEYS}
+        return cls(pruning=pruning_from_flat(config), **known), extra
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the settings as plain builtins (``axes`` as a list), as YAML, JSON and runs.csv hold them."""
-        values = dataclasses.asdict(self)
-        values["axes"] = list(self.axes)
+        """Return the settings as plain builtins, the pruning as flat keys (None for those of the other kind): what
+        YAML, ``result.json`` and runs.csv hold, and :meth:`from_dict` reads."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(self):
+            if spec.name == "pruning":
+                values.update({**dict.fromkeys(_PRUNING_KEYS), **self.pruning.flat()})
+            else:
+                values[spec.name] = getattr(self, spec.name)
         return values
 
     def smoke(self) -> ExperimentConfig:
         """Return a copy that runs in seconds on a CPU (:mod:`colab_helpers.smoke`): an embedded toy model (the
         chosen one when it is embedded), the embedded corpus, few tokens, a few training steps."""
+        check_model_name(self.model)  # a folder that is not there is named, not swapped for the toy unseen
         return dataclasses.replace(
             self, model=smoke_model(self.model), dataset=SMOKE_DATASET, fine_tuning_steps=SMOKE_STEPS,
             fine_tuning_epochs=None, seq_len=min(self.seq_len, SMOKE_SEQ_LEN), eval_tokens=SMOKE_EVAL_TOKENS,
@@ -280,11 +365,16 @@ class ExperimentConfig:
                              teacher_cache=cache)  # fmt: skip
 
     def run_name(self) -> str:
-        """A readable, file-safe name: ``embedded-gpt2-gradient-30`` (heads by pruning_level),
-        ``embedded-gpt2-keep70-heads+mlp+layers`` (target_params=0.7), ``-distill`` appended for distillation."""
+        """A readable, file-safe name: ``embedded-gpt2-gradient-30`` (heads), ``embedded-gpt2-keep70-heads+mlp+layers``
+        (compression to 70%), ``-distill`` appended for distillation."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
-        if self.target_params is None:
-            name = f"{model}-{self.strategy}-{round(self.pruning_level * 100)}"
-        else:
-            name = f"{model}-keep{round(self.target_params * 100, 2):g}-{'+'.join(self.axes)}"
+        name = f"{model}-{self.pruning.label()}"
         return name if self.recovery_method == "lora" else f"{name}-{self.recovery_method}"
+
+
+_PRUNING_KEYS = (*HEAD_KEYS, *COMPRESSION_KEYS)
+# every key a flat config may set: the fields, the pruning as its flat keys in the place of ``pruning``
+CONFIG_KEYS: tuple[str, ...] = tuple(
+    key for spec in dataclasses.fields(ExperimentConfig)
+    for key in (_PRUNING_KEYS if spec.name == "pruning" else (spec.name,))
+)  # fmt: skip

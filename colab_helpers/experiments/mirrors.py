@@ -1,14 +1,16 @@
 """Mirrors of tracked runs: the config and metrics of each run sent to Weights & Biases or TensorBoard as well.
 
-``runs.csv`` stays the record (:mod:`.tracking`); a mirror is optional. :func:`check_mirror` turns a mirror off with
-one warning when its package (or for W&B the ``WANDB_API_KEY``) is missing, :func:`start_mirror` opens one for a
-run. Secrets are redacted from everything a mirror sends; W&B reads its key itself, this module never touches it.
+``runs.csv`` stays the record (:mod:`.tracking`); a mirror is optional. :class:`Mirrors` keeps one per running run
+and turns mirroring off with one warning when its package (or for W&B the ``WANDB_API_KEY``) is missing, or when a
+mirror fails. Secrets are redacted from everything a mirror sends; W&B reads its key itself, this module never
+touches it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,47 @@ def start_mirror(kind: str, project: str, run_id: str, config: dict[str, Any], s
     if kind == "tensorboard":
         return _TensorBoardMirror(config, path)
     return None
+
+
+class Mirrors:
+    """The mirrors of one tracker's runs (``kind`` None: none). The first failure warns once and turns them off."""
+
+    def __init__(self, kind: str | None, project: str) -> None:
+        self.kind = check_mirror(kind)
+        self.project = project
+        self._runs: dict[str, Mirror] = {}
+
+    def start(self, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
+        if self.kind is not None:
+            self._call(lambda: self._open(run_id, config, sweep, path))
+
+    def log(self, run_id: str, metrics: dict[str, Any]) -> None:
+        mirror = self._runs.get(run_id)
+        if mirror is not None:
+            self._call(lambda: mirror.log(metrics))
+
+    def finish(self, run_id: str, status: str) -> None:
+        mirror = self._runs.pop(run_id, None)
+        if mirror is not None:
+            self._call(lambda: mirror.finish(status))
+
+    def _open(self, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
+        mirror = start_mirror(str(self.kind), self.project, run_id, config, sweep, path)
+        if mirror is not None:
+            self._runs[run_id] = mirror
+
+    def _call(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:
+            warnings.warn(
+                f"mirroring to {self.kind} failed ({type(exc).__name__}: {redact(str(exc))}); runs are still "
+                "tracked in runs.csv, without the mirror",
+                ColabHelpersWarning,
+                stacklevel=4,
+            )
+            self.kind = None
+            self._runs.clear()
 
 
 def _redact_tree(value: Any) -> Any:
@@ -122,4 +165,4 @@ class _TensorBoardMirror(Mirror):
         self.writer.close()
 
 
-__all__ = ["MIRRORS", "Mirror", "check_mirror", "start_mirror"]
+__all__ = ["MIRRORS", "Mirror", "Mirrors", "check_mirror", "start_mirror"]

@@ -1,8 +1,12 @@
-"""The ``runs.csv`` format: cell values as text and back, the table parsed, read and rendered, and its file lock.
+"""The ``runs.csv`` file: cell values as text and back, the table parsed, read and rendered, its locked rewrite.
 
 No runs here, only the file: :mod:`.tracking` (``RunManager``) decides what the rows say, this module how they are
-written. Cells are text: ``None`` is an empty cell, floats are exact (``repr``), lists and dicts are JSON, and
-:func:`parse_value` turns numbers and booleans back. A broken file is a ``ValueError`` naming the file and the line.
+written and read back (:func:`read_runs`, :func:`read_runs_table`). Cells are text: ``None`` is an empty cell, floats
+are exact (``repr``), lists and dicts are JSON, and :func:`parse_value` turns numbers and booleans back. Every write
+(:func:`update_table`) takes an exclusive lock on ``runs.csv.lock``, re-reads the file, applies its change, writes a
+temporary file, fsyncs it and renames it onto ``runs.csv``: a killed writer never leaves a half-written file and
+concurrent writers never lose an update. A broken file is a ``ValueError`` naming the file and the line, and is never
+overwritten; readers take no lock (they always see a complete version).
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..runtime.files import atomic_write_text
 from ..runtime.records import to_jsonable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
 
 CSV_NAME = "runs.csv"
 LOCK_NAME = "runs.csv.lock"
@@ -168,6 +176,58 @@ def missing_table(path: Path) -> FileNotFoundError:
     )
 
 
+def find_row(rows: list[dict[str, str]], run_id: str, path: Path) -> dict[str, str]:
+    """Return the row of ``run_id``; KeyError naming the file when there is none."""
+    for row in rows:
+        if row["run_id"] == run_id:
+            return row
+    raise KeyError(f"no run {run_id!r} in {path}; RunManager(root).runs() lists the runs it has")
+
+
+def merge_cells(header: list[str], row: dict[str, str], cells: Mapping[str, str]) -> None:
+    """Set ``cells`` in ``row``; a new name becomes a new column of ``header``."""
+    for name, text in cells.items():
+        if name not in header:
+            header.append(name)
+        row[name] = text
+
+
+def read_runs_table(root: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Return ``(columns, rows)`` of ``root`` (a results dir or a ``runs.csv`` path), each cell as its CSV text.
+
+    No pandas: this is what ``python -m colab_helpers runs`` reads. ``FileNotFoundError`` without a
+    ``runs.csv``, ``ValueError`` (file and line) when it is broken.
+    """
+    path = csv_path(root)
+    if not path.is_file():
+        raise missing_table(path)
+    return read_table(path)
+
+
+def read_runs(root: str | os.PathLike[str], sweep: str | None = None) -> pandas.DataFrame:
+    """Return the runs of ``root`` (a results dir or a ``runs.csv`` path) as a DataFrame, one row per run.
+
+    Numbers and booleans are parsed; empty cells are NaN. Raises ``FileNotFoundError`` when there is no
+    ``runs.csv`` and ``ValueError`` (file and line) when it is broken.
+    """
+    import pandas as pd
+
+    path = csv_path(root)
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise missing_table(path) from None
+    header, _ = parse_table(text, path)  # clear errors before pandas sees the text
+    if not header:
+        return pd.DataFrame(columns=list(CORE_COLUMNS))
+    frame = pd.read_csv(
+        io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"run_id": str, "sweep": str}
+    )
+    if sweep is not None:
+        frame = frame[frame["sweep"] == sweep].reset_index(drop=True)
+    return frame
+
+
 # --- the lock ----------------------------------------------------------------------------------------------
 
 
@@ -194,18 +254,40 @@ def exclusive_lock(path: Path) -> Iterator[str | None]:
         os.close(fd)
 
 
+def update_table(root: Path, change: Callable[[list[str], list[dict[str, str]]], None]) -> str | None:
+    """Under the lock: re-read ``root/runs.csv``, apply ``change(header, rows)`` in place, write it back atomically.
+
+    Returns None, or the reason the file system could not lock (the write was then atomic, but may have raced).
+    """
+    path = root / CSV_NAME
+    with exclusive_lock(root / LOCK_NAME) as problem:
+        header, rows = read_table(path)
+        header = header or list(CORE_COLUMNS)
+        change(header, rows)
+        if problem is None:  # only a lock holder writes temp files, so any left now is from a killed writer
+            for stale in root.glob(f".{CSV_NAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        atomic_write_text(path, render_table(header, rows))
+    return problem
+
+
 __all__ = [
     "CORE_COLUMNS",
     "CSV_NAME",
     "LOCK_NAME",
     "csv_path",
     "exclusive_lock",
+    "find_row",
     "flatten",
     "format_value",
+    "merge_cells",
     "missing_table",
     "parse_table",
     "parse_value",
+    "read_runs",
+    "read_runs_table",
     "read_table",
     "read_text",
     "render_table",
+    "update_table",
 ]

@@ -1,9 +1,10 @@
-"""Sweeps of the pipeline: strategy x pruning level x model, tracked in ``runs.csv`` and resumable.
+"""Sweeps of the pipeline: many runs of :class:`~.pipeline.Experiment`, tracked in ``runs.csv`` and resumable.
 
-``PruningFineTuningExperiment(results_dir).run_experiment(strategies=[...], pruning_levels=[...], models=[...])``
-runs every combination through :class:`~colab_helpers.experiments.pipeline.PruningExperiment`, records each run with
-:class:`~colab_helpers.experiments.tracking.RunManager` and returns the runs table. Rerunning the same sweep skips runs
-already ``done`` and redoes ``running`` (interrupted) or ``failed`` ones, so a sweep survives a disconnect.
+``Sweep(results_dir).run(strategies=[...], pruning_levels=[...], models=[...])`` runs every combination (and
+``Sweep.run_configs(configs)`` any list of configs) through one :class:`~.pipeline.Experiment`, records each run with
+:class:`~.tracking.RunManager` and returns the runs table. Rerunning the same sweep skips runs already ``done`` and
+redoes ``running`` (interrupted) or ``failed`` ones, so a sweep survives a disconnect. :func:`run_config` and
+:func:`run_sweep` are the YAML / command-line forms.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..models.loading import check_model_name
-from .config import STAGES, ExperimentConfig
-from .pipeline import PruningExperiment
+from ..runtime.files import ensure_writable_dir
+from .config import CONFIG_KEYS, STAGES, ExperimentConfig
+from .pipeline import Experiment
+from .result import Compressed, ExperimentResult
+from .runs_table import flatten
+from .tracking import RunManager
 
 logger = logging.getLogger(__name__)
 
@@ -40,66 +44,59 @@ def _check_list(name: str, values: Any, example: str) -> list[Any]:
 # the metrics ``run_metrics`` records: a config key of a run may not use these names (they share its runs.csv row)
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{stage}_{what}" for stage in STAGES for what in ("perplexity", "parameters", "latency_ms")),
-    "heads_pruned", "recovery", "training_steps", "run_seconds", "control_perplexity",
-    "predicted_speedup", "layers_removed",  # target_params runs (compress)
+    "heads_pruned", "recovered_share", "training_steps", "run_seconds", "control_perplexity",
+    "predicted_speedup", "layers_removed",  # compression runs
 )  # fmt: skip
 
 
-def run_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+def run_metrics(result: ExperimentResult) -> dict[str, Any]:
     """Return the flat metrics of one pipeline result, as recorded in ``runs.csv`` (names in ``METRIC_NAMES``)."""
     metrics: dict[str, Any] = {}
-    for stage in STAGES:
-        values = result["stages"][stage]
-        metrics[f"{stage}_perplexity"] = values["perplexity"]
-        metrics[f"{stage}_parameters"] = values["parameters"]
-        metrics[f"{stage}_latency_ms"] = values["latency_ms_per_token"]
-    metrics["heads_pruned"] = result["pruning"]["heads_pruned"]
-    if "predicted_speedup" in result["pruning"]:  # compress: the rest of its report is in result.json
-        metrics["predicted_speedup"] = result["pruning"]["predicted_speedup"]
-        metrics["layers_removed"] = len(result["pruning"]["removed_layers"])
-    metrics["recovery"] = result["recovery"]
-    metrics["training_steps"] = result["training"].get("steps")
-    metrics["run_seconds"] = result["seconds"]
-    if "control" in result:
-        metrics["control_perplexity"] = result["control"]["perplexity"]
+    for stage, values in result.stages.items():
+        metrics[f"{stage}_perplexity"] = values.perplexity
+        metrics[f"{stage}_parameters"] = values.parameters
+        metrics[f"{stage}_latency_ms"] = values.latency_ms_per_token
+    metrics["heads_pruned"] = result.pruning.heads_pruned
+    if isinstance(result.pruning, Compressed):  # the rest of its report is in result.json
+        metrics["predicted_speedup"] = result.pruning.report.predicted_speedup
+        metrics["layers_removed"] = len(result.pruning.report.removed_layers)
+    metrics["recovered_share"] = result.recovered_share
+    metrics["training_steps"] = result.training.steps
+    metrics["run_seconds"] = result.seconds
+    if result.control is not None:
+        metrics["control_perplexity"] = result.control.perplexity
     return metrics
 
 
-class PruningFineTuningExperiment(PruningExperiment):
-    """Run the pipeline over strategies x levels x models, tracked under ``results_dir`` (``runs.csv``)."""
+class Sweep:
+    """Run the pipeline over many configs, tracked under ``results_dir`` (``runs.csv``, one folder per run)."""
 
     def __init__(self, results_dir: str | os.PathLike[str] = "results/sweeps", *, progress: bool = True,
                  live_plot: bool = False, mirror: str | None = None) -> None:  # fmt: skip
-        from .tracking import RunManager
-
-        super().__init__(results_dir, progress=progress, live_plot=live_plot)
+        self.results_dir = ensure_writable_dir(results_dir)
+        self.progress = progress
+        self.experiment = Experiment(self.results_dir, progress=progress, live_plot=live_plot)
         self.manager = RunManager(self.results_dir, mirror=mirror)
-        self.sweep = DEFAULT_SWEEP
+        self.sweep = DEFAULT_SWEEP  # the last sweep run: what runs(), plot_results() and report() show
 
-    def run_experiment(self, strategies: Sequence[str] = ("random", "gradient"),
-                       pruning_levels: Sequence[float] = (0.1, 0.3, 0.5), models: Sequence[str] = ("auto",),
-                       prompt: str | None = None, fine_tuning_epochs: float | None = None,
-                       fine_tuning_steps: int | None = None, max_runtime: float | None = None,
-                       sweep: str = DEFAULT_SWEEP, smoke: bool = False, backend: str = "local",
-                       **options: Any) -> Any:  # fmt: skip
-        """Run every (model, strategy, level) combination; return the sweep's runs as a pandas DataFrame.
+    def run(self, strategies: Sequence[str] = ("random", "gradient"), pruning_levels: Sequence[float] = (0.1, 0.3, 0.5),
+            models: Sequence[str] = ("auto",), *, max_runtime: float | None = None, sweep: str = DEFAULT_SWEEP,
+            smoke: bool = False, backend: str = "local", **settings: Any) -> Any:  # fmt: skip
+        """Prune heads for every (model, strategy, level) combination; return the sweep's runs as a pandas DataFrame.
 
-        Every configuration is validated before the first run starts. ``max_runtime`` (seconds) stops starting
-        new runs once exceeded and records the rest as ``skipped``; a failing run is recorded as ``failed``
-        with its error and the sweep goes on. ``options`` are further :class:`ExperimentConfig` fields.
+        ``settings`` are further run settings (``CONFIG_KEYS``: ``fine_tuning_steps``, ``prompt``, ``scope``, ...).
+        Every configuration is validated before the first run starts; the rest is :meth:`run_configs`'.
         """
         strategies = _check_list("strategies", strategies, "['random', 'gradient']")
         pruning_levels = _check_list("pruning_levels", pruning_levels, "[0.1, 0.3]")
         models = _check_list("models", models, "['embedded-gpt2']")
-        for model in models:
-            check_model_name(model)
-        if prompt is not None:
-            options["prompt"] = prompt
+        unknown = sorted(set(settings) - set(CONFIG_KEYS))
+        if unknown:
+            raise TypeError(f"unknown run setting(s) {unknown}; the settings are {', '.join(CONFIG_KEYS)}")
         configs = [
-            ExperimentConfig(model=model, strategy=strategy, pruning_level=level, fine_tuning_epochs=fine_tuning_epochs,
-                             fine_tuning_steps=fine_tuning_steps, **options)
+            ExperimentConfig.from_dict({"model": model, "strategy": strategy, "pruning_level": level, **settings})[0]
             for model, strategy, level in itertools.product(models, strategies, pruning_levels)
-        ]  # fmt: skip
+        ]
         if smoke:  # every non-embedded model becomes embedded-gpt2: keep one run of each
             configs = list(dict.fromkeys(config.smoke() for config in configs))
         if not configs:
@@ -111,15 +108,14 @@ class PruningFineTuningExperiment(PruningExperiment):
                     backend: str = "local", cpus_per_trial: float = 1) -> Any:  # fmt: skip
         """Run ``configs`` as sweep ``sweep`` (skipping runs already done); return the sweep's runs table.
 
-        ``extras`` (one mapping per config) are extra config keys recorded with each run but not used. The table's
-        ``attrs["run_ids"]`` holds the ids of this call's runs, one per config (a run done earlier keeps its id), so
-        a caller can tell which of them failed (the command line does).
-        ``backend="local"`` runs them one after another in this process; ``"ray"`` runs them as Ray Tune trials
-        (``pip install "ray[tune]"``; a local Ray instance is started if none is running), recording into the
-        same ``runs.csv`` (its writes are locked, so trials in other processes are safe).
+        ``max_runtime`` (seconds) stops starting new runs once exceeded and records the rest as ``skipped``; a
+        failing run is recorded as ``failed`` with its error and the sweep goes on. ``extras`` (one mapping per
+        config) are extra config keys recorded with each run but not used. The table's ``attrs["run_ids"]`` holds
+        the ids of this call's runs, one per config (a run done earlier keeps its id), so a caller can tell which of
+        them failed (the command line does). ``backend="local"`` runs them one after another in this process;
+        ``"ray"`` runs them as Ray Tune trials (``pip install "ray[tune]"``; a local Ray instance is started if none
+        is running), recording into the same ``runs.csv`` (its writes are locked, so other processes are safe).
         """
-        from tqdm.auto import tqdm
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if extras is not None:
@@ -128,41 +124,51 @@ class PruningFineTuningExperiment(PruningExperiment):
             for extra in extras:
                 _check_extra(extra)
         self.sweep = sweep
+        records = [{**config.to_dict(), **(extras[index] if extras else {})} for index, config in enumerate(configs)]
         if backend == "ray":
-            return self._run_on_ray(configs, sweep=sweep, max_runtime=max_runtime, extras=extras, cpus=cpus_per_trial)
+            return self._run_on_ray(configs, records, sweep=sweep, max_runtime=max_runtime, cpus=cpus_per_trial)
+        return self._run_here(configs, records, sweep=sweep, max_runtime=max_runtime)
+
+    def _run_here(self, configs: Sequence[ExperimentConfig], records: list[dict[str, Any]], *, sweep: str,
+                  max_runtime: float | None) -> Any:  # fmt: skip
+        """Run the configs one after another in this process, with one progress bar over runs."""
+        from tqdm.auto import tqdm
+
         started = time.monotonic()
         run_ids: list[str] = []
-        done = skipped = failed = 0
+        counts = dict.fromkeys(("done", "failed", "skipped"), 0)
         bar = tqdm(total=len(configs), desc=f"sweep {sweep}", unit="run", disable=not self.progress)
-        for index, config in enumerate(configs):
-            record = {**config.to_dict(), **(extras[index] if extras else {})}
+        for config, record in zip(configs, records):
             start = self.manager.start_or_skip(record, sweep=sweep)
             run_ids.append(start.run_id)
-            run = start.run
-            if run is None:  # done in an earlier session
-                done += 1
+            if start.run is None:  # done in an earlier session
+                counts["done"] += 1
                 bar.update(1)
                 continue
             if max_runtime is not None and time.monotonic() - started > max_runtime:
-                run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
-                skipped += 1
+                start.run.finish("skipped", error=f"max_runtime of {max_runtime:g} s reached before this run started")
+                counts["skipped"] += 1
             else:
-                try:
-                    result = self.run(config, output_dir=self.manager.run_dir(run.run_id))
-                    run.update_metrics(run_metrics(result))
-                    run.finish("done")
-                    done += 1
-                except Exception as error:  # noqa: BLE001 - one failing run is recorded; the sweep goes on
-                    logger.warning("run %s failed: %s", run.run_id, error)
-                    run.finish("failed", error=error)
-                    failed += 1
+                counts[self._run_tracked(config, start.run)] += 1
             bar.update(1)
-            bar.set_postfix(done=done, failed=failed, skipped=skipped)
+            bar.set_postfix(**counts)
         bar.close()
         return self._table(run_ids)
 
-    def _run_on_ray(self, configs: Sequence[ExperimentConfig], *, sweep: str, max_runtime: float | None,
-                    extras: Sequence[Mapping[str, Any]] | None, cpus: float) -> Any:  # fmt: skip
+    def _run_tracked(self, config: ExperimentConfig, run: Any) -> str:
+        """Run ``config`` as the started ``run``: its metrics and status recorded; return the status."""
+        try:
+            result = self.experiment.run(config, output_dir=self.manager.run_dir(run.run_id))
+            run.update_metrics(run_metrics(result))
+            run.finish("done")
+            return "done"
+        except Exception as error:  # noqa: BLE001 - one failing run is recorded; the sweep goes on
+            logger.warning("run %s failed: %s", run.run_id, error)
+            run.finish("failed", error=error)
+            return "failed"
+
+    def _run_on_ray(self, configs: Sequence[ExperimentConfig], records: list[dict[str, Any]], *, sweep: str,
+                    max_runtime: float | None, cpus: float) -> Any:  # fmt: skip
         """Run the configs not done yet as Ray Tune trials; each trial records its own run in ``runs.csv``."""
         try:
             import ray
@@ -171,13 +177,11 @@ class PruningFineTuningExperiment(PruningExperiment):
             raise ImportError('backend="ray" needs Ray Tune: pip install "ray[tune]"; or use backend="local"') from error
         jobs = []
         run_ids: list[str] = []
-        for index, config in enumerate(configs):
-            record = {**config.to_dict(), **(extras[index] if extras else {})}
+        for config, record in zip(configs, records):
             start = self.manager.start_or_skip(record, sweep=sweep)
             run_ids.append(start.run_id)
-            run = start.run
-            if run is not None:  # not done yet
-                jobs.append({"run_id": run.run_id, "config": config.to_dict()})
+            if start.run is not None:  # not done yet
+                jobs.append({"run_id": start.run.run_id, "config": config.to_dict()})
         if jobs:
             started_here = not ray.is_initialized()
             if started_here:
@@ -209,8 +213,9 @@ class PruningFineTuningExperiment(PruningExperiment):
         """Return the runs of ``sweep`` (default: the last one run) as a DataFrame."""
         return self.manager.runs(sweep=sweep or self.sweep)
 
-    def plot_results(self, path: str | os.PathLike[str] | None = None, *, sweep: str | None = None) -> Any:  # type: ignore[override]
-        """Perplexity vs pruning level per strategy (one panel per model), recovery, and a strategy x level table."""
+    def plot_results(self, path: str | os.PathLike[str] | None = None, *, sweep: str | None = None) -> Any:
+        """Perplexity vs pruning level per strategy (one panel per model), the share recovered, and a strategy x
+        level table; saved to ``path`` (default ``results_dir/sweep.png``)."""
         from ..plots.sweeps import plot_sweep
 
         return plot_sweep(self.runs(sweep), path=path or self.results_dir / "sweep.png")
@@ -224,13 +229,12 @@ class PruningFineTuningExperiment(PruningExperiment):
 
 def _ray_trial(root: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """One Ray Tune trial: run one pipeline config and record it in ``root/runs.csv`` (runs in a Ray worker)."""
-    from .tracking import RunManager
-
     job = params["job"]
     manager = RunManager(root, record_environment=False)
     try:
-        experiment = PruningExperiment(root, progress=False, live_plot=False)
-        result = experiment.run(ExperimentConfig(**job["config"]), output_dir=manager.run_dir(job["run_id"]))
+        experiment = Experiment(root, progress=False, live_plot=False)
+        config = ExperimentConfig.from_dict(job["config"])[0]
+        result = experiment.run(config, output_dir=manager.run_dir(job["run_id"]))
         metrics = run_metrics(result)
         manager.update_metrics(job["run_id"], metrics)
         manager.finish(job["run_id"], "done")
@@ -259,8 +263,6 @@ def check_run_config(config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[
 
 def _check_extra(extra: Mapping[str, Any]) -> None:
     """Raise ValueError when an extra config key would share a runs.csv column with a metric of ``run_metrics``."""
-    from .runs_table import flatten
-
     taken = sorted(set(flatten({str(key): value for key, value in extra.items()})) & set(METRIC_NAMES))
     if taken:
         raise ValueError(f"config key(s) {taken} are metric names the run records in runs.csv; rename them, "
@@ -283,11 +285,10 @@ def plan_sweep(base: Mapping[str, Any], sweep: Any) -> tuple[Any, list[tuple[Exp
 def run_config(config: Mapping[str, Any], root: str | os.PathLike[str] = "results/runs") -> Any:
     """Run one YAML-style config (ExperimentConfig keys; extra keys are tracked) as a tracked run.
 
-    Returns the runs table of sweep ``single`` (see :meth:`PruningFineTuningExperiment.run_configs`).
+    Returns the runs table of sweep ``single`` (see :meth:`Sweep.run_configs`).
     """
     experiment, extra = check_run_config(config)
-    runner = PruningFineTuningExperiment(root)
-    return runner.run_configs([experiment], sweep="single", extras=[extra])
+    return Sweep(root).run_configs([experiment], sweep="single", extras=[extra])
 
 
 def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] = "results/sweeps",
@@ -297,14 +298,13 @@ def run_sweep(base: Mapping[str, Any], sweep: Any, root: str | os.PathLike[str] 
     Every expanded config is validated (:func:`plan_sweep`) before the first run starts.
     """
     sweep_config, pairs = plan_sweep(base, sweep)
-    runner = PruningFineTuningExperiment(root)
     name = getattr(sweep_config, "name", None) or DEFAULT_SWEEP
-    return runner.run_configs([p[0] for p in pairs], sweep=name, extras=[p[1] for p in pairs], max_runtime=max_runtime)
+    return Sweep(root).run_configs([p[0] for p in pairs], sweep=name, extras=[p[1] for p in pairs], max_runtime=max_runtime)
 
 
 __all__ = [
     "METRIC_NAMES",
-    "PruningFineTuningExperiment",
+    "Sweep",
     "check_run_config",
     "plan_sweep",
     "run_config",

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 SEARCHES: tuple[str, ...] = ("grid", "random")  # how a sweep explores (importance strategies: pruning)
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "log_uniform", "int_uniform")
 SWEEP_KEYS: tuple[str, ...] = (
-    "name", "sweep_name", "parameters", "search", "strategy", "method", "num_runs", "seed", "description"
+    "name", "sweep_name", "parameters", "search", "num_runs", "seed", "description"
 )
 
 _MISSING = object()  # a key absent from a config
@@ -289,8 +289,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> SweepConfig:
-        """Return a ``SweepConfig`` from a mapping (``sweep_name``, and ``strategy`` or W&B's ``method`` for
-        ``search``, are accepted as aliases)."""
+        """Return a ``SweepConfig`` from a mapping (``sweep_name`` is accepted for ``name``)."""
         unknown = [key for key in data if key not in SWEEP_KEYS]
         if unknown:
             raise ValueError(
@@ -303,7 +302,7 @@ class SweepConfig:
             )
         return cls(
             parameters=data["parameters"],
-            search=data.get("search", data.get("strategy", data.get("method", "grid"))),
+            search=data.get("search", "grid"),
             num_runs=data.get("num_runs"),
             seed=data.get("seed", 0),
             name=data.get("name", data.get("sweep_name", "sweep")),

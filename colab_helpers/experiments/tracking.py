@@ -1,10 +1,8 @@
 """Run tracking: one directory and one ``runs.csv`` row per run, safe with several processes writing at once.
 
-This module owns the runs (:class:`RunManager`, :class:`Run`, resuming a sweep with ``start_or_skip``) and reading
-them back (:func:`read_runs`, :func:`read_runs_table`); the file format and its lock live in :mod:`.runs_table`, the
-optional W&B / TensorBoard mirrors in :mod:`.mirrors`. ``RunManager`` stays in one module because every one of its
-writes goes through the same lock, re-read and atomic rewrite of ``runs.csv`` (``_mutate``), and the rules of a
-run's life (statuses, restarts, errors) read best next to that.
+This module owns the runs: :class:`RunManager` starts them, records metrics and ends them, and resumes a sweep
+(``start_or_skip``); :class:`Run` is one started run. The file, its lock and reading it back are :mod:`.runs_table`'s,
+ids and config fingerprints :mod:`.run_ids`', the optional W&B / TensorBoard mirrors :mod:`.mirrors`'.
 
 Layout under ``root`` (``results`` by default in the notebooks)::
 
@@ -16,23 +14,12 @@ Layout under ``root`` (``results`` by default in the notebooks)::
         ├── error.txt            # the full error of a failed run (secrets redacted)
         └── gradients/step_00000100.safetensors   # optional, from save_gradients()
 
-Columns of ``runs.csv``, in order of first appearance:
-
-- ``run_id, sweep, status, started_at, ended_at, duration_s, error, config_hash, env, version``;
-- the config, nested keys flattened with dots and **no prefix** (``model.name``, ``training.learning_rate``), so
-  ``--filter training.learning_rate=0.0006`` works as written; a config key that equals one of the columns
-  above is stored as ``config.<key>``;
-- the metrics of ``update_metrics``, **unprefixed** too (``final_valid_loss``; nested dicts flattened with dots).
-  A metric may not be named like one of the columns above, nor like a config key of its own run: config and metrics
-  share the row, so ``update_metrics({"lr": 99})`` on a run whose config has ``lr`` would overwrite the config
-  value. That is a ``ValueError`` naming the key (nothing is written); name the metric after what it measures
-  (``final_lr``). The run's config keys are read from its ``config.yaml``.
-
-Values are written as text: lists and dicts as JSON, ``None`` as an empty cell; ``get`` and ``runs`` parse
-numbers and booleans back (``config.yaml`` keeps the exact types). Every write takes an exclusive lock on
-``runs.csv.lock``, re-reads the file, applies its change, writes a temporary file, fsyncs it and renames it onto
-``runs.csv``: a killed writer never leaves a half-written file and concurrent writers never lose an update.
-A ``runs.csv`` broken by hand raises ``ValueError`` naming the file and the line, and is never overwritten.
+Columns of ``runs.csv``, in order of first appearance: ``run_id, sweep, status, started_at, ended_at, duration_s,
+error, config_hash, env, version``; the config, nested keys flattened with dots and **no prefix**
+(``training.learning_rate``, so ``--filter training.learning_rate=0.0006`` works as written; a config key that equals
+one of the columns above is stored as ``config.<key>``); the metrics of ``update_metrics``, unprefixed too. A metric
+may not be named like one of the columns above, nor like a config key of its own run (they share the row): that is
+a ``ValueError`` naming the key, and nothing is written.
 
     manager = RunManager("results")
     with manager.new_run(config, sweep="lr_sweep") as run:
@@ -43,19 +30,11 @@ A ``runs.csv`` broken by hand raises ``ValueError`` naming the file and the line
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import os
-import re
 import shutil
-import threading
-import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,24 +44,24 @@ from ..errors import ColabHelpersWarning
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from ..runtime.records import to_jsonable
 from ..runtime.secrets import redact
-from .mirrors import MIRRORS, Mirror, check_mirror, start_mirror
+from .mirrors import MIRRORS, Mirrors
+from .run_ids import RUN_ID, check_run_id, claim_run_dir, config_hash
 from .runs_table import (
     CORE_COLUMNS,
     CSV_NAME,
-    LOCK_NAME,
-    csv_path,
-    exclusive_lock,
+    find_row,
     flatten,
     format_value,
-    missing_table,
-    parse_table,
+    merge_cells,
     parse_value,
+    read_runs,
     read_table,
-    read_text,
-    render_table,
+    update_table,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import os
+
     import pandas
 
 logger = logging.getLogger(__name__)
@@ -91,37 +70,7 @@ STATUSES: tuple[str, ...] = ("running", "done", "failed", "skipped")
 FINAL_STATUSES: tuple[str, ...] = ("done", "failed", "skipped")
 MAX_ERROR_CHARS = 500  # the runs.csv cell; error.txt keeps the whole text
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_id_lock = threading.Lock()
-_last_id_ms = 0
 _env_summary: str | None = None
-
-
-# --- run ids and config ----------------------------------------------------------------------------------
-
-
-def new_run_id() -> str:
-    """Return a fresh run id such as ``20261123-003512-345-ab12cd``: UTC time to the millisecond + 6 random hex.
-
-    Ids sort in creation order (strictly within a process, to the millisecond across processes); the random
-    part keeps processes apart, and ``RunManager.new_run`` claims the directory atomically as a last guard.
-    """
-    global _last_id_ms
-    with _id_lock:
-        ms = max(time.time_ns() // 1_000_000, _last_id_ms + 1)
-        _last_id_ms = ms
-    stamp = datetime.fromtimestamp(ms / 1000, UTC)
-    return f"{stamp:%Y%m%d-%H%M%S}-{ms % 1000:03d}-{os.urandom(3).hex()}"
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Return a 12-hex fingerprint of ``config`` (key order does not matter); equal configs, equal hashes."""
-    text = json.dumps(to_jsonable(config, keep_nonfinite=True), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(moment: datetime) -> str:
@@ -133,15 +82,6 @@ def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """Return ``text`` on one line, whitespace collapsed, cut to ``limit`` characters (ending in ``...``)."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise ValueError(
-            f"run_id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
-            f"got {run_id!r}; leave run_id=None to get a generated one"
-        )
-    return run_id
 
 
 def _config_cells(config: Mapping[str, Any]) -> dict[str, str]:
@@ -170,46 +110,6 @@ def _package_version() -> str:
     from .._version import __version__
 
     return __version__
-
-
-# --- reading runs.csv ---------------------------------------------------------------------------------------
-
-
-def read_runs_table(root: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """Return ``(columns, rows)`` of ``root`` (a results dir or a ``runs.csv`` path), each cell as its CSV text.
-
-    No pandas: this is what ``python -m colab_helpers runs`` reads. ``FileNotFoundError`` without a
-    ``runs.csv``, ``ValueError`` (file and line) when it is broken.
-    """
-    path = csv_path(root)
-    if not path.is_file():
-        raise missing_table(path)
-    return read_table(path)
-
-
-def read_runs(root: str | os.PathLike[str], sweep: str | None = None) -> pandas.DataFrame:
-    """Return the runs of ``root`` (a results dir or a ``runs.csv`` path) as a DataFrame, one row per run.
-
-    Numbers and booleans are parsed; empty cells are NaN. Raises ``FileNotFoundError`` when there is no
-    ``runs.csv`` and ``ValueError`` (file and line) when it is broken. Reads take no lock: writers replace the
-    file atomically, so a reader always sees a complete version.
-    """
-    import pandas as pd
-
-    path = csv_path(root)
-    try:
-        text = read_text(path)
-    except FileNotFoundError:
-        raise missing_table(path) from None
-    header, _ = parse_table(text, path)  # clear errors before pandas sees the text
-    if not header:
-        return pd.DataFrame(columns=list(CORE_COLUMNS))
-    frame = pd.read_csv(
-        io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"run_id": str, "sweep": str}
-    )
-    if sweep is not None:
-        frame = frame[frame["sweep"] == sweep].reset_index(drop=True)
-    return frame
 
 
 # --- runs --------------------------------------------------------------------------------------------------
@@ -306,13 +206,17 @@ class RunManager:
         (self.root / "runs").mkdir(exist_ok=True)
         self.project = project
         self.record_environment = record_environment
-        self.mirror = check_mirror(mirror)
-        self._mirrors: dict[str, Mirror] = {}
+        self._mirrors = Mirrors(mirror, project)
         self._warned_lock = False
         self._config_columns: dict[str, frozenset[str]] = {}  # run id -> its config's columns (metrics may not take them)
 
     def __repr__(self) -> str:
         return f"RunManager({str(self.root)!r}, mirror={self.mirror!r})"
+
+    @property
+    def mirror(self) -> str | None:
+        """The mirror runs are sent to (``wandb`` or ``tensorboard``), None when off or turned off by a failure."""
+        return self._mirrors.kind
 
     @property
     def csv_path(self) -> Path:
@@ -321,48 +225,17 @@ class RunManager:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[bool]:
-        """Hold the exclusive lock on ``root/runs.csv.lock`` (released on exit, or when the process dies).
-
-        Yields False when the file system cannot lock (one warning): writes stay atomic but may race.
-        """
-        with exclusive_lock(self.root / LOCK_NAME) as problem:
-            if problem is not None and not self._warned_lock:
-                self._warned_lock = True
-                warnings.warn(
-                    f"file locking is not available for {self.root} ({problem}); runs.csv is still written "
-                    "atomically, but several processes writing at once may lose updates",
-                    ColabHelpersWarning,
-                    stacklevel=4,
-                )
-            yield problem is None
-
     def _mutate(self, change: Callable[[list[str], list[dict[str, str]]], None]) -> None:
-        """Under the lock: re-read runs.csv, apply ``change(header, rows)`` in place, write it back atomically."""
-        with self._locked() as locked:
-            header, rows = read_table(self.csv_path)
-            if not header:
-                header = list(CORE_COLUMNS)
-            change(header, rows)
-            if locked:  # only a lock holder writes temp files, so any left now is from a killed writer
-                for stale in self.root.glob(f".{CSV_NAME}.*.tmp"):
-                    stale.unlink(missing_ok=True)
-            atomic_write_text(self.csv_path, render_table(header, rows))
-
-    @staticmethod
-    def _find_row(rows: list[dict[str, str]], run_id: str, path: Path) -> dict[str, str]:
-        for row in rows:
-            if row["run_id"] == run_id:
-                return row
-        raise KeyError(f"no run {run_id!r} in {path}; RunManager(root).runs() lists the runs it has")
-
-    @staticmethod
-    def _merge_cells(header: list[str], row: dict[str, str], cells: Mapping[str, str]) -> None:
-        for name, text in cells.items():
-            if name not in header:
-                header.append(name)  # a new key becomes a new column
-            row[name] = text
+        """Apply ``change(header, rows)`` to runs.csv under its lock (:func:`~.runs_table.update_table`)."""
+        problem = update_table(self.root, change)
+        if problem is not None and not self._warned_lock:
+            self._warned_lock = True
+            warnings.warn(
+                f"file locking is not available for {self.root} ({problem}); runs.csv is still written "
+                "atomically, but several processes writing at once may lose updates",
+                ColabHelpersWarning,
+                stacklevel=4,
+            )
 
     def new_run(self, config: Mapping[str, Any], sweep: str | None = None, run_id: str | None = None) -> Run:
         """Start a run of ``config``: create ``root/runs/<run_id>/config.yaml`` and a ``running`` row; return it.
@@ -379,9 +252,9 @@ class RunManager:
         plain = to_jsonable(config, keep_nonfinite=True)
         generated = run_id is None
         if run_id is None:
-            run_id, path = self._claim_new_dir()
+            run_id, path = claim_run_dir(self.root / "runs")
         else:
-            path = self.root / "runs" / _check_run_id(run_id)
+            path = self.root / "runs" / check_run_id(run_id)
             path.mkdir(exist_ok=True)
         atomic_write_text(path / "config.yaml", redact(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)))
         (path / "error.txt").unlink(missing_ok=True)
@@ -391,7 +264,7 @@ class RunManager:
             "run_id": run_id,
             "sweep": sweep or "",
             "status": "running",
-            "started_at": _iso(_now()),
+            "started_at": _iso(datetime.now(UTC)),
             "ended_at": "",
             "duration_s": "",
             "error": "",
@@ -403,7 +276,7 @@ class RunManager:
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
             fresh: dict[str, str] = {}
-            self._merge_cells(header, fresh, cells)
+            merge_cells(header, fresh, cells)
             for index, row in enumerate(rows):
                 if row["run_id"] == run_id:
                     rows[index] = fresh
@@ -418,21 +291,8 @@ class RunManager:
             raise
         self._config_columns[run_id] = frozenset(config_cells)
         logger.info("started run %s%s", run_id, f" (sweep {sweep})" if sweep else "")
-        if self.mirror is not None:
-            self._start_mirror(run_id, plain, sweep, path)
+        self._mirrors.start(run_id, plain, sweep, path)
         return Run(run_id=run_id, path=path, config=plain, sweep=sweep, manager=self)
-
-    def _claim_new_dir(self) -> tuple[str, Path]:
-        """Return a fresh run id and its directory, created atomically (an id taken by another process is skipped)."""
-        for _ in range(100):
-            run_id = new_run_id()
-            path = self.root / "runs" / run_id
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            return run_id, path
-        raise RuntimeError(f"could not create a new run directory under {self.root / 'runs'}")  # pragma: no cover
 
     def update_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
         """Merge ``metrics`` into the row of ``run_id``: a new key becomes a new column; ``None`` clears a cell.
@@ -458,12 +318,10 @@ class RunManager:
         cells = {key: redact(format_value(value)) for key, value in flat.items()}
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
-            self._merge_cells(header, self._find_row(rows, run_id, self.csv_path), cells)
+            merge_cells(header, find_row(rows, run_id, self.csv_path), cells)
 
         self._mutate(change)
-        mirror = self._mirrors.get(run_id)
-        if mirror is not None:
-            self._mirror_call(run_id, lambda: mirror.log(flat))
+        self._mirrors.log(run_id, flat)
 
     def _run_config_columns(self, run_id: str) -> frozenset[str]:
         """Return the runs.csv columns of ``run_id``'s config (from this manager's memory, else its config.yaml).
@@ -473,7 +331,7 @@ class RunManager:
         """
         if run_id in self._config_columns:
             return self._config_columns[run_id]
-        if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or not (self.root / "runs" / run_id).is_dir():
+        if not isinstance(run_id, str) or not RUN_ID.match(run_id) or not (self.root / "runs" / run_id).is_dir():
             return frozenset()
         import yaml
 
@@ -509,10 +367,10 @@ class RunManager:
         else:
             full_error = summary = error or ""
         summary = redact(_one_line(redact(summary)))  # redact before and after cutting: no half secret survives
-        ended = _now()
+        ended = datetime.now(UTC)
 
         def change(header: list[str], rows: list[dict[str, str]]) -> None:
-            row = self._find_row(rows, run_id, self.csv_path)
+            row = find_row(rows, run_id, self.csv_path)
             if row.get("status") != "running":
                 raise ValueError(
                     f"run {run_id!r} is already {row.get('status')!r}, only a running run can finish; "
@@ -525,22 +383,20 @@ class RunManager:
             except (KeyError, ValueError):
                 logger.warning("run %s has no readable started_at; duration left empty", run_id)
             cells = {"status": status, "ended_at": _iso(ended), "duration_s": duration, "error": summary}
-            self._merge_cells(header, row, cells)
+            merge_cells(header, row, cells)
 
         self._mutate(change)
         if full_error:
             atomic_write_text(self.root / "runs" / run_id / "error.txt", redact(full_error) + "\n")
         logger.info("run %s %s", run_id, status)
-        mirror = self._mirrors.pop(run_id, None)
-        if mirror is not None:
-            self._mirror_call(run_id, lambda: mirror.finish(status))
+        self._mirrors.finish(run_id, status)
 
     # -- reading --------------------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> dict[str, Any]:
         """Return the row of ``run_id`` as a dict (numbers and booleans parsed; empty cells left out)."""
         _, rows = read_table(self.csv_path)
-        row = self._find_row(rows, run_id, self.csv_path)
+        row = find_row(rows, run_id, self.csv_path)
         parsed = {name: parse_value(text) for name, text in row.items() if text != "" or name in CORE_COLUMNS}
         for name in ("run_id", "sweep", "status"):  # ids and names stay text even when they look like numbers
             parsed[name] = row.get(name) or None
@@ -585,7 +441,7 @@ class RunManager:
 
     def run_dir(self, run_id: str) -> Path:
         """Return ``root/runs/<run_id>``; ``KeyError`` when that run directory does not exist."""
-        path = self.root / "runs" / _check_run_id(run_id)
+        path = self.root / "runs" / check_run_id(run_id)
         if not path.is_dir():
             raise KeyError(f"no run directory {str(path)!r}; RunManager(root).runs() lists the runs of this root")
         return path
@@ -603,53 +459,5 @@ class RunManager:
 
         return save_gradients(self.run_dir(run_id) / "gradients", model, step, full=full)
 
-    # -- mirrors --------------------------------------------------------------------------------------------
 
-    def _start_mirror(self, run_id: str, config: dict[str, Any], sweep: str | None, path: Path) -> None:
-        try:
-            mirror = start_mirror(str(self.mirror), self.project, run_id, config, sweep, path)
-        except Exception as exc:
-            self._disable_mirror(exc)
-            return
-        if mirror is not None:
-            self._mirrors[run_id] = mirror
-
-    def _mirror_call(self, run_id: str, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except Exception as exc:
-            self._mirrors.pop(run_id, None)
-            self._disable_mirror(exc)
-
-    def _disable_mirror(self, exc: Exception) -> None:
-        if self.mirror is None:
-            return
-        warnings.warn(
-            f"mirroring to {self.mirror} failed ({type(exc).__name__}: {redact(str(exc))}); runs are still "
-            "tracked in runs.csv, without the mirror",
-            ColabHelpersWarning,
-            stacklevel=4,
-        )
-        self.mirror = None
-        self._mirrors.clear()
-
-
-__all__ = [
-    "CORE_COLUMNS",
-    "CSV_NAME",
-    "FINAL_STATUSES",
-    "LOCK_NAME",
-    "MAX_ERROR_CHARS",
-    "MIRRORS",
-    "STATUSES",
-    "Run",
-    "RunManager",
-    "RunStart",
-    "config_hash",
-    "flatten",
-    "format_value",
-    "new_run_id",
-    "parse_value",
-    "read_runs",
-    "read_runs_table",
-]
+__all__ = ["FINAL_STATUSES", "MAX_ERROR_CHARS", "STATUSES", "Run", "RunManager", "RunStart"]

@@ -7,13 +7,15 @@
 
 Stage 3 of the pipeline. Modules: :mod:`.config` (settings; ``with_intervals`` paces evaluation, checkpoints
 and warm-up), :mod:`.trainer` (the guarded loop), :mod:`.state` (the resumable counters), :mod:`.guard` (NaN skip,
-rollback, LR and micro-batch halving, CPU fallback), :mod:`.blocks` (tokenised training data, micro-batches),
-:mod:`.completions` (prompt -> completion pairs, loss on the completion only), :mod:`.result` (what a run
-returns), :mod:`.checkpoint` (atomic checkpoints), :mod:`.resume` (the checkpoint a run continues from;
-unreadable ones moved aside), :mod:`.lora` (targets, backend, precision, gates),
-:mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar, gradient files),
-:mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged model),
-:mod:`.distill` (knowledge distillation from a teacher through the same loop), :mod:`.teacher_cache` (the
+rollback, LR and micro-batch halving, CPU fallback), :mod:`.device` (autocast, inputs, moving a run to the CPU),
+:mod:`.evaluator` (eval loss, best weights, early stopping), :mod:`.blocks` (tokenised training data,
+micro-batches), :mod:`.completions` (prompt -> completion pairs, loss on the completion only), :mod:`.result`
+(what a run returns), :mod:`.checkpoint` (atomic checkpoints), :mod:`.resume` (the checkpoint a run continues
+from; unreadable ones moved aside), :mod:`.outputs` (the output folder, the final adapter or model, the summary),
+:mod:`.trainable` (LoRA attached, or every weight with ``method="full"``), :mod:`.lora` (targets, backend,
+precision, gates), :mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar,
+gradient files), :mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged
+model), :mod:`.distill` (knowledge distillation from a teacher through the same loop), :mod:`.teacher_cache` (the
 teacher's top-k logits computed once, on disk). torch and peft are imported only when training starts.
 """
 

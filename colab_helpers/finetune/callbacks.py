@@ -1,31 +1,19 @@
-"""Callbacks of the training loop, in the style of minGPT: the loop knows nothing about plots or progress bars.
-
-A callback is any object with some of these methods (all optional; :class:`Callback` has them as no-ops):
-
-* ``on_train_begin(tuner)``
-* ``on_step_end(tuner, row)``: ``row`` is the step's history dict (``step``, ``loss``, ``lr``, ``grad_norm``,
-  ``micro_batch_size``, ``skipped``, ``device``, ``seconds``)
-* ``on_gradients(tuner, row)``: after the update of a step whose loss and gradients are finite, before the
-  gradients are cleared (``p.grad`` of the trainable parameters holds the step's clipped, unscaled gradients)
-* ``on_eval(tuner, row)``: the same row, now with ``eval_loss`` and ``eval_ppl``
-* ``on_event(tuner, event)``: a dict with ``step``, ``kind`` and ``message`` (NaN skip, rollback, CPU fallback ...)
-* ``on_train_end(tuner, result)``
-* ``on_train_error(tuner, exc)``: training is ending with an exception (Ctrl-C included), re-raised afterwards
-
-Exceptions raised by a callback propagate: a broken callback should be seen, not silently ignored.
-
-In a data-parallel run (``accelerate launch``, see :mod:`.distributed`) callbacks run on every rank with the same
-rows and events, as transformers' ``TrainerCallback`` do; a callback that writes files or logs to a tracker should
-act only where ``tuner.is_main_process`` (``tuner.rank`` and ``tuner.world_size`` say more). The live plot and
-the progress bar are installed on rank 0 only, and so is :class:`GradientCallback`
-(``FineTuneConfig(save_gradients=True)``).
-"""
+"""Callbacks of the training loop, minGPT style (the loop knows nothing of plots or progress bars): the
+:class:`Callback` hooks, the live plot, the progress bar, gradient files, and which of them a run installs."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import FineTuneConfig
+
+HOOKS = ("on_train_begin", "on_step_end", "on_gradients", "on_eval", "on_event", "on_train_end", "on_train_error")
+PLOT_FILE = "training.png"  # the live plot, in output_dir
+GRADIENT_DIR = "gradients"  # GradientCallback's files, in output_dir
 
 # event kind -> LivePlot mark kind (its colours: nan red, fallback orange, rollback purple)
 _MARK_KINDS = {
@@ -53,7 +41,15 @@ _MARK_LABELS = {
 
 
 class Callback:
-    """Base class with every hook as a no-op: subclass it and override what you need."""
+    """Base class with every hook as a no-op: subclass it and override what you need.
+
+    A callback is any object with some of these methods. ``row`` is the step's history dict (``step``, ``loss``,
+    ``lr``, ``grad_norm``, ``micro_batch_size``, ``skipped``, ``device``, ``seconds``; after an evaluation also
+    ``eval_loss`` and ``eval_ppl``), ``event`` a dict with ``step``, ``kind`` and ``message``. Exceptions raised by a
+    callback propagate: a broken callback should be seen, not silently ignored. In a data-parallel run callbacks
+    run on every rank with the same rows and events (as transformers' ``TrainerCallback`` do): one that writes files
+    should act only where ``tuner.is_main_process``.
+    """
 
     def on_train_begin(self, tuner: Any) -> None:
         """Called once before the first step (after a resume has been loaded)."""
@@ -156,3 +152,38 @@ class GradientCallback(Callback):
             from .gradients import save_gradients
 
             save_gradients(self.directory, tuner.model, row["step"])
+
+
+class Hooks:
+    """The hook methods of a run's callbacks, by hook name, in the callbacks' order."""
+
+    def __init__(self, callbacks: Iterable[Any] = ()) -> None:
+        callbacks = list(callbacks)
+        self._by_name: dict[str, list[Callable[..., None]]] = {
+            name: [getattr(cb, name) for cb in callbacks if callable(getattr(cb, name, None))] for name in HOOKS
+        }
+
+    def functions(self, hook: str) -> list[Callable[..., None]]:
+        """Return the callbacks' methods of ``hook``."""
+        return self._by_name.get(hook, [])
+
+    def __call__(self, hook: str, tuner: Any, *args: Any) -> None:
+        """Call every callback's ``hook(tuner, *args)``; an exception propagates."""
+        for fn in self.functions(hook):
+            fn(tuner, *args)
+
+
+def run_callbacks(callbacks: Iterable[Any], output_dir: Path, config: FineTuneConfig, *, main_process: bool,
+                  max_steps: int, step: int, live_plot: bool, progress: bool) -> list[Any]:  # fmt: skip
+    """Return a run's callbacks: ``callbacks`` (on every rank: they can check ``tuner.is_main_process``), then on the
+    main process the progress bar, the live plot (``<output_dir>/training.png``) and, with the config's
+    ``save_gradients`` and ``checkpoint_every``, the gradient files."""
+    installed = list(callbacks)
+    if progress and main_process:
+        installed.append(ProgressCallback(max_steps, initial=min(step, max_steps)))
+    if live_plot and main_process:
+        installed.append(LivePlotCallback(output_dir / PLOT_FILE, min_interval=config.plot_every_seconds,
+                                          title=config.plot_title))  # fmt: skip
+    if config.save_gradients and config.checkpoint_every and main_process:
+        installed.append(GradientCallback(output_dir / GRADIENT_DIR, every=config.checkpoint_every))
+    return installed

@@ -1,17 +1,9 @@
 """Atomic training checkpoints: a kill at any moment leaves the previous complete checkpoint usable.
 
-A checkpoint is written into a temporary directory (``.tmp-checkpoint-<step>-*``), every file is fsynced, a
-``manifest.json`` listing each file and its size is written last, and the directory is renamed to
-``checkpoint-<step>`` with ``os.replace``. Only then is the ``latest`` pointer file rewritten (atomically) and
-older checkpoints beyond ``keep`` deleted. A directory counts as a checkpoint only when its manifest is there and
-every file it lists has the listed size, so a half-written directory is never resumed from, whatever ``latest``
-says.
-
-:func:`save_run` and :func:`load_run` fill such a checkpoint with a LoRA run (adapter, optimizer, RNG states, the
-best evaluation's adapter, and the :class:`~.state.TrainingState` in ``state.json``; with ``method="full"`` the
-trained weights take the adapter's place); :func:`checkpoint_problem` says
-what is wrong with one that is not complete, and :mod:`.resume` picks the one a run continues from. torch, peft and
-safetensors are imported inside the functions that need them.
+A checkpoint is written into a temporary directory, fsynced, its ``manifest.json`` (each file and its size) written
+last, then renamed to ``checkpoint-<step>``; only a directory whose manifest matches its files counts.
+:func:`save_run` / :func:`load_run` fill one with a run (adapter or weights, optimizer, RNG states, best weights,
+the :class:`~.state.TrainingState`); :mod:`.resume` picks the one a run continues from.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Prompt -> completion training data: one example per sequence, the loss on the completion only.
 
-    fine_tune(model, tokenizer, [("Q: Spell 'cat'.\\nA:", " c a t"), ...], config=FineTuneConfig(seq_len=64))
-    fine_tune(model, tokenizer, [{"prompt": "...", "completion": "..."}, ...])   # dicts, e.g. a datasets.Dataset
+    fine_tune(model, tokenizer, [("Q: Spell 'cat'.\nA:", " c a t"), ...], config=FineTuneConfig(seq_len=64))
 
-Plain texts are joined by EOS and cut into ``seq_len`` blocks, and every token is a target. Pairs are not: each
-example is tokenized on its own (prompt ids + completion ids + EOS, no special tokens added, cut to ``seq_len``),
-examples are right-padded into micro-batches with an attention mask, and the labels are -100 (ignored) on the
-prompt and on padding, so the model learns to answer, not to write questions. Prompt and completion are
-tokenized separately, as at inference, where the model continues the tokens of the prompt alone.
-
-A micro-batch's loss is the mean over its completion tokens; a step's loss weights each micro-batch by its
-completion tokens, so it is the mean over every completion token of the step whatever the micro-batch size (an
-out-of-memory halving does not change it). An example whose prompt fills ``seq_len`` has no completion token
-left: it is left out, with one warning.
+Each example is prompt ids + completion ids + EOS (tokenized separately, as at inference), cut to ``seq_len`` and
+right-padded into micro-batches with labels -100 on the prompt and padding; a step's loss is the mean over its
+completion tokens, whatever the micro-batch size.
 """
 
 from __future__ import annotations

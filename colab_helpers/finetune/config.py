@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks import field_help, is_finite_number
+from ..checks import check_choice, check_integer, check_number, field_help, is_finite_number, is_integer
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "peft", "unsloth")
@@ -123,7 +121,7 @@ class FineTuneConfig:
                        "are deleted)."),
     )  # fmt: skip
     plot_every_seconds: float = field(
-        default=10.0, metadata=field_help("minimum seconds between live-plot redraws (a redraw costs ~0.3 s on one CPU thread).")
+        default=10.0, metadata=field_help("minimum seconds between live-plot redraws (each redraw costs CPU time).")
     )
     plot_title: str = field(default="LoRA fine-tuning", metadata=field_help("title of the live plot (e.g. which run it is)."))
 
@@ -132,70 +130,55 @@ class FineTuneConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):  # "False" is a true string: a switch must be a real bool
                 raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); e.g. {name}=False")
-        if self.method not in METHODS:
-            raise ValueError(
-                f"method must be one of {METHODS}, got {self.method!r}; e.g. method='lora' (an adapter) or "
-                "method='full' (every weight)"
-            )
-        _positive_int(self, "r", "e.g. r=16")
+        check_choice(self.method, METHODS, "method", fix="e.g. method='lora' (an adapter) or method='full' (every weight)")
+        _integer(self, "r", "e.g. r=16")
         _number(self, "alpha", "e.g. alpha=32 (2 x r is usual)")
-        _number(self, "dropout", "e.g. dropout=0.05", below=1.0)
+        _number(self, "dropout", "e.g. dropout=0.05", low_inclusive=True, high=1.0)
         _number(self, "learning_rate", "e.g. learning_rate=2e-4")
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps (e.g. max_steps=200) or epochs (e.g. epochs=1.0); both are None")
-        if self.max_steps is not None:
-            _positive_int(self, "max_steps", "e.g. max_steps=200")
+        _integer(self, "max_steps", "e.g. max_steps=200", optional=True)
         if self.epochs is not None:
             _number(self, "epochs", "e.g. epochs=1.0, or epochs=None to use max_steps")
-        _positive_int(self, "micro_batch_size", "e.g. micro_batch_size=8")
-        _positive_int(self, "gradient_accumulation_steps", "e.g. gradient_accumulation_steps=1")
-        _positive_int(self, "min_micro_batch_size", "e.g. min_micro_batch_size=1")
+        _integer(self, "micro_batch_size", "e.g. micro_batch_size=8")
+        _integer(self, "gradient_accumulation_steps", "e.g. gradient_accumulation_steps=1")
+        _integer(self, "min_micro_batch_size", "e.g. min_micro_batch_size=1")
         if self.min_micro_batch_size > self.micro_batch_size:
-            raise ValueError(
-                f"min_micro_batch_size ({self.min_micro_batch_size}) must be <= micro_batch_size "
-                f"({self.micro_batch_size}); lower min_micro_batch_size"
-            )
-        if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2:
-            raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}; e.g. seq_len=256")
-        _non_negative_int(self, "warmup_steps", "e.g. warmup_steps=10")
-        _number(self, "weight_decay", "e.g. weight_decay=0.0 (0.01 is usual)", zero_ok=True)
+            raise ValueError(f"min_micro_batch_size ({self.min_micro_batch_size}) must be <= micro_batch_size "
+                             f"({self.micro_batch_size}); lower min_micro_batch_size")  # fmt: skip
+        _integer(self, "seq_len", "e.g. seq_len=256", least=2)
+        _integer(self, "warmup_steps", "e.g. warmup_steps=10", least=0)
+        _number(self, "weight_decay", "e.g. weight_decay=0.0 (0.01 is usual)", low_inclusive=True)
         _number(self, "max_grad_norm", "e.g. max_grad_norm=1.0")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+        if not is_integer(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}; 'auto' picks per device")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}; 'auto' picks per device")
+        check_choice(self.dtype, DTYPES, "dtype", fix="'auto' picks per device")
+        check_choice(self.backend, BACKENDS, "backend", fix="'auto' picks per device")
+        self._check_full_method()
+        self.target_modules = _target_modules(self.target_modules)
+        _integer(self, "eval_every", "e.g. eval_every=50")
+        _integer(self, "eval_batches", "e.g. eval_batches=8")
+        _integer(self, "early_stopping_patience", "e.g. 3, or None to turn early stopping off", optional=True)
+        _integer(self, "nan_skip_patience", "e.g. nan_skip_patience=3")
+        _integer(self, "snapshot_every", "e.g. snapshot_every=10")
+        _integer(self, "max_rollbacks", "e.g. max_rollbacks=3", least=0)
+        _integer(self, "checkpoint_every", "e.g. 50, or None for a checkpoint at the end only", optional=True)
+        _integer(self, "keep_checkpoints", "e.g. keep_checkpoints=2")
+        if not isinstance(self.output_dir, str | bytes) and not hasattr(self.output_dir, "__fspath__"):
+            raise ValueError(f"output_dir must be a path, got {self.output_dir!r}; e.g. output_dir='finetune'")
+        if not str(self.output_dir).strip():
+            raise ValueError("output_dir is empty; pass a directory path, e.g. output_dir='finetune'")
+        _number(self, "plot_every_seconds", "e.g. plot_every_seconds=10.0 (live_plot=False draws nothing)",
+                low_inclusive=True)  # fmt: skip
+
+    def _check_full_method(self) -> None:
+        """Refuse the settings ``method="full"`` cannot train with: 4-bit weights, unsloth's LoRA-only kernels."""
         if self.method == "full" and self.load_in_4bit:
             raise ValueError("method='full' trains every weight, and 4-bit weights cannot be trained: set "
                              "load_in_4bit=False, or method='lora' for QLoRA")
         if self.method == "full" and self.backend == "unsloth":
             raise ValueError("method='full' trains every weight, and backend='unsloth' trains LoRA adapters only: set "
                              "backend='auto', or method='lora'")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ValueError(
-                    f"target_modules must be a list of module names such as ['q_proj', 'v_proj'] or None, "
-                    f"got {self.target_modules!r}"
-                )
-            if not self.target_modules:
-                raise ValueError("target_modules is empty; pass None for the per-architecture default")
-            self.target_modules = list(self.target_modules)
-        _positive_int(self, "eval_every", "e.g. eval_every=50")
-        _positive_int(self, "eval_batches", "e.g. eval_batches=8")
-        if self.early_stopping_patience is not None:
-            _positive_int(self, "early_stopping_patience", "e.g. 3, or None to turn early stopping off")
-        _positive_int(self, "nan_skip_patience", "e.g. nan_skip_patience=3")
-        _positive_int(self, "snapshot_every", "e.g. snapshot_every=10")
-        _non_negative_int(self, "max_rollbacks", "e.g. max_rollbacks=3")
-        if self.checkpoint_every is not None:
-            _positive_int(self, "checkpoint_every", "e.g. 50, or None for a checkpoint at the end only")
-        _positive_int(self, "keep_checkpoints", "e.g. keep_checkpoints=2")
-        if not isinstance(self.output_dir, str | bytes) and not hasattr(self.output_dir, "__fspath__"):
-            raise ValueError(f"output_dir must be a path, got {self.output_dir!r}; e.g. output_dir='finetune'")
-        if not str(self.output_dir).strip():
-            raise ValueError("output_dir is empty; pass a directory path, e.g. output_dir='finetune'")
-        _number(self, "plot_every_seconds", "e.g. plot_every_seconds=10.0 (live_plot=False draws nothing)", zero_ok=True)
 
     @property
     def effective_batch_size(self) -> int:
@@ -224,10 +207,8 @@ class FineTuneConfig:
         ``evaluations`` evaluations and ``checkpoints`` checkpoints (0 = only at the end) per run, and
         ``warmup_ratio`` of the steps warming up. The one formula the pipeline, the spelling study and the notebooks
         use; with ``epochs`` set (steps not known yet) it paces a 200-step run."""
-        if not isinstance(evaluations, int) or evaluations < 1:
-            raise ValueError(f"evaluations must be an integer >= 1, got {evaluations!r}; e.g. evaluations=8")
-        if not isinstance(checkpoints, int) or checkpoints < 0:
-            raise ValueError(f"checkpoints must be an integer >= 0, got {checkpoints!r}; 0 saves only at the end")
+        check_integer(evaluations, "evaluations", fix="e.g. evaluations=8")
+        check_integer(checkpoints, "checkpoints", least=0, fix="0 saves only at the end")
         if not is_finite_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}; e.g. warmup_ratio=0.1")
         steps = self.max_steps if self.epochs is None and self.max_steps else 200
@@ -258,28 +239,26 @@ class FineTuneConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _number(config: FineTuneConfig, name: str, example: str, *, zero_ok: bool = False, below: float | None = None) -> None:
-    """Check that setting ``name`` is a finite real number > 0 (>= 0 with ``zero_ok``; in [0, below) with
-    ``below``); numpy and other real scalars become a Python float. The error names the value as given."""
+def _number(config: FineTuneConfig, name: str, fix: str, **bounds: Any) -> None:
+    """Check that setting ``name`` is a finite real number within ``bounds`` (> 0 by default; see
+    :func:`~colab_helpers.checks.check_number`); numpy and other real scalars become a Python float."""
+    setattr(config, name, check_number(getattr(config, name), name, fix=fix, **bounds))
+
+
+def _integer(config: FineTuneConfig, name: str, fix: str, *, least: int = 1, optional: bool = False) -> None:
+    """Check that setting ``name`` is an integer >= ``least`` (or None when ``optional``); numpy integers become int."""
     value = getattr(config, name)
-    bounds = f"in [0, {below:g})" if below is not None else (">= 0" if zero_ok else "> 0")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = " (write the number without quotes)" if isinstance(value, str) else ""
-        raise ValueError(f"{name} must be a number {bounds}, got {type(value).__name__} {value!r}{hint}; {example}")
-    too_low = value < 0 if zero_ok or below is not None else value <= 0
-    if not math.isfinite(value) or too_low or (below is not None and value >= below):
-        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}; {example}")
-    if type(value) not in (int, float):
-        setattr(config, name, float(value))
+    if not (optional and value is None):
+        setattr(config, name, check_integer(value, name, least=least, fix=fix))
 
 
-def _positive_int(config: FineTuneConfig, name: str, example: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}; {example}")
-
-
-def _non_negative_int(config: FineTuneConfig, name: str, example: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}; {example}")
+def _target_modules(targets: Any) -> list[str] | None:
+    """Return ``target_modules`` as a list of module names, or None (the per-architecture default)."""
+    if targets is None:
+        return None
+    if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"target_modules must be a list of module names such as ['q_proj', 'v_proj'] or None, got "
+                         f"{targets!r}")  # fmt: skip
+    if not targets:
+        raise ValueError("target_modules is empty; pass None for the per-architecture default")
+    return list(targets)

@@ -1,37 +1,10 @@
-"""Knowledge distillation: the pruned model (student) learns the next-token distributions of the model it was
-pruned from (teacher), through the same guarded loop as :func:`~.trainer.fine_tune`.
+"""Knowledge distillation through the guarded loop: the pruned model (student) learns the next-token distributions
+of the model it was pruned from (teacher).
 
-    teacher = copy.deepcopy(model)                 # before pruning: remove_heads works in place
-    remove_heads(model, mask)
-    result = distill(model, teacher, tokenizer, data.train, data.validation,
-                     FineTuneConfig(max_steps=200), DistillConfig(temperature=2.0, alpha=0.5, top_k=64))
-
-A micro-batch's loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * LM loss``
-(:func:`distillation_loss`; ``_T``: softmax at temperature ``T``). The KL is taken, in float32, at the positions
-the LM loss scores (position ``t`` when the label of ``t + 1`` is not -100: every position but a block's last,
-or the predictions of the completion tokens of (prompt, completion) pairs), and averaged over them. With ``top_k``
-the teacher is kept as its k most likely tokens per position and the log of its softmax denominator at ``T``, and
-the KL is taken over k + 1 outcomes: each of those k tokens, and "any other token", whose probability is what the
-k leave (1 - their sum, for the teacher and for the student alike). So the student also learns how much
-probability to leave outside the teacher's top k, which a KL renormalised over the k tokens alone would not teach
-it; ``top_k`` = vocabulary size is the full KL exactly. The teacher then costs ``k + 1`` numbers per token, which
-is what makes the disk cache (:mod:`.teacher_cache`) affordable. The
-history rows carry both parts, ``kd_loss`` (already times ``T^2``) and ``lm_loss``, read with the step's one host
-sync. Evaluation stays the LM loss (``eval_loss``, ``eval_ppl``: the student's perplexity), so early stopping and
-the best adapter follow perplexity.
-
-:class:`Distiller` is a :class:`~.trainer.FineTuner` whose training loss (its one override point) adds the
-teacher: NaN skips and rollbacks, out-of-memory halving (of the teacher's forward too), CUDA fallback to the CPU
-(the teacher moves along), checkpoints and ``resume=True`` hold as for :func:`~.trainer.fine_tune`; a checkpoint
-records the teacher and ``DistillConfig`` and is resumed only with the same ones. ``FineTuneConfig(method="full")``
-distils into every weight of the student instead of a LoRA adapter. The teacher is frozen (eval mode,
-``requires_grad=False``, forward under ``no_grad``); one on another device than the student is moved to the
-student's (one logged warning). With ``teacher_cache`` it is used once, before training, and then moved off the
-GPU (``del teacher`` frees it).
-
-About 430 lines, in one module because the settings (:class:`DistillConfig`), the loss they parametrise
-(:func:`distillation_loss`) and the run that applies it (:class:`Distiller`, :func:`distill`) are read and changed
-together; the teacher cache, which stands on its own, is :mod:`.teacher_cache`.
+Owns :class:`DistillConfig`, the loss :func:`distillation_loss` (``alpha * T^2 * KL(teacher_T || student_T) +
+(1 - alpha) * LM loss`` at the positions the LM loss scores; with ``top_k`` over the teacher's k tokens plus "any
+other token") and :class:`Distiller` / :func:`distill`, a :class:`~.trainer.FineTuner` whose training loss adds
+the teacher. The teacher's top-k logits cached on disk are :mod:`.teacher_cache`'s.
 """
 
 from __future__ import annotations
@@ -39,17 +12,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..checks import field_help
+from ..checks import check_number, field_help, is_integer
 from ..runtime.files import check_creatable_dir
 from ..runtime.modules import model_device
 from .completions import IGNORE_INDEX, CompletionBatch, TrainingData
 from .config import FineTuneConfig
+from .device import module_to_cpu
 from .guard import check_finite_weights
 from .lora import model_fingerprint
 from .result import FineTuneResult
@@ -94,11 +67,14 @@ class DistillConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        self.temperature = _real(self.temperature, "temperature", "> 0", lambda v: v > 0, "e.g. temperature=2.0")
-        self.alpha = _real(self.alpha, "alpha", "in [0, 1]", lambda v: 0 <= v <= 1, "e.g. alpha=0.5")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}; e.g. top_k=64, or None for "
-                             "every token")  # fmt: skip
+        self.temperature = check_number(self.temperature, "temperature", fix="e.g. temperature=2.0")
+        self.alpha = check_number(self.alpha, "alpha", low_inclusive=True, high=1.0, high_inclusive=True,
+                                  fix="e.g. alpha=0.5")  # fmt: skip
+        if self.top_k is not None:
+            if not is_integer(self.top_k) or self.top_k < 1:
+                raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}; e.g. top_k=64, or None "
+                                 "for every token")  # fmt: skip
+            self.top_k = int(self.top_k)
         if self.teacher_cache is not None:
             if not isinstance(self.teacher_cache, str | bytes) and not hasattr(self.teacher_cache, "__fspath__"):
                 raise ValueError(f"teacher_cache must be a folder path or None, got {self.teacher_cache!r}; "
@@ -125,16 +101,6 @@ class DistillConfig:
     def help(cls) -> dict[str, str]:
         """Return ``{field: help text}`` for every setting."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
-def _real(value: Any, name: str, bounds: str, ok: Any, example: str) -> float:
-    """Return ``value`` as a number when it is a finite real number within ``bounds``; else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = " (write the number without quotes)" if isinstance(value, str) else ""
-        raise ValueError(f"{name} must be a number {bounds}, got {type(value).__name__} {value!r}{hint}; {example}")
-    if not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}; {example}")
-    return value if type(value) in (int, float) else float(value)
 
 
 # --- the loss ---------------------------------------------------------------------------------------------
@@ -191,31 +157,12 @@ def distillation_loss(
     computed (shifted, -100 ignored).
     """
     import torch
-    import torch.nn.functional as F
 
     scale = float(temperature)
     if mask is None:
         mask = kd_positions(labels) if labels is not None else torch.ones(student_logits.shape[:2], dtype=torch.bool,
                                                                            device=student_logits.device)  # fmt: skip
-    tail: torch.Tensor | None = None  # the KL term of "any other token" (top-k with a log normalizer)
-    if isinstance(teacher, tuple):
-        values, indices, log_normalizer = (*teacher, None)[:3]
-        indices = indices.long()
-        if log_normalizer is None:  # renormalised over the teacher's k tokens, on both sides
-            teacher_logp = F.log_softmax(values.float() / scale, dim=-1)
-            student_logp = F.log_softmax(student_logits.gather(-1, indices).float() / scale, dim=-1)
-        else:
-            scaled = student_logits.float() / scale
-            student_norm = torch.logsumexp(scaled, dim=-1)
-            teacher_logp = values.float() / scale - log_normalizer.float().unsqueeze(-1)
-            student_logp = scaled.gather(-1, indices) - student_norm.unsqueeze(-1)
-            if indices.shape[-1] < scaled.shape[-1]:  # k = vocabulary: nothing else
-                teacher_rest = (1 - teacher_logp.exp().sum(dim=-1)).clamp(min=0)
-                student_rest = torch.logsumexp(scaled.scatter(-1, indices, -math.inf), dim=-1) - student_norm
-                tail = torch.where(teacher_rest > 0, teacher_rest * (teacher_rest.log() - student_rest), 0.0)
-    else:
-        teacher_logp = F.log_softmax(teacher.float() / scale, dim=-1)
-        student_logp = F.log_softmax(student_logits.float() / scale, dim=-1)
+    teacher_logp, student_logp, tail = _log_probs(student_logits, teacher, scale)
     probs = teacher_logp.exp()
     # sum_v p (log p - log q); a token the teacher gives probability 0 (a -inf logit) adds 0, not NaN
     kl = torch.where(probs > 0, probs * (teacher_logp - student_logp), 0.0).sum(dim=-1)
@@ -224,16 +171,53 @@ def distillation_loss(
     kl = torch.where(mask, kl, 0.0)  # not kl * mask: garbage (NaN) at a padding position must not leak in
     kd = kl.sum() / mask.sum().clamp(min=1) * scale**2
     if lm_loss is None:
-        if labels is None:
-            if alpha < 1:
-                raise ValueError("distillation_loss needs labels or lm_loss when alpha < 1 (the LM part of the loss)")
-            lm_loss = torch.zeros((), device=student_logits.device)
-        else:
-            vocab = student_logits.shape[-1]
-            lm_loss = F.cross_entropy(student_logits[:, :-1].float().reshape(-1, vocab), labels[:, 1:].reshape(-1),
-                                      ignore_index=IGNORE_INDEX)  # fmt: skip
+        lm_loss = _lm_loss(student_logits, labels, alpha)
     lm = lm_loss.float()
     return DistillLoss(alpha * kd + (1 - alpha) * lm, kd, lm)
+
+
+def _log_probs(student_logits: torch.Tensor, teacher: torch.Tensor | tuple[torch.Tensor, ...],
+               scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Return the teacher's and the student's log-probabilities at temperature ``scale`` over the outcomes the KL
+    compares, and the KL term of "any other token" (top-k with a log normalizer; else None)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(teacher, tuple):
+        student_logp = F.log_softmax(student_logits.float() / scale, dim=-1)
+        return F.log_softmax(teacher.float() / scale, dim=-1), student_logp, None
+    values, indices, log_normalizer = (*teacher, None)[:3]
+    indices = indices.long()
+    if log_normalizer is None:  # renormalised over the teacher's k tokens, on both sides
+        teacher_logp = F.log_softmax(values.float() / scale, dim=-1)
+        return teacher_logp, F.log_softmax(student_logits.gather(-1, indices).float() / scale, dim=-1), None
+    scaled = student_logits.float() / scale
+    student_norm = torch.logsumexp(scaled, dim=-1)
+    teacher_logp = values.float() / scale - log_normalizer.float().unsqueeze(-1)
+    student_logp = scaled.gather(-1, indices) - student_norm.unsqueeze(-1)
+    if indices.shape[-1] >= scaled.shape[-1]:  # k = vocabulary: nothing else
+        return teacher_logp, student_logp, None
+    # "any other token" holds what the k leave, for both models: so the student also learns how much probability
+    # to leave outside the teacher's top k, which a KL renormalised over the k alone would not teach it
+    teacher_rest = (1 - teacher_logp.exp().sum(dim=-1)).clamp(min=0)
+    student_rest = torch.logsumexp(scaled.scatter(-1, indices, -math.inf), dim=-1) - student_norm
+    tail = torch.where(teacher_rest > 0, teacher_rest * (teacher_rest.log() - student_rest), 0.0)
+    return teacher_logp, student_logp, tail
+
+
+def _lm_loss(student_logits: torch.Tensor, labels: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """Return the causal-LM cross-entropy of ``student_logits`` and ``labels`` (shifted, -100 ignored); zero
+    without labels, which only ``alpha == 1`` (no LM part) allows."""
+    import torch
+    import torch.nn.functional as F
+
+    if labels is None:
+        if alpha < 1:
+            raise ValueError("distillation_loss needs labels or lm_loss when alpha < 1 (the LM part of the loss)")
+        return torch.zeros((), device=student_logits.device)
+    vocab = student_logits.shape[-1]
+    return F.cross_entropy(student_logits[:, :-1].float().reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX)  # fmt: skip
 
 
 # --- the teacher ------------------------------------------------------------------------------------------
@@ -403,13 +387,9 @@ class Distiller(FineTuner):
 
     def move_to_cpu(self) -> None:
         """Move the run to the CPU (the guard's CUDA fallback), the teacher with it, in fp32 like the student."""
-        import torch
-
         super().move_to_cpu()
         if self.teacher is not None:
-            self.teacher.to(torch.device("cpu"))
-            if any(p.dtype in (torch.float16, torch.bfloat16) for p in self.teacher.parameters()):
-                self.teacher.float()
+            module_to_cpu(self.teacher)
 
 
 def distill(

@@ -1,23 +1,10 @@
-"""Data-parallel LoRA training under ``accelerate launch`` or ``torchrun``: one run, several processes.
+"""Data-parallel training under ``accelerate launch`` or ``torchrun``: one run, several processes.
 
     accelerate launch --multi_gpu --num_processes 2 scripts/finetune_ddp_example.py   # 2 GPUs, or 2 CPU processes
 
-A launcher starts one process per rank and sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``. :func:`setup_distributed` reads them and joins the process group (``nccl`` when the model is on
-CUDA, each rank on ``cuda:LOCAL_RANK``; ``gloo`` on the CPU), or reuses a group that ``accelerate``
-(``Accelerator`` / ``PartialState``) or the script already created. Without those variables (a notebook, a plain
-``python`` run) it returns None and the training loop stays single-process, untouched.
-
-Note on accelerate 1.15 without GPUs: ``accelerate launch --cpu --num_processes 2`` starts ONE process (several
-CPU processes need ``--mpirun_hostfile``); ``accelerate launch --multi_gpu --num_processes 2`` starts two through
-``torch.distributed.run`` even on a machine without CUDA, and we then pick ``gloo``.
-
-Gradients are averaged with one ``all_reduce`` of a flat buffer after each step's backward passes, rather than by
-wrapping the model in ``DistributedDataParallel``: the loop accumulates micro-batches, retries a step after an
-out-of-memory error and skips non-finite steps, and with DDP's bucketed all-reduce inside ``backward`` a rank that
-fails mid-step would leave the others blocked in a collective. One collective at a known point per step lets every
-rank agree on everything at once; LoRA weights are small, so the flat buffer is cheap. torch is imported inside
-the functions.
+:func:`setup_distributed` joins (or reuses) the launcher's process group, ``nccl`` on CUDA and ``gloo`` on the CPU,
+and returns None outside a launch; :class:`DistributedContext` holds the run's collectives (gradient averaging,
+broadcasts, barriers).
 """
 
 from __future__ import annotations
@@ -120,6 +107,10 @@ class DistributedContext:
         with ``failed=True`` (out of memory mid-step) contributes zeros; the caller retries the step on every rank
         when the count is > 0. A non-finite value on any rank makes the averaged loss or gradients non-finite on
         every rank, so the loop's non-finite check skips the step everywhere: the ranks agree without a separate flag.
+
+        Not DistributedDataParallel: its bucketed all-reduce inside ``backward`` would leave the other ranks blocked
+        in a collective when one fails mid-step (out of memory, a retried or skipped step). One collective at a known
+        point per step lets every rank agree on everything at once; LoRA weights are small, the flat buffer cheap.
         """
         import torch
         import torch.distributed as dist
@@ -261,6 +252,8 @@ def setup_distributed(model_device: torch.device | None = None) -> DistributedCo
         torch.cuda.set_device(local_rank)
         backend, device = "nccl", torch.device("cuda", local_rank)
     else:
+        # several CPU processes: `accelerate launch --multi_gpu --num_processes 2` starts them through
+        # torch.distributed.run even without CUDA (`--cpu --num_processes 2` starts only one)
         backend, device = "gloo", torch.device("cpu")
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     logger.info("rank %d of %d joined the process group (%s, %s)", rank, world_size, backend, device)
@@ -276,3 +269,10 @@ def gather_object(value: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def remote_oom(failures: int, micro_batch_size: int) -> BaseException:
+    """Return the out-of-memory error a rank raises when another rank ran out of memory (all ranks retry together)."""
+    import torch
+
+    return torch.OutOfMemoryError(f"CUDA out of memory on {failures} other rank(s) at micro-batch {micro_batch_size}")

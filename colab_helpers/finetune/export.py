@@ -1,15 +1,6 @@
-"""Save what LoRA training produced: the adapter alone, or a standalone model with the adapter merged in.
-
-* :func:`save_adapter` writes the peft adapter (``adapter_model.safetensors`` + ``adapter_config.json``, a few MB),
-  loadable with ``PeftModel.from_pretrained(base_model, path)``.
-* :func:`merge_adapter` folds LoRA into the base weights (``merge_and_unload``) and returns the plain model.
-* :func:`save_merged` writes a standalone model: a physically pruned one (``colab_helpers.pruning.remove_heads``,
-  layers may hold different head counts) through ``colab_helpers.pruning.save_pruned`` (reload with
-  ``load_pruned``), any other through ``save_pretrained`` (reload with ``from_pretrained``).
-* :func:`save_model` does the same for a model without an adapter (one trained with ``method="full"``).
-
-Every directory is written under a temporary name and renamed into place, so a full disk or a disconnect never
-leaves half a model behind.
+"""Save what training produced, each folder written under a temporary name and renamed into place: the LoRA
+adapter (:func:`save_adapter`), the model with the adapter merged in (:func:`merge_adapter`, :func:`save_merged`;
+a physically pruned one through ``colab_helpers.pruning.save_pruned``), a model trained whole (:func:`save_model`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checks import check_integer
 from ..plots.training import natural_key
 from ..runtime.files import atomic_path
 
@@ -32,8 +33,7 @@ def save_gradients(directory: str | os.PathLike[str], model: Any, step: int, *, 
     import torch
     from safetensors.torch import save_file
 
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    step = check_integer(step, "step", least=0)
     if isinstance(model, Mapping):
         grads = {str(name): grad for name, grad in model.items() if grad is not None}
     else:

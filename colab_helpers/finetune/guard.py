@@ -1,11 +1,9 @@
-"""The failure guard of the training loop: what happens when a step goes wrong. :class:`FailureGuard` keeps the
-in-memory snapshots (LoRA weights and their AdamW moments, every ``snapshot_every`` good steps) and climbs the
-ladder for non-finite steps (skip, then roll back to the snapshot and halve the learning rate, then halve the
-micro-batch, then stop; at once when the model's weights themselves hold NaN), halves the micro-batch and retries
-on out-of-memory, and moves training to the CPU after another CUDA error. At the end, :meth:`FailureGuard.verdict`
-says whether the run failed: every step non-finite, or NaN / infinity in the model's weights. Its counters live in
-the run's :class:`~.state.TrainingState`, so a resume keeps them; the loop (:mod:`.trainer`) only calls
-:meth:`FailureGuard.after_step`, :meth:`FailureGuard.recover` and :meth:`FailureGuard.verdict`.
+"""The failure guard of the training loop: what a failed step leads to.
+
+:class:`FailureGuard` keeps the in-memory rollback snapshots and climbs the ladder for non-finite steps (skip, roll
+back and halve the learning rate, halve the micro-batch, stop), halves the micro-batch on out-of-memory, moves the
+run to the CPU after another CUDA error, and gives the run's verdict at the end. It sees the run only through a
+:class:`GuardedRun`, which the trainer builds.
 """
 
 from __future__ import annotations
@@ -14,15 +12,20 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ColabHelpersWarning, CudaFallbackWarning
 from ..runtime.cuda_fallback import CudaFallbackError, is_cuda_error, is_cuda_oom, short_error
+from .device import load_values, to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .trainer import FineTuner
+    from .config import FineTuneConfig
+    from .state import TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +38,29 @@ class StopTraining(Exception):
         self.reason = reason
 
 
-class FailureGuard:
-    """Decide and carry out what a failed step of ``tuner`` leads to; see the module docstring."""
+@dataclass(frozen=True)
+class GuardedRun:
+    """What :class:`FailureGuard` reads of the run it guards, and what it may ask the run to do."""
 
-    def __init__(self, tuner: FineTuner) -> None:
-        self.tuner = tuner
+    config: FineTuneConfig
+    state: TrainingState  # the run's counters: the guard's own live there too, so a resume keeps them
+    model: Any  # checked for NaN / infinity in its weights
+    params: list[torch.nn.Parameter]  # the trained weights: snapshots and rollbacks, with their optimizer state
+    optimizer: Any
+    record_event: Callable[..., None]  # (step, kind, message, **extra)
+    save_checkpoint: Callable[[], Any]
+    move_to_cpu: Callable[[], None]  # the CUDA fallback
+    checkpoint_dir: Path  # named in the errors that say how to resume
+    output_dir: Path  # where free_memory reports the disk
+    quantized: bool  # a 4-bit model cannot move to the CPU
+    rank: int | None  # this process's rank in a data-parallel run; None in a single process
+
+
+class FailureGuard:
+    """Decide and carry out what a failed step of ``run`` leads to; see the module docstring."""
+
+    def __init__(self, run: GuardedRun) -> None:
+        self.run = run
         self.snapshot: dict[str, Any] | None = None  # the rollback target
         self.good_since_snapshot = 0
         self.fell_back = False  # already moved to the CPU: a second CUDA error is raised
@@ -49,7 +70,7 @@ class FailureGuard:
 
     def after_step(self, row: dict[str, Any]) -> None:
         """Count good and non-finite steps; snapshot, roll back, halve or stop (:class:`StopTraining`)."""
-        state, cfg = self.tuner.state, self.tuner.config
+        state, cfg = self.run.state, self.run.config
         if row.get("overflow"):
             logger.debug("step %d: fp16 gradient overflow, loss scale lowered", row["step"])
             return
@@ -62,7 +83,7 @@ class FailureGuard:
             return
         state.nan_streak += 1
         self.good_since_snapshot = 0
-        self.tuner.record_event(
+        self.run.record_event(
             state.step,
             "nan_skip",
             f"non-finite {'loss' if not math.isfinite(row['loss']) else 'gradients'}: step skipped "
@@ -74,15 +95,15 @@ class FailureGuard:
             self._roll_back()
 
     def _roll_back(self) -> None:
-        state, cfg = self.tuner.state, self.tuner.config
+        state, cfg = self.run.state, self.run.config
         state.nan_streak = 0
         state.rollbacks += 1
         snapshot_step = self.snapshot["step"] if self.snapshot else 0
         self.restore_snapshot()
-        broken = non_finite_parameter(self.tuner.model)
+        broken = non_finite_parameter(self.run.model)
         if broken is not None:  # the rollback target is broken too: halving anything cannot help (verdict() warns)
             message = f"training stopped: the model's weights hold NaN or infinity ({broken}); no rollback can help"
-            self.tuner.record_event(state.step, "stopped", message)
+            self.run.record_event(state.step, "stopped", message)
             raise StopTraining("non_finite")
         if state.rollbacks > cfg.max_rollbacks:
             message = (
@@ -90,11 +111,11 @@ class FailureGuard:
                 f"(learning rate now x{state.lr_scale:g}, micro-batch {state.micro_batch_size}); the adapter of step "
                 f"{snapshot_step} is kept. Lower learning_rate, use dtype='fp32', or check the data"
             )
-            self.tuner.record_event(state.step, "stopped", message)
+            self.run.record_event(state.step, "stopped", message)
             self.stop_message = message
             raise StopTraining("non_finite")
         state.lr_scale *= 0.5
-        self.tuner.record_event(
+        self.run.record_event(
             state.step,
             "rollback",
             f"{cfg.nan_skip_patience} non-finite steps in a row: rolled back to the state of step {snapshot_step}, "
@@ -102,10 +123,10 @@ class FailureGuard:
             to_step=snapshot_step,
         )
         message = f"learning rate halved: x{state.lr_scale:g} of the schedule"
-        self.tuner.record_event(state.step, "lr_halved", message, lr_scale=state.lr_scale)
+        self.run.record_event(state.step, "lr_halved", message, lr_scale=state.lr_scale)
         if state.rolled_back_without_progress and state.micro_batch_size > cfg.min_micro_batch_size:
             state.micro_batch_size = max(cfg.min_micro_batch_size, state.micro_batch_size // 2)
-            self.tuner.record_event(
+            self.run.record_event(
                 state.step,
                 "micro_batch_halved",
                 f"still non-finite after a rollback: micro-batch halved to {state.micro_batch_size} "
@@ -122,10 +143,10 @@ class FailureGuard:
         The run failed (``"non_finite"``) when the model's weights hold NaN or infinity, or when no step of the run
         had a finite loss and gradients (fp16 loss-scale overflows aside): its adapter is untrained or broken.
         """
-        tuner, history = self.tuner, self.tuner.state.history
+        run, history = self.run, self.run.state.history
         never_trained = bool(history) and all(row["skipped"] and not row.get("overflow") for row in history)
         # the adapter is small: always checked; the whole model only when no step worked (to say why)
-        broken = non_finite_parameter(tuner.model, trainable_only=not never_trained)
+        broken = non_finite_parameter(run.model, trainable_only=not never_trained)
         if broken is not None:
             failure = (f"the model's weights hold NaN or infinity ({broken}); reload the model and check how it was "
                        "loaded, pruned or merged")  # fmt: skip
@@ -136,16 +157,16 @@ class FailureGuard:
             if self.stop_message is not None:
                 warnings.warn(self.stop_message, ColabHelpersWarning, stacklevel=5)
             return reason, None
-        message = f"fine-tuning failed at step {tuner.state.step}: {failure}. No adapter was saved"
-        tuner.record_event(tuner.state.step, "failed", message)
+        message = f"fine-tuning failed at step {run.state.step}: {failure}. No adapter was saved"
+        run.record_event(run.state.step, "failed", message)
         warnings.warn(message, ColabHelpersWarning, stacklevel=5)  # verdict <- _finish <- train <- fine_tune <- caller
         return "non_finite", failure
 
     def take_snapshot(self) -> None:
         """Keep an in-memory copy of the LoRA weights and their optimizer state (the rollback target)."""
-        params, optimizer = self.tuner.params, self.tuner.optimizer
+        params, optimizer = self.run.params, self.run.optimizer
         self.snapshot = {
-            "step": self.tuner.state.step,
+            "step": self.run.state.step,
             "params": [p.detach().clone() for p in params],
             "optimizer": [_clone_state(optimizer.state.get(p)) for p in params],
         }
@@ -155,7 +176,7 @@ class FailureGuard:
         """Put the snapshot's weights and optimizer state back (nothing before the first snapshot)."""
         if self.snapshot is None:
             return
-        params, optimizer = self.tuner.params, self.tuner.optimizer
+        params, optimizer = self.run.params, self.run.optimizer
         load_values(params, self.snapshot["params"])
         for param, state in zip(params, self.snapshot["optimizer"]):
             if state is None:
@@ -168,14 +189,14 @@ class FailureGuard:
 
     def recover(self, exc: BaseException, step: int) -> None:
         """Handle an exception of a step or an evaluation so that it can be retried; re-raise what cannot."""
-        tuner = self.tuner
+        run = self.run
         if is_cuda_oom(exc):
             self._halve_for_oom(exc, step)
-        elif is_cuda_error(exc) and tuner.distributed:
+        elif is_cuda_error(exc) and run.rank is not None:
             # the other ranks train on their GPUs through nccl: this one cannot go on alone on the CPU
             raise RuntimeError(
-                f"rank {tuner.rank}: CUDA error in a data-parallel run ({exc}); the launcher stops every rank. Fix the "
-                f"cause and launch again with resume=True (checkpoints in {tuner.checkpoint_dir})"
+                f"rank {run.rank}: CUDA error in a data-parallel run ({exc}); the launcher stops every rank. Fix the "
+                f"cause and launch again with resume=True (checkpoints in {run.checkpoint_dir})"
             ) from exc
         elif is_cuda_error(exc) and not self.fell_back:
             self._fall_back_to_cpu(exc, step)
@@ -185,20 +206,20 @@ class FailureGuard:
     def _halve_for_oom(self, exc: BaseException, step: int) -> None:
         from ..runtime.memory import free_memory
 
-        state, cfg = self.tuner.state, self.tuner.config
+        state, cfg = self.run.state, self.run.config
         if state.micro_batch_size <= cfg.min_micro_batch_size:
             with contextlib.suppress(Exception):
-                self.tuner.save_checkpoint()
+                self.run.save_checkpoint()
             raise RuntimeError(
                 f"out of memory at micro_batch_size={state.micro_batch_size}, the floor (min_micro_batch_size="
                 f"{cfg.min_micro_batch_size}): lower seq_len (now {cfg.seq_len}), use load_in_4bit=True or a smaller "
                 f"model; the run is checkpointed, resume it with resume=True"
             ) from exc
-        free_memory(self.tuner.output_dir)
+        free_memory(self.run.output_dir)
         old = state.micro_batch_size
         state.micro_batch_size = max(cfg.min_micro_batch_size, old // 2)
         accumulation = math.ceil(cfg.effective_batch_size / state.micro_batch_size)
-        self.tuner.record_event(
+        self.run.record_event(
             step,
             "oom_retry",
             f"out of memory at micro-batch {old}: retrying with micro-batch {state.micro_batch_size} x "
@@ -210,19 +231,19 @@ class FailureGuard:
         """Checkpoint, move the run to the CPU, warn, and let the failed step be retried there."""
         import torch
 
-        tuner = self.tuner
+        run = self.run
         try:
-            tuner.save_checkpoint()
+            run.save_checkpoint()
         except Exception as save_error:  # a dead CUDA context cannot even be copied: the last checkpoint stays
             logger.warning("could not checkpoint after the CUDA error (%s)", short_error(save_error))
-        restart = f"the runtime and run again with resume=True (checkpoints in {tuner.checkpoint_dir})"
-        if tuner.quantized:
+        restart = f"the runtime and run again with resume=True (checkpoints in {run.checkpoint_dir})"
+        if run.quantized:
             message = f"{short_error(exc)}: a 4-bit model cannot move to the CPU. Restart {restart}"
             raise CudaFallbackError(message) from exc
         try:
             if self.snapshot is not None:
                 self.snapshot = to_device(self.snapshot, torch.device("cpu"))
-            tuner.move_to_cpu()
+            run.move_to_cpu()
         except Exception as move_error:
             raise CudaFallbackError(
                 f"{short_error(exc)}, and moving the model to the CPU failed too ({short_error(move_error)}): "
@@ -230,13 +251,13 @@ class FailureGuard:
             ) from exc
         self.fell_back = True
         warnings.warn(
-            f"training failed on CUDA ({short_error(exc)}); checkpointed at step {tuner.state.step} and continuing on "
+            f"training failed on CUDA ({short_error(exc)}); checkpointed at step {run.state.step} and continuing on "
             "the CPU (slower). Restart the runtime and resume=True to use the GPU again.",
             CudaFallbackWarning,
             stacklevel=4,
         )
         message = f"CUDA error ({short_error(exc)}): continuing on the CPU"
-        tuner.record_event(step, "cpu_fallback", message, error=short_error(exc))
+        run.record_event(step, "cpu_fallback", message, error=short_error(exc))
 
 
 def non_finite_parameter(model: Any, *, trainable_only: bool = False) -> str | None:
@@ -264,41 +285,6 @@ def check_finite_weights(model: Any, what: str = "the model") -> None:
             "be NaN; load it again (e.g. load_model(name)), or find what broke it (a diverged earlier run, an overflow "
             "after a cast to float16) and train a copy made before"
         )
-
-
-def remote_oom(failures: int, micro_batch_size: int) -> BaseException:
-    """Return the out-of-memory error a rank raises when another rank ran out of memory (all ranks retry together)."""
-    import torch
-
-    return torch.OutOfMemoryError(f"CUDA out of memory on {failures} other rank(s) at micro-batch {micro_batch_size}")
-
-
-def load_values(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> None:
-    """Copy ``values`` into ``params`` in place (a snapshot's or the best evaluation's weights)."""
-    import torch
-
-    with torch.no_grad():
-        for param, value in zip(params, values):
-            param.copy_(value)
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """Return ``value`` with every tensor in it (nested in dicts and lists) moved to ``device``."""
-    if hasattr(value, "to") and hasattr(value, "detach"):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_device(v, device) for v in value]
-    return value
-
-
-def move_optimizer_state(optimizer: Any, device: torch.device) -> None:
-    """Move the tensors of ``optimizer``'s state to ``device`` in place (a CPU ``step`` counter stays)."""
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if hasattr(value, "detach") and not (key == "step" and value.device.type == "cpu"):
-                state[key] = value.to(device)
 
 
 def _clone_state(state: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,22 +1,5 @@
-"""Attach LoRA to a causal LM: which layers, which backend, which precision, and how gates survive.
-
-* Targets: by default every linear layer inside the decoder (attention q/k/v/o and the MLP projections, under
-  whatever names the architecture uses), found from the model's own modules; the output head is never adapted.
-  Names are resolved to full module paths, so GPT-2's attention ``c_proj`` and MLP ``c_proj`` can be told apart.
-* Gates: head gates (``colab_helpers.pruning.gate_heads``) are forward pre-hooks on the attention output
-  projection. peft would wrap that projection in a LoRA layer whose adapter path reads the *un-gated* input, so
-  a gated head would leak back through the adapter. We therefore leave every linear layer that carries a forward
-  pre-hook out of the targets (the rest of the layer, q/k/v and the MLP, still adapts). Moving the hook onto the
-  wrapper instead would break ``HeadGates.remove()``. Gate *before* fine-tuning: a gate added to a layer after
-  LoRA wrapped its projection would sit on the wrapped base layer and leak the same way. unsloth's fused
-  kernels skip module hooks altogether, so a gated model always trains with peft; a physically pruned model
-  (``remove_heads``) has no hooks and no such restriction.
-* Precision: ``"auto"`` is bf16 autocast on CUDA capability >= 8, fp16 autocast with a ``GradScaler`` on older
-  GPUs (the T4 reports bf16 "supported" through emulation, so the capability is what counts), fp32 on the CPU.
-* 4-bit (QLoRA) is decided when the model is loaded (``load_model(..., load_in_4bit=True)``), since quantizing a
-  loaded model in place would drop its hooks. ``load_in_4bit=True`` without CUDA trains the unquantized model
-  after ONE ``ColabHelpersWarning``: a CPU or a notebook's SMOKE run must still work end to end.
-"""
+"""Attach LoRA to a causal LM: which layers (by default every linear layer of the decoder, never the output head;
+never a layer carrying a head gate), which backend (unsloth or peft), which precision, and QLoRA's 4-bit check."""
 
 from __future__ import annotations
 
@@ -84,6 +67,9 @@ def resolve_targets(model: nn.Module, target_modules: list[str] | None) -> tuple
                 f"{sorted(available)}: pick from those, or pass target_modules=None for the default"
             )
         wanted = list(dict.fromkeys(target_modules))
+    # a head gate is a forward pre-hook on the attention output projection: a LoRA layer wrapped around it would read
+    # the un-gated input on its adapter path and leak the gated heads back (moving the hook onto the wrapper would
+    # break HeadGates.remove()), so gated layers stay out; gate before fine-tuning, for the same reason
     hooked = set(hooked_modules(model))
     chosen = [full for short in wanted for full in available[short] if full not in hooked]
     left_out = [full for short in wanted for full in available[short] if full in hooked]
@@ -178,6 +164,8 @@ def choose_backend(config: FineTuneConfig, model: Any, device: torch.device, *, 
 
 def check_4bit(config: FineTuneConfig, model: Any, device: torch.device) -> bool:
     """Return True when the model is 4/8-bit (QLoRA); warn once when ``load_in_4bit`` asks for what cannot be had."""
+    # 4-bit is decided when the model is loaded: quantizing a loaded model in place would drop its hooks. Without
+    # CUDA one warning and unquantized training, so that a CPU or SMOKE run still works end to end
     quantized = is_quantized(model)
     if config.load_in_4bit and not quantized:
         if device.type != "cuda":

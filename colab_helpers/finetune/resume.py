@@ -1,13 +1,8 @@
-"""Which checkpoint a run continues from (``resume=True``), and what becomes of the checkpoints it cannot read.
+"""Which checkpoint a run continues from (``resume=True``), and what becomes of those it cannot read.
 
-:func:`checkpoint_to_resume` looks at the ``checkpoint-<step>`` folders of a run, newest first, and takes the first
-that reads whole: manifest and file sizes (:func:`.checkpoint.checkpoint_problem`), ``state.json`` with the run's
-counters for that step, the adapter (every tensor loaded), the best evaluation's adapter, the optimizer and RNG
-files. A checkpoint that does not read is never resumed, overwritten or deleted: it is moved into
-``<checkpoints>/unreadable-<time>/`` and one :class:`~colab_helpers.errors.ColabHelpersWarning` names the folder and
-what is wrong with each, then the run resumes from the newest readable checkpoint, or starts from step 0 when none
-is left. An adapter that reads but holds NaN or infinity is not damage but a run that diverged: it is refused with
-an error naming the checkpoint (resuming it would train on NaN), before the model or any file is touched.
+:func:`checkpoint_to_resume` takes the newest checkpoint that reads whole; one that does not is never resumed,
+overwritten or deleted but moved into ``<checkpoints>/unreadable-<time>/`` with one warning. One whose adapter holds
+NaN or infinity is refused with an error before the model or any file is touched.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""The resumable state of a training run: :class:`TrainingState` holds every counter a checkpoint saves and a
-resume restores (step, history, events, learning-rate scale, micro-batch, NaN streak, rollbacks, best evaluation,
-training seconds). Its dataclass fields are the one list of those counters: :meth:`TrainingState.to_dict` and
-:meth:`TrainingState.from_dict` read them from there, so adding a counter is one line. It also keeps the run's
-clock (seconds of earlier sessions plus the running one). Tensors (adapter, optimizer, RNG) are not here: see
-:mod:`.checkpoint`.
-"""
+"""The resumable state of a training run: :class:`TrainingState` holds every counter a checkpoint saves and a resume
+restores (its dataclass fields are the one list of them), and the run's clock. Tensors are :mod:`.checkpoint`'s."""
 
 from __future__ import annotations
 

@@ -1,18 +1,7 @@
-"""The teacher's top-k logits of every training sequence, computed once and kept on disk (``DistillConfig(
-teacher_cache=...)``), so that distillation needs the teacher for one pass over the data instead of one forward
-per step, and a resumed run (or a second run on the same data) needs it not at all.
-
-A cache folder holds ``shard-<n>.safetensors`` files (``values``: float32 ``[rows, length, k]`` logits,
-``indices``: int32 token ids, ``log_normalizer``: float32 ``[rows, length]`` logsumexp of the logits at the run's
-temperature; rows in the order of the training blocks) and ``cache.json``, its manifest: the fingerprint of what
-was computed (teacher name, parameter count and shapes, a few embedding values; a hash of the training
-sequences; ``top_k``; ``temperature``; ``seq_len``) and each shard's rows and size. Every file is written under a
-temporary name and renamed into place, the manifest last, so a build killed half way leaves no manifest and is
-simply built again. A cache whose fingerprint does not match the run (another teacher, other data, another
-``top_k``, ``temperature`` or ``seq_len``) or whose shards are damaged is computed again after one
-:class:`~colab_helpers.errors.ColabHelpersWarning` naming the difference; only the cache's own files are replaced.
-The whole cache is read into CPU memory (``rows x length x (k x 8 + 4)`` bytes); each micro-batch's rows go to the
-device when they are used. torch and safetensors are imported inside the functions.
+"""The teacher's top-k logits of every training sequence, computed once into safetensors shards
+(``DistillConfig(teacher_cache=...)``), so distillation runs the teacher for one pass over the data, and a resumed or
+repeated run not at all. Written atomically, manifest last; a cache of another teacher, data, ``top_k``,
+``temperature`` or ``seq_len``, or a damaged one, is computed again with one warning.
 """
 
 from __future__ import annotations
@@ -46,7 +35,8 @@ _SHARD_BYTES = 256 << 20  # about this much per shard file
 
 @dataclass
 class TeacherCache:
-    """The teacher's top-k logits of every training sequence, in CPU memory (see the module docstring)."""
+    """The teacher's top-k logits of every training sequence (rows in the order of the training blocks), in CPU
+    memory (``rows x length x (k x 8 + 4)`` bytes); a micro-batch's rows go to the device when used."""
 
     values: torch.Tensor  # [rows, length, k] float32 logits, largest first
     indices: torch.Tensor  # [rows, length, k] int32 token ids

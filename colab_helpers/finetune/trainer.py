@@ -1,94 +1,45 @@
-"""The guarded LoRA training loop: :class:`FineTuner` and :func:`fine_tune`.
+"""The guarded training loop: :class:`FineTuner` and :func:`fine_tune`.
 
-Our own small loop over peft (AdamW, gradient clipping, explicit atomic checkpoints), not transformers'
-``Trainer``, because a ``Trainer`` cannot change device mid-``train()`` (a CUDA error must let the same run go on
-on the CPU), cannot halve the micro-batch and retry a step on OOM, filters NaN only from the *logged* loss
-(non-finite gradients still reach the optimizer), and writes checkpoints in place (a kill mid-save leaves a
-broken "latest"). Plots, progress and gradient files attach from outside through minGPT-style callbacks
-(:mod:`.callbacks`).
-
-One step: the step's sequences (``micro_batch_size x accumulation``, fixed by the step number so a resumed or
-retried step sees the same data, :mod:`.blocks`) go through forward and backward in micro-batches; gradients
-are clipped; one host sync reads the loss and the gradient norm; a non-finite value skips the update and the
-:class:`~.guard.FailureGuard` decides what follows (as it does for out-of-memory and CUDA errors). The run's
-counters are a :class:`~.state.TrainingState`, saved with the adapter by :func:`.checkpoint.save_run`.
-
-What a micro-batch's loss is comes from one override point, :meth:`FineTuner._train_loss`: the causal-LM loss
-here, knowledge distillation from a teacher in :class:`~.distill.Distiller`. It may return extra terms (named by
-``loss_parts``) that reach the history rows through the same one host sync. ``method="full"`` trains every weight
-of the model instead of an adapter: the same loop, the weights in the checkpoints, the model saved whole at the end.
-
-Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs on every rank: each rank trains on
-its own share of the step's sequences, one all-reduce averages gradients and loss (:mod:`.distributed`), so every
-guard decides the same on every rank; rank 0 alone writes files and shows progress.
-
-About 650 lines, in one module because what is left shares the run's live fields (model, optimizer, device,
-precision and GradScaler, ranks, callbacks) and changes together: set-up in the order
-the checks must run (data, ranks, targets, resume, adapter), the loop, the step with its retry, the evaluation
-with early stopping, and the four-line hand-offs to checkpoint files. Splitting them further would pass those
-fields around or reach into private ones; every piece that stands on its own (data :mod:`.blocks`, counters
-:mod:`.state`, failures :mod:`.guard`, files :mod:`.checkpoint`, result :mod:`.result`) has its own module.
+Our own small loop over peft (AdamW, gradient clipping, atomic checkpoints) rather than transformers' ``Trainer``:
+it moves a run to the CPU mid-``train()``, halves the micro-batch and retries a step, keeps non-finite gradients
+from the optimizer and checkpoints atomically. A step's failures are the :class:`~.guard.FailureGuard`'s to handle;
+a micro-batch's loss comes from one override point, :meth:`FineTuner._train_loss` (distillation:
+:class:`~.distill.Distiller`). Under ``accelerate launch`` / ``torchrun`` every rank runs this loop
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ColabHelpersWarning
 from ..runtime.cuda_fallback import is_cuda_oom
-from ..runtime.files import atomic_write_text, ensure_writable_dir
 from ..runtime.modules import model_device
-from ..runtime.records import to_jsonable
 from . import checkpoint as ckpt
 from .blocks import eval_blocks, total_steps, training_blocks
-from .callbacks import GradientCallback, LivePlotCallback, ProgressCallback
+from .callbacks import Hooks, run_callbacks
 from .completions import CompletionBatch, TrainingData, weight
 from .config import FineTuneConfig
-from .distributed import check_same_model, join_device, setup_distributed
-from .guard import (
-    FailureGuard,
-    StopTraining,
-    check_finite_weights,
-    load_values,
-    move_optimizer_state,
-    remote_oom,
-    to_device,
-)
-from .lora import (
-    adapter_targets,
-    attach_lora,
-    check_4bit,
-    choose_backend,
-    hooked_modules,
-    is_quantized,
-    model_fingerprint,
-    resolve_precision,
-    trainable_parameters,
-)
+from .device import autocast, batch_inputs, run_to_cpu
+from .distributed import check_same_model, join_device, remote_oom, setup_distributed
+from .evaluator import Evaluator
+from .guard import FailureGuard, GuardedRun, StopTraining, check_finite_weights
+from .lora import adapter_targets, check_4bit, model_fingerprint, resolve_precision
+from .outputs import CHECKPOINT_DIR, output_dir_for, save_trained, write_summary
 from .result import FineTuneResult
 from .resume import checkpoint_to_resume
 from .state import TrainingState
+from .trainable import check_full_training, make_trainable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"  # method="full": the trained model, saved whole
-GRADIENT_DIR = "gradients"
-PLOT_FILE = "training.png"
-SUMMARY_FILE = "history.json"
-_CALLBACK_HOOKS = ("on_train_begin", "on_step_end", "on_gradients", "on_eval", "on_event", "on_train_end",
-                   "on_train_error")
 _QUIET_EVENTS = ("nan_skip", "resumed", "early_stop")  # logged at INFO, the others at WARNING
 
 
@@ -123,26 +74,18 @@ class FineTuner:
             raise TypeError(f"config must be a FineTuneConfig, got {type(cfg).__name__}; e.g. FineTuneConfig(max_steps=99)")
         # --- data: checked before any model or file work, so a bad input fails fast and leaves no empty folder ---
         self._blocks, self.completion_only = training_blocks(tokenizer, train_texts, cfg)  # pairs: prompts masked
-        self._eval_blocks = eval_blocks(tokenizer, eval_texts, cfg)
+        evaluation = eval_blocks(tokenizer, eval_texts, cfg)
         check_finite_weights(model, self.model_role)  # NaN weights: every step skipped; refused before any folder
-        # --- data-parallel run (accelerate launch / torchrun); None in a plain single process ---
-        self.device = model_device(model)
-        self._dist = setup_distributed(self.device)
-        self.rank = self._dist.rank if self._dist is not None else 0
-        self.world_size = self._dist.world_size if self._dist is not None else 1
-        self.is_main_process = self.rank == 0  # the rank that writes files and shows progress
-        if self._dist is not None:
-            self.device = join_device(self._dist, model, self.device)
-            if self._eval_blocks is not None:  # each rank scores a disjoint share; the mean is over all of them
-                self._eval_total = weight(self._eval_blocks)
-                self._eval_blocks = self._eval_blocks[self.rank :: self.world_size]
+        self._join_ranks(model)
+        self.evaluator = Evaluator(evaluation, self._dist)
         self.max_steps = total_steps(cfg, self._blocks, self.world_size, self.completion_only)
         # --- model ---
         self.tokenizer = tokenizer  # saved with the model of a method="full" run
         self._amp_dtype, use_scaler = resolve_precision(cfg.dtype, self.device)
         self._scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         if cfg.method == "full":
-            self.targets, self.gated_left_out = _check_full_training(model), []
+            check_full_training(model)
+            self.targets, self.gated_left_out = [], []
         else:
             self.targets, self.gated_left_out = adapter_targets(model, cfg.target_modules)
         self.fingerprint = self._fingerprint(model)
@@ -150,60 +93,45 @@ class FineTuner:
             check_same_model(self._dist, self.fingerprint)
         self.quantized = check_4bit(cfg, model, self.device)
         # --- the checkpoint to resume, checked before the model is touched (a mismatch leaves it as it was) ---
-        new_folder = not Path(cfg.output_dir).expanduser().exists()
-        self.output_dir = _writable_output_dir(cfg.output_dir)
-        self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
-        try:
+        with output_dir_for(cfg.output_dir) as self.output_dir:  # a folder made for a failed set-up is removed
+            self.checkpoint_dir = self.output_dir / CHECKPOINT_DIR
             resume_from = checkpoint_to_resume(self.checkpoint_dir, self.fingerprint, resume=cfg.resume,
-                                               distributed=self._dist)
-            self.model, self.backend = self._with_adapter(model)
-        except BaseException:
-            if new_folder and not any(self.output_dir.iterdir()):  # made by this call for nothing: leave no trace
-                self.output_dir.rmdir()
-            raise
+                                               distributed=self._dist)  # fmt: skip
+            self.model, self.backend, self._named_params = make_trainable(model, cfg, self.targets, self.device,
+                                                                          quantized=self.quantized)  # fmt: skip
         self.params = [p for _, p in self._named_params]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         # --- run state: the counters go into checkpoints; the guard keeps the rollback snapshots ---
         self.state = TrainingState(micro_batch_size=cfg.micro_batch_size)
-        self.guard = FailureGuard(self)
-        self._best_params: list[torch.Tensor] | None = None
         self._updating = False
-        self._resumed_from: Path | None = None
-        self._user_callbacks = list(callbacks)
-        self._live_plot, self._progress = live_plot, progress
-        self._callbacks: list[Any] = []
-        self._hooks: dict[str, list[Callable[..., None]]] = {}
+        self._user_callbacks, self._live_plot, self._progress = list(callbacks), live_plot, progress
+        self._callbacks: list[Any] = []  # those installed by train(), the live plot and progress bar included
+        self._hooks = Hooks()
         if resume_from is not None:
             self._load_checkpoint(resume_from)
+        self.guard = FailureGuard(self._guarded_run())
         if self._dist is not None:  # same start everywhere, whatever each rank's seed or adapter was
             self._dist.broadcast_parameters(self.params)
 
-    def _with_adapter(self, model: Any) -> tuple[Any, str]:
-        """Return ``(the model with LoRA attached, its backend)``; a peft model's own adapter is trained on. With
-        ``method="full"``: ``(the model itself with every floating-point weight trainable, "full")``."""
-        import torch
-        from peft import PeftModel
+    def _join_ranks(self, model: Any) -> None:
+        """Set the run's device and ranks: a data-parallel run (accelerate launch / torchrun) joins its process
+        group here; a plain single process is rank 0 of 1."""
+        self.device = model_device(model)
+        self._dist = setup_distributed(self.device)
+        self.rank = self._dist.rank if self._dist is not None else 0
+        self.world_size = self._dist.world_size if self._dist is not None else 1
+        self.is_main_process = self.rank == 0  # the rank that writes files and shows progress
+        if self._dist is not None:
+            self.device = join_device(self._dist, model, self.device)
 
-        cfg = self.config
-        if cfg.method == "full":
-            if getattr(model, "loss_type", "") is None:  # as attach_lora: name the loss, quietly
-                model.loss_type = "ForCausalLM"
-            for param in model.parameters():
-                param.requires_grad_(param.is_floating_point())
-            tuned, backend = model, "full"
-        elif isinstance(model, PeftModel):
-            tuned, backend = model, "peft"
-        else:
-            backend = choose_backend(cfg, model, self.device, gated=bool(hooked_modules(model)))
-            torch.manual_seed(cfg.seed)  # LoRA initialisation
-            tuned, backend = attach_lora(model, cfg, self.targets, backend, quantized=self.quantized)
-        self._named_params = trainable_parameters(tuned)
-        if not self._named_params:
-            raise ValueError(
-                "the model has no trainable parameters: check target_modules, or load a saved adapter with "
-                "PeftModel.from_pretrained(base, path, is_trainable=True)"
-            )
-        return tuned, backend
+    def _guarded_run(self) -> GuardedRun:
+        """Return what the failure guard may see and do of this run."""
+        return GuardedRun(
+            config=self.config, state=self.state, model=self.model, params=self.params, optimizer=self.optimizer,
+            record_event=self.record_event, save_checkpoint=self.save_checkpoint, move_to_cpu=self.move_to_cpu,
+            checkpoint_dir=self.checkpoint_dir, output_dir=self.output_dir, quantized=self.quantized,
+            rank=self.rank if self._dist is not None else None,
+        )  # fmt: skip
 
     # --- the run's counters, read by callbacks -------------------------------------------------------------
 
@@ -242,24 +170,8 @@ class FineTuner:
 
     # --- callbacks and events ------------------------------------------------------------------------------
 
-    def _install_callbacks(self) -> None:
-        cfg = self.config
-        callbacks = list(self._user_callbacks)  # on every rank: they can check tuner.is_main_process
-        if self._progress and self.is_main_process:
-            callbacks.append(ProgressCallback(self.max_steps, initial=min(self.step, self.max_steps)))
-        if self._live_plot and self.is_main_process:
-            path = self.output_dir / PLOT_FILE
-            callbacks.append(LivePlotCallback(path, min_interval=cfg.plot_every_seconds, title=cfg.plot_title))
-        if cfg.save_gradients and cfg.checkpoint_every and self.is_main_process:
-            callbacks.append(GradientCallback(self.output_dir / GRADIENT_DIR, every=cfg.checkpoint_every))
-        self._callbacks = callbacks
-        self._hooks = {
-            name: [getattr(cb, name) for cb in callbacks if callable(getattr(cb, name, None))] for name in _CALLBACK_HOOKS
-        }
-
     def _emit(self, hook: str, *args: Any) -> None:
-        for fn in self._hooks.get(hook, ()):
-            fn(self, *args)
+        self._hooks(hook, self, *args)
 
     def record_event(self, step: int, kind: str, message: str, **extra: Any) -> None:
         """Record an event of ``step``, log it, and pass it to the callbacks."""
@@ -281,7 +193,10 @@ class FineTuner:
         """
         try:
             self.state.start_clock()
-            self._install_callbacks()
+            self._callbacks = run_callbacks(self._user_callbacks, self.output_dir, self.config,
+                                            main_process=self.is_main_process, max_steps=self.max_steps,
+                                            step=self.step, live_plot=self._live_plot, progress=self._progress)
+            self._hooks = Hooks(self._callbacks)
             self._emit("on_train_begin")
             reason = "max_steps" if self.step < self.max_steps else "resumed_finished"
             self.model.train()
@@ -312,7 +227,7 @@ class FineTuner:
             self.state.history.append(row)
             self._emit("on_step_end", row)
             self.guard.after_step(row)
-            if self._eval_blocks is not None and step % cfg.eval_every == 0:
+            if self.evaluator.enabled and step % cfg.eval_every == 0:
                 self._evaluate_into(row)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
                 self.save_checkpoint()
@@ -320,7 +235,7 @@ class FineTuner:
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
             self._checkpoint_on_interrupt()
-        for fn in self._hooks.get("on_train_error", ()):  # e.g. save the plot of what happened so far
+        for fn in self._hooks.functions("on_train_error"):  # e.g. save the plot of what happened so far
             try:
                 fn(self, exc)
             except Exception as callback_error:  # never hide the original error behind a callback's
@@ -328,7 +243,7 @@ class FineTuner:
 
     def _finish(self, reason: str) -> FineTuneResult:
         """Evaluate the last step, checkpoint, restore the best adapter, save it and return the result."""
-        needs_eval = self._eval_blocks is not None and self.history and "eval_loss" not in self.history[-1]
+        needs_eval = self.evaluator.enabled and self.history and "eval_loss" not in self.history[-1]
         if needs_eval and reason != "resumed_finished":
             with contextlib.suppress(StopTraining):  # the run is over anyway: patience running out changes nothing
                 self._evaluate_into(self.history[-1])
@@ -339,10 +254,10 @@ class FineTuner:
         last = ckpt.latest_checkpoint(self.checkpoint_dir) if finished or failure else self.save_checkpoint()
         self.state.stop_clock()
         state = self.state
-        if self.config.restore_best and self._best_params is not None:
-            load_values(self.params, self._best_params)
+        if self.config.restore_best and self.evaluator.restore_best(self.params):
             logger.info("restored the adapter of step %s (best eval loss %.4f)", state.best_step, state.best_eval_loss)
-        adapter_dir, model_dir = self._save_final(failure)
+        adapter_dir, model_dir = (None, None) if failure else save_trained(
+            self.model, self.tokenizer, self.output_dir, full=self.config.method == "full", write=self.is_main_process)
         result = FineTuneResult(
             model=self.model, history=state.history, events=state.events, best_step=state.best_step,
             best_eval_loss=state.best_eval_loss, seconds=seconds, steps=state.step, stopped_reason=reason,
@@ -352,37 +267,10 @@ class FineTuner:
         self.model.eval()
         self._emit("on_train_end", result)
         if self.is_main_process:
-            summary = json.dumps(to_jsonable(result.to_dict()), indent=1, allow_nan=False)
-            atomic_write_text(self.output_dir / SUMMARY_FILE, summary + "\n")
+            write_summary(result, self.output_dir)
         if self._dist is not None:
             self._dist.barrier()  # when train() returns on any rank, rank 0's files are all there
         return result
-
-    def _save_final(self, failure: str | None) -> tuple[Path | None, Path | None]:
-        """Save what the run trained (nothing for a failed run); return ``(adapter dir, model dir)``.
-
-        LoRA: the adapter in ``<output_dir>/adapter``. ``method="full"``: the whole model and the tokenizer in
-        ``<output_dir>/model``, except for a gated model (its gates cannot be saved): one warning, nothing saved.
-        """
-        from .export import save_adapter, save_model
-
-        if failure:
-            return None, None
-        if self.config.method != "full":
-            adapter_dir = self.output_dir / ADAPTER_DIR
-            return (save_adapter(self.model, adapter_dir) if self.is_main_process else adapter_dir), None
-        gated = hooked_modules(self.model)
-        if gated:
-            warnings.warn(
-                f"method='full': the trained model carries head-gate hooks ({gated[0]}, ...), which save_pretrained "
-                f"cannot store, so {self.output_dir / MODEL_DIR} was not written; remove the gated heads physically "
-                "(colab_helpers.pruning.remove_heads) and save result.model yourself",
-                ColabHelpersWarning,
-                stacklevel=5,  # _save_final <- _finish <- train <- fine_tune <- the caller
-            )
-            return None, None
-        model_dir = self.output_dir / MODEL_DIR
-        return None, (save_model(self.model, self.tokenizer, model_dir) if self.is_main_process else model_dir)
 
     def _checkpoint_on_interrupt(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -487,23 +375,13 @@ class FineTuner:
         with self._autocast():
             return self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
 
-    def _inputs(self, chunk: torch.Tensor | CompletionBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _inputs(self, chunk: torch.Tensor | CompletionBatch) -> tuple[torch.Tensor, ...]:
         """Return ``(input_ids, attention_mask, labels)`` of a micro-batch on the run's device."""
-        import torch
-
-        if isinstance(chunk, CompletionBatch):
-            batch = chunk.to(self.device, non_blocking=True)
-            return batch.input_ids, batch.attention_mask, batch.labels
-        ids = chunk.to(self.device, non_blocking=True)
-        return ids, torch.ones_like(ids), ids
+        return batch_inputs(chunk, self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Return the run's mixed-precision context (none in fp32, e.g. on the CPU)."""
-        import torch
-
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+        return autocast(self.device, self._amp_dtype)
 
     def _schedule(self, step: int) -> float:
         """Return the learning-rate factor of ``step``: linear warm-up, then cosine decay to 10%."""
@@ -516,18 +394,9 @@ class FineTuner:
 
     def move_to_cpu(self) -> None:
         """Move the model, optimizer state and best weights to the CPU in fp32 (the guard's CUDA fallback)."""
-        import torch
-
-        cpu = torch.device("cpu")
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
-        self.model.to(cpu)
-        if any(p.dtype in (torch.float16, torch.bfloat16) for p in self.model.parameters()):
-            self.model.float()  # half-precision matmuls on the CPU are slow or missing
-        move_optimizer_state(self.optimizer, cpu)
-        if self._best_params is not None:
-            self._best_params = to_device(self._best_params, cpu)
-        self.device, self._amp_dtype, self._scaler = cpu, None, None
+        self.device = run_to_cpu(self.model, self.optimizer)
+        self.evaluator.move_to(self.device)
+        self._amp_dtype, self._scaler = None, None
 
     # --- evaluation and early stopping -------------------------------------------------------------------
 
@@ -535,52 +404,17 @@ class FineTuner:
         """Evaluate, merge ``eval_loss`` and ``eval_ppl`` into ``row``, track the best, maybe stop early."""
         while True:
             try:
-                loss = self._eval_loss()
+                loss = self.evaluator.loss(self.model, self._loss, self.micro_batch_size, self.device)
                 break
             except Exception as exc:
                 self.guard.recover(exc, row["step"])
         row["eval_loss"] = loss
         row["eval_ppl"] = math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
         self._emit("on_eval", row)
-        state = self.state
-        if math.isfinite(loss) and (state.best_eval_loss is None or loss < state.best_eval_loss):
-            state.best_eval_loss, state.best_step = loss, row["step"]
-            self._best_params = [p.detach().clone() for p in self.params]
-            state.evals_without_improvement = 0
-            return
-        state.evals_without_improvement += 1
-        patience = self.config.early_stopping_patience
-        if patience is not None and state.evals_without_improvement >= patience:
-            message = (f"eval loss did not improve for {patience} evaluation(s) (best {state.best_eval_loss} at step "
-                       f"{state.best_step}): stopping")
-            self.record_event(row["step"], "early_stop", message, best_step=state.best_step)
+        stop = self.evaluator.observe(self.state, loss, row["step"], self.params, self.config.early_stopping_patience)
+        if stop is not None:
+            self.record_event(row["step"], "early_stop", stop, best_step=self.state.best_step)
             raise StopTraining("early_stopping")
-
-    def _eval_loss(self) -> float:
-        import torch
-
-        assert self._eval_blocks is not None
-        self.model.eval()
-        try:
-            total = torch.zeros((), device=self.device, dtype=torch.float32)
-            failure: BaseException | None = None
-            try:
-                with torch.no_grad():
-                    for chunk in self._eval_blocks.split(self.micro_batch_size):
-                        total += self._loss(chunk).float() * weight(chunk)
-            except Exception as exc:
-                if self._dist is None or not is_cuda_oom(exc):
-                    raise
-                failure = exc  # as in _forward_backward: the other ranks must hear of it, then all retry smaller
-            if self._dist is None:
-                return (total / weight(self._eval_blocks)).item()
-            # each rank scored its share of the eval sequences: the mean over all of them, the same on every rank
-            loss_sum, failures = self._dist.sum([0.0, 1.0] if failure is not None else [total.item(), 0.0])
-            if failures:
-                raise failure or remote_oom(round(failures), self.micro_batch_size)
-            return loss_sum / self._eval_total
-        finally:
-            self.model.train()
 
     # --- checkpoints -------------------------------------------------------------------------------------
 
@@ -597,7 +431,8 @@ class FineTuner:
         if self.world_size > 1:
             state["world_size"] = self.world_size
         names = [name for name, _ in self._named_params]
-        best = dict(zip(names, self._best_params)) if self._best_params is not None else None
+        best_params = self.evaluator.best_params
+        best = dict(zip(names, best_params)) if best_params is not None else None
         weights = dict(self._named_params) if self.config.method == "full" else None
         return ckpt.save_run(self.checkpoint_dir, self.step, self.model, self.optimizer, state, best=best,
                              keep=self.config.keep_checkpoints, weights=weights)
@@ -611,8 +446,7 @@ class FineTuner:
         # the micro-batch an out-of-memory halving left is kept (a bigger one would fail again on the same GPU)
         self.state.micro_batch_size = max(cfg.min_micro_batch_size, min(cfg.micro_batch_size, self.micro_batch_size))
         if best is not None:
-            self._best_params = [best[name].to(param.dtype) for name, param in self._named_params]
-        self._resumed_from = path
+            self.evaluator.best_params = [best[name].to(param.dtype) for name, param in self._named_params]
         self.state.events.append({"step": self.step, "kind": "resumed", "message": f"resumed from {path.name}"})
         logger.info("resumed from %s at step %d of %d", path, self.step, self.max_steps)
 
@@ -637,38 +471,3 @@ def fine_tune(model: Any, tokenizer: Any, train_texts: TrainingData, eval_texts:
     :class:`~colab_helpers.LivePlot` saved as ``<output_dir>/training.png``; ``progress`` shows a tqdm bar.
     """
     return FineTuner(model, tokenizer, train_texts, eval_texts, config, **options).train()
-
-
-def _check_full_training(model: Any) -> list[str]:
-    """Return the adapter targets of a ``method="full"`` run (none); raise ValueError for a model that cannot be
-    trained whole: one carrying a LoRA adapter, one loaded in 4 or 8 bit, or one with float16 weights."""
-    import torch
-
-    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
-        raise ValueError(
-            "method='full' trains a plain model, and this one carries a LoRA adapter: fold it in first (model = "
-            "merge_adapter(model)) or reload the base model; or keep training the adapter with method='lora'"
-        )
-    if is_quantized(model):
-        raise ValueError(
-            "method='full' cannot train a model loaded in 4 or 8 bit: load it unquantized, or use method='lora' "
-            "(QLoRA)"
-        )
-    half = next((name for name, p in model.named_parameters() if p.dtype == torch.float16), None)
-    if half is not None:  # GradScaler refuses float16 gradients, and AdamW's small updates vanish in float16
-        raise ValueError(
-            f"method='full' cannot train float16 weights ({half}, ...; load_model's default on GPUs older than "
-            "the A100, e.g. a T4): load the model with load_model(name, dtype='float32'), or use method='lora'"
-        )
-    return []
-
-
-def _writable_output_dir(path: Any) -> Path:
-    """Return ``path`` created and checked writable; the error says what to pass instead."""
-    try:
-        return ensure_writable_dir(path)
-    except (PermissionError, NotADirectoryError) as exc:
-        raise type(exc)(
-            f"output_dir {str(path)!r} is not writable ({exc}); pass output_dir= a directory you can "
-            "write to, e.g. 'finetune' (on Colab a Drive folder survives a runtime reset)"
-        ) from exc

@@ -14,6 +14,10 @@ This package was the module ``colab_helpers.models``: its names stay importable 
 from __future__ import annotations
 
 from .loading import available_models, load_model, resolve_model_name
+from .memory_estimate import MemoryEstimate, estimate_memory
+from .peak_memory import measure_peak_memory
+from .picking import ModelPick, catalog_table, pick_model
 from .registry import CATALOG, EMBEDDED_MODELS, CatalogEntry, get_entry
 
-__all__ = ["CATALOG", "EMBEDDED_MODELS", "CatalogEntry", "available_models", "get_entry", "load_model", "resolve_model_name"]
+__all__ = ["CATALOG", "EMBEDDED_MODELS", "CatalogEntry", "MemoryEstimate", "ModelPick", "available_models", "catalog_table",
+           "estimate_memory", "get_entry", "load_model", "measure_peak_memory", "pick_model", "resolve_model_name"]

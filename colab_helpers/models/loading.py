@@ -49,13 +49,14 @@ def available_models() -> list[str]:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def check_model_name(name: Any, *, what: str = "model") -> str:
+def check_model_name(name: Any, *, what: str = "model", paths_must_exist: bool = True) -> str:
     """Return ``name`` when it can name a model, else ValueError naming it, the closest catalog names and the fix.
 
     Accepted without any download: ``"auto"``, a catalog id or alias (``"gpt2"``, ``"smollm2-135m-instruct"``, the
     embedded and packaged models), an existing local path, and any hub id of the form ``"owner/name"`` (whether it
     exists is the hub's to say, when it loads). A bare name that is none of these is a typo or a hub id without its
     owner: ``"gpt2-medum"`` is refused here, not swapped for a toy by ``smoke()`` or sent to the hub to fail later.
+    With ``paths_must_exist=False`` a name that looks like a path passes whether or not it exists yet.
     """
     from .packaged import packaged_model
 
@@ -66,6 +67,8 @@ def check_model_name(name: Any, *, what: str = "model") -> str:
     if key.lower() == "auto" or key in EMBEDDED_MODELS or packaged_model(key) is not None or _HUB_ID.match(key):
         return name
     if key.lower() in catalog_keys() or Path(key).expanduser().exists():
+        return name
+    if _looks_like_path(key) and not paths_must_exist:
         return name
     if _looks_like_path(key):
         raise ValueError(f"{what} {name!r} looks like a path, but nothing is there; check the path (the folder that "
@@ -135,18 +138,8 @@ def load_model(
     embedded = resolved in EMBEDDED_MODELS
     source = _model_source(resolved)
     torch_dtype = _resolve_dtype(dtype, target, embedded)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    quantized = load_in_4bit and _can_quantize_4bit(target)
-    if quantized:
-        from transformers import BitsAndBytesConfig
-
-        compute = torch_dtype if torch_dtype in (torch.bfloat16, torch.float16) else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
-        )
-        kwargs["device_map"] = {"": target.index or 0}
+    kwargs = _pretrained_kwargs(torch_dtype, target, attn_implementation, load_in_4bit)
+    quantized = "quantization_config" in kwargs
     logger.info("loading %r from %s (dtype %s, device %s%s)", resolved, source, torch_dtype, target, ", 4-bit" if quantized else "")
     try:
         if (Path(source) / "pruning.json").is_file():  # per-layer head counts: from_pretrained cannot build it
@@ -156,19 +149,10 @@ def load_model(
         else:
             model, tokenizer = _from_pretrained(resolved, source, kwargs)
     except Exception as exc:
-        local = Path(source).expanduser()
-        if local.is_dir():  # a damaged weights file: name it and the fix, not the library's header error
-            broken = _broken_weights(local)
-            if broken is not None:
-                raise OSError(
-                    f"cannot load model {name!r}: its weights file {str(broken[0])!r} is corrupt or truncated "
-                    f"({broken[1]}); download the model again{' (reinstall colab_helpers)' if embedded else ''}, "
-                    "or save it again with model.save_pretrained(folder) (save_pruned for a pruned model)"
-                ) from exc
-        variable = offline_by_env()
-        if isinstance(exc, OSError) and variable is not None and not embedded and not local.exists():
-            raise _unreachable(resolved, f"{variable} is set and no cached copy was found") from exc
-        raise
+        explained = _load_failure(exc, name, resolved, source, embedded)
+        if explained is None:
+            raise
+        raise explained from exc
     if not quantized:
         model.to(target)
     model.eval()
@@ -178,6 +162,43 @@ def load_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _pretrained_kwargs(
+    torch_dtype: torch.dtype, target: torch.device, attn_implementation: str | None, load_in_4bit: bool
+) -> dict[str, Any]:
+    """Return ``from_pretrained``'s keyword arguments; with 4-bit NF4 quantization when asked for and possible."""
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit and _can_quantize_4bit(target):
+        from transformers import BitsAndBytesConfig
+
+        compute = torch_dtype if torch_dtype in (torch.bfloat16, torch.float16) else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+        kwargs["device_map"] = {"": target.index or 0}
+    return kwargs
+
+
+def _load_failure(exc: Exception, name: str, resolved: str, source: str, embedded: bool) -> Exception | None:
+    """Return a clearer error for a failed load (corrupt weights, offline by variable), or None to re-raise ``exc``."""
+    local = Path(source).expanduser()
+    if local.is_dir():  # a damaged weights file: name it and the fix, not the library's header error
+        broken = _broken_weights(local)
+        if broken is not None:
+            return OSError(
+                f"cannot load model {name!r}: its weights file {str(broken[0])!r} is corrupt or truncated "
+                f"({broken[1]}); download the model again{' (reinstall colab_helpers)' if embedded else ''}, "
+                "or save it again with model.save_pretrained(folder) (save_pruned for a pruned model)"
+            )
+    variable = offline_by_env()
+    if isinstance(exc, OSError) and variable is not None and not embedded and not local.exists():
+        return _unreachable(resolved, f"{variable} is set and no cached copy was found")
+    return None
 
 
 def _from_pretrained(name: str, source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -336,5 +357,5 @@ def _can_quantize_4bit(device: torch.device) -> bool:
         reason = "bitsandbytes is not installed (pip install bitsandbytes)"
     else:
         return True
-    warnings.warn(f"load_in_4bit ignored: {reason}; loading the model unquantized", ColabHelpersWarning, stacklevel=3)
+    warnings.warn(f"load_in_4bit ignored: {reason}; loading the model unquantized", ColabHelpersWarning, stacklevel=4)
     return False

@@ -1,52 +1,10 @@
 """How much memory will this model need? A peak-memory estimate for inference, LoRA, QLoRA and full training.
 
-``estimate_memory(model, mode, batch_size=..., seq_len=...)`` returns a ``MemoryEstimate``: the bytes for
-weights, gradients, optimizer state, activations and a fixed overhead, and their total. ``model`` is a
-catalog name (``"gpt2"``, ``"Qwen/Qwen2.5-0.5B"``), a ``transformers`` config, or a loaded model.
-
-How each part is counted (the rules of thumb, checked against measured peaks in docs/memory-estimates.md):
-
-- **weights**: parameters x bytes of the dtype (float32 4, float16/bfloat16 2). QLoRA: the linear layers
-  of the blocks in 4-bit NF4, 0.5 byte per weight plus one float32 absmax per 64-weight block (0.0625 B);
-  embeddings, the output head, norms and biases stay 16-bit. LoRA/QLoRA add the adapters in float32.
-- **trainable parameters**: full: all. LoRA/QLoRA: ``r x (in + out)`` for every attention and MLP
-  projection (``LORA_TARGET_MODULES``).
-- **gradients**: one per trainable parameter, float32 for adapters, the weight dtype for full training,
-  plus the float32 scratch tensor AdamW's foreach step builds (``sqrt(exp_avg_sq)``).
-- **optimizer**: AdamW keeps two float32 moments (8 B per trainable parameter); full training in a 16-bit
-  dtype also keeps a float32 master copy (4 B): 16 B per parameter in all, the usual mixed-precision figure.
-- **activations**, training: what the forward pass saves for the backward, per layer and token in the
-  compute dtype: both norms' inputs and outputs (LayerNorm 2 x hidden each, RMSNorm 3 x hidden),
-  queries/keys/values, the attention output twice (kernel output and its contiguous copy) and the MLP
-  tensors its activation function keeps (``_MLP_SAVED``: ReLU 1, GELU 2, GPT-2's Python "gelu_new" 5,
-  gated SiLU 4 x intermediate); one byte per element for each dropout mask; attention scores
-  ``batch x heads x seq^2`` when they are materialized (eager attention, BLOOM, or sdpa with attention
-  dropout on the CPU, whose fused kernel has no dropout); LoRA dropout keeps one more copy of each adapted
-  layer's input, and 16-bit training casts that input to float32 for the adapter. Plus the logits: the
-  loss works on float32 logits and its backward holds three ``batch x seq x vocab`` float32 tensors at
-  once (12 B per element); with a 50K-150K vocabulary this dominates short, small models. Gradient
-  checkpointing keeps only each layer's input plus one layer's saved tensors.
-- **activations**, inference (a forward pass under ``no_grad`` with the KV cache on): the KV cache
-  (2 x layers x tokens x kv_heads x head_dim), plus the larger of one layer's transient tensors and the
-  logits (``batch x seq x vocab`` in the compute dtype).
-  On the CPU, glibc's allocator keeps freed mid-sized blocks mapped, so peak RSS exceeds the live tensors:
-  the per-layer activations count ``CPU_LAYER_FACTOR`` (1.6) times (measured; the big logits tensors are
-  mapped and unmapped whole and count once), and at inference the layers' transients and the logits add
-  up instead of taking turns.
-- **overhead**: on CUDA the context and cuBLAS workspaces (``CUDA_CONTEXT_BYTES``); on the CPU the
-  resident memory of a Python process that imported torch and transformers and built a model object
-  (``CPU_BASELINE_BYTES``, + ``CPU_TRAINING_BYTES`` when training), measured with
-  ``benchmarks/memory_estimates.py``.
-
-``total = weights + optimizer + overhead + max(activations, gradients)``: the backward pass frees saved
-activations as it produces gradients, so the two never peak together. The estimate is the peak of one
-process doing only this work, loading excluded (``from_pretrained`` can hold a second copy of the largest
-tensor for a moment). Allocator caching on CUDA (what nvidia-smi shows as reserved) commonly adds 5-20 %
-on top, which is why ``pick_model`` plans with a safety factor.
-``measure_peak_memory`` runs a case for real in a fresh process to check an estimate.
-
-The rules of thumb and the arithmetic that applies them stay in one module because each constant is
-calibrated against the formula that uses it (docs/memory-estimates.md); the model's shape is :mod:`.shapes`.
+``estimate_memory(model, mode, batch_size=..., seq_len=...)`` returns a ``MemoryEstimate``: the bytes held by
+weights, gradients, optimizer state, activations and a fixed overhead, and their peak total. This module owns
+the rules of thumb and the arithmetic that applies them; docs/memory-estimates.md says how each part is counted
+and how close the estimate comes to measured peaks. The model's shape is :mod:`.shapes`; :mod:`.peak_memory`
+measures a case for real.
 """
 
 from __future__ import annotations
@@ -55,12 +13,10 @@ import html
 import logging
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..checks import check_integer
 from .shapes import ModelShape, resolve_model
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +27,8 @@ ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
 GB = 1024**3
 MB = 1024**2
 
-# --- rules of thumb (see the module docstring; calibrated in docs/memory-estimates.md) ------------------
-CUDA_CONTEXT_BYTES = 512 * MB  # CUDA context + cuBLAS/cuDNN handles: 0.4-0.6 GB on T4..H100, outside torch's allocator
+# --- rules of thumb (calibrated in docs/memory-estimates.md) --------------------------------------------
+CUDA_CONTEXT_BYTES = 512 * MB  # CUDA context + cuBLAS/cuDNN handles, outside torch's allocator
 CPU_BASELINE_BYTES = 400 * MB  # peak RSS of a fresh Python process that imported torch + transformers and built a tiny model
 CPU_TRAINING_BYTES = 20 * MB  # autograd engine and optimizer bookkeeping on top of that (peft adds nothing measurable)
 QLORA_BYTES_PER_WEIGHT = 0.5 + 4 / 64  # NF4: 4 bits per weight + a float32 absmax per 64-weight block
@@ -199,13 +155,6 @@ def check_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
     return key
 
 
-def check_positive_int(label: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def normalize_dtype(dtype: Any) -> str:
     """Return ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` for a name, alias or torch.dtype."""
     key = str(dtype).strip().lower().removeprefix("torch.")
@@ -272,51 +221,28 @@ def estimate_memory(
     ``"full"`` (training steps with AdamW). ``dtype`` "auto": float32 on the CPU, bfloat16 on CUDA GPUs with
     compute capability >= 8, float16 on older ones (QLoRA always computes in 16 bits). ``device`` "auto":
     CUDA when available. ``lora_r``/``lora_dropout``: the adapters' rank and input dropout.
-    ``attn_implementation`` "eager" materializes the ``seq x seq`` attention scores. See the module
-    docstring for every rule of thumb.
+    ``attn_implementation`` "eager" materializes the ``seq x seq`` attention scores. docs/memory-estimates.md
+    gives every rule of thumb.
     """
     mode = check_choice("mode", mode, MODES)
     dtype = normalize_dtype(dtype)
     device = check_choice("device", device, DEVICES)
     attn_implementation = check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
-    batch_size = check_positive_int("batch_size", batch_size)
-    seq_len = check_positive_int("seq_len", seq_len)
-    lora_r = check_positive_int("lora_r", lora_r)
+    batch_size = check_integer(batch_size, "batch_size")
+    seq_len = check_integer(seq_len, "seq_len")
+    lora_r = check_integer(lora_r, "lora_r")
     if not 0.0 <= float(lora_dropout) < 1.0:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
     shape, model_dtype, model_device = resolve_model(model)
     device, dtype = _resolve_device_dtype(device, dtype, mode, model_dtype, model_device)
-    act_bytes = _DTYPE_BYTES[dtype]
-    training = mode != "inference"
-    notes: list[str] = []
-    if seq_len > shape.context:
-        notes.append(f"seq_len {seq_len} is longer than the model's context of {shape.context} tokens")
-    if mode == "qlora" and device != "cuda":
-        notes.append("4-bit QLoRA needs a CUDA GPU with bitsandbytes; on the CPU this figure is a what-if")
-    if gradient_checkpointing and device == "cpu" and training:
-        notes.append(
-            "on the CPU, gradient checkpointing's recomputation fragments the heap: measured peaks ran about "
-            "1.4-1.5x this estimate (docs/memory-estimates.md)"
-        )
-
-    lora_params = lora_r * shape.lora_in_out if mode in ("lora", "qlora") else 0
-    trainable = shape.params if mode == "full" else lora_params
-    weights = _weight_bytes(shape, mode, dtype) + lora_params * ADAPTER_BYTES
-    grad_bytes = act_bytes if mode == "full" else ADAPTER_BYTES
-    gradients = trainable * (grad_bytes + STEP_SCRATCH_BYTES)
-    optimizer = trainable * (ADAM_BYTES + (MASTER_BYTES if mode == "full" and act_bytes < 4 else 0))
+    act_bytes, training, cpu = _DTYPE_BYTES[dtype], mode != "inference", device == "cpu"
     materialized = _scores_materialized(shape, attn_implementation, device, training)
-    cpu = device == "cpu"
     if training:
         activations = _training_activations(
             shape, mode, batch_size, seq_len, act_bytes, materialized, lora_dropout, gradient_checkpointing, cpu
         )
     else:
         activations = _inference_activations(shape, batch_size, seq_len, act_bytes, materialized, cpu)
-    if device == "cuda":
-        overhead = CUDA_CONTEXT_BYTES
-    else:
-        overhead = CPU_BASELINE_BYTES + (CPU_TRAINING_BYTES if training else 0)
     estimate = MemoryEstimate(
         model=shape.label,
         mode=mode,
@@ -325,16 +251,43 @@ def estimate_memory(
         batch_size=batch_size,
         seq_len=seq_len,
         params=shape.params,
-        trainable_params=trainable,
-        weights=int(weights),
-        gradients=int(gradients),
-        optimizer=int(optimizer),
+        **_parameter_parts(shape, mode, dtype, lora_r),
         activations=int(activations),
-        overhead=int(overhead),
-        notes=tuple(notes),
+        overhead=CUDA_CONTEXT_BYTES if device == "cuda" else CPU_BASELINE_BYTES + (CPU_TRAINING_BYTES if training else 0),
+        notes=_notes(shape, mode, device, seq_len, gradient_checkpointing),
     )
     logger.debug("estimate_memory: %s", estimate.summary())
     return estimate
+
+
+def _parameter_parts(shape: ModelShape, mode: str, dtype: str, lora_r: int) -> dict[str, int]:
+    """Return the parts that follow from the parameters: trainable count, weights, gradients, optimizer bytes."""
+    act_bytes = _DTYPE_BYTES[dtype]
+    lora_params = lora_r * shape.lora_in_out if mode in ("lora", "qlora") else 0
+    trainable = shape.params if mode == "full" else lora_params
+    grad_bytes = act_bytes if mode == "full" else ADAPTER_BYTES
+    master = MASTER_BYTES if mode == "full" and act_bytes < 4 else 0
+    return {
+        "trainable_params": trainable,
+        "weights": int(_weight_bytes(shape, mode, dtype) + lora_params * ADAPTER_BYTES),
+        "gradients": int(trainable * (grad_bytes + STEP_SCRATCH_BYTES)),
+        "optimizer": int(trainable * (ADAM_BYTES + master)),
+    }
+
+
+def _notes(shape: ModelShape, mode: str, device: str, seq_len: int, gradient_checkpointing: bool) -> tuple[str, ...]:
+    """Return the caveats of one estimate: a sequence past the context, QLoRA off CUDA, checkpointing on the CPU."""
+    notes: list[str] = []
+    if seq_len > shape.context:
+        notes.append(f"seq_len {seq_len} is longer than the model's context of {shape.context} tokens")
+    if mode == "qlora" and device != "cuda":
+        notes.append("4-bit QLoRA needs a CUDA GPU with bitsandbytes; on the CPU this figure is a what-if")
+    if gradient_checkpointing and device == "cpu" and mode != "inference":
+        notes.append(
+            "on the CPU, gradient checkpointing's recomputation fragments the heap: measured peaks ran about "
+            "1.4-1.5x this estimate (docs/memory-estimates.md)"
+        )
+    return tuple(notes)
 
 
 def _weight_bytes(shape: ModelShape, mode: str, dtype: str) -> float:

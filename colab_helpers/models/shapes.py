@@ -136,19 +136,38 @@ def config_value(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def shape_from_module(model: Any, config: Any, label: str, params: int | None = None) -> ModelShape:
-    """Return the shape of a built model (real or on the meta device) by walking its linear layers."""
+# config attributes naming each dropout, in the order the architectures' configs use them
+_DROPOUT_KEYS = {
+    "attention": ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"),
+    "hidden": ("resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
+}
+
+
+def _config_dims(config: Any) -> dict[str, int]:
+    """Return the ``ModelShape`` sizes a config states, whatever its architecture calls them."""
+    heads = int(config_value(config, "num_attention_heads", "n_head"))
+    hidden = int(config_value(config, "hidden_size", "n_embd", "d_model"))
+    return {
+        "layers": int(config_value(config, "num_hidden_layers", "n_layer", "num_layers")),
+        "heads": heads,
+        "kv_heads": int(config_value(config, "num_key_value_heads", default=heads)),
+        "head_dim": int(config_value(config, "head_dim", default=hidden // heads)),
+        "hidden": hidden,
+        "intermediate": int(config_value(config, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)),
+        "vocab": int(config.vocab_size),
+        "context": int(config_value(config, "max_position_embeddings", "n_positions", "seq_length", default=2048)),
+    }
+
+
+def _linear_counts(model: Any, family: str) -> tuple[int, int, int, bool]:
+    """Walk ``model``'s linear layers; return ``(quantizable weights, LoRA in+out, LoRA inputs, gated MLP)``.
+
+    The output head stays 16-bit and adapters are not the model: both are left out. LoRA adapts the family's
+    ``LORA_TARGET_MODULES``, or for unknown families every linear layer inside a numbered block.
+    """
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    family = str(getattr(config, "model_type", "unknown"))
-    layers = int(config_value(config, "num_hidden_layers", "n_layer", "num_layers"))
-    heads = int(config_value(config, "num_attention_heads", "n_head"))
-    hidden = int(config_value(config, "hidden_size", "n_embd", "d_model"))
-    kv_heads = int(config_value(config, "num_key_value_heads", default=heads))
-    head_dim = int(config_value(config, "head_dim", default=hidden // heads))
-    intermediate = int(config_value(config, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden))
-    context = int(config_value(config, "max_position_embeddings", "n_positions", "seq_length", default=2048))
     targets = LORA_TARGET_MODULES.get(family)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     quantizable = lora_in_out = lora_inputs = 0
@@ -160,7 +179,7 @@ def shape_from_module(model: Any, config: Any, label: str, params: int | None = 
             fan_in, fan_out = module.weight.shape
         else:
             continue
-        if module is output or "lora_" in name:  # the output head stays 16-bit; adapters are not the model
+        if module is output or "lora_" in name:
             continue
         parts = name.split(".")
         if parts[-1] == "base_layer":  # a layer peft wrapped: its name is the wrapper's
@@ -172,32 +191,29 @@ def shape_from_module(model: Any, config: Any, label: str, params: int | None = 
         if adapted:
             lora_in_out += int(fan_in) + int(fan_out)
             lora_inputs += int(fan_in)
+    return int(quantizable), lora_in_out, lora_inputs, gated
+
+
+def shape_from_module(model: Any, config: Any, label: str, params: int | None = None) -> ModelShape:
+    """Return the shape of a built model (real or on the meta device) by walking its linear layers."""
+    family = str(getattr(config, "model_type", "unknown"))
+    dims = _config_dims(config)
+    quantizable, lora_in_out, lora_inputs, gated = _linear_counts(model, family)
     if params is None:
         params = parameter_count(model, count_lora=False)
-    dropout_keys = {
-        "attention": ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"),
-        "hidden": ("resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
-    }
     activation = config_value(config, "hidden_act", "activation_function")
     return ModelShape(
         label=label,
         family=family,
         params=int(params),
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        hidden=hidden,
-        intermediate=intermediate,
-        vocab=int(config.vocab_size),
-        context=context,
-        quantizable=int(quantizable),
+        **dims,
+        quantizable=quantizable,
         lora_in_out=lora_in_out,
-        lora_inputs=lora_inputs // max(layers, 1),
+        lora_inputs=lora_inputs // max(dims["layers"], 1),
         mlp=mlp_kind(activation if isinstance(activation, str) else None, gated, family),
         norm="rmsnorm" if family in _RMSNORM_FAMILIES else "layernorm",
-        attention_dropout=float(config_value(config, *dropout_keys["attention"], default=0.0)),
-        hidden_dropout=float(config_value(config, *dropout_keys["hidden"], default=0.0)),
+        attention_dropout=float(config_value(config, *_DROPOUT_KEYS["attention"], default=0.0)),
+        hidden_dropout=float(config_value(config, *_DROPOUT_KEYS["hidden"], default=0.0)),
         eager_only=family == "bloom",
     )
 

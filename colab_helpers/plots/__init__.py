@@ -11,3 +11,17 @@
 
 Imports only :mod:`colab_helpers.runtime`; matplotlib and pandas are imported by the functions that draw.
 """
+
+from __future__ import annotations
+
+from ..lazy import lazy_exports
+
+# public name -> module; loaded on first use (the figures import matplotlib when they draw)
+_NAMES: dict[str, str] = {
+    "LivePlot": "live",
+    "plot_head_importance": "pruning", "plot_importance_grid": "pruning", "plot_level_curves": "pruning",
+    "plot_pruned_per_layer": "pruning", "plot_compression": "compression", "plot_recovery_curves": "compression",
+    "plot_sweep": "sweeps", "write_html_report": "report",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_integer
 from ..runtime.files import atomic_write_bytes, check_creatable_dir
 from ..runtime.kernel import in_kernel as _in_kernel
 
@@ -154,7 +155,7 @@ class LivePlot:
         if not isinstance(min_interval, numbers.Real) or not min_interval >= 0:
             raise ValueError(f"min_interval must be a number of seconds >= 0, got {min_interval!r}; try 1.0")
         if layout is not None and not (
-            isinstance(layout, tuple) and len(layout) == 2 and all(isinstance(n, int) and n >= 1 for n in layout)
+            isinstance(layout, tuple) and len(layout) == 2 and all(is_integer(n) and n >= 1 for n in layout)
         ):
             raise ValueError(f"layout must be (rows, cols) of positive ints or None, got {layout!r}; e.g. (2, 2)")
         self.title = str(title)

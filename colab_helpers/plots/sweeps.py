@@ -65,7 +65,8 @@ def heat_table(runs: "pd.DataFrame", value: str = "fine_tuned_perplexity") -> "p
 
 
 def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = None) -> Any:
-    """Perplexity vs level per strategy (pruned solid, fine-tuned dashed; one panel per model), recovery, heat table."""
+    """Perplexity vs level per strategy (pruned solid, fine-tuned dashed; one panel per model), the share of the loss
+    won back (``recovered_share``), heat table."""
     import numpy as np
 
     from .base import new_figure
@@ -93,8 +94,8 @@ def plot_sweep(runs: "pd.DataFrame", *, path: str | os.PathLike[str] | None = No
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
     recovery_ax, heat_ax = axes[-2], axes[-1]
-    if "recovery" in done.columns:
-        rec = done.dropna(subset=["recovery"]).groupby(["method", "level"])["recovery"].mean().unstack(0)
+    if "recovered_share" in done.columns:
+        rec = done.dropna(subset=["recovered_share"]).groupby(["method", "level"])["recovered_share"].mean().unstack(0)
         width = 0.8 / max(len(rec.columns), 1)
         for offset, strategy in enumerate(rec.columns):  # grouped bars by hand: pandas' .plot imports pyplot
             positions = np.arange(len(rec.index)) + (offset - (len(rec.columns) - 1) / 2) * width
@@ -127,7 +128,7 @@ def write_report(runs: "pd.DataFrame", path: str | os.PathLike[str], *, title: s
     done = finished_runs(runs)
     status = runs["status"].value_counts().to_dict() if "status" in runs.columns else {}
     columns = [c for c in ("run_id", "model", "strategy", "pruning_level", "status", "baseline_perplexity",
-                           "pruned_perplexity", "fine_tuned_perplexity", "recovery", "heads_pruned",
+                           "pruned_perplexity", "fine_tuned_perplexity", "recovered_share", "heads_pruned",
                            "fine_tuned_parameters", "run_seconds", "error") if c in runs.columns]  # fmt: skip
     best = done.sort_values("fine_tuned_perplexity").head(5)[[c for c in columns if c in done.columns]]
     return write_html_report(path, title, {

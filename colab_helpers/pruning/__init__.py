@@ -6,19 +6,27 @@ driven by a small table of where attention lives. It works on any loaded ``nn.Mo
 loading (:mod:`colab_helpers.models` imports it to read pruned checkpoints back).
 
 - :mod:`.layout` -- where attention lives per architecture; :func:`head_layout` (per-layer head counts);
-- :mod:`.importance` -- :func:`head_importance`, ``[layers, max_heads]`` scores (random, magnitude, entropy, gradient);
-- :mod:`.selection` -- :func:`select_heads`, the mask of heads to prune at a level (global or per layer);
+- :mod:`.surgery` -- slicing and reading single Linear / Conv1D projections, shared by every removal;
+- :mod:`.batches` -- calibration batches checked and moved to the model, token losses, eval mode, progress bars;
+- :mod:`.importance` -- :func:`head_importance`, ``[layers, max_heads]`` scores (random, magnitude, entropy, gradient),
+  :func:`normalize_scores`;
+- :mod:`.taylor` -- first-order Taylor scores of heads and MLP channels from one backward pass (gradient importance);
+- :mod:`.selection` -- :func:`select_heads` / :func:`select_mlp_channels`, the masks to prune at a level;
 - :mod:`.gating` -- :func:`gate_heads`, reversible gating by hooks (learnable gates for gradient importance);
-- :mod:`.removal` -- :func:`remove_heads`, physical removal by slicing weights, with a :class:`PruneReport`;
+- :mod:`.removal` -- :func:`remove_heads`, physical removal by slicing weights;
+- :mod:`.alibi` -- the ALiBi biases of a layer's kept heads after removal (BLOOM, Falcon-RW);
 - :mod:`.record` -- the pruning record (kept heads per layer), checked on load; the guard against stale masks;
+- :mod:`.reports` -- what each removal reports: :class:`PruneReport`, :class:`MlpReport`, :class:`LayerReport`,
+  :class:`CompressReport`, on one base;
 - :mod:`.io` -- :func:`save_pruned` / :func:`load_pruned`, safetensors + ``pruning.json``;
-- :mod:`.mlp` -- MLP channels: :func:`mlp_importance` (activation, Taylor, random), :func:`gate_mlp`,
-  :func:`remove_mlp_channels` (per-layer sizes go into the record);
+- :mod:`.mlp` -- MLP channels: where they live, :func:`gate_mlp`, :func:`remove_mlp_channels` (per-layer sizes go
+  into the record);
+- :mod:`.mlp_importance` -- :func:`mlp_importance` (activation, Taylor, random);
 - :mod:`.layers` -- whole layers: :func:`layer_importance` (block influence, loss, random), :func:`skip_layers`,
   :func:`remove_layers` (KV-cache indices, config and record follow);
 - :mod:`.flops` -- :func:`forward_flops`, the speed-up prediction read from actual shapes;
-- :mod:`.compress` -- :func:`compress`, to a parameter target across heads, MLP and layers, with a
-  :class:`CompressReport`;
+- :mod:`.compress` -- :func:`compress`, to a parameter target across heads, MLP and layers;
+- :mod:`.allocation` -- the units, their costs and the allocation search behind :func:`compress`;
 - :mod:`.study` -- strategies over seeds, perplexity against level (:class:`~.study.PruningStudyConfig`).
 
 A new architecture: add its attention spec to :mod:`.layout`. A new strategy: a scoring function in
@@ -28,19 +36,34 @@ them, never at import time of this package.
 
 from __future__ import annotations
 
-from .compress import AXES, CompressReport, compress
+from .compress import AXES, compress
 from .flops import forward_flops
 from .gating import HeadGates, gate_heads
-from .importance import AUTO_NORMALIZATION, NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores
+from .importance import NORMALIZATIONS, STRATEGIES, head_importance, normalize_scores
 from .io import load_pruned, save_pruned
-from .layers import LAYER_STRATEGIES, LayerReport, layer_importance, remove_layers, skip_layers
+from .layers import LAYER_STRATEGIES, layer_importance, remove_layers, skip_layers
 from .layout import AttentionSpec, HeadLayout, head_layout, supported_architectures
-from .mlp import MLP_STRATEGIES, MlpGates, MlpReport, gate_mlp, mlp_importance, remove_mlp_channels, select_mlp_channels
-from .removal import PruneReport, remove_heads
-from .selection import SCOPES, select_heads
+from .mlp import MlpGates, gate_mlp, remove_mlp_channels
+from .mlp_importance import MLP_STRATEGIES, mlp_importance
+from .removal import remove_heads
+from .reports import CompressReport, LayerReport, MlpReport, PruneReport
+from .selection import SCOPES, select_heads, select_mlp_channels
+from .study import (
+    PruningStudyConfig,
+    importance_by_strategy,
+    level_sweep,
+    mean_scores,
+    pruning_comparison,
+    summarize_levels,
+)
 
 __all__ = [
-    "AUTO_NORMALIZATION",
+    "PruningStudyConfig",
+    "importance_by_strategy",
+    "level_sweep",
+    "mean_scores",
+    "pruning_comparison",
+    "summarize_levels",
     "AXES",
     "CompressReport",
     "LAYER_STRATEGIES",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layout import head_layout, in_features, is_conv1d, out_features
+from .layout import head_layout
+from .surgery import in_features, is_conv1d, out_features
 
 
 def forward_flops(model: Any, batch: int, seq: int, *, causal: bool = False) -> float:

@@ -18,14 +18,16 @@ kept (``kept_layers``), so incremental decoding equals a full forward and a save
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import HookHandles, parameter_count
-from .layout import RECORD_ATTR, get_path, model_type_of, decoder_layer_list, head_layout, text_config
+from .batches import batch_inputs, check_batches, eval_mode, mean_loss
+from .gating import has_gates
+from .layout import decoder_layer_list, get_path, head_layout, model_type_of, text_config
 from .mlp import known_mlp_sizes
-from .record import ParameterChange, current_record, drop_layers_from_record
+from .record import RECORD_ATTR, current_record, drop_layers_from_record
+from .reports import LayerReport
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -112,33 +114,12 @@ def layer_importance(
     if batches is None:
         raise ValueError(f"layer importance {strategy!r} needs calibration batches (dicts with input_ids); got None")
     batch_list = list(itertools.islice(batches, max_batches) if max_batches is not None else batches)
-    from .importance import check_batches, eval_mode
-
     check_batches(batch_list, model)
 
     with eval_mode(model), torch.no_grad():
         if strategy == "block_influence":
             return _block_influence(model, layers, batch_list, progress)
         return _loss_cost(model, layers, batch_list, progress)
-
-
-def mean_loss(model: nn.Module, batches: Sequence[Any]) -> float:
-    """Mean next-token loss over the real tokens of ``batches`` (no grad, the model as it is now)."""
-    import torch
-
-    from .importance import batch_inputs, token_losses
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            input_ids, attention_mask = batch_inputs(batch, model)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            loss, valid = token_losses(logits, input_ids, attention_mask)
-            total += float(loss.sum())
-            count += int(valid.sum())
-    if not count:
-        raise ValueError("batches held no pair of real tokens; a loss needs text")
-    return total / count
 
 
 def _loss_cost(model: nn.Module, layers: list[nn.Module], batches: list[Any], progress: bool) -> torch.Tensor:
@@ -156,8 +137,6 @@ def _loss_cost(model: nn.Module, layers: list[nn.Module], batches: list[Any], pr
 def _block_influence(model: nn.Module, layers: list[nn.Module], batches: list[Any], progress: bool) -> torch.Tensor:
     import torch
     from tqdm.auto import tqdm
-
-    from .importance import batch_inputs
 
     totals = torch.zeros(len(layers), dtype=torch.float64)
     state: dict[str, Any] = {"mask": None}
@@ -190,21 +169,6 @@ def _block_influence(model: nn.Module, layers: list[nn.Module], batches: list[An
 
 
 # --- removal -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LayerReport(ParameterChange):
-    """What :func:`remove_layers` did: ``removed`` and ``kept`` are indices in the *original* model."""
-
-    layers_before: int = 0
-    removed: tuple[int, ...] = ()
-    kept: tuple[int, ...] = ()
-
-    def summary(self) -> str:
-        return (
-            f"{self.architecture}: removed layers {list(self.removed)} ({self.layers_before} -> {len(self.kept)}); "
-            f"{self.parameters_text()}"
-        )
 
 
 def remove_layers(model: nn.Module, layers: Iterable[int]) -> LayerReport:
@@ -284,8 +248,7 @@ def _check_indices(layers: Iterable[int], n: int, *, allow_all: bool) -> list[in
 
 
 def check_layers_removable(model: nn.Module) -> None:
-    from .gating import has_gates
-
+    """Refuse a model whose layers cannot be removed (an adapter, live gates, layer-index-scaled attention)."""
     if hasattr(model, "peft_config"):
         raise ValueError(
             "the model carries a peft adapter; merge it first (model = model.merge_and_unload()) and remove layers "

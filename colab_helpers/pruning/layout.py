@@ -9,9 +9,6 @@ language model (a single layer, an encoder such as BERT, an encoder-decoder) is 
 
 Head counts are read from the weights, not from the config: after physical removal each layer may have a
 different number of heads while ``model.config`` keeps the original counts.
-
-The spec table and the functions that read it stay in one module because every other pruning module reads
-attention through them; split, a new architecture would be a change in two places.
 """
 
 from __future__ import annotations
@@ -20,13 +17,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .surgery import in_features, out_features, weight_out_in
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
 logger = logging.getLogger(__name__)
-
-RECORD_ATTR = "colab_helpers_pruning"  # attribute of model.config holding what remove_heads kept
 
 _FUSED_LAYOUTS = ("blocks", "interleaved", "grouped")
 
@@ -388,55 +385,6 @@ def _head_dim(model: nn.Module, attn: nn.Module) -> int:
     raise _unsupported(model, "head size not found on the attention module or the config")
 
 
-def base_layer(module: nn.Module) -> nn.Module:
-    """Return the layer an adapter wraps (peft's ``get_base_layer``), or the module itself."""
-    getter = getattr(module, "get_base_layer", None)
-    return getter() if callable(getter) else module
-
-
-def is_conv1d(module: nn.Module, *, unwrap: bool = True) -> bool:
-    """True for GPT-2's ``Conv1D`` (weight stored as ``[in, out]``), also when wrapped by an adapter if ``unwrap``."""
-    if unwrap:
-        module = base_layer(module)
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - defensive
-        Conv1D = ()  # noqa: N806
-    return isinstance(module, Conv1D) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
-
-
-def in_features(module: nn.Module) -> int:
-    """Return the input width of a Linear-like or Conv1D projection."""
-    module = base_layer(module)
-    if is_conv1d(module):
-        return int(module.weight.shape[0])
-    value = getattr(module, "in_features", None)
-    return int(value) if value is not None else int(module.weight.shape[1])
-
-
-def out_features(module: nn.Module) -> int:
-    """Return the output width of a Linear-like or Conv1D projection."""
-    module = base_layer(module)
-    if is_conv1d(module):
-        return int(module.weight.shape[1])
-    value = getattr(module, "out_features", None)
-    return int(value) if value is not None else int(module.weight.shape[0])
-
-
-def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """Return the projection's weight as ``[out, in]`` (a view: Conv1D is transposed; adapters are ignored)."""
-    module = base_layer(module)
-    weight = module.weight
-    if is_conv1d(module):
-        weight = weight.t()
-    if tuple(weight.shape) != (out_features(module), in_features(module)) or not weight.is_floating_point():
-        raise NotImplementedError(
-            f"{type(module).__name__} weight of shape {tuple(weight.shape)} and dtype {weight.dtype} is not a plain "
-            "[out, in] matrix (quantized or wrapped?); use an unquantized model without adapters (merge_and_unload)"
-        )
-    return weight
-
-
 def fused_blocks(layout: str, n_q: int, n_kv: int) -> tuple[list[int], list[int], list[int]]:
     """Return where each query, key and value head sits in a fused projection, in ``head_dim``-row blocks.
 
@@ -496,8 +444,3 @@ def validate_mask(mask: Any, layout: HeadLayout, *, name: str = "mask") -> torch
             )
     return mask
 
-
-def pruning_record(model: Any) -> dict[str, Any] | None:
-    """Return what earlier removals kept (``model.config.colab_helpers_pruning``), or None for an unpruned model."""
-    record = getattr(getattr(model, "config", None), RECORD_ATTR, None)
-    return record if isinstance(record, dict) and record.get("kept_heads") is not None else None

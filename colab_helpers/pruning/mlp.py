@@ -1,5 +1,5 @@
-"""MLP-neuron (intermediate channel) pruning: where each architecture's MLP lives, channel importance, reversible
-gating by hooks, and physical removal with per-layer sizes recorded.
+"""MLP channels (intermediate neurons): where each architecture's MLP lives, reversible gating by hooks, and
+physical removal with per-layer sizes recorded (importance: :mod:`.mlp_importance`; selection: :mod:`.selection`).
 
 An MLP maps the hidden state up to ``intermediate`` channels (one projection, or two for gated MLPs: ``act(gate)
 * up``) and back down with one output projection. Channel ``c`` is row ``c`` of every up projection (rows ``c``
@@ -7,45 +7,31 @@ and ``intermediate + c`` of Phi-3's fused ``gate_up_proj``) and column ``c`` of 
 removing it removes exactly its contribution, the output projection's input ``c``. Gating multiplies that input
 (a forward pre-hook on the output projection), which is why gated and removed logits agree.
 
-Importance of each channel, from calibration batches (``MLP_STRATEGIES``):
-
-- ``"activation"``: mean absolute value of the channel's input to the output projection over real tokens
-  (Minitron's activation-based width importance);
-- ``"taylor"``: first-order Taylor estimate of the loss change when the channel is removed, ``|a * dL/da|``
-  summed over a sequence, per example, averaged (LLM-Pruner's first-order criterion at the channel level, the
-  same estimate as gradient head importance);
-- ``"random"``: uniform scores from a seed (the baseline).
-
-Scores come as one float32 CPU tensor per layer (layers may hold different channel counts after removal).
 transformers configs hold one ``intermediate_size``: the per-layer sizes go into the pruning record
 (:mod:`.record`, ``mlp_sizes``), from which :func:`~colab_helpers.pruning.load_pruned` rebuilds the shapes.
-
-The spec table, gating, importance and removal stay in one module because they must agree on one layout of
-every MLP projection (Phi-3's fused halves, OPT's flattened rows); split, a fix to one could silently break the
-gated == removed guarantee of another.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import HookHandles, model_device, parameter_count
-from .layout import (
-    RECORD_ATTR,
-    get_path,
-    model_type_of,
+from .layout import decoder_layer_list, get_path, head_layout, model_type_of
+from .record import RECORD_ATTR, current_record
+from .reports import MlpReport
+from .surgery import (
     base_layer,
-    decoder_layer_list,
-    head_layout,
     in_features,
     is_conv1d,
     out_features,
+    replace_int_attributes,
+    slice_in,
+    slice_out,
     weight_out_in,
 )
-from .record import ParameterChange, current_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -53,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-MLP_STRATEGIES = ("activation", "taylor", "random")
 # Integer attributes of MLP modules that track the intermediate size (updated only when they hold the old value).
 _SIZE_ATTRS = ("intermediate_size", "ffn_dim", "inner_dim", "n_inner")
 
@@ -251,154 +236,7 @@ def check_masks(masks: Any, sites: list[MlpSite], *, name: str = "masks") -> lis
     return checked
 
 
-# --- importance --------------------------------------------------------------------------------------------
-
-
-def mlp_importance(
-    model: nn.Module,
-    batches: Iterable[Mapping[str, Any]] | None,
-    strategy: str = "taylor",
-    *,
-    seed: int = 0,
-    max_batches: int | None = None,
-    progress: bool = True,
-) -> list[torch.Tensor]:
-    """Return one float32 CPU tensor per decoder layer: the importance of each MLP channel, higher = keep.
-
-    ``strategy``: ``"activation"`` (mean |activation| over real tokens, as Minitron), ``"taylor"`` (first-order
-    Taylor, ``|sum over a sequence of a * dL/da|`` averaged over examples, as LLM-Pruner) or ``"random"``.
-    ``batches`` are dicts with ``input_ids`` (and optionally ``attention_mask``; padding is excluded), read up to
-    ``max_batches``. The model's weights, train/eval flags and ``requires_grad`` flags are left as they were.
-    """
-    import torch
-
-    check_mlp_strategy(strategy)
-    sites = mlp_sites(model)
-    if strategy == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return [torch.rand(s.size, generator=generator) for s in sites]
-    if batches is None:
-        raise ValueError(f"MLP importance {strategy!r} needs calibration batches (dicts with input_ids); got None")
-    from .importance import check_batches, eval_mode, progress_bar
-
-    check_batches(batches, model, max_batches=max_batches)
-    batches = progress_bar(batches, f"MLP importance ({strategy})", max_batches, progress)
-    with eval_mode(model):
-        if strategy == "activation":
-            return _activation_scores(model, sites, batches)
-        from .importance import taylor_scores
-
-        return taylor_scores(model, batches, heads=False, mlp=True)[1]
-
-
-def check_mlp_strategy(strategy: Any) -> str:
-    """Return ``strategy`` when it names an MLP importance strategy, else raise ValueError listing them."""
-    if strategy not in MLP_STRATEGIES:
-        raise ValueError(f"MLP importance strategy must be one of {', '.join(MLP_STRATEGIES)}, got {strategy!r}")
-    return strategy
-
-
-def _activation_scores(model: nn.Module, sites: list[MlpSite], batches: Iterable[Any]) -> list[torch.Tensor]:
-    import torch
-
-    from .importance import batch_inputs
-
-    totals = [torch.zeros(s.size, dtype=torch.float64) for s in sites]
-    state: dict[str, Any] = {"mask": None}
-
-    def capture(index: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().abs().float()
-            mask = state["mask"]
-            if mask is not None:
-                rows = mask.reshape(-1, 1) if x.dim() == 2 else mask.reshape(*mask.shape, *([1] * (x.dim() - 2)))
-                x = torch.where(rows.bool(), x, 0.0)  # not x * mask: inf or NaN at a padded position stays out
-            totals[index] += x.reshape(-1, x.shape[-1]).sum(dim=0).double().cpu()
-
-        return hook
-
-    handles = [s.output.register_forward_pre_hook(capture(s.index)) for s in sites]
-    tokens = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                input_ids, attention_mask = batch_inputs(batch, model)
-                state["mask"] = attention_mask
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-                tokens += int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not tokens:
-        raise ValueError("batches held no real tokens; activation importance needs text")
-    return [(t / tokens).float() for t in totals]
-
-
-def select_mlp_channels(
-    scores: Sequence[torch.Tensor], level: float, *, scope: str = "global", min_channels: int = 1, round_to: int = 1
-) -> list[torch.Tensor]:
-    """Return bool masks (True = prune) removing the ``level`` share of all channels with the lowest scores.
-
-    ``scope="global"`` ranks all layers' channels together (for scores on one scale, e.g. ``"taylor"``),
-    ``"layer"`` removes the share from every layer. Every layer keeps at least ``min_channels``, and the kept
-    count of a layer is a multiple of ``round_to`` where possible (GPU kernels favour multiples of 8).
-    """
-    import torch
-
-    if not 0 <= level < 1:
-        raise ValueError(f"level must be in [0, 1) (share of MLP channels to prune), got {level!r}")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"{name} must be an int >= 1 (every layer keeps a channel; remove whole layers with remove_layers), "
-                f"got {value!r}"
-            )
-    sizes = [len(s) for s in scores]
-    if scope == "layer":
-        keep = [max(min_channels, n - int(round(level * n))) for n in sizes]
-    else:
-        flat = torch.cat([s.float() for s in scores])
-        k = int(round(level * flat.numel()))
-        order = torch.argsort(flat)[:k]
-        layer_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        pruned = torch.bincount(layer_of[order], minlength=len(sizes)).tolist()
-        keep = [max(min_channels, n - p) for n, p in zip(sizes, pruned)]
-    return masks_keeping(scores, [_round(k, n, round_to, min_channels) for k, n in zip(keep, sizes)])
-
-
-def _round(keep: int, size: int, round_to: int, minimum: int) -> int:
-    if round_to <= 1 or keep >= size:
-        return keep
-    return min(size, max(minimum, round_to * round(keep / round_to)))
-
-
-def masks_keeping(scores: Sequence[torch.Tensor], keep: Sequence[int]) -> list[torch.Tensor]:
-    """Return per-layer bool masks (True = prune) keeping the ``keep[i]`` highest-scored channels of layer ``i``."""
-    import torch
-
-    masks = []
-    for layer_scores, k in zip(scores, keep):
-        mask = torch.ones(len(layer_scores), dtype=torch.bool)
-        mask[torch.argsort(layer_scores.float(), descending=True)[:k]] = False
-        masks.append(mask)
-    return masks
-
-
 # --- removal -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MlpReport(ParameterChange):
-    """What :func:`remove_mlp_channels` did: channels per layer before and after, parameters before and after."""
-
-    sizes_before: tuple[int, ...] = ()
-    sizes_after: tuple[int, ...] = ()
-
-    def summary(self) -> str:
-        before, after = sum(self.sizes_before), sum(self.sizes_after)
-        return f"{self.architecture}: removed {before - after} of {before} MLP channels; {self.parameters_text()}"
 
 
 def remove_mlp_channels(model: nn.Module, masks: Sequence[Any]) -> MlpReport:
@@ -427,7 +265,7 @@ def remove_mlp_channels(model: nn.Module, masks: Sequence[Any]) -> MlpReport:
             continue
         keep = (~mask).nonzero().flatten()
         _slice_site(site, keep.to(site.output.weight.device))
-    after = [s.size for s in mlp_sites(model)]
+    after = [s.size for s in sites]  # _slice_site keeps each site's size current
     record["mlp_sizes"] = after
     setattr(model.config, RECORD_ATTR, record)
     report = MlpReport(
@@ -467,8 +305,6 @@ def apply_mlp_sizes(model: nn.Module, sizes: Sequence[int], *, original: Sequenc
 def _slice_site(site: MlpSite, keep: torch.Tensor) -> None:
     import torch
 
-    from .removal import slice_in, slice_out
-
     old = site.size
     rows = torch.cat([keep, keep + old]) if site.spec.fused_gate_up else keep
     with torch.no_grad():
@@ -476,9 +312,7 @@ def _slice_site(site: MlpSite, keep: torch.Tensor) -> None:
             slice_out(proj, rows)
         slice_in(site.output, keep)
     for module in (site.module, *site.inputs):
-        for name in _SIZE_ATTRS:
-            if type(getattr(module, name, None)) is int and getattr(module, name) == old:
-                setattr(module, name, len(keep))
+        replace_int_attributes(module, _SIZE_ATTRS, old, len(keep))
     site.size = len(keep)
 
 
@@ -491,7 +325,6 @@ def _check_plain(model: nn.Module, site: MlpSite, proj: nn.Module) -> None:
     weight_out_in(proj)  # raises for quantized weights
     if not (is_conv1d(proj) or hasattr(proj, "in_features")):  # pragma: no cover - defensive
         raise _unsupported(model, f"layer {site.index}: {type(proj).__name__} is not a Linear or Conv1D")
-
 
 
 def known_mlp_sizes(model: nn.Module) -> list[int] | None:

@@ -13,45 +13,24 @@ one entry per layer the model holds *now*: removing a layer removes its entries.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from .layout import RECORD_ATTR, HeadLayout, pruning_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from .layout import HeadLayout
+
 RECORD_VERSION = 2
+RECORD_ATTR = "colab_helpers_pruning"  # attribute of model.config holding the record
 
 
-@dataclass(frozen=True)
-class ParameterChange:
-    """What every removal report holds: the architecture and the parameters before and after (MLP channels and
-    layers; see :class:`~.mlp.MlpReport`, :class:`~.layers.LayerReport`)."""
+def pruning_record(model: Any) -> dict[str, Any] | None:
+    """Return what earlier removals kept (``model.config.colab_helpers_pruning``), or None for an unpruned model."""
+    record = getattr(getattr(model, "config", None), RECORD_ATTR, None)
+    return record if isinstance(record, dict) and record.get("kept_heads") is not None else None
 
-    architecture: str
-    params_before: int
-    params_after: int
-    removed_params: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "removed_params", self.params_before - self.params_after)
-
-    @property
-    def removed_share(self) -> float:
-        """Share of the parameters removed."""
-        return self.removed_params / self.params_before if self.params_before else 0.0
-
-    def parameters_text(self) -> str:
-        """``parameters 1,000 -> 800 (-20.0%)``."""
-        return f"parameters {self.params_before:,} -> {self.params_after:,} (-{self.removed_share:.1%})"
-
-    def summary(self) -> str:  # pragma: no cover - every report says what it removed
-        return f"{self.architecture}: {self.parameters_text()}"
-
-    def _repr_markdown_(self) -> str:
-        return f"**{type(self).__name__}** · {self.summary()}"
 _RECORD_KEYS = (
     "architecture",
     "head_dim",

@@ -10,15 +10,13 @@ gets a per-layer view of the config that answers with the layer's own counts.
 Grouped-query attention: a key/value head goes only when every query head of its group goes, and ``repeat_kv``
 needs the same number of query heads per key/value head within a layer. When a mask leaves groups uneven, the
 fewest pruned query heads needed to even them are kept as zeroed *padding* heads (query rows and output columns
-zero), so the layer still computes exactly what the gated model computes; :class:`PruneReport` counts them.
+zero), so the layer still computes exactly what the gated model computes; :class:`~.reports.PruneReport` counts
+them. ALiBi models get each layer's kept heads' biases (:mod:`.alibi`).
 
 What was kept is recorded on ``model.config.colab_helpers_pruning`` (:mod:`.record`: original head indices per
 layer), so a second removal composes with the first and :func:`~colab_helpers.pruning.save_pruned` can rebuild the
 shapes. ``model.config`` itself keeps the original head counts: head counts are per layer after removal. Masks
 index the heads a model holds *now*; a stale mask is refused (:func:`~.record.check_mask_is_current`).
-
-Planning, slicing and rebuilding a pruned model's shapes on load stay in one module because they must agree on
-one layout of every projection; split, a fix to one could silently break the other.
 """
 
 from __future__ import annotations
@@ -27,24 +25,32 @@ import copy
 import inspect
 import logging
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import parameter_count
+from .alibi import install_alibi_hooks
 from .gating import has_gates
-from .layout import (
+from .layout import AttentionSite, HeadLayout, attention_sites, fused_blocks, layout_of, text_config, validate_mask
+from .record import (
     RECORD_ATTR,
-    AttentionSite,
-    attention_sites,
-    fused_blocks,
-    is_conv1d,
-    layout_of,
+    check_mask_is_current,
+    check_mask_not_repeated,
+    check_record,
+    current_record,
     pruning_record,
-    text_config,
-    validate_mask,
-    weight_out_in,
 )
-from .record import check_mask_is_current, check_mask_not_repeated, check_record, current_record
+from .reports import PruneReport
+from .surgery import (
+    is_conv1d,
+    plain_linear,
+    replace_int_attributes,
+    slice_in,
+    slice_out,
+    weight_out_in,
+    zero_in_features,
+    zero_out_features,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -62,76 +68,6 @@ _KV_DIM = ("kv_dim",)
 _CONFIG_HEADS = re.compile(r"config\.(num_attention_heads|num_key_value_heads|n_head|num_heads)\b")
 _CONFIG_Q = ("num_attention_heads", "n_head", "num_heads")
 _CONFIG_KV = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
-
-
-@dataclass(frozen=True)
-class PruneReport:
-    """What :func:`remove_heads` did, per layer and in parameters.
-
-    ``padding_heads[i]`` counts the zeroed padding heads layer ``i`` now holds: heads pruned (by this mask or an
-    earlier one) but kept to even grouped-query groups or to keep an emptied layer runnable; they still count in
-    ``query_heads_after`` and compute nothing.
-    ``kept_heads[i]`` lists the original indices (in the unpruned model) of the heads layer ``i`` now holds.
-    """
-
-    architecture: str
-    query_heads_before: tuple[int, ...]
-    query_heads_after: tuple[int, ...]
-    kv_heads_before: tuple[int, ...]
-    kv_heads_after: tuple[int, ...]
-    padding_heads: tuple[int, ...]
-    kept_heads: tuple[tuple[int, ...], ...]
-    params_before: int
-    params_after: int
-    removed_params: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "removed_params", self.params_before - self.params_after)
-
-    @property
-    def removed_heads(self) -> tuple[int, ...]:
-        """Query heads physically removed, per layer."""
-        return tuple(b - a for b, a in zip(self.query_heads_before, self.query_heads_after))
-
-    @property
-    def total_padding(self) -> int:
-        """Pruned heads kept as zeroed padding, over all layers."""
-        return sum(self.padding_heads)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the report as JSON-able builtins (lists for tuples) plus the derived totals."""
-        data = asdict(self)
-        data["removed_heads"] = list(self.removed_heads)
-        data["total_padding"] = self.total_padding
-        return data
-
-    def summary(self) -> str:
-        """One line: heads removed, padding kept, parameters before -> after."""
-        removed = sum(self.removed_heads)
-        share = self.removed_params / self.params_before if self.params_before else 0.0
-        padding = f" ({self.total_padding} kept as zeroed padding)" if self.total_padding else ""
-        return (
-            f"{self.architecture}: removed {removed} of {sum(self.query_heads_before)} query heads{padding}; "
-            f"parameters {self.params_before:,} -> {self.params_after:,} (-{share:.1%})"
-        )
-
-    def _repr_markdown_(self) -> str:
-        return f"**Removal** · {self.summary()}"
-
-    def per_layer(self) -> list[dict[str, int]]:
-        """Return one row per layer (for ``pandas.DataFrame(report.per_layer())``)."""
-        return [
-            {
-                "layer": i,
-                "query_heads_before": self.query_heads_before[i],
-                "query_heads_after": self.query_heads_after[i],
-                "kv_heads_before": self.kv_heads_before[i],
-                "kv_heads_after": self.kv_heads_after[i],
-                "removed_heads": self.removed_heads[i],
-                "padding_heads": self.padding_heads[i],
-            }
-            for i in range(len(self.query_heads_before))
-        ]
 
 
 @dataclass(frozen=True)
@@ -170,18 +106,7 @@ def remove_heads(
     mask = validate_mask(mask, layout)
     if not allow_repeat:
         check_mask_not_repeated(mask, earlier)
-    for site in sites:
-        if bool(mask[site.index, : site.n_q].all()) and not allow_empty_layers:
-            raise ValueError(
-                f"mask prunes all {site.n_q} heads of layer {site.index}; keep at least one "
-                "(select_heads(..., min_heads_per_layer=1)) or pass allow_empty_layers=True to keep the layer "
-                "as one zeroed head"
-            )
-    if any(has_gates(site.out_proj) for site in sites):
-        raise ValueError(
-            "the model has live head gates (gate_heads); call .remove() on them (or leave their with block) "
-            "before remove_heads: their head counts would no longer match"
-        )
+    _check_layers_keep_heads(sites, mask, allow_empty_layers)
     record = current_record(model, layout)
     plans = [plan_layer(mask[s.index, : s.n_q].tolist(), s.n_q, s.n_kv) for s in sites]
     changed = [s for s, p in zip(sites, plans) if p.changes(s.n_q, s.n_kv)]
@@ -196,26 +121,44 @@ def remove_heads(
         new_record["last_mask_heads"] = [
             [record["kept_heads"][i][h] for h in positions] for i, positions in enumerate(new_record["last_mask"])
         ]
-    _install_alibi_hooks(new_sites, new_record)
+    install_alibi_hooks(new_sites, new_record)
     setattr(model.config, RECORD_ATTR, new_record)
-    report = PruneReport(
+    report = _report(layout, new_sites, new_record, params_before, parameter_count(model))
+    logger.info("removed %d heads (%d parameters); %d kept as zeroed padding", sum(report.removed_heads),
+                report.removed_params, report.total_padding)  # fmt: skip
+    return report
+
+
+def _check_layers_keep_heads(sites: list[AttentionSite], mask: torch.Tensor, allow_empty_layers: bool) -> None:
+    """Refuse a mask emptying a layer (unless allowed) and a model with live gates, before anything changes."""
+    for site in sites:
+        if bool(mask[site.index, : site.n_q].all()) and not allow_empty_layers:
+            raise ValueError(
+                f"mask prunes all {site.n_q} heads of layer {site.index}; keep at least one "
+                "(select_heads(..., min_heads_per_layer=1)) or pass allow_empty_layers=True to keep the layer "
+                "as one zeroed head"
+            )
+    if any(has_gates(site.out_proj) for site in sites):
+        raise ValueError(
+            "the model has live head gates (gate_heads); call .remove() on them (or leave their with block) "
+            "before remove_heads: their head counts would no longer match"
+        )
+
+
+def _report(
+    layout: HeadLayout, new_sites: list[AttentionSite], record: dict[str, Any], params_before: int, params_after: int
+) -> PruneReport:
+    return PruneReport(
         architecture=layout.architecture,
         query_heads_before=layout.query_heads,
         query_heads_after=tuple(s.n_q for s in new_sites),
         kv_heads_before=layout.kv_heads,
         kv_heads_after=tuple(s.n_kv for s in new_sites),
-        padding_heads=tuple(len(p) for p in new_record["padding_heads"]),
-        kept_heads=tuple(tuple(k) for k in new_record["kept_heads"]),
+        padding_heads=tuple(len(p) for p in record["padding_heads"]),
+        kept_heads=tuple(tuple(k) for k in record["kept_heads"]),
         params_before=params_before,
-        params_after=parameter_count(model),
+        params_after=params_after,
     )
-    logger.info(
-        "removed %d heads (%d parameters); %d kept as zeroed padding",
-        sum(report.removed_heads),
-        report.removed_params,
-        report.total_padding,
-    )
-    return report
 
 
 def apply_record(model: nn.Module, record: dict[str, Any]) -> None:
@@ -240,7 +183,7 @@ def apply_record(model: nn.Module, record: dict[str, Any]) -> None:
         if plan.changes(site.n_q, site.n_kv):
             check_removable(model, site)
     new_sites = _apply(model, sites, plans, zero_padding=False)
-    _install_alibi_hooks(new_sites, record)
+    install_alibi_hooks(new_sites, record)
     setattr(model.config, RECORD_ATTR, copy.deepcopy(record))
 
 
@@ -275,7 +218,7 @@ def check_removable(model: nn.Module, site: AttentionSite) -> None:
     proj_params: set[int] = set()
     for name in names:
         module = site.proj(name)
-        if not (_plain_linear(module) or is_conv1d(module, unwrap=False)):
+        if not (plain_linear(module) or is_conv1d(module, unwrap=False)):
             raise NotImplementedError(
                 f"layer {site.index}: {name} is a {type(module).__module__}.{type(module).__qualname__}, not a plain "
                 "torch Linear or transformers Conv1D; remove heads "
@@ -308,15 +251,6 @@ def check_removable(model: nn.Module, site: AttentionSite) -> None:
             "self.config, so layers cannot have their own head counts; physical removal is not supported for it, "
             "gate_heads is"
         )
-
-
-def _plain_linear(module: nn.Module) -> bool:
-    """True for torch's Linear and transformers' own subclasses of it (Falcon's FalconLinear), not adapters or
-    quantized layers (peft, bitsandbytes)."""
-    from torch import nn
-
-    kind = type(module)
-    return kind is nn.Linear or (isinstance(module, nn.Linear) and kind.__module__.startswith("transformers."))
 
 
 def _config_view_possible(model: nn.Module, attn: nn.Module, source: str) -> bool:
@@ -446,50 +380,16 @@ def _slice_site(site: AttentionSite, plan: _LayerPlan) -> AttentionSite:
     return replace(site, n_q=new_q, n_kv=new_kv)
 
 
-def _new_param(old: torch.nn.Parameter, value: torch.Tensor) -> torch.nn.Parameter:
-    from torch import nn
-
-    return nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
-
-
-def slice_out(module: nn.Module, rows: torch.Tensor) -> None:
-    """Keep only output features ``rows`` of a Linear (weight rows) or Conv1D (weight columns)."""
-    conv = is_conv1d(module)
-    module.weight = _new_param(module.weight, module.weight.index_select(1 if conv else 0, rows))
-    if getattr(module, "bias", None) is not None:
-        module.bias = _new_param(module.bias, module.bias.index_select(0, rows))
-    if conv:
-        module.nf = len(rows)
-    else:
-        module.out_features = len(rows)
-
-
-def slice_in(module: nn.Module, cols: torch.Tensor) -> None:
-    """Keep only input features ``cols`` of a Linear (weight columns) or Conv1D (weight rows)."""
-    conv = is_conv1d(module)
-    module.weight = _new_param(module.weight, module.weight.index_select(0 if conv else 1, cols))
-    if conv:
-        module.nx = len(cols)
-    else:
-        module.in_features = len(cols)
-
-
 def _update_counts(attn: nn.Module, old_q: int, old_kv: int, new_q: int, new_kv: int, hd: int) -> None:
     """Update the attention module's head-count attributes that hold the old counts."""
-    expected = [
+    for names, old, new in (
         (_Q_COUNT, old_q, new_q),
         (_KV_COUNT, old_kv, new_kv),
         (_GROUPS, old_q // old_kv, new_q // new_kv),
         (_Q_DIM, old_q * hd, new_q * hd),
         (_KV_DIM, old_kv * hd, new_kv * hd),
-    ]
-    for name, value in list(vars(attn).items()):
-        if type(value) is not int:
-            continue
-        for names, old, new in expected:
-            if name in names and value == old:
-                setattr(attn, name, new)
-                break
+    ):
+        replace_int_attributes(attn, names, old, new)
 
 
 def _zero_heads(site: AttentionSite, positions: list[int]) -> None:
@@ -497,24 +397,11 @@ def _zero_heads(site: AttentionSite, positions: list[int]) -> None:
     hd, spec = site.head_dim, site.spec
     for j in positions:
         if not spec.fused:
-            _zero_out_rows(site.proj(spec.q), j * hd, (j + 1) * hd)
+            zero_out_features(site.proj(spec.q), j * hd, (j + 1) * hd)
         else:
             block = fused_blocks(spec.fused_layout or "", site.n_q, site.n_kv)[0][j]
-            _zero_out_rows(site.proj(spec.qkv), block * hd, (block + 1) * hd)
-        module = site.out_proj
-        if is_conv1d(module):
-            module.weight[j * hd : (j + 1) * hd, :] = 0
-        else:
-            module.weight[:, j * hd : (j + 1) * hd] = 0
-
-
-def _zero_out_rows(module: nn.Module, start: int, stop: int) -> None:
-    if is_conv1d(module):
-        module.weight[:, start:stop] = 0
-    else:
-        module.weight[start:stop] = 0
-    if getattr(module, "bias", None) is not None:
-        module.bias[start:stop] = 0
+            zero_out_features(site.proj(spec.qkv), block * hd, (block + 1) * hd)
+        zero_in_features(site.out_proj, j * hd, (j + 1) * hd)
 
 
 def _compose_record(record: dict[str, Any], plans: list[_LayerPlan]) -> dict[str, Any]:
@@ -527,79 +414,3 @@ def _compose_record(record: dict[str, Any], plans: list[_LayerPlan]) -> dict[str
         new["kept_kv_heads"][i] = [record["kept_kv_heads"][i][p] for p in plan.keep_kv]
         new["padding_heads"][i] = [h for h in kept if h in padding]
     return new
-
-
-class _AlibiSlicer:
-    """Forward pre-hook (with kwargs) giving a pruned attention module only its kept heads' ALiBi biases.
-
-    BLOOM builds ``alibi`` as ``[batch * heads, 1, keys]``, older Falcon as ``[batch, heads, 1, keys]``, for all of
-    the model's original heads; each layer keeps the rows of its own heads. Falcon also folds the biases into a
-    ``[batch, heads, queries, keys]`` attention mask (from transformers 5.25 it passes no ``alibi`` at all), which is
-    cut to the kept heads the same way; a mask with one row for all heads is left alone.
-    """
-
-    def __init__(self, kept: list[int], n_full: int, positions: dict[str, int] | None = None) -> None:
-        self.kept = list(kept)
-        self.n_full = n_full
-        self.positions = positions if positions is not None else {"alibi": 2, "attention_mask": 3}
-        self._index: dict[Any, Any] = {}
-
-    def _rows(self, device: Any) -> Any:
-        index = self._index.get(device)
-        if index is None:
-            import torch
-
-            index = self._index[device] = torch.tensor(self.kept, dtype=torch.long, device=device)
-        return index
-
-    def _sliced(self, name: str, value: Any) -> Any:
-        """Return ``value`` cut to the kept heads, or None when it carries no per-head rows."""
-        if value is None or not hasattr(value, "dim"):
-            return None
-        if name == "attention_mask":
-            per_head = value.dim() == 4 and value.shape[1] == self.n_full > 1
-            return value.index_select(1, self._rows(value.device)) if per_head else None
-        if value.dim() == 4 and value.shape[1] == self.n_full:  # Falcon: [batch, heads, 1, keys]
-            return value.index_select(1, self._rows(value.device))
-        rows, rest = value.shape[0], value.shape[1:]  # BLOOM: [batch * heads, 1, keys]
-        if rows % self.n_full:
-            raise RuntimeError(f"alibi has {rows} rows, not a multiple of the model's {self.n_full} heads")
-        batch = rows // self.n_full
-        return value.reshape(batch, self.n_full, *rest).index_select(1, self._rows(value.device)).reshape(-1, *rest)
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        args, kwargs = list(args), dict(kwargs)
-        changed = False
-        for name, at in self.positions.items():
-            positional = name not in kwargs and len(args) > at
-            new = self._sliced(name, args[at] if positional else kwargs.get(name))
-            if new is None:
-                continue
-            changed = True
-            if positional:
-                args[at] = new
-            else:
-                kwargs[name] = new
-        return (tuple(args), kwargs) if changed else None
-
-
-def _install_alibi_hooks(sites: list[AttentionSite], record: dict[str, Any]) -> None:
-    for site in sites:
-        if not site.spec.alibi:
-            continue
-        kept = list(record["kept_heads"][site.index])
-        n_full = int(record["original_query_heads"][site.index])
-        existing = [h for h in site.attn._forward_pre_hooks.values() if isinstance(h, _AlibiSlicer)]
-        if existing:
-            existing[0].kept, existing[0]._index = kept, {}
-        elif kept != list(range(n_full)):
-            site.attn.register_forward_pre_hook(_AlibiSlicer(kept, n_full, _positions(site.attn)), with_kwargs=True)
-
-
-def _positions(attn: nn.Module) -> dict[str, int]:
-    """Return where ``alibi`` and ``attention_mask`` sit among the attention forward's arguments (those it has)."""
-    try:
-        names = list(inspect.signature(attn.forward).parameters)
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return {"alibi": 2, "attention_mask": 3}
-    return {name: names.index(name) for name in ("alibi", "attention_mask") if name in names}

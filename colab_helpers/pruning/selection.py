@@ -1,15 +1,17 @@
-"""Which heads to prune: ``select_heads`` turns importance scores into a mask, over the model or per layer.
+"""Which heads and MLP channels to prune: :func:`select_heads` and :func:`select_mlp_channels` turn importance
+scores into masks (True = prune), over the model or per layer.
 
-Scores are ``[layers, max_heads]`` float tensors (higher = more important, NaN = no head there); the lowest go
-first, never taking a layer below ``min_heads_per_layer``. Every layer holds at least one head and its heads come
+Head scores are ``[layers, max_heads]`` float tensors (higher = more important, NaN = no head there); the lowest
+go first, never taking a layer below ``min_heads_per_layer``. Every layer holds at least one head and its heads come
 first, so a row that is all NaN, or NaN before a number, is a broken score and is refused rather than read as
-"nothing to prune".
+"nothing to prune". MLP scores are one tensor per layer (layers may hold different channel counts).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -34,6 +36,18 @@ def select_heads(
     """
     import torch
 
+    _check_options(level, scope, min_heads_per_layer)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or not scores.is_floating_point():
+        found = f"{scores.dtype} {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a float tensor [layers, max_heads] (from head_importance), got {found}")
+    values = scores.detach().to("cpu", torch.float64)
+    exists = ~torch.isnan(values)
+    _check_rows(exists)
+    pick = _per_layer if scope == "layer" else _over_the_model
+    return pick(values, exists, level, min_heads_per_layer).to(scores.device)
+
+
+def _check_options(level: Any, scope: Any, min_heads_per_layer: Any) -> None:
     if isinstance(level, bool) or not isinstance(level, numbers.Real):
         raise ValueError(f"level must be a number in [0, 1), got {level!r} (a {type(level).__name__})")
     if not 0 <= level < 1:
@@ -45,36 +59,40 @@ def select_heads(
             f"min_heads_per_layer must be an int >= 0, got {min_heads_per_layer!r} "
             f"(a {type(min_heads_per_layer).__name__})"
         )
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or not scores.is_floating_point():
-        found = f"{scores.dtype} {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a float tensor [layers, max_heads] (from head_importance), got {found}")
-    values = scores.detach().to("cpu", torch.float64)
-    exists = ~torch.isnan(values)
-    _check_rows(exists)
-    heads = exists.sum(dim=1).tolist()
+
+
+def _per_layer(values: torch.Tensor, exists: torch.Tensor, level: float, minimum: int) -> torch.Tensor:
+    """Mask the ``round(level * heads)`` lowest heads of every layer."""
+    import torch
+
     mask = torch.zeros(values.shape, dtype=torch.bool)
-    if scope == "layer":
-        for layer, n in enumerate(heads):
-            count = int(round(level * n))
-            if count and n - count < min_heads_per_layer:
-                raise ValueError(
-                    f"level {level} prunes {count} of the {n} heads of layer {layer}, leaving fewer than "
-                    f"min_heads_per_layer={min_heads_per_layer}; lower level or min_heads_per_layer"
-                )
-            order = _ascending(values[layer], exists[layer])
-            mask[layer, order[:count]] = True
-        return mask.to(scores.device)
+    for layer, n in enumerate(exists.sum(dim=1).tolist()):
+        count = int(round(level * n))
+        if count and n - count < minimum:
+            raise ValueError(
+                f"level {level} prunes {count} of the {n} heads of layer {layer}, leaving fewer than "
+                f"min_heads_per_layer={minimum}; lower level or min_heads_per_layer"
+            )
+        order = _ascending(values[layer], exists[layer])
+        mask[layer, order[:count]] = True
+    return mask
+
+
+def _over_the_model(values: torch.Tensor, exists: torch.Tensor, level: float, minimum: int) -> torch.Tensor:
+    """Mask the ``round(level * total heads)`` lowest heads of the model, none taking a layer below ``minimum``."""
+    import torch
+
+    mask = torch.zeros(values.shape, dtype=torch.bool)
     total = int(exists.sum())
     count = int(round(level * total))
-    flat_order = _ascending(values.flatten(), exists.flatten())
-    remaining = list(heads)
+    remaining = exists.sum(dim=1).tolist()
     width = values.shape[1]
     taken = 0
-    for index in flat_order.tolist():
+    for index in _ascending(values.flatten(), exists.flatten()).tolist():
         if taken == count:
             break
         layer, head = divmod(index, width)
-        if remaining[layer] - 1 < min_heads_per_layer:
+        if remaining[layer] - 1 < minimum:
             continue
         mask[layer, head] = True
         remaining[layer] -= 1
@@ -82,9 +100,9 @@ def select_heads(
     if taken < count:
         raise ValueError(
             f"level {level} asks for {count} of {total} heads but only {taken} can go with "
-            f"min_heads_per_layer={min_heads_per_layer}; lower level or min_heads_per_layer"
+            f"min_heads_per_layer={minimum}; lower level or min_heads_per_layer"
         )
-    return mask.to(scores.device)
+    return mask
 
 
 def _check_rows(exists: torch.Tensor) -> None:
@@ -114,3 +132,55 @@ def _ascending(values: torch.Tensor, exists: torch.Tensor) -> torch.Tensor:
     index = exists.nonzero().flatten()
     order = torch.sort(values[index], stable=True).indices
     return index[order]
+
+
+def select_mlp_channels(
+    scores: Sequence[torch.Tensor], level: float, *, scope: str = "global", min_channels: int = 1, round_to: int = 1
+) -> list[torch.Tensor]:
+    """Return bool masks (True = prune) removing the ``level`` share of all channels with the lowest scores.
+
+    ``scope="global"`` ranks all layers' channels together (for scores on one scale, e.g. ``"taylor"``),
+    ``"layer"`` removes the share from every layer. Every layer keeps at least ``min_channels``, and the kept
+    count of a layer is a multiple of ``round_to`` where possible (GPU kernels favour multiples of 8).
+    """
+    import torch
+
+    if not 0 <= level < 1:
+        raise ValueError(f"level must be in [0, 1) (share of MLP channels to prune), got {level!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{name} must be an int >= 1 (every layer keeps a channel; remove whole layers with remove_layers), "
+                f"got {value!r}"
+            )
+    sizes = [len(s) for s in scores]
+    if scope == "layer":
+        keep = [max(min_channels, n - int(round(level * n))) for n in sizes]
+    else:
+        flat = torch.cat([s.float() for s in scores])
+        k = int(round(level * flat.numel()))
+        order = torch.argsort(flat)[:k]
+        layer_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        pruned = torch.bincount(layer_of[order], minlength=len(sizes)).tolist()
+        keep = [max(min_channels, n - p) for n, p in zip(sizes, pruned)]
+    return masks_keeping(scores, [_round(k, n, round_to, min_channels) for k, n in zip(keep, sizes)])
+
+
+def _round(keep: int, size: int, round_to: int, minimum: int) -> int:
+    if round_to <= 1 or keep >= size:
+        return keep
+    return min(size, max(minimum, round_to * round(keep / round_to)))
+
+
+def masks_keeping(scores: Sequence[torch.Tensor], keep: Sequence[int]) -> list[torch.Tensor]:
+    """Return per-layer bool masks (True = prune) keeping the ``keep[i]`` highest-scored channels of layer ``i``."""
+    import torch
+
+    masks = []
+    for layer_scores, k in zip(scores, keep):
+        mask = torch.ones(len(layer_scores), dtype=torch.bool)
+        mask[torch.argsort(layer_scores.float(), descending=True)[:k]] = False
+        masks.append(mask)
+    return masks

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..evaluation.latency import SpeedReport
 from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, smoke_model
-from .importance import STRATEGIES, check_strategy
-from .selection import SCOPES
+from .gating import gate_heads
+from .importance import STRATEGIES, check_strategy, head_importance, normalize_scores
+from .selection import SCOPES, select_heads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,18 +93,16 @@ def importance_by_strategy(
     *,
     seeds: int = 1,
     batches_per_seed: int | None = None,
-    normalize: str = "auto",
+    normalize: str = "none",
     progress: bool = True,
 ) -> dict[str, list["torch.Tensor"]]:
     """Return ``{strategy: [scores per seed]}``; deterministic strategies (``magnitude``) get one entry.
 
     ``random`` varies its draw with the seed; ``entropy`` and ``gradient`` score a different sample of
     ``batches_per_seed`` batches per seed (all batches when None, then one seed suffices). ``normalize`` goes to
-    ``head_importance`` (``"auto"``: safe for a global ranking; ``"none"``: raw scores, see :func:`renormalize`).
+    ``head_importance`` (``"none"``: raw scores; rescale them afterwards with :func:`renormalize`).
     """
     from tqdm.auto import tqdm
-
-    from . import head_importance
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -124,20 +123,9 @@ def importance_by_strategy(
 def renormalize(
     scores_by_strategy: Mapping[str, Sequence["torch.Tensor"]], normalize: str
 ) -> dict[str, list["torch.Tensor"]]:
-    """Return raw scores (``importance_by_strategy(..., normalize="none")``) normalised per layer by ``normalize``.
-
-    ``"auto"`` applies each strategy's own choice (``AUTO_NORMALIZATION``), so one scoring pass can be compared
-    raw and normalised without scoring again. Keys must be strategy names when ``normalize`` is ``"auto"``.
-    """
-    from .importance import AUTO_NORMALIZATION, normalize_scores, resolve_normalization
-
-    result = {}
-    for name, runs in scores_by_strategy.items():
-        if normalize == "auto" and name not in AUTO_NORMALIZATION:
-            raise ValueError(f"'auto' needs strategy names as keys ({', '.join(AUTO_NORMALIZATION)}), got {name!r}")
-        method = resolve_normalization(normalize, name)  # validates; the key matters only for "auto"
-        result[name] = [normalize_scores(scores, method) for scores in runs]
-    return result
+    """Return raw scores (``importance_by_strategy(..., normalize="none")``) normalised per layer by ``normalize``
+    (:func:`~.importance.normalize_scores`), so one scoring pass can be compared raw and normalised."""
+    return {name: [normalize_scores(scores, normalize) for scores in runs] for name, runs in scores_by_strategy.items()}
 
 
 class GatedPerplexity:
@@ -175,7 +163,6 @@ class GatedPerplexity:
     def __call__(self, mask: "torch.Tensor | None" = None) -> dict[str, Any]:
         """Return ``{"perplexity", "tokens", "parts": [perplexity per part], "seconds", "cached"}`` for ``mask``."""
         from ..evaluation.perplexity import perplexity
-        from . import gate_heads
 
         key = b""  # nothing pruned: the unpruned model
         if mask is not None and bool(mask.any()):
@@ -242,8 +229,6 @@ def level_sweep(
     """
     import pandas as pd
     from tqdm.auto import tqdm
-
-    from . import select_heads
 
     for level in levels:
         if not 0 <= level < 1:

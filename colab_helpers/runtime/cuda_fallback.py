@@ -1,20 +1,11 @@
 """CUDA fallback: one predicate decides what counts as a CUDA failure; a failed call is retried once on the CPU.
 
-Modelled on accelerate's ``utils/memory.py``: :func:`is_cuda_error` is the only place that decides, and
-everything that is not a CUDA failure is re-raised untouched. Two tools build on it:
-
-* :func:`cuda_fallback` wraps any function (``@cuda_fallback`` or ``cuda_fallback(model.generate)(**batch)``):
-  on a CUDA failure it frees memory, moves the model and the tensors among the arguments to the CPU, warns
-  once and calls again. Once it has fallen back it stays on the CPU for later calls.
-* :func:`safe_generate` generates text as asked, then greedy, then greedy on the CPU.
-
-After a device-side assert or an illegal memory access the CUDA context is broken: copying tensors off the
-GPU fails too. Then nothing can be rescued in this process and the error says to restart the runtime.
-
-torch is never imported here at module level; the predicate looks torch up only if it is already imported.
-
-The predicate, the retrying decorator and ``safe_generate`` stay in one module because they share the
-move-to-CPU machinery and the one-warning rule; nothing else in the package decides what a CUDA failure is.
+Modelled on accelerate's ``utils/memory.py``: :func:`is_cuda_error` is the only place that decides, and everything
+that is not a CUDA failure is re-raised untouched. :func:`cuda_fallback` wraps any function: on a CUDA failure it
+frees memory, moves the model and the tensor arguments to the CPU, warns once, calls again and stays on the CPU.
+:func:`safe_generate` generates text as asked, then greedy, then greedy on the CPU. After a device-side assert or
+an illegal memory access the CUDA context is broken, nothing can be rescued in this process, and the error says
+to restart the runtime. torch is never imported here at module level.
 """
 
 from __future__ import annotations
@@ -372,17 +363,15 @@ def safe_generate(
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
     if do_sample and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; try top_p=0.95")
-
+    base = {"max_new_tokens": int(max_new_tokens), **kwargs}
     pad_token_id = getattr(tokenizer, "pad_token_id", None)
     if pad_token_id is None:
         pad_token_id = getattr(tokenizer, "eos_token_id", None)
-    base = {"max_new_tokens": int(max_new_tokens), **kwargs}
     if pad_token_id is not None:
         base.setdefault("pad_token_id", pad_token_id)
     greedy = {k: v for k, v in base.items() if k not in _SAMPLING_ONLY_KWARGS} | {"do_sample": False}
     asked = base | ({"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else greedy)
 
-    errors: list[str] = []
     started = time.perf_counter()
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
@@ -392,41 +381,69 @@ def safe_generate(
             import torch
 
             torch.manual_seed(seed)
-        try:
-            return _result(prompt, _generate_once(model, tokenizer, prompt, asked), "as_asked", errors, started)
-        except Exception as exc:
-            if not (is_cuda_error(exc) or _is_sampling_error(exc)):
-                raise
-            errors.append(f"as_asked: {short_error(exc)}")
-            failure = exc
-        if do_sample:  # greedy on the same device; pointless when greedy was what failed
-            _warn_fallback(f"generation failed ({short_error(failure)}); retrying with greedy decoding", failure)
-            _free_cuda_memory()
-            try:
-                return _result(prompt, _generate_once(model, tokenizer, prompt, greedy), "greedy", errors, started)
-            except Exception as exc:
-                if not is_cuda_error(exc):
-                    raise
-                errors.append(f"greedy: {short_error(exc)}")
-                failure = exc
-        elif not is_cuda_error(failure):
-            raise failure
-        _warn_fallback(f"generation failed on CUDA ({short_error(failure)}); moving the model to the CPU", failure)
-        _free_cuda_memory()
-        try:
-            model.to("cpu")
-        except Exception as move_error:
-            raise _unrecoverable(failure, move_error) from failure
-        return _result(prompt, _generate_once(model, tokenizer, prompt, greedy), "cpu", errors, started)
+        return _generate_with_fallbacks(_Attempts(model, tokenizer, prompt, started), asked, greedy, do_sample)
     finally:
         if was_training and hasattr(model, "train"):
             model.train(True)
 
 
+@dataclass
+class _Attempts:
+    """The generation attempts of one ``safe_generate`` call: what they share and the errors so far."""
+
+    model: Any
+    tokenizer: Any
+    prompt: str
+    started: float
+    errors: list[str] = field(default_factory=list)
+
+    def result(self, gen_kwargs: dict[str, Any], path: GenerationPath) -> GenerationResult:
+        """Generate with ``gen_kwargs`` and pack it as taken by ``path``."""
+        return _result(self.prompt, _generate_once(self.model, self.tokenizer, self.prompt, gen_kwargs), path,
+                       self.errors, self.started)  # fmt: skip
+
+    def attempt(
+        self, gen_kwargs: dict[str, Any], path: GenerationPath, recoverable: Callable[[BaseException], bool]
+    ) -> GenerationResult | Exception:
+        """Return the result, or the ``recoverable`` exception it failed with (recorded); anything else propagates."""
+        try:
+            return self.result(gen_kwargs, path)
+        except Exception as exc:
+            if not recoverable(exc):
+                raise
+            self.errors.append(f"{path}: {short_error(exc)}")
+            return exc
+
+
+def _generate_with_fallbacks(
+    attempts: _Attempts, asked: dict[str, Any], greedy: dict[str, Any], do_sample: bool
+) -> GenerationResult:
+    """As asked; then greedy on the same device (pointless when greedy was what failed); then greedy on the CPU."""
+    outcome = attempts.attempt(asked, "as_asked", lambda exc: is_cuda_error(exc) or _is_sampling_error(exc))
+    if isinstance(outcome, GenerationResult):
+        return outcome
+    if do_sample:
+        _warn_fallback(f"generation failed ({short_error(outcome)}); retrying with greedy decoding", outcome)
+        _free_cuda_memory()
+        outcome = attempts.attempt(greedy, "greedy", is_cuda_error)
+        if isinstance(outcome, GenerationResult):
+            return outcome
+    elif not is_cuda_error(outcome):
+        raise outcome
+    _warn_fallback(f"generation failed on CUDA ({short_error(outcome)}); moving the model to the CPU", outcome)
+    _free_cuda_memory()
+    try:
+        attempts.model.to("cpu")
+    except Exception as move_error:
+        raise _unrecoverable(outcome, move_error) from outcome
+    return attempts.result(greedy, "cpu")
+
+
 def _warn_fallback(message: str, cause: BaseException) -> None:
     """Emit one warning for one fallback step: :class:`CudaFallbackWarning` when CUDA failed."""
     category = CudaFallbackWarning if is_cuda_error(cause) else ColabHelpersWarning
-    warnings.warn(f"safe_generate: {message}", category, stacklevel=3)
+    # safe_generate -> _generate_with_fallbacks -> here: the warning points at safe_generate's caller
+    warnings.warn(f"safe_generate: {message}", category, stacklevel=4)
 
 
 def _result(

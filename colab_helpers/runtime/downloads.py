@@ -1,17 +1,9 @@
 """Get results off the runtime: one zip of a run, a download that suits where we run, and a copy to Drive.
 
-* :func:`bundle` zips a results folder: metrics, plots, configs, executed notebooks and small artefacts;
-  weights only when asked; files that may hold credentials never; secret values redacted from file contents
-  (any text encoding, inside compressed files too) and from file names; what cannot be checked left out.
-* :func:`download` sends a file (or a bundled folder) to the browser on Colab, shows a link in other
-  notebooks, and logs the path when no browser is attached (papermill, CI, scripts).
-* :func:`persist_to_drive` copies a file or folder to Google Drive on Colab, where ``/content`` is wiped at
-  every reset.
-
-Nothing heavy is imported here; IPython and ``google.colab`` are imported by the functions that use them.
-
-The three stay in one module because they share one decision, what may leave the runtime (no credentials,
-no secret values, weights only when asked), which must not drift apart.
+:func:`bundle` zips a results folder (no credentials, no secret values, weights only when asked);
+:func:`download` sends a file or a bundled folder to the browser on Colab, shows a link in other notebooks and
+logs the path without a browser; :func:`persist_to_drive` and :func:`drive_results_dir` keep results on Google
+Drive, which survives Colab's resets. IPython and ``google.colab`` are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ from typing import Any, Literal
 
 from ..errors import ColabHelpersWarning
 from .files import atomic_path, ensure_writable_parent
+from .kernel import headless_marked
 from .kernel import in_kernel as _in_kernel
 from .secrets import NAME_MARKER, SecretCheckError, file_contains_secret, redact, scrub_bytes
 
@@ -212,6 +205,26 @@ def bundle(
     The zip is written to a temporary file and renamed, so a failure leaves no partial zip behind;
     ``PermissionError`` naming the zip, before any work, when its folder is not writable.
     """
+    root, target = _bundle_paths(results_dir, output, max_file_mb)
+    ensure_writable_parent(target)
+    max_bytes = None if max_file_mb is None else int(max_file_mb * 2**20)
+    chosen, skipped = _plan(root, target, include_weights=include_weights, max_bytes=max_bytes)
+
+    names = _member_names(redact(root.resolve().name, NAME_MARKER), chosen)
+    outcome: dict[str, list[str]] = {"redacted": [], "withheld": [], "unchecked": []}
+    with atomic_path(target) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for arcname, (path, relative) in sorted(zip(names, chosen), key=lambda pair: pair[0]):
+                _add(archive, path, relative, arcname, outcome)
+    _warn_left_out(skipped, outcome, max_file_mb)
+    _log_bundle(target, names, chosen, skipped, outcome)
+    return target
+
+
+def _bundle_paths(
+    results_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None, max_file_mb: float | None
+) -> tuple[Path, Path]:
+    """Check ``bundle``'s arguments; return ``(the results folder, the zip to write)``."""
     root = Path(results_dir).expanduser()
     if not root.exists():
         raise FileNotFoundError(
@@ -227,40 +240,33 @@ def bundle(
     target = Path(output).expanduser() if output is not None else default_bundle_path(root)
     if target.suffix.lower() != ".zip":
         raise ValueError(f"output must end in .zip, got {str(target)!r}; e.g. output='results.zip'")
-    ensure_writable_parent(target)
-    max_bytes = None if max_file_mb is None else int(max_file_mb * 2**20)
-    chosen, skipped = _plan(root, target, include_weights=include_weights, max_bytes=max_bytes)
+    return root, target
 
-    names = _member_names(redact(root.resolve().name, NAME_MARKER), chosen)
-    outcome: dict[str, list[str]] = {"redacted": [], "withheld": [], "unchecked": []}
-    with atomic_path(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for arcname, (path, relative) in sorted(zip(names, chosen), key=lambda pair: pair[0]):
-                _add(archive, path, relative, arcname, outcome)
 
+def _warn_left_out(skipped: dict[str, list[str]], outcome: dict[str, list[str]], max_file_mb: float | None) -> None:
+    """Warn once per reason a file was left out: too big, may hold credentials, cannot be checked for secrets."""
     shown = {reason: [redact(name, NAME_MARKER) for name in found] for reason, found in skipped.items()}
-    if shown["too big"]:
-        warnings.warn(
-            f"bundle left out {len(shown['too big'])} file(s) over {max_file_mb} MB: "
-            f"{', '.join(shown['too big'])}; pass max_file_mb=None to include them, or use persist_to_drive()",
-            ColabHelpersWarning,
-            stacklevel=2,
-        )
-    if shown["credentials"] or outcome["withheld"]:
-        left_out = shown["credentials"] + outcome["withheld"]
-        warnings.warn(
-            f"bundle left out {len(left_out)} file(s) that may hold credentials: {', '.join(left_out)}",
-            ColabHelpersWarning,
-            stacklevel=2,
-        )
-    if outcome["unchecked"]:
-        warnings.warn(
-            f"bundle left out {len(outcome['unchecked'])} file(s) it cannot check for secret values: "
-            f"{', '.join(outcome['unchecked'])}; store them as text, .gz, .bz2, .xz, .zip or .tar to include them, "
-            "or share them another way",
-            ColabHelpersWarning,
-            stacklevel=2,
-        )
+    left_out = shown["credentials"] + outcome["withheld"]
+    warnings_by_reason = [
+        (shown["too big"], f"over {max_file_mb} MB", "; pass max_file_mb=None to include them, or use persist_to_drive()"),
+        (left_out, "that may hold credentials", ""),
+        (outcome["unchecked"], "it cannot check for secret values", "; store them as text, .gz, .bz2, .xz, .zip or "
+         ".tar to include them, or share them another way"),
+    ]  # fmt: skip
+    for names, why, fix in warnings_by_reason:
+        if names:  # stacklevel 3: the warning points at bundle's caller
+            warnings.warn(f"bundle left out {len(names)} file(s) {why}: {', '.join(names)}{fix}",
+                          ColabHelpersWarning, stacklevel=3)  # fmt: skip
+
+
+def _log_bundle(
+    target: Path,
+    names: list[str],
+    chosen: list[tuple[Path, Path]],
+    skipped: dict[str, list[str]],
+    outcome: dict[str, list[str]],
+) -> None:
+    """Log what ``bundle`` renamed, redacted, left out as weights and wrote."""
     renamed = [new for new, (_, relative) in zip(names, chosen) if not new.endswith("/" + relative.as_posix())]
     if renamed:
         logger.info("bundle: redacted secret values in %d file name(s): %s", len(renamed), ", ".join(renamed))
@@ -271,20 +277,9 @@ def bundle(
         logger.info("bundle: left out %d weight file(s); pass include_weights=True to add them", len(skipped["weights"]))
     written = len(chosen) - len(outcome["withheld"]) - len(outcome["unchecked"])
     logger.info("bundle: %d file(s) written to %s", written, redact(str(target), NAME_MARKER))
-    return target
 
 
 # --- where are we? -----------------------------------------------------------------------------------
-
-
-def _truthy(name: str) -> bool:
-    """True when environment variable ``name`` is set to something other than empty/0/false/no/off."""
-    return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no", "off"}
-
-
-def _headless() -> bool:
-    """True when no browser can be attached: CI, or our papermill runs (``COLAB_HELPERS_HEADLESS=1``)."""
-    return _truthy("CI") or _truthy("COLAB_HELPERS_HEADLESS")
 
 
 def _colab() -> Any | None:
@@ -336,7 +331,7 @@ def download(path: str | os.PathLike[str]) -> DownloadHow:
                 "output='results-bundle.zip'))"
             ) from exc
     logger.info("download: %s (%.1f MB)", redact(str(target.resolve()), NAME_MARKER), target.stat().st_size / 2**20)
-    if not _in_kernel() or _headless():
+    if not _in_kernel() or headless_marked():
         return "logged"
     colab = _colab()
     if colab is not None:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .files import ensure_writable_dir
+from .kernel import HEADLESS_ENV_VAR
 
 logger = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-HEADLESS_ENV = "COLAB_HELPERS_HEADLESS"  # papermill sets nothing a kernel can see, so we mark our own runs
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,16 @@ def _kernel_environment(overrides: Mapping[str, str]) -> Iterator[None]:
     """Set environment variables the kernel inherits; an inherited MPLBACKEND=Agg would drop inline figures."""
     saved = dict(os.environ)
     os.environ.pop("MPLBACKEND", None)
-    os.environ.update({HEADLESS_ENV: "1", **overrides})
+    os.environ.update({HEADLESS_ENV_VAR: "1", **overrides})
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+SMOKE_CELL_TIMEOUT_S = 900
+FULL_CELL_TIMEOUT_S = 3600
 
 
 def execute_notebook(
@@ -62,12 +66,14 @@ def execute_notebook(
     *,
     parameters: Mapping[str, Any] | None = None,
     smoke: bool = False,
-    timeout: int = 900,
+    timeout: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> NotebookRun:
     """Execute ``notebook`` with papermill; return the run with the executed copy under ``output_dir``.
 
-    The notebook's own results go to ``output_dir/<notebook stem>`` (its ``RESULTS_DIR`` parameter).
+    The notebook's own results go to ``output_dir/<notebook stem>`` (its ``RESULTS_DIR`` parameter). ``timeout`` is
+    per cell, in seconds: by default 900 in smoke mode (a hang shows fast) and 3600 at full settings, where one cell
+    runs a whole pipeline on a real model and a slow or busy machine must not fail it.
     Raises papermill's ``PapermillExecutionError`` when a cell fails.
     """
     import papermill
@@ -89,7 +95,7 @@ def execute_notebook(
             kernel_name="python3",
             cwd=str(source.parent.parent),
             progress_bar=False,
-            execution_timeout=timeout,
+            execution_timeout=timeout or (SMOKE_CELL_TIMEOUT_S if smoke else FULL_CELL_TIMEOUT_S),
         )
     return NotebookRun(source, executed, results_dir, time.perf_counter() - started)
 
@@ -112,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every notebook in notebooks/")
     parser.add_argument("--output", default="results", help="where executed notebooks and results go")
     parser.add_argument("--smoke", action="store_true", help="run with SMOKE=True (tiny, seconds)")
+    parser.add_argument("--cell-timeout", type=int, default=None,
+                        help=f"seconds per cell (default {SMOKE_CELL_TIMEOUT_S} with --smoke, else {FULL_CELL_TIMEOUT_S})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = [Path(p) for p in args.notebooks] or (list_notebooks() if args.all else [])
@@ -119,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("name notebooks to run, or pass --all")
     failed = False
     for path in paths:
-        run = execute_notebook(path, args.output, smoke=args.smoke)
+        run = execute_notebook(path, args.output, smoke=args.smoke, timeout=args.cell_timeout)
         errors = error_outputs(run.executed)
         failed |= bool(errors)
         logger.info("%s: %.1f s -> %s%s", path.name, run.seconds, run.executed, f" ERRORS {errors}" if errors else "")

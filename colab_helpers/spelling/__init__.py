@@ -6,26 +6,14 @@
     analysis = study.analyze()            # correlations, parameter effects, top configurations, figures
     analysis.save(study.results_dir)      # report.html (figures embedded) and summary.md
 
-* **Training** goes through the suite's :func:`~colab_helpers.finetune.fine_tune` (unsloth on CUDA where
-  supported, peft otherwise; early stopping on the validation loss of the spelling rows; checkpoints) on the
-  spelling rows only, as (prompt, answer) pairs: one example per sequence, the loss on the answer only
-  (``training.completion_only``; ``False`` trains on the packed texts, prompt included, as before).
-* **Evaluation** is batched greedy generation (left padding, attention mask, a few new tokens) and exact match
-  after :func:`normalize_answer`, never token-level argmax over the label; accuracy per task with a
-  bootstrap 95% interval.
-* **References**: the untouched model (the *baseline*) and a *control* adapter trained for the same number
-  of steps on plain text (the embedded corpus), which separates "any fine-tuning" from "learning to spell".
-  Both are recorded as runs of the sweep ``"reference"`` and reused when a sweep is run again.
-* **Transfer metrics** per run: the gain of each task over the baseline and over the control, and the ratio
-  of the position (count) gain to the spelling gain. The ratio is **None** when the spelling gain is within
-  ``min_spelling_gain`` (2 points by default) of zero: dividing by noise would say nothing.
-  ``study.gains(run_id, reference_run_id)`` gives the gains question by question with *paired* bootstrap
-  intervals (:func:`paired_gains`), much tighter than comparing two accuracies' own intervals.
-* **Analysis**: Pearson and Spearman correlations across runs with bootstrap intervals (numpy only), a
-  per-parameter effect table, the top configurations, a scatter of spelling against transfer accuracy, an
-  HTML report and a Markdown summary.
+Training goes through :func:`~colab_helpers.finetune.fine_tune` on the spelling rows as (prompt, answer) pairs;
+evaluation is batched greedy generation and exact match after :func:`normalize_answer`, per task with bootstrap
+95% intervals; the references are the untouched model (*baseline*) and a *control* adapter trained as long on
+plain text. The transfer metrics are each task's gain over both, with paired intervals (:func:`paired_gains`);
+the analysis correlates them across runs (docs/spelling-transfer.md has the method and results).
 
-Modules: :mod:`.data` (the words, the question templates, the splits), :mod:`.config` (constants, run configs,
+Modules: :mod:`.words` (the shipped word list, filtering), :mod:`.questions` (tasks, templates, prompts, rows),
+:mod:`.data` (settings, splits, the DatasetDict built, saved and loaded), :mod:`.config` (constants, run configs,
 checks), :mod:`.answers` (normalisation, exact match), :mod:`.stats` (bootstrap intervals, correlations),
 :mod:`.evaluation` (batched generation, scoring), :mod:`.training` (the study model, adapters, the control's text),
 :mod:`.sweep` (:class:`SpellingStudy`), :mod:`.analysis` (tables, correlations, effects, :func:`analyze`),
@@ -64,7 +52,6 @@ from .config import (
     finetune_config,
     merge_steps,
 )
-from .data import TASKS
 from .evaluation import (
     SMALL_MODEL_PARAMETERS,
     Evaluation,
@@ -74,6 +61,7 @@ from .evaluation import (
     small_model_threads,
     transfer_metrics,
 )
+from .questions import TASKS
 from .report import TransferAnalysis, plot_parameter_effects, plot_spelling_vs_transfer, plot_task_accuracies
 from .stats import accuracy_with_ci, bootstrap_ci, correlation_with_ci, paired_difference_ci, pearson, rank, spearman
 from .sweep import SpellingStudy

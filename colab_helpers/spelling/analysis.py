@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .answers import is_correct
 from .config import METRICS, MIN_SPELLING_GAIN, SEARCH_SPACE, TRANSFER_TASKS
-from .data import TASKS
+from .questions import TASKS
 from .report import TransferAnalysis, all_finite
 from .stats import accuracy_with_ci, correlation_with_ci, paired_difference_ci
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .data import TASKS
+from .questions import TASKS
 
 _QUOTES = "'\"`\u2018\u2019\u201c\u201d\u00ab\u00bb"
 _NUMBER_WORDS = {

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checks import check_integer
 from ..runtime.files import atomic_write_text
 from ..runtime.modules import model_device, parameter_count
 from .answers import is_correct, normalize_answer
 from .config import MIN_SPELLING_GAIN, TRANSFER_TASKS
-from .data import TASKS
+from .questions import TASKS
 from .stats import accuracy_with_ci
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,8 +37,8 @@ SMALL_MODEL_PARAMETERS = 20_000_000  # on the CPU, models up to this size run si
 def small_model_threads(model: Any, max_parameters: int = SMALL_MODEL_PARAMETERS) -> Iterator[None]:
     """Run the block with one torch thread when ``model`` is tiny and on the CPU, then restore the count.
 
-    A model of ~1M parameters gains nothing from intra-op threads, and on a CPU shared with other work
-    threads that wait for each other made its generation and training 10-30x slower (measured on 2 cores).
+    A tiny model gains nothing from intra-op threads, and on a CPU shared with other work threads waiting for each
+    other slow its generation and training down many times over.
     """
     import torch
 
@@ -74,13 +75,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
     the batch and retries. ``batch_size=1`` is one prompt at a time. A tiny model on the CPU runs with one
     thread (see :func:`small_model_threads`).
     """
-    import torch
-
-    from ..runtime.cuda_fallback import is_cuda_oom
-    from ..runtime.memory import free_memory
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}; e.g. batch_size=32")
+    batch_size = check_integer(batch_size, "batch_size", fix="e.g. batch_size=32")
     if int(max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
     prompts = list(prompts)
@@ -89,43 +84,62 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     config = _greedy_config(model, tokenizer, max_new_tokens)
-    device = model_device(model)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with _left_padding(tokenizer), small_model_threads(model):
+            return _generate_in_order(model, tokenizer, encoded, order, config, batch_size)
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    """Pad on the left in the block (generation goes on after each prompt's last token), with EOS as the padding
+    token when the tokenizer has none; then put both back."""
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if pad is None:
         tokenizer.pad_token = tokenizer.eos_token
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
-    answers: list[str] = [""] * len(prompts)
-    threads = small_model_threads(model)
-    threads.__enter__()
     try:
-        start = 0
-        while start < len(order):
-            chunk = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-            batch = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
-            try:
-                with torch.inference_mode():
-                    output = model.generate(**batch, generation_config=config)
-            except Exception as exc:
-                if not is_cuda_oom(exc) or batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                del batch
-                free_memory()
-                logger.warning("out of memory while generating: batch size halved to %d", batch_size)
-                continue
-            new = output[:, batch["input_ids"].shape[1] :]
-            for index, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
-                answers[index] = text
-            start += len(chunk)
+        yield
     finally:
-        threads.__exit__(None, None, None)
         tokenizer.padding_side = side
         if pad is None:
             tokenizer.pad_token = pad
-        model.train(was_training)
+
+
+def _generate_in_order(model: Any, tokenizer: Any, encoded: list[list[int]], order: list[int], config: Any,
+                       batch_size: int) -> list[str]:  # fmt: skip
+    """Generate the ``encoded`` prompts ``batch_size`` at a time in ``order`` (shortest first, so a batch pads
+    little), halving the batch on CUDA out-of-memory; return the continuations in the prompts' own order."""
+    import torch
+
+    from ..runtime.cuda_fallback import is_cuda_oom
+    from ..runtime.memory import free_memory
+
+    device = model_device(model)
+    answers: list[str] = [""] * len(encoded)
+    start = 0
+    while start < len(order):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+        batch = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
+        try:
+            with torch.inference_mode():
+                output = model.generate(**batch, generation_config=config)
+        except Exception as exc:
+            if not is_cuda_oom(exc) or batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            del batch
+            free_memory()
+            logger.warning("out of memory while generating: batch size halved to %d", batch_size)
+            continue
+        new = output[:, batch["input_ids"].shape[1] :]
+        for index, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+            answers[index] = text
+        start += len(chunk)
     return answers
 
 

@@ -15,7 +15,7 @@ from ..checks import is_finite_number
 from ..plots.report import figure_html, html_report, table_html
 from ..runtime.files import atomic_write_text, ensure_writable_dir
 from .config import METRICS, SEARCH_SPACE, TRANSFER_TASKS
-from .data import TASKS
+from .questions import TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

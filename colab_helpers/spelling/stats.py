@@ -6,13 +6,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..checks import check_integer
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 
 def _check_boot(n_boot: int, confidence: float) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}; e.g. n_boot=1000")
+    check_integer(n_boot, "n_boot", fix="e.g. n_boot=1000")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}; e.g. confidence=0.95")
 

@@ -25,8 +25,9 @@ from .config import (
     default_sweep,
     merge_steps,
 )
-from .data import TASKS, fingerprint
+from .data import fingerprint
 from .evaluation import Evaluation, evaluate, save_predictions, transfer_metrics
+from .questions import TASKS
 from .report import TransferAnalysis
 from .training import completion_pairs, control_texts, train_and_evaluate
 

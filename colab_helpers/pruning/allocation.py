@@ -1,0 +1,298 @@
+"""The allocation search of :func:`~.compress.compress`: every prunable unit (a head, or one head per key/value
+group; an MLP channel; a layer) with its score and parameter cost, budgets split over the axes on a grid, each
+split's units gated at once and measured, and the best split removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..runtime.modules import model_device, parameter_count
+from .batches import eval_mode, mean_loss, progress_bar
+from .gating import HeadGates
+from .layers import SkippedLayers, decoder_layers, layer_importance, remove_layers
+from .layout import AttentionSite, HeadLayout, attention_sites, layout_of
+from .mlp import MlpGates, MlpSite, mlp_sites, remove_mlp_channels
+from .mlp_importance import mlp_importance
+from .removal import remove_heads
+from .surgery import base_layer, in_features, out_features
+from .taylor import taylor_scores
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+_FINE_TO_COARSE = ("mlp", "heads", "layers")  # the finest allowed axis takes the rest of the budget
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How :func:`best_plan` scores and splits (the options of :func:`~.compress.compress`)."""
+
+    axes: tuple[str, ...]
+    mlp_strategy: str
+    layer_strategy: str
+    grid_step: float
+    round_to: int
+    progress: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One allocation: what to remove (positions in the model as it is now) and what it would leave."""
+
+    shares: dict[str, float]
+    head_mask: Any  # torch.bool [layers, max_heads]
+    mlp_masks: list[Any]  # per layer, torch.bool [channels]
+    layers: tuple[int, ...]
+    removed: dict[str, int]
+
+
+@dataclass
+class _Scores:
+    heads: Any | None  # [layers, max_heads] or None
+    mlp: list[Any] | None
+    layers: Any | None  # [layers]
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Where the model's attention, decoder layers and MLPs are in one round (the model does not change in it)."""
+
+    sites: list[AttentionSite]
+    layout: HeadLayout
+    layers: list[nn.Module]
+    mlp: list[MlpSite]
+
+    @classmethod
+    def of(cls, model: nn.Module, axes: Sequence[str]) -> _Located:
+        sites = attention_sites(model)
+        mlp = mlp_sites(model) if "mlp" in axes else []
+        return cls(sites, layout_of(model, sites), decoder_layers(model), mlp)
+
+
+def head_costs(site: AttentionSite) -> tuple[int, int]:
+    """Parameters of one query head (query rows and output columns) and one key/value head (key and value rows)."""
+    hd, spec = site.head_dim, site.spec
+
+    def rows(name: str | None) -> int:
+        proj = base_layer(site.proj(name))
+        return hd * (in_features(proj) + (1 if getattr(proj, "bias", None) is not None else 0))
+
+    q = rows(spec.q if not spec.fused else spec.qkv)
+    kv = 2 * rows(spec.k if not spec.fused else spec.qkv)
+    return q + hd * out_features(site.out_proj), kv
+
+
+def best_plan(
+    model: nn.Module, calibration: list[Any], evaluation: list[Any], budget: int, options: SearchOptions
+) -> tuple[Plan, list[dict[str, Any]]]:
+    """Score the model's units, try every split of ``budget`` parameters over the axes, and return the split with
+    the lowest gated loss on ``evaluation`` and a row per split tried (shares, removed parameters, loss)."""
+    from tqdm.auto import tqdm
+
+    axes = options.axes
+    located = _Located.of(model, axes)
+    scores = _score(model, located, calibration, evaluation, options)
+    units = _Units(located, scores, global_mlp=options.mlp_strategy == "taylor", round_to=options.round_to)
+    plans = [units.plan(split, budget) for split in _splits(axes, options.grid_step)]
+    unique = list({_plan_key(p): p for p in plans}.values())  # splits that pick the same units are measured once
+    tried = []
+    best: tuple[float, Plan] | None = None
+    params_now = parameter_count(model)
+    for plan in tqdm(unique, desc="allocations (calibration loss)", disable=not options.progress, leave=False):
+        loss = _gated_loss(model, located, plan, evaluation)
+        tried.append({**{f"share_{a}": plan.shares[a] for a in axes},
+                      **{f"removed_{a}": plan.removed[a] for a in axes},
+                      "params_after": params_now - sum(plan.removed.values()), "loss": loss})
+        if best is None or loss < best[0]:
+            best = (loss, plan)
+    assert best is not None
+    return best[1], tried
+
+
+def _score(
+    model: nn.Module, located: _Located, batches: list[Any], evaluation: list[Any], options: SearchOptions
+) -> _Scores:
+    """Score the units of the axes: heads and channels on the calibration batches, layers (one forward per layer
+    per batch for ``"loss"``) on the evaluation batches, which are usually fewer."""
+    axes, progress = options.axes, options.progress
+    want_heads, want_mlp = "heads" in axes, "mlp" in axes and options.mlp_strategy == "taylor"
+    heads = mlp = layers = None
+    if want_heads or want_mlp:
+        with eval_mode(model):
+            heads, mlp = taylor_scores(model, progress_bar(batches, "Taylor scores (heads, MLP)", None, progress),
+                                       heads=located.sites if want_heads else None,
+                                       mlp=located.mlp if want_mlp else None)  # fmt: skip
+    if "mlp" in axes and options.mlp_strategy != "taylor":
+        mlp = mlp_importance(model, batches, options.mlp_strategy, progress=progress)
+    if "layers" in axes:
+        layers = layer_importance(model, evaluation, options.layer_strategy, progress=progress)
+    return _Scores(heads=heads, mlp=mlp, layers=layers)
+
+
+def _splits(axes: tuple[str, ...], step: float) -> list[dict[str, float]]:
+    """Every split of 1 over ``axes`` in multiples of ``step`` (the finest axis may get 0: it takes the rest)."""
+    n = int(round(1 / step))
+    splits = []
+    for parts in itertools.product(range(n + 1), repeat=len(axes)):
+        if sum(parts) == n:
+            splits.append({axis: p * step for axis, p in zip(axes, parts)})
+    return splits
+
+
+def _plan_key(plan: Plan) -> tuple[Any, ...]:
+    return (plan.layers, plan.head_mask.numpy().tobytes(), tuple(m.numpy().tobytes() for m in plan.mlp_masks))
+
+
+class _Units:
+    """The prunable units of a model with their scores and parameter costs; :meth:`plan` fills a budget."""
+
+    def __init__(self, located: _Located, scores: _Scores, *, global_mlp: bool, round_to: int) -> None:
+        self.sites = located.sites
+        self.layer_count = len(self.sites)
+        self.max_heads = max(s.n_q for s in self.sites)
+        self.layer_params = [parameter_count(layer) for layer in located.layers]
+        self.scores = scores
+        self.round_to = round_to
+        self.global_mlp = global_mlp
+        self.mlp_sites = located.mlp if scores.mlp is not None else []
+        self.channel_cost = [s.params_per_channel() for s in self.mlp_sites]
+        self.head_cost = [head_costs(s) for s in self.sites]
+
+    def plan(self, shares: dict[str, float], budget: int) -> Plan:
+        import torch
+
+        finest = next(a for a in _FINE_TO_COARSE if a in shares)
+        removed = {axis: 0 for axis in shares}
+        left = budget
+        layers: list[int] = []
+        if "layers" in shares and self.scores.layers is not None:
+            allowance = budget if finest == "layers" else int(shares["layers"] * budget)
+            order = torch.argsort(self.scores.layers).tolist()
+            for index in order:
+                if len(layers) == self.layer_count - 1:
+                    break
+                cost = self.layer_params[index]
+                if finest != "layers" and removed["layers"] + cost > allowance:
+                    continue
+                if finest == "layers" and removed["layers"] >= allowance:
+                    break
+                layers.append(index)
+                removed["layers"] += cost
+            left -= removed["layers"]
+        head_mask = torch.zeros(self.layer_count, self.max_heads, dtype=torch.bool)
+        if "heads" in shares and self.scores.heads is not None:
+            allowance = left if finest == "heads" else min(left, int(shares["heads"] * budget))
+            removed["heads"] = self._plan_heads(head_mask, set(layers), allowance, exact=finest == "heads")
+            left -= removed["heads"]
+        mlp_masks = [torch.zeros(s.size, dtype=torch.bool) for s in self.mlp_sites]
+        if "mlp" in shares and self.scores.mlp is not None and left > 0:
+            removed["mlp"] = self._plan_mlp(mlp_masks, set(layers), left)
+        return Plan(shares=dict(shares), head_mask=head_mask, mlp_masks=mlp_masks, layers=tuple(sorted(layers)),
+                     removed=removed)
+
+    def _plan_heads(self, mask: Any, skipped: set[int], allowance: int, *, exact: bool) -> int:
+        """Mark heads in ``mask``, cheapest score per parameter first, until ``allowance`` parameters; return saved."""
+        import torch
+
+        scores = self.scores.heads
+        units: list[tuple[float, int, list[int]]] = []  # (score per parameter, layer, heads)
+        for site in self.sites:
+            if site.index in skipped:
+                continue
+            group = site.n_q // site.n_kv
+            q_cost, kv_cost = self.head_cost[site.index]
+            layer_scores = scores[site.index, : site.n_q]
+            if group == 1:  # each head is its own key/value group: a unit is one head
+                order = torch.argsort(layer_scores).tolist()[:-1]  # keep the best head
+                for h in order:
+                    units.append((float(layer_scores[h]) / (q_cost + kv_cost), site.index, [h]))
+            else:  # a unit is the lowest remaining head of every group, so groups stay even (no padding)
+                per_group = layer_scores.reshape(site.n_kv, group)
+                ranked = torch.argsort(per_group, dim=1).tolist()
+                for depth in range(group - 1):  # keep the best head of each group
+                    heads = [g * group + ranked[g][depth] for g in range(site.n_kv)]
+                    units.append((float(layer_scores[heads].sum()) / (q_cost * len(heads)), site.index, heads))
+        # within a group heads are ranked, so a layer's deeper units score higher and sort after its shallower ones
+        units.sort(key=lambda u: u[0])
+        saved = 0
+        for _, layer, heads in units:
+            if saved >= allowance:
+                break
+            cost = self._head_unit_cost(layer, heads)
+            if not exact and saved + cost > allowance:
+                continue
+            mask[layer, heads] = True
+            saved += cost
+        return saved
+
+    def _head_unit_cost(self, layer: int, heads: list[int]) -> int:
+        site = self.sites[layer]
+        q_cost, kv_cost = self.head_cost[layer]
+        return len(heads) * (q_cost + (kv_cost if site.n_q == site.n_kv else 0))
+
+    def _plan_mlp(self, masks: list[Any], skipped: set[int], allowance: int) -> int:
+        """Mark MLP channels, lowest score per parameter first (globally or per layer), until ``allowance``."""
+        import torch
+
+        sites = [s for s in self.mlp_sites if s.index not in skipped]
+        if not sites:
+            return 0
+        floor = self.round_to
+        if self.global_mlp:
+            flat = torch.cat([self.scores.mlp[s.index].float() / self.channel_cost[s.index] for s in sites])
+            layer_of = torch.cat([torch.full((s.size,), s.index) for s in sites])[torch.argsort(flat)].tolist()
+            prune = {s.index: 0 for s in sites}
+            saved = 0
+            for layer in layer_of:
+                if saved >= allowance:
+                    break
+                if self.mlp_sites[layer].size - prune[layer] <= floor:
+                    continue
+                prune[layer] += 1
+                saved += self.channel_cost[layer]
+        else:  # scores on no common scale: the same share from every layer
+            total = sum(self.channel_cost[s.index] * s.size for s in sites)
+            share = min(1.0, allowance / total)
+            prune = {s.index: min(s.size - floor, int(-(-share * s.size // 1))) for s in sites}
+        saved = 0
+        for site in sites:
+            keep = site.size - prune[site.index]
+            if keep < site.size and floor > 1:
+                keep = max(floor, (keep // floor) * floor)  # round down: more removed, the target still holds
+            order = torch.argsort(self.scores.mlp[site.index].float(), descending=True)
+            masks[site.index][order[keep:]] = True
+            saved += (site.size - keep) * self.channel_cost[site.index]
+        return saved
+
+
+def _gated_loss(model: nn.Module, located: _Located, plan: Plan, batches: list[Any]) -> float:
+    """The loss on ``batches`` with the plan's heads and channels gated off and its layers skipped."""
+    import torch
+
+    device = model_device(model)
+    head_gates = HeadGates((~plan.head_mask).to(device=device, dtype=torch.float32), located.sites, located.layout)
+    mlp_gates = MlpGates(located.mlp, [(~m).to(device=device, dtype=torch.float32) for m in plan.mlp_masks])
+    with eval_mode(model), head_gates, SkippedLayers(located.layers, plan.layers), mlp_gates:
+        return mean_loss(model, batches)
+
+
+def apply_plan(model: nn.Module, plan: Plan, removed: dict[str, int]) -> None:
+    """Remove the plan's heads, then MLP channels, then layers; add what each took to ``removed`` (per axis)."""
+    before = parameter_count(model)
+    if bool(plan.head_mask.any()):
+        remove_heads(model, plan.head_mask, allow_repeat=True)
+    after_heads = parameter_count(model)
+    if plan.mlp_masks and any(bool(m.any()) for m in plan.mlp_masks):
+        remove_mlp_channels(model, plan.mlp_masks)
+    after_mlp = parameter_count(model)
+    if plan.layers:
+        remove_layers(model, plan.layers)
+    after_layers = parameter_count(model)
+    for axis, amount in (("heads", before - after_heads), ("mlp", after_heads - after_mlp),
+                         ("layers", after_mlp - after_layers)):
+        if axis in removed:
+            removed[axis] += amount
