@@ -15,8 +15,7 @@ A sweep names the dotted keys to vary::
     configs = expand(load_config("base.yaml"), load_sweep("sweep.yaml"), validate={"model.name": MODELS})
 
 YAML is read with a ``yaml.SafeLoader`` that also reads ``1e-4`` as a number (plain YAML 1.1 makes it a string)
-and rejects a key written twice in one mapping. Loading, merging, checking and expanding are in one module because
-they share the dotted keys and the sweep's parameter specs: a sweep file is understood here, start to end.
+and rejects a key written twice in one mapping.
 """
 
 from __future__ import annotations

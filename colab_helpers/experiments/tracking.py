@@ -1,29 +1,12 @@
 """Run tracking: one directory and one ``runs.csv`` row per run, safe with several processes writing at once.
 
-This module owns the runs: :class:`RunManager` starts them, records metrics and ends them, and resumes a sweep
-(``start_or_skip``); :class:`Run` is one started run. The file, its lock and reading it back are :mod:`.runs_table`'s,
-ids and config fingerprints :mod:`.run_ids`', the optional W&B / TensorBoard mirrors :mod:`.mirrors`'.
-
-Layout under ``root`` (``results`` by default in the notebooks)::
-
-    root/
-    ├── runs.csv                 # one row per run (open it with pandas, or `python -m colab_helpers runs`)
-    ├── runs.csv.lock            # taken (fcntl.flock) by every writer
-    └── runs/<run_id>/
-        ├── config.yaml          # the full resolved config of the run
-        ├── error.txt            # the full error of a failed run (secrets redacted)
-        └── gradients/step_00000100.safetensors   # optional, from save_gradients()
-
-Columns of ``runs.csv``, in order of first appearance: ``run_id, sweep, status, started_at, ended_at, duration_s,
-error, config_hash, env, version``; the config, nested keys flattened with dots and **no prefix**
-(``training.learning_rate``, so ``--filter training.learning_rate=0.0006`` works as written; a config key that equals
-one of the columns above is stored as ``config.<key>``); the metrics of ``update_metrics``, unprefixed too. A metric
-may not be named like one of the columns above, nor like a config key of its own run (they share the row): that is
-a ``ValueError`` naming the key, and nothing is written.
+:class:`RunManager` starts runs, records metrics, ends them and resumes a sweep (``start_or_skip``); :class:`Run` is
+one started run. The file, its lock and reading it back are :mod:`.runs_table`'s, ids and config fingerprints
+:mod:`.run_ids`', the optional W&B / TensorBoard mirrors :mod:`.mirrors`'. The layout on disk and the columns of
+``runs.csv``: docs/architecture.md ("Runs on disk").
 
     manager = RunManager("results")
     with manager.new_run(config, sweep="lr_sweep") as run:
-        ...
         run.update_metrics({"final_valid_loss": 3.2})
     manager.runs(sweep="lr_sweep")        # pandas DataFrame (read_runs(root) without a manager)
 """
