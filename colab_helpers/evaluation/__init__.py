@@ -4,8 +4,6 @@
   domain (``other_domain_text``);
 - :mod:`.perplexity` -- perplexity on held-out text, token batches, side-by-side generations;
 - :mod:`.latency` -- per-token generation latency and forward latency, measured so models compare.
-
-This package was the module ``colab_helpers.evaluation``: its names stay importable from here.
 """
 
 from __future__ import annotations

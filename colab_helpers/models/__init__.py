@@ -7,8 +7,6 @@
 - :mod:`.memory_estimate` -- peak memory for inference, LoRA, QLoRA and full training;
 - :mod:`.peak_memory` -- the harness that measures a case for real in a fresh process (checks the estimates);
 - :mod:`.picking` -- :func:`~.picking.pick_model`, the largest catalog model that fits this runtime.
-
-This package was the module ``colab_helpers.models``: its names stay importable from here.
 """
 
 from __future__ import annotations

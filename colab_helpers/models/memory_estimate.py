@@ -147,7 +147,7 @@ def _gb(n: float) -> str:
 # --- arguments -----------------------------------------------------------------------------------------
 
 
-def check_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
+def normalized_choice(label: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return ``value`` lower-cased if it is one of ``choices``, else raise ValueError naming both."""
     key = value.strip().lower() if isinstance(value, str) else value
     if key not in choices:
@@ -224,10 +224,10 @@ def estimate_memory(
     ``attn_implementation`` "eager" materializes the ``seq x seq`` attention scores. docs/memory-estimates.md
     gives every rule of thumb.
     """
-    mode = check_choice("mode", mode, MODES)
+    mode = normalized_choice("mode", mode, MODES)
     dtype = normalize_dtype(dtype)
-    device = check_choice("device", device, DEVICES)
-    attn_implementation = check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    device = normalized_choice("device", device, DEVICES)
+    attn_implementation = normalized_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
     batch_size = check_integer(batch_size, "batch_size")
     seq_len = check_integer(seq_len, "seq_len")
     lora_r = check_integer(lora_r, "lora_r")

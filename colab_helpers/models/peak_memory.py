@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..checks import check_integer, check_positive_number
-from .memory_estimate import ATTN_IMPLEMENTATIONS, check_choice, normalize_dtype
+from .memory_estimate import ATTN_IMPLEMENTATIONS, normalized_choice, normalize_dtype
 from .registry import CatalogEntry, get_entry
 from .shapes import lora_target_modules
 
@@ -118,15 +118,15 @@ def measure_peak_memory(
     here (it needs a quantized checkpoint). ``full`` in a 16-bit dtype trains the 16-bit parameters
     directly (no float32 master copy), so compare it with ``estimate_memory`` in float32 only.
     """
-    mode = check_choice("mode", mode, ("inference", "lora", "full"))
-    device = check_choice("device", device, ("cpu", "cuda"))
+    mode = normalized_choice("mode", mode, ("inference", "lora", "full"))
+    device = normalized_choice("device", device, ("cpu", "cuda"))
     dtype = normalize_dtype(dtype)
     if dtype == "auto":
         raise ValueError("measure_peak_memory needs an explicit dtype: 'float32', 'float16' or 'bfloat16'")
     if isinstance(config, (str, CatalogEntry)):
         config = get_entry(config).to_config()
     family = str(config.model_type)
-    attn_implementation = check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    attn_implementation = normalized_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
     if family == "bloom":  # transformers refuses sdpa for BLOOM (ALiBi): it always runs eager attention
         attn_implementation = "eager"
     spec = {
