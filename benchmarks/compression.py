@@ -221,18 +221,22 @@ def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(threads)
     kd, lm = recovered["distill"], recovered["lora"]
     minutes = kd["seconds"] / 60
+    # Judged on text of another domain: the recovery trains on the corpus, so its own held-out split measures domain
+    # adaptation, not kept ability; the in-domain figures stay in the detail, labelled.
     checks.append(check(
-        "after distillation: held-out perplexity / unpruned", f"<= {TARGET_RECOVERY:g} (in <= {TARGET_DISTILL_MINUTES:g} min)",
-        kd["perplexity"] / unpruned["perplexity"],
-        kd["perplexity"] <= TARGET_RECOVERY * unpruned["perplexity"] and minutes <= TARGET_DISTILL_MINUTES,
-        f"distilled {kd['perplexity']:,.1f} vs unpruned {unpruned['perplexity']:,.1f} after {plan['steps']} steps of "
-        f"{plan['micro']} x {seq} tokens in {minutes:.1f} min; compressed before recovery {ours_row['perplexity']:,.1f}",
+        f"after distillation: perplexity on another domain ({OTHER_TEXT}) / unpruned",
+        f"<= {TARGET_RECOVERY:g} (in <= {TARGET_DISTILL_MINUTES:g} min)", kd["other"] / other_before["unpruned"],
+        kd["other"] <= TARGET_RECOVERY * other_before["unpruned"] and minutes <= TARGET_DISTILL_MINUTES,
+        f"distilled {kd['other']:,.1f} vs unpruned {other_before['unpruned']:,.1f} after {plan['steps']} steps of "
+        f"{plan['micro']} x {seq} tokens in {minutes:.1f} min (compressed {other_before['compressed']:,.1f}); on the "
+        f"training domain's held-out text (domain adaptation) {kd['perplexity']:,.1f} vs {unpruned['perplexity']:,.1f}",
     ))
     checks.append(check(
-        "distillation vs plain LoRA, same steps and data: held-out perplexity ratio", "< 1",
-        kd["perplexity"] / lm["perplexity"], kd["perplexity"] < lm["perplexity"],
-        f"distilled {kd['perplexity']:,.1f} ({kd['seconds'] / 60:.1f} min) vs LM-loss LoRA {lm['perplexity']:,.1f} "
-        f"({lm['seconds'] / 60:.1f} min)",
+        f"distillation vs plain LoRA, same steps and data: perplexity ratio on another domain ({OTHER_TEXT})", "< 1",
+        kd["other"] / lm["other"], kd["other"] < lm["other"],
+        f"distilled {kd['other']:,.1f} ({kd['seconds'] / 60:.1f} min) vs LM-loss LoRA {lm['other']:,.1f} "
+        f"({lm['seconds'] / 60:.1f} min); on the training domain's held-out text {kd['perplexity']:,.1f} vs "
+        f"{lm['perplexity']:,.1f} (LoRA adapts to that domain)",
     ))
     figures.update({
         "unpruned_perplexity": unpruned["perplexity"], "torch_pruning_taylor_perplexity": taylor["perplexity"],
