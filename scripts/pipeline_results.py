@@ -115,7 +115,7 @@ def main() -> None:
     plot_results([result], ROOT / "docs" / "pipeline-results.png")
     level_rows = compare_levels(result, args.compare)
     cost_rows = evaluation_cost(args.model, config)
-    share = result.recovered_share
+    share = result.recovered_share_in_domain  # the tables here are in-domain; the general share is result.recovered_share
     if args.from_run:
         threads = result.baseline.latency.threads if result.baseline.latency is not None else "?"
         source = f" (the run of `make demo`: notebook 05 at its defaults, {threads} torch threads)"

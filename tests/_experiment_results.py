@@ -82,3 +82,25 @@ def fake_result(config: ExperimentConfig, perplexity: float = 10.0, recovered: f
     return ExperimentResult(name=config.run_name(), config=config, baseline=stage, pruned=stage, fine_tuned=stage,
                             pruning=HeadsPruned([[1, 0]], [[0.1, 0.2]]), training=Training("lora", 1, 0.01),
                             recovered_share=recovered, seconds=0.01, output_dir=Path("."))  # fmt: skip
+
+
+def _ability(in_domain: float, gpl: float, pydoc: float, capitals: float) -> dict[str, Any]:
+    score = {"task": "capitals", "accuracy": capitals, "n": 100, "low": capitals - 0.09, "high": capitals + 0.09,
+             "chance": 0.25, "metric": "acc"}  # fmt: skip
+    return {"in_domain_ppl": in_domain, "other_ppl": {"gpl-3.0": gpl, "python-docs": pydoc}, "general_ppl": None,
+            "tasks": {"capitals": score}, "seconds": 0.5}  # fmt: skip
+
+
+def result_with_abilities(run: Path = Path("/runs/embedded-llama-gradient-30")) -> dict[str, Any]:
+    """``old_result_dict`` measured as today's pipeline does, general ability at every stage: fine-tuning won back
+    in-domain perplexity but lost general perplexity, and the control adapted to the domain (in-domain -7%, general
+    +1%)."""
+    data = old_result_dict(run)
+    data["config"].update(ability=True, ability_tasks="capitals", ability_limit=100)
+    data["stages"]["baseline"]["ability"] = _ability(182.9, 400.0, 420.0, 0.6)
+    data["stages"]["pruned"]["ability"] = _ability(186.8, 440.0, 460.0, 0.5)
+    data["stages"]["fine_tuned"]["ability"] = _ability(184.0, 450.0, 470.0, 0.5)
+    data["control"].update(perplexity=170.0, ability=_ability(170.0, 404.0, 424.0, 0.6))
+    data["recovered_share_in_domain"] = data.pop("recovery")
+    data["recovered_share"] = -0.25  # (pruned - fine-tuned) / (pruned - baseline) on general perplexity
+    return data

@@ -101,8 +101,16 @@ def test_other_domain_text_is_shipped_in_the_package() -> None:
     from colab_helpers.evaluation import other_domain_text as exported
 
     assert exported is other_domain_text
-    with pytest.raises(ValueError, match=r"unknown text 'gpl-2'; choose one of \['gpl-3.0'\]"):
+    with pytest.raises(ValueError, match=r"unknown text 'gpl-2'; choose one of \['gpl-3.0', 'python-docs'\]"):
         other_domain_text("gpl-2")
+
+
+def test_python_docs_is_the_standard_librarys_reference_documentation() -> None:
+    from pydoc_data.topics import topics
+
+    text = other_domain_text("python-docs")
+    assert len(text) > 100_000 and text == other_domain_text("python-docs")  # the same text on every call
+    assert topics["assert"].strip() in text and text.startswith(topics[sorted(topics)[0]].strip())
 
 
 def test_text_dataset_fields_and_repr(embedded: TextDataset) -> None:

@@ -304,7 +304,7 @@ def test_dry_run_rejects_what_the_real_sweep_rejects(
     assert message in str(info.value) and not (tmp_path / "results").exists()
 
 
-# --- --target-params, --axes, --recovery --------------------------------------------------------------------------
+# --- --target-params, --axes, --recovery, --recovery-text, --fine-tuning-method ----------------------------------
 
 
 def test_run_settings_parse_only_when_given() -> None:
@@ -315,11 +315,14 @@ def test_run_settings_parse_only_when_given() -> None:
     assert settings_from(build_parser().parse_args(["run", "c.yaml"])) == {}
     args = build_parser().parse_args(["sweep", "b.yaml", "s.yaml", "--target-params", "none", "--dry-run"])
     assert settings_from(args) == {"target_params": None}
+    args = build_parser().parse_args(["run", "c.yaml", "--recovery-text", "mix", "--fine-tuning-method", "full"])
+    assert settings_from(args) == {"recovery_text": "mix", "fine_tuning_method": "full"}
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["run", "c.yaml", "--target-params", "most"], ["run", "c.yaml", "--recovery", "kd"], ["run", "c.yaml", "--target-params"]],
+    [["run", "c.yaml", "--target-params", "most"], ["run", "c.yaml", "--recovery", "kd"], ["run", "c.yaml", "--target-params"],
+     ["run", "c.yaml", "--recovery-text", "web"], ["run", "c.yaml", "--fine-tuning-method", "qlora"]],
 )
 def test_bad_run_settings_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -86,6 +86,22 @@ BAD: list[tuple[str, Any, str]] = [
     ("distill_alpha", math.inf, "distill_alpha must be a finite number, got inf"),
     ("distill_top_k", 0, "distill_top_k must be a positive integer or None, got 0; e.g. distill_top_k=64"),
     ("distill_top_k", 8.5, "distill_top_k must be an integer or None, got 8.5"),
+    ("fine_tuning_method", "qlora", "fine_tuning_method must be one of ('lora', 'full'), got 'qlora'; e.g. "
+                                    "fine_tuning_method='lora' (an adapter) or 'full' (every weight)"),
+    ("fine_tuning_method", None, "fine_tuning_method must be a string, got None"),
+    ("recovery_text", "web", "recovery_text must be one of ('dataset', 'generated', 'mix'), got 'web'; e.g. "
+                             "recovery_text='mix'"),
+    ("recovery_text", ["mix"], "recovery_text must be a string, got ['mix'] (list)"),
+    ("recovery_samples", 0, "recovery_samples must be a positive integer, got 0; e.g. recovery_samples=96"),
+    ("recovery_samples", 8.5, "recovery_samples must be an integer, got 8.5 (float)"),
+    ("ability", "yes", "ability must be True or False, got 'yes' (str); e.g. ability=True"),
+    ("ability", None, "ability must be True or False, got None"),
+    ("ability_tasks", "hellaswag,nope", "ability_tasks='hellaswag,nope': unknown task 'nope'; choose a preset"),
+    ("ability_tasks", "offlne", "or ability_tasks=None for other-domain perplexity only"),
+    ("ability_tasks", ["capitals"], "ability_tasks must be a string or None, got ['capitals'] (list); e.g. "
+                                    "ability_tasks='offline'"),
+    ("ability_limit", 0, "ability_limit must be a positive integer, got 0; e.g. ability_limit=100 items per task"),
+    ("ability_limit", None, "ability_limit must be an integer, got None"),
 ]
 
 
@@ -272,3 +288,42 @@ def test_a_model_name_that_resolves_to_nothing_is_refused_smoke_or_not(name: str
 def test_catalog_names_hub_ids_and_existing_paths_are_accepted(name: str, tmp_path: Any) -> None:
     assert ExperimentConfig(model=name).model == name
     assert ExperimentConfig(model=str(tmp_path)).smoke().model == "embedded-gpt2"  # an existing folder, unchecked
+
+
+# --- general ability, recovery text, fine-tuning method ------------------------------------------------------------
+
+
+def test_ability_and_recovery_settings_reach_their_configs(tmp_path: Any) -> None:
+    from colab_helpers import smoke
+    from colab_helpers.evaluation import AbilityConfig
+
+    config = ExperimentConfig(ability_tasks="capitals, antonyms", ability_limit=50, seq_len=96, eval_tokens=8192)
+    ability = config.ability_config()
+    assert isinstance(ability, AbilityConfig) and ability.tasks == ("capitals", "antonyms") and ability.limit == 50
+    assert (ability.seq_len, ability.tokens) == (96, AbilityConfig().tokens)  # at most AbilityConfig's default
+    assert ExperimentConfig().ability_config().tasks == "offline" and ExperimentConfig(ability_tasks=None).ability_config().tasks is None
+    small = config.smoke()
+    assert small.ability_config().tokens == smoke.SMOKE_EVAL_TOKENS and small.ability_limit == smoke.SMOKE_TASK_ITEMS
+    assert ExperimentConfig(recovery_text="mix").smoke().recovery_samples == smoke.SMOKE_TEACHER_SAMPLES
+    full = ExperimentConfig(fine_tuning_method="full", learning_rate=1e-4).finetune_config(tmp_path)
+    assert full.method == "full" and "full fine-tuning" in full.plot_title
+    assert ExperimentConfig().finetune_config(tmp_path).method == "lora"
+
+
+def test_full_fine_tuning_refuses_weights_it_cannot_train() -> None:
+    with pytest.raises(ValueError, match=re.escape("fine_tuning_method='full' cannot train the weights of dtype='fp16'")):
+        ExperimentConfig(fine_tuning_method="full", dtype="fp16")
+    with pytest.raises(ValueError, match=re.escape("weights of load_in_4bit=True")):
+        ExperimentConfig(fine_tuning_method="full", load_in_4bit=True, pruning=HeadPruning(remove=False))
+
+
+def test_the_recovery_settings_split_run_names_and_round_trip() -> None:
+    names = {ExperimentConfig(model="embedded-gpt2", **settings).run_name()
+             for settings in ({}, dict(recovery_text="mix"), dict(fine_tuning_method="full"),
+                              dict(recovery_text="generated", fine_tuning_method="full", recovery_method="distill"))}  # fmt: skip
+    assert names == {"embedded-gpt2-gradient-30", "embedded-gpt2-gradient-30-mix", "embedded-gpt2-gradient-30-full",
+                     "embedded-gpt2-gradient-30-distill-full-generated"}  # fmt: skip
+    config = ExperimentConfig(recovery_text="mix", fine_tuning_method="full", ability=False, ability_tasks=None,
+                              ability_limit=20, recovery_samples=12)  # fmt: skip
+    assert ExperimentConfig.from_dict(config.to_dict()) == (config, {})
+    assert {"ability", "ability_tasks", "ability_limit", "recovery_text", "fine_tuning_method"} <= set(config.to_dict())

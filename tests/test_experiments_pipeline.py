@@ -14,7 +14,7 @@ from colab_helpers.evaluation.latency import LatencyReport, generation_latency, 
 from colab_helpers.experiments import report
 from colab_helpers.experiments.config import Compression, ExperimentConfig, HeadPruning
 from colab_helpers.experiments.pipeline import Experiment
-from colab_helpers.experiments.result import Compressed, ExperimentResult, HeadsPruned
+from colab_helpers.experiments.result import Compressed, ExperimentResult, HeadsPruned, recovered_share
 
 
 def test_eval_stride_is_validated_and_smoke_stays_on_the_toy() -> None:
@@ -94,11 +94,33 @@ def test_every_stage_is_measured_with_latency_and_the_control(llama_run: tuple[E
     assert isinstance(result.pruning, HeadsPruned) and result.pruning.removal is not None
     table = report.comparison_table(result)
     assert list(table.index) == ["baseline", "pruned", "fine-tuned", "control (unpruned, fine-tuned)"]
-    assert {"perplexity", "vs baseline", "parameters", "ms / token", "speed-up", "seconds"} <= set(table.columns)
+    assert {"in-domain ppl", "in-domain vs baseline", "parameters", "ms / token", "speed-up", "seconds"} <= set(table.columns)
     readout = report.recovery_table(result)["value"]
     assert "what pruning still costs" in readout["pruned + fine-tuned vs control"]
     assert set(report.generations_table(result).index) == {"baseline", "pruned", "fine-tuned", "control"}
     assert Path(result.model_dir, "pruning.json").is_file()
+
+
+def test_general_ability_is_measured_at_every_stage(llama_run: tuple[Experiment, ExperimentResult]) -> None:
+    from colab_helpers.evaluation.harness import is_lm_eval_available
+    from colab_helpers.evaluation.tasks import PRESETS
+
+    _, result = llama_run
+    tasks = list(PRESETS["offline"]) if is_lm_eval_available() else []  # the smoke default: the offline tasks
+    for stage in (*result.stages.values(), result.control):
+        ability = stage.ability
+        assert ability is not None and ability.in_domain_ppl == stage.perplexity  # one in-domain figure, not two
+        assert set(ability.other_ppl) == {"gpl-3.0", "python-docs"} and math.isfinite(stage.general_ppl)
+        assert list(ability.tasks) == tasks and all(score.n == 4 for score in ability.tasks.values())  # smoke: 4 items
+    table = report.comparison_table(result)
+    assert {"general ppl", "general vs baseline", "task retention", "reading"} <= set(table.columns)
+    assert table.loc["baseline", "reading"] == "reference"
+    assert set(table["reading"]) <= {"reference", "domain adaptation", "better", "worse", "about the same"}
+    abilities = report.ability_comparison(result)
+    assert list(abilities.index) == list(table.index) and "general ppl" in abilities.columns
+    general = [stage.general_ppl for stage in result.stages.values()]
+    assert result.recovered_share == recovered_share(*general)  # the headline share: on general text
+    assert result.recovered_share_in_domain == recovered_share(*(s.perplexity for s in result.stages.values()))
 
 
 def test_training_curves_of_run_and_control_are_both_drawn(llama_run: tuple[Experiment, ExperimentResult], tmp_path: Path) -> None:
@@ -172,7 +194,7 @@ def test_an_output_dir_under_a_file_fails_before_the_model_loads(tmp_path: Path)
 @pytest.fixture(scope="module")
 def compress_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, ExperimentResult]:
     experiment = Experiment(tmp_path_factory.mktemp("compress"), progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.7)).smoke()
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.7), ability_tasks=None).smoke()
     return experiment, experiment.run(config)
 
 
@@ -204,6 +226,8 @@ def test_a_target_share_compresses_across_axes_and_every_stage_is_measured(
     assert list(table.index) == ["baseline", "pruned", "fine-tuned"]
     assert table.loc["pruned", "parameters"] == report_.params_after
     assert "pruned + fine-tuned" in report.recovery_table(result).index
+    assert all(stage.ability is not None and stage.ability.tasks == {} for stage in result.stages.values())
+    assert "share of the general loss won back" in report.recovery_table(result).index  # layers removed: still measured
 
 
 def test_the_calibration_batches_split_into_scoring_and_comparison(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -234,7 +258,7 @@ def test_distillation_recovers_from_the_unpruned_model_and_the_control_stays_lor
 
     experiment = Experiment(tmp_path, progress=False, live_plot=False)
     config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.7), recovery_method="distill", control=True,
-                              distill_temperature=3.0, distill_alpha=0.7).smoke()  # fmt: skip
+                              distill_temperature=3.0, distill_alpha=0.7, ability=False).smoke()  # fmt: skip
     original, _ = experiment._model(config)  # loads and caches the teacher: a copy to compare its weights with
     result = experiment.run(config)
     training = result.training
@@ -255,7 +279,7 @@ def test_distillation_recovers_from_the_unpruned_model_and_the_control_stays_lor
 def test_head_pruning_by_level_may_recover_by_distillation(tmp_path: Path) -> None:
     pytest.importorskip("colab_helpers.finetune.distill")
     experiment = Experiment(tmp_path, progress=False, live_plot=False)
-    result = experiment.run(ExperimentConfig(model="embedded-llama", recovery_method="distill").smoke())
+    result = experiment.run(ExperimentConfig(model="embedded-llama", recovery_method="distill", ability=False).smoke())
     assert isinstance(result.pruning, HeadsPruned) and result.pruning.heads_pruned > 0
     assert result.training.recovery_method == "distill" and result.name == "embedded-llama-gradient-30-distill"
 
@@ -274,7 +298,7 @@ def test_one_compression_recovered_two_ways_is_compressed_once(tmp_path: Path, m
 
     monkeypatch.setattr(compress_module, "compress", spy)
     experiment = Experiment(tmp_path, progress=False, live_plot=False)
-    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False).smoke()
+    config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False, ability=False).smoke()
     first = experiment.run(config)
     second = experiment.run(dataclasses.replace(config, recovery_method="distill"))
     assert calls == [0.8]
@@ -288,7 +312,7 @@ def test_distillation_from_top_k_logits_precomputed_to_disk(tmp_path: Path) -> N
     """distill_top_k: the teacher's top-k logits go to <run>/finetune/teacher_cache before training; the result says so."""
     experiment = Experiment(tmp_path, progress=False, live_plot=False)
     config = ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), recovery_method="distill",
-                              distill_top_k=16, control=False).smoke()  # fmt: skip
+                              distill_top_k=16, control=False, ability=False).smoke()  # fmt: skip
     result = experiment.run(config)
     settings = result.training.distill
     assert settings["top_k"] == 16 and settings["teacher_cache"].endswith("teacher_cache")
@@ -300,8 +324,45 @@ def test_distillation_from_top_k_logits_precomputed_to_disk(tmp_path: Path) -> N
 
 def test_history_of_a_run_is_read_from_its_file(tmp_path: Path) -> None:
     experiment = Experiment(tmp_path, progress=False, live_plot=False)
-    result = experiment.run(ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False).smoke())
+    result = experiment.run(ExperimentConfig(model="embedded-gpt2", pruning=Compression(0.8), control=False,
+                                             ability=False).smoke())  # fmt: skip
     history = report.training_history(result)
     assert "loss" in history.columns and len(history) == result.training.steps
     with pytest.raises(ValueError, match="has no training history"):
         report.training_history(result, control=True)  # no control ran
+
+
+# --- recovery text, full fine-tuning, general ability --------------------------------------------------------------
+
+
+def test_mixed_recovery_text_sampled_from_the_teacher_trains_every_weight(tmp_path: Path) -> None:
+    """No teacher text is shipped for the toy: recovery samples it from the unpruned model (a few texts in smoke
+    mode), once; recovery and the control train on the same text, every weight, with no adapter to merge."""
+    experiment = Experiment(tmp_path, progress=False, live_plot=False)
+    config = ExperimentConfig(model="embedded-gpt2", recovery_text="mix", fine_tuning_method="full", learning_rate=1e-4,
+                              control=True, ability_tasks=None).smoke()  # fmt: skip
+    result = experiment.run(config)
+    assert config.recovery_samples == 4 and result.name == "embedded-gpt2-gradient-30-full-mix"
+    (texts,) = experiment._texts.values()  # sampled once, for recovery and the control
+    assert 0 < len(texts) <= 2 * config.recovery_samples and result.training.texts == len(texts)
+    data = experiment._dataset("embedded")
+    assert texts[1] in data.train and texts[0] not in data.train  # generated, then a dataset paragraph, in turn
+    for training in (result.training, result.control_training):
+        assert (training.fine_tuning_method, training.recovery_text, training.backend) == ("full", "mix", "full")
+    assert Path(result.output_dir, "finetune", "model").is_dir()  # the whole model, not an adapter
+    for stage in (*result.stages.values(), result.control):
+        assert stage.ability is not None and stage.ability.tasks == {} and math.isfinite(stage.general_ppl)
+    assert "reading" in report.comparison_table(result).columns
+
+
+def test_without_lm_eval_abilities_fall_back_to_other_domain_perplexity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colab_helpers.errors import ColabHelpersWarning
+    from colab_helpers.evaluation import harness
+    from colab_helpers.experiments import pipeline
+
+    monkeypatch.setattr(harness, "is_lm_eval_available", lambda: False)
+    with pytest.warns(ColabHelpersWarning, match=r"needs lm-evaluation-harness, which is not installed"):
+        config = pipeline._with_available_tasks(ExperimentConfig())
+    assert config.ability and config.ability_tasks is None
+    off = ExperimentConfig(ability=False)
+    assert pipeline._with_available_tasks(off) is off

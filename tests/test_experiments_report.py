@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _experiment_results import old_result_dict
+from _experiment_results import old_result_dict, result_with_abilities
 
 from colab_helpers.experiments import report
 from colab_helpers.experiments.result import ExperimentResult
@@ -23,10 +23,11 @@ def result(tmp_path: Path) -> ExperimentResult:
 def test_the_tables_read_the_typed_result(result: ExperimentResult) -> None:
     table = report.comparison_table(result)
     assert list(table.index) == ["baseline", "pruned", "fine-tuned", "control (unpruned, fine-tuned)"]
-    assert table.loc["pruned", "vs baseline"] == "+2.1%" and table.loc["pruned", "speed-up"] == 0.95
+    assert table.loc["pruned", "in-domain vs baseline"] == "+2.1%" and table.loc["pruned", "speed-up"] == 0.95
+    assert "general ppl" not in table.columns and "reading" not in table.columns  # measured without abilities
     assert table["ms / token"].isna().tolist() == [False, False, False, True]  # the control is not timed
     readout = report.recovery_table(result)["value"]
-    assert readout["share of the loss won back"] == "74%"
+    assert readout["share of the in-domain loss won back"] == "74%"
     assert "what pruning still costs" in readout["pruned + fine-tuned vs control"]
     generations = report.generations_table(result)["generation"]
     assert list(generations.index) == ["baseline", "pruned", "fine-tuned", "control"]
@@ -51,3 +52,24 @@ def test_share_above_one_points_at_the_control() -> None:
     assert report._share(None) == "nothing was lost"
     assert report._share(0.5) == "50%"
     assert "compare with the control" in report._share(2.02)
+
+
+def test_general_ability_sits_beside_in_domain_perplexity(tmp_path: Path) -> None:
+    result = ExperimentResult.from_dict(result_with_abilities(tmp_path))
+    table = report.comparison_table(result)
+    assert list(table.columns[:6]) == ["in-domain ppl", "in-domain vs baseline", "general ppl", "general vs baseline",
+                                       "task retention", "reading"]  # fmt: skip
+    reading = table["reading"].to_dict()
+    assert reading == {"baseline": "reference", "pruned": "worse", "fine-tuned": "worse",
+                       "control (unpruned, fine-tuned)": "domain adaptation"}  # in-domain -7%, general +1%: not better
+    assert table.loc["control (unpruned, fine-tuned)", "in-domain vs baseline"] == "-7.1%"
+    assert table.loc["fine-tuned", "general vs baseline"] == "+12.2%"
+    assert table.loc["pruned", "task retention"] == pytest.approx(0.5 / 0.6, abs=1e-3)
+    abilities = report.ability_comparison(result)
+    assert list(abilities.index) == list(table.index) and abilities.loc["baseline", "reading"] == "reference"
+    assert abilities.loc["control (unpruned, fine-tuned)", "reading"] == "domain adaptation"
+    readout = report.recovery_table(result)["value"]
+    assert readout["share of the general loss won back"] == "-25%" and readout["share of the in-domain loss won back"] == "74%"
+    assert readout["pruned + fine-tuned vs control, general ppl"] == "+11.1%"
+    with pytest.raises(ValueError, match="measured no general ability"):
+        report.ability_comparison(ExperimentResult.from_dict(old_result_dict(tmp_path)))

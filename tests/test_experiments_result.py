@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from _experiment_results import old_compress_dict, old_result_dict
+from _experiment_results import old_compress_dict, old_result_dict, result_with_abilities
 
 from colab_helpers.experiments.config import Compression, HeadPruning
 from colab_helpers.experiments.result import (
@@ -17,6 +17,7 @@ from colab_helpers.experiments.result import (
     StageMetrics,
     Training,
     recovered_share,
+    recovered_shares,
 )
 
 
@@ -79,3 +80,28 @@ def test_a_missing_or_foreign_file_says_what_to_pass(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({"loss": 1.0}))
     with pytest.raises(ValueError, match="not a pipeline result"):
         ExperimentResult.load(tmp_path)
+
+
+def test_the_share_is_on_general_perplexity_when_abilities_were_measured() -> None:
+    result = ExperimentResult.from_dict(result_with_abilities())
+    general = [stage.general_ppl for stage in result.stages.values()]
+    assert general == pytest.approx([(400 * 420) ** 0.5, (440 * 460) ** 0.5, (450 * 470) ** 0.5])
+    share, in_domain = recovered_shares(*result.stages.values())
+    assert share == pytest.approx(recovered_share(*general)) == pytest.approx(-0.25, abs=1e-3)  # general text got worse
+    assert in_domain == pytest.approx(recovered_share(182.9, 186.8, 184.0)) and in_domain > 0.7  # in-domain it "recovered"
+    old = ExperimentResult.from_dict(old_result_dict())  # no abilities: both shares are the in-domain one
+    assert recovered_shares(*old.stages.values()) == (pytest.approx(in_domain), pytest.approx(in_domain))
+
+
+def test_abilities_round_trip_and_old_results_read_without_them(tmp_path: Path) -> None:
+    result = ExperimentResult.from_dict(result_with_abilities())
+    assert result.fine_tuned.ability is not None and result.fine_tuned.ability.tasks["capitals"].accuracy == 0.5
+    assert result.control is not None and result.control.ability is not None and result.recovered_share_in_domain == 0.74
+    written = result.to_dict()
+    assert written["stages"]["pruned"]["ability"]["general_ppl"] == pytest.approx(result.pruned.general_ppl)
+    (tmp_path / "result.json").write_text(json.dumps(written))
+    assert ExperimentResult.load(tmp_path) == result
+    old = ExperimentResult.from_dict(old_result_dict())  # written before abilities: none measured, none claimed
+    assert old.baseline.ability is None and old.baseline.general_ppl is None and old.config.ability is False
+    assert old.recovered_share == old.recovered_share_in_domain == 0.74
+    assert old.training.fine_tuning_method == "lora" and old.training.recovery_text == "dataset"

@@ -20,7 +20,7 @@ from colab_helpers.experiments.runs_table import read_runs_table
 from colab_helpers.experiments.sweep import Sweep, run_config, run_sweep
 
 TINY = dict(dataset="embedded", fine_tuning_steps=2, eval_tokens=400, seq_len=32, importance_batches=1,
-            micro_batch_size=2, max_new_tokens=3)  # fmt: skip
+            micro_batch_size=2, max_new_tokens=3, ability_tasks=None)  # fmt: skip  (general ability: perplexity only)
 
 
 def _fake_result(config):
@@ -34,6 +34,8 @@ def test_real_sweep_is_tracked_and_a_rerun_skips_done_runs(tmp_path: Path) -> No
     assert list(runs["status"]) == ["done", "done"]
     assert (runs["pruned_parameters"] < runs["baseline_parameters"]).all()
     assert set(runs["strategy"]) == {"random", "gradient"}
+    assert (runs[["baseline_general_ppl", "pruned_general_ppl", "fine_tuned_general_ppl"]] > 1).all().all()
+    assert {"pruned_task_retention", "fine_tuned_task_retention", "recovered_share_in_domain"} <= set(runs.columns)
     for run_id in runs["run_id"]:
         assert (tmp_path / "runs" / run_id / "config.yaml").is_file()
         assert (tmp_path / "runs" / run_id / "result.json").is_file()
@@ -240,6 +242,20 @@ def test_a_sweep_over_two_targets_plans_two_runs_and_lists_of_axes_are_values() 
     for config, _ in pairs:
         assert 0.4 <= config.pruning.target_params <= 0.9
         assert config.pruning.axes in {("heads",), ("mlp", "layers"), ("heads", "mlp", "layers")}
+
+
+def test_a_sweep_varies_recovery_text_method_and_ability_tasks() -> None:
+    from colab_helpers.experiments.sweep import plan_sweep
+
+    grid = {"parameters": {"recovery_text": ["dataset", "mix"], "fine_tuning_method": ["lora", "full"],
+                           "ability_tasks": {"values": ["capitals,antonyms", None]}}}  # fmt: skip
+    _, pairs = plan_sweep({"model": "embedded-gpt2", "learning_rate": 1e-4}, grid)
+    assert len(pairs) == 8 and len({config.run_name() for config, _ in pairs}) == 4  # ability settings share a name
+    assert {(c.recovery_text, c.fine_tuning_method) for c, _ in pairs} == {
+        ("dataset", "lora"), ("dataset", "full"), ("mix", "lora"), ("mix", "full")}  # fmt: skip
+    assert {c.ability_tasks for c, _ in pairs} == {"capitals,antonyms", None}
+    with pytest.raises(ValueError, match="recovery_text must be one of"):
+        plan_sweep({"model": "embedded-gpt2"}, {"parameters": {"recovery_text": ["dataset", "web"]}})
 
 
 @pytest.mark.parametrize(

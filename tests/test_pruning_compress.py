@@ -68,8 +68,12 @@ def test_compress_meets_the_target_and_reports_what_it_removed(name: str, tmp_pa
     assert [report.mlp_after[i] for i in report.kept_layers] == mlp_sizes(model)
     assert all(report.heads_after[i] == 0 and report.mlp_after[i] == 0 for i in report.removed_layers)
     assert len(report.candidates) >= 2 and all(c["loss"] == c["loss"] for c in report.candidates)  # finite
-    best = min(c["loss"] for c in report.candidates)
-    assert report.loss_after == pytest.approx(best, rel=1e-4)  # gated loss of the plan == loss after removal
+    assert sum(c["chosen"] for c in report.candidates) == 1
+    # the output projections of the layers that lost units were refit: less output error than plain removal
+    assert report.reconstructed and report.strategies == {"heads": "taylor", "mlp": "taylor", "layers": "loss"}
+    assert report.output_error and "refit by least squares" in report.summary()
+    for axis, error in report.output_error.items():
+        assert report.removed_params[axis] > 0 and 0 <= error["reconstructed"] < error["removed"]
     rows = report.per_layer()
     assert [r["removed"] for r in rows] == [i in report.removed_layers for i in range(4)]
     assert report.to_dict()["kept_share"] == pytest.approx(report.params_after / before)
@@ -83,6 +87,45 @@ def test_compress_meets_the_target_and_reports_what_it_removed(name: str, tmp_pa
         got = reloaded(**batches(1, seed=5)[0]).logits
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
     assert params(reloaded) == params(model)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_without_reconstruction_the_chosen_plan_removes_what_was_measured(name: str) -> None:
+    """Gating == removal: the chosen split's measured loss is the loss after plain removal."""
+    model = build(name)
+    report = compress(model, batches(), 0.7, reconstruct=False, progress=False)
+    chosen = next(c for c in report.candidates if c["chosen"])
+    assert chosen["batches"] == 2 and chosen["loss"] == min(c["loss"] for c in report.candidates if c["batches"] == 2)
+    assert report.loss_after == pytest.approx(chosen["loss"], rel=1e-4)
+    assert not report.reconstructed and not report.output_error and "refit" not in report.summary()
+
+
+def test_splits_are_screened_on_the_first_batch_then_finalists_on_all() -> None:
+    model = build("llama")
+    report = compress(model, batches(3), 0.7, progress=False)
+    counts = [c["batches"] for c in report.candidates]
+    assert len(counts) > 3 and counts.count(3) == 3 and counts.count(1) == len(counts) - 3
+    finalists = sorted(c["loss"] for c in report.candidates if c["batches"] == 3)
+    assert all(c["batches"] == 3 for c in report.candidates if c["loss"] in finalists)
+
+
+def test_reconstruction_lowers_the_calibration_loss_of_a_trained_model() -> None:
+    """On a model that learned something (a few steps on a repeating pattern) the refit recovers loss."""
+    model = build("llama")
+    pattern = torch.arange(2, 18).repeat(4)[None].repeat(4, 1)
+    data = [{"input_ids": torch.roll(pattern, shifts=s, dims=1)} for s in range(4)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(30):
+        for batch in data:
+            optimizer.zero_grad()
+            model(**batch, labels=batch["input_ids"]).loss.backward()
+            optimizer.step()
+    model.eval()
+    plain, refit = copy.deepcopy(model), copy.deepcopy(model)
+    without = compress(plain, data, 0.8, axes=("heads", "mlp"), reconstruct=False, progress=False)
+    with_refit = compress(refit, data, 0.8, axes=("heads", "mlp"), progress=False)
+    assert with_refit.reconstructed and with_refit.loss_after < without.loss_after
 
 
 def test_compress_on_one_axis_uses_only_that_axis() -> None:
@@ -202,15 +245,47 @@ def test_the_smallest_reachable_target_keeps_one_of_everything() -> None:
         assert torch.isfinite(model(**batches(1)[0]).logits).all()
 
 
+def test_the_random_baseline_is_seeded() -> None:
+    def random_compress(seed: int) -> tuple[Any, Any]:
+        model = build("llama")
+        report = compress(model, batches(), 0.7, head_strategy="random", mlp_strategy="random",
+                          layer_strategy="random", seed=seed, progress=False)  # fmt: skip
+        return model, report
+
+    first, report = random_compress(0)
+    again, _ = random_compress(0)
+    other, _ = random_compress(1)
+    assert report.strategies == {"heads": "random", "mlp": "random", "layers": "random"}
+    assert report.params_after <= 0.7 * report.params_before
+    state, same, different = first.state_dict(), again.state_dict(), other.state_dict()
+    assert state.keys() == same.keys() and all(torch.equal(v, same[k]) for k, v in state.items())
+    assert state.keys() != different.keys() or any(
+        v.shape != different[k].shape or not torch.equal(v, different[k]) for k, v in state.items()
+    )
+
+
+def test_random_heads_are_chosen_across_layers() -> None:
+    model = build("llama")
+    compress(model, batches(), 0.9, axes=("heads",), head_strategy="random", reconstruct=False, progress=False)
+    layout = head_layout(model)
+    assert sum(layout.query_heads) < 4 * 6 and all(q % kv == 0 for q, kv in zip(layout.query_heads, layout.kv_heads))
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("mlp_strategy", "magnitude", "mlp_strategy must be one of"), ("layer_strategy", "ppl", "layer_strategy must be"),
+    [("head_strategy", "gradient", r"head_strategy must be one of \('taylor', 'random'\), got 'gradient'"),
+     ("reconstruct", "yes", "reconstruct must be True or False, got 'yes'"),
+     ("seed", -1, "seed must be a non-negative integer"), ("seed", 1.5, "seed must be a non-negative integer"),
+     ("mlp_strategy", "magnitude", "mlp_strategy must be one of"), ("layer_strategy", "ppl", "layer_strategy must be"),
      ("grid_step", 0.3, "grid_step must divide 1"), ("grid_step", 0, "grid_step must be in"),
      ("rounds", 0, "rounds must be a positive integer"), ("round_to", 2.5, "round_to must be a positive integer")],
 )
 def test_bad_options_are_refused(option: str, value: Any, message: str) -> None:
+    model = build("llama")
+    state = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=message):
-        compress(build("llama"), batches(), 0.7, progress=False, **{option: value})
+        compress(model, batches(), 0.7, progress=False, **{option: value})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 def test_bad_batches_are_refused() -> None:

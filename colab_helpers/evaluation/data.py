@@ -32,9 +32,13 @@ _SOURCES: dict[str, str] = {
     "wikitext-2-raw-v1": "Salesforce/wikitext, wikitext-2-raw-v1 (CC BY-SA 3.0), Hugging Face Hub",
     "wikitext-103-raw-v1": "Salesforce/wikitext, wikitext-103-raw-v1 (CC BY-SA 3.0), Hugging Face Hub",
 }
-# Texts of another domain than the embedded corpus, shipped in colab_helpers/embedded/texts (see SOURCE.md there):
-# name -> file. They measure what recovery on the corpus keeps of a model's general ability.
-OTHER_DOMAIN_TEXTS: dict[str, str] = {"gpl-3.0": "gpl-3.0.txt"}
+# Texts of another domain than the embedded corpus: name -> where it is read from. They measure what recovery on the
+# corpus keeps of a model's general ability: legal prose shipped in colab_helpers/embedded/texts (see SOURCE.md there),
+# and technical reference, Python's own documentation, which every CPython carries (nothing to ship).
+OTHER_DOMAIN_TEXTS: dict[str, str] = {"gpl-3.0": "gpl-3.0.txt", "python-docs": "pydoc_data.topics"}
+# The word list of the spelling study (lowercase a-z words from Debian's wamerican, SCOWL licence: see WORDS.md beside
+# it), read here so that the evaluation tasks, a stage before the study, share the one copy.
+WORDS_RESOURCE: tuple[str, ...] = ("spelling", "words.txt.gz")
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,24 @@ def available_datasets() -> list[str]:
 
 
 def other_domain_text(name: str = "gpl-3.0") -> str:
-    """Return the whole text of the shipped text ``name`` of another domain (offline), e.g. ``"gpl-3.0"``."""
+    """Return the whole text ``name`` of another domain (offline): ``"gpl-3.0"`` (the GNU GPL, legal English) or
+    ``"python-docs"`` (the language reference topics of ``pydoc_data.topics``, which differ between Python versions:
+    compare figures measured on one version)."""
     if name not in OTHER_DOMAIN_TEXTS:
         raise ValueError(f"unknown text {name!r}; choose one of {sorted(OTHER_DOMAIN_TEXTS)}")
+    if name == "python-docs":
+        from pydoc_data.topics import topics  # the standard library's copy of the reference documentation
+
+        return "\n\n".join(topics[key].strip() for key in sorted(topics))
     resource = resources.files("colab_helpers").joinpath("embedded", "texts", OTHER_DOMAIN_TEXTS[name])
     return resource.read_text(encoding="utf-8")
+
+
+def shipped_words() -> list[str]:
+    """Return the words of the shipped word list (lowercase a-z, sorted; offline)."""
+    resource = resources.files("colab_helpers").joinpath(*WORDS_RESOURCE)
+    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as handle:
+        return [line.strip() for line in handle if line.strip()]
 
 
 def load_text_dataset(name: str = "auto", *, max_chars: int | None = None) -> TextDataset:

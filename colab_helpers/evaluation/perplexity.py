@@ -48,10 +48,20 @@ def tokenize_texts(tokenizer: Any, texts: str | Sequence[str], *, max_tokens: in
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + separator
+        ids += _leading_ids(tokenizer, text, None if max_tokens is None else max_tokens - len(ids)) + separator
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     return torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)
+
+
+def _leading_ids(tokenizer: Any, text: str, wanted: int | None) -> list[int]:
+    """The ids of ``text``, or at least its first ``wanted`` ones: a long text's prefix is tokenized first, since
+    tokenizing a whole book to keep its first tokens costs seconds. Tokens well before the cut do not depend on it."""
+    if wanted is not None and len(text) > 16 * (wanted + 64):
+        ids = tokenizer(text[: 16 * (wanted + 64)], add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= wanted + 64:
+            return ids[:wanted]
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def model_vocab_size(model: Any) -> int | None:

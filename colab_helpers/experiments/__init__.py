@@ -2,9 +2,11 @@
 
 - :mod:`.config` -- :class:`~.config.ExperimentConfig`, the one config of a run, and what it prunes
   (:class:`~.config.HeadPruning` or :class:`~.config.Compression`; the flat keys of YAML files build them);
-- :mod:`.pipeline` -- :class:`~.pipeline.Experiment`: baseline -> prune -> LoRA -> measure every stage;
+- :mod:`.pipeline` -- :class:`~.pipeline.Experiment`: baseline -> prune -> recover -> measure every stage (in-domain
+  perplexity and general ability);
 - :mod:`.result` -- :class:`~.result.ExperimentResult`, the typed result of a run, and its ``result.json``;
-- :mod:`.report` -- tables and figures of results (:func:`~.report.comparison_table`, :func:`~.report.plot_results`);
+- :mod:`.report` -- tables and figures of results (:func:`~.report.comparison_table`,
+  :func:`~.report.ability_comparison`, :func:`~.report.plot_results`);
 - :mod:`.sweep` -- :class:`~.sweep.Sweep`: many runs, tracked and resumable; :func:`~.sweep.run_sweep` for YAML;
 - :mod:`.sweep_config` -- YAML run configs and sweeps: load, merge dotted keys, expand;
 - :mod:`.tracking` -- one directory and one ``runs.csv`` row per run (:class:`~.tracking.RunManager`,
@@ -24,7 +26,7 @@ _NAMES: dict[str, str] = {
     "ExperimentConfig": "config", "HeadPruning": "config", "Compression": "config",
     "Experiment": "pipeline", "ExperimentResult": "result", "StageMetrics": "result", "Training": "result",
     "HeadsPruned": "result", "Compressed": "result",
-    "comparison_table": "report", "recovery_table": "report", "generations_table": "report",
+    "comparison_table": "report", "ability_comparison": "report", "recovery_table": "report", "generations_table": "report",
     "training_history": "report", "plot_results": "report",
     "Sweep": "sweep", "run_config": "sweep", "run_sweep": "sweep", "plan_sweep": "sweep",
     "load_config": "sweep_config", "load_sweep": "sweep_config", "SweepConfig": "sweep_config",

@@ -7,6 +7,7 @@
     python -m colab_helpers sweep base.yaml sweep.yaml --root results  # runs them (needs the pipeline)
     python -m colab_helpers run config.yaml --root results
     python -m colab_helpers run config.yaml --target-params 0.7 --axes heads,mlp --recovery distill
+    python -m colab_helpers run config.yaml --recovery-text mix --fine-tuning-method full
     colab-helpers --version                                           # "colab-helpers X.Y.Z"
 
 Exit status: 0 on success, 1 when a run of ``run`` or ``sweep`` failed (each failure named on stderr with the path of
@@ -91,12 +92,13 @@ def _prog() -> str:
 
 
 # run settings the command line may set over the YAML config: option -> ExperimentConfig field
-SETTINGS: dict[str, str] = {"--target-params": "target_params", "--axes": "axes", "--recovery": "recovery_method"}
+SETTINGS: dict[str, str] = {"--target-params": "target_params", "--axes": "axes", "--recovery": "recovery_method",
+                            "--recovery-text": "recovery_text", "--fine-tuning-method": "fine_tuning_method"}  # fmt: skip
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     """Add the options that set a run setting over the config file (absent from ``args`` unless given)."""
-    from .config import AXES, RECOVERY_METHODS
+    from .config import AXES, METHODS, RECOVERY_METHODS, RECOVERY_TEXTS
 
     group = parser.add_argument_group("run settings (set over the YAML config, checked like it)")
     group.add_argument("--target-params", dest="target_params", type=_share, default=argparse.SUPPRESS, metavar="SHARE",
@@ -106,6 +108,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                        help=f"what --target-params may prune, comma-separated from {','.join(AXES)}")
     group.add_argument("--recovery", dest="recovery_method", choices=RECOVERY_METHODS, default=argparse.SUPPRESS,
                        help="recovery_method: 'lora' (LoRA on the LM loss) or 'distill' (from the unpruned model)")
+    group.add_argument("--recovery-text", dest="recovery_text", choices=RECOVERY_TEXTS, default=argparse.SUPPRESS,
+                       help="recovery_text: train on the 'dataset', on text the unpruned model writes ('generated'), "
+                       "or on both ('mix')")  # fmt: skip
+    group.add_argument("--fine-tuning-method", dest="fine_tuning_method", choices=METHODS, default=argparse.SUPPRESS,
+                       help="fine_tuning_method: 'lora' (an adapter) or 'full' (every weight)")
 
 
 def _share(text: str) -> float | None:

@@ -3,7 +3,10 @@
 What is pruned is one spec, ``ExperimentConfig.pruning``: :class:`HeadPruning` (attention heads by importance, the
 default) or :class:`Compression` (a share of the parameters across heads, MLP channels and layers,
 :func:`colab_helpers.pruning.compress.compress`). How it recovers: ``recovery_method`` ``'lora'`` (LM loss) or
-``'distill'`` (knowledge distillation from the unpruned model, :func:`colab_helpers.finetune.distill`).
+``'distill'`` (knowledge distillation from the unpruned model, :func:`colab_helpers.finetune.distill`), training a LoRA
+adapter or every weight (``fine_tuning_method``) on ``recovery_text`` (the dataset, text the unpruned model writes,
+or both). With ``ability`` (the default) every stage is also measured on general ability
+(:func:`colab_helpers.evaluation.evaluate_ability`: text of other domains, zero-shot tasks).
 
 Flat keys: YAML run configs, sweeps, the command line and :meth:`ExperimentConfig.from_dict` write the pruning as
 flat keys, which build the spec: ``target_params`` (not None) and ``axes`` make a :class:`Compression`; otherwise
@@ -31,14 +34,21 @@ from typing import TYPE_CHECKING, Any
 
 from ..checks import field_help, is_finite_number
 from ..errors import ColabHelpersWarning
+from ..evaluation.ability import AbilityConfig
+from ..evaluation.tasks import PRESETS, resolve_tasks
+from ..finetune.config import METHODS
+from ..finetune.teacher_text import RECOVERY_TEXTS
 from ..models.loading import check_model_name
 from ..pruning.compress import AXES  # what compress may prune: heads, mlp, layers (in this order)
 from ..pruning.importance import check_strategy
 from ..pruning.selection import SCOPES
-from ..smoke import SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, smoke_model
+from ..smoke import (SMOKE_DATASET, SMOKE_EVAL_TOKENS, SMOKE_SEQ_LEN, SMOKE_STEPS, SMOKE_TASK_ITEMS,
+                     SMOKE_TEACHER_SAMPLES, smoke_model)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..finetune import DistillConfig, FineTuneConfig
+
+ABILITY_TOKENS = AbilityConfig().tokens  # other-domain tokens scored per text at most (fewer when eval_tokens is)
 
 STAGES = ("baseline", "pruned", "fine_tuned")
 RECOVERY_METHODS = ("lora", "distill")  # how the pruned model recovers: LM-loss LoRA, or KD from the unpruned model
@@ -46,10 +56,11 @@ HEAD_KEYS = {"strategy": "strategy", "pruning_level": "level", "scope": "scope",
 COMPRESSION_KEYS = ("target_params", "axes")
 
 # a field's annotation -> the kind _check_type checks ("?": None allowed too)
-_KINDS = {"str": "str", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
+_KINDS = {"str": "str", "str | None": "str?", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
           "tuple[str, ...]": "names", "HeadPruning | Compression": "pruning"}  # fmt: skip
 _EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64,  # fields whose default is None
-            "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64}  # fmt: skip
+            "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64,
+            "ability_tasks": "offline"}  # fmt: skip
 _WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
            "names": "a list of names", "pruning": "HeadPruning(...) or Compression(...)"}  # fmt: skip
 
@@ -202,9 +213,10 @@ class ExperimentConfig:
         "Compression(target_params, axes) (a parameter share across heads, MLP channels and layers)."))
     prompt: str = field(default="A hacker is", metadata=field_help("prompt for the generation at each stage."))
     max_new_tokens: int = field(default=30, metadata=field_help("tokens generated at each stage."))
-    fine_tuning_steps: int | None = field(default=None, metadata=field_help("LoRA optimizer steps (default 200 when epochs is None)."))
+    fine_tuning_steps: int | None = field(default=None, metadata=field_help("recovery optimizer steps (default 200 when epochs is None)."))
     fine_tuning_epochs: float | None = field(default=None, metadata=field_help("passes over the training text; overrides steps."))
-    learning_rate: float = field(default=1e-3, metadata=field_help("peak LoRA learning rate."))
+    learning_rate: float = field(default=1e-3, metadata=field_help(
+        "peak learning rate of recovery and the control: 1e-3 suits LoRA; fine_tuning_method='full' wants ~1e-4."))
     lora_r: int = field(default=16, metadata=field_help("LoRA rank."))
     lora_alpha: float = field(default=32, metadata=field_help("LoRA alpha (scale alpha / r)."))
     micro_batch_size: int = field(default=8, metadata=field_help("sequences per forward pass (halved on out-of-memory)."))
@@ -216,15 +228,17 @@ class ExperimentConfig:
     importance_batches: int = field(default=8, metadata=field_help("batches of 8 training sequences read by entropy / gradient."))
     latency_rounds: int = field(default=5, metadata=field_help("interleaved timing rounds per model for latency per token (medians)."))
     seed: int = field(default=0, metadata=field_help("seed of random scores, data sampling and LoRA."))
-    control: bool = field(default=False, metadata=field_help("also fine-tune the unpruned model for the same steps."))
+    control: bool = field(default=False, metadata=field_help(
+        "also fine-tune the unpruned model for the same steps, on the same text, the same way (LM loss)."))
     dtype: str = field(default="auto", metadata=field_help(
         "weights and training precision: 'auto' (fp32 on a CPU, bf16 on GPUs of capability >= 8, else fp16), 'bf16', 'fp16', 'fp32'."))
     load_in_4bit: bool = field(default=False, metadata=field_help(
         "QLoRA: load the model in 4 bits (CUDA + bitsandbytes); heads are then gated, not removed (HeadPruning(remove=False))."))
     save_model: bool = field(default=False, metadata=field_help("save the pruned, fine-tuned model (safetensors) as <run>/model."))
     recovery_method: str = field(default="lora", metadata=field_help(
-        "how the pruned model recovers: 'lora' (LoRA on the LM loss) or 'distill' (LoRA on knowledge distillation "
-        "from the unpruned model, colab_helpers.finetune.distill); the control is always 'lora'."))
+        "the pruned model's training objective: 'lora' (the LM loss) or 'distill' (knowledge distillation from the "
+        "unpruned model, colab_helpers.finetune.distill); the control always trains on the LM loss. What is trained "
+        "is fine_tuning_method's."))
     distill_temperature: float = field(default=2.0, metadata=field_help(
         "recovery_method='distill': softmax temperature T of teacher and student, > 0."))
     distill_alpha: float = field(default=0.5, metadata=field_help(
@@ -233,6 +247,25 @@ class ExperimentConfig:
         "recovery_method='distill': keep the teacher's k most likely tokens per position (64 is usual) and compute "
         "them once, before training, into <run>/finetune/teacher_cache on disk, so the teacher is not run beside the "
         "student (a bigger model on a T4); None = the live teacher, full logits."))
+    fine_tuning_method: str = field(default="lora", metadata=field_help(
+        "what recovery and the control train: 'lora' (an adapter, merged in afterwards) or 'full' (every weight; "
+        "about 4x the model's memory, no 4-bit or fp16 weights; lora_r and lora_alpha unused)."))
+    recovery_text: str = field(default="dataset", metadata=field_help(
+        "what recovery and the control train on: 'dataset' (the dataset's training split: adapts the model to that "
+        "domain), 'generated' (text the unpruned model writes: keeps general ability) or 'mix' (the two "
+        "interleaved). Generated text is shipped for smollm2-135m-instruct, else sampled from the unpruned model."))
+    recovery_samples: int = field(default=96, metadata=field_help(
+        "recovery_text 'generated' / 'mix' without shipped text: texts of up to 128 tokens sampled from the unpruned "
+        "model (once per model and seed)."))
+    ability: bool = field(default=True, metadata=field_help(
+        "measure general ability at every stage (perplexity on text of other domains, zero-shot tasks: "
+        "colab_helpers.evaluation.evaluate_ability) beside the in-domain perplexity; False: the in-domain table only, "
+        "faster."))
+    ability_tasks: str | None = field(default="offline", metadata=field_help(
+        "ability=True: zero-shot tasks, a preset ('offline': five tasks built locally; 'standard', 'tiny': from the "
+        "hub), a task name or names joined by commas ('capitals,antonyms'); None: other-domain perplexity only."))
+    ability_limit: int = field(default=100, metadata=field_help(
+        "ability=True: items per zero-shot task (100 gives a 95% interval of about +-0.1)."))
 
     def __post_init__(self) -> None:
         """Check every field's type and value; ValueError naming the field, the value (and its type) and the fix.
@@ -269,6 +302,7 @@ class ExperimentConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}; e.g. {name}={example}")
         self._check_recovery()
+        self._check_ability()
         if self.load_in_4bit and isinstance(self.pruning, Compression):
             raise ValueError("Compression removes weights physically, which 4-bit weights cannot be (sliced); set "
                              "load_in_4bit=False, or target_params=None to gate heads (HeadPruning(remove=False))")
@@ -288,6 +322,45 @@ class ExperimentConfig:
         if self.distill_top_k is not None and self.distill_top_k < 1:
             raise ValueError(f"distill_top_k must be a positive integer or None, got {self.distill_top_k!r}; "
                              "e.g. distill_top_k=64")  # fmt: skip
+        if self.fine_tuning_method not in METHODS:
+            raise ValueError(f"fine_tuning_method must be one of {METHODS}, got {self.fine_tuning_method!r}; e.g. "
+                             "fine_tuning_method='lora' (an adapter) or 'full' (every weight)")  # fmt: skip
+        if self.fine_tuning_method == "full" and (self.load_in_4bit or self.dtype == "fp16"):
+            what = "load_in_4bit=True" if self.load_in_4bit else "dtype='fp16'"
+            raise ValueError(f"fine_tuning_method='full' cannot train the weights of {what} (AdamW's updates need "
+                             "fp32 or bf16 weights); set fine_tuning_method='lora', or dtype='fp32' / 'bf16'")  # fmt: skip
+        if self.recovery_text not in RECOVERY_TEXTS:
+            raise ValueError(f"recovery_text must be one of {RECOVERY_TEXTS}, got {self.recovery_text!r}; e.g. "
+                             "recovery_text='mix' (dataset and text the unpruned model writes)")  # fmt: skip
+        if self.recovery_samples < 1:
+            raise ValueError(f"recovery_samples must be a positive integer, got {self.recovery_samples!r}; e.g. "
+                             "recovery_samples=96")  # fmt: skip
+
+    def _check_ability(self) -> None:
+        """Check the ability settings (the task names too: an unknown one fails here, not after the baseline)."""
+        if self.ability_tasks is not None:
+            try:
+                resolve_tasks(self.ability_task_names())
+            except ValueError as error:
+                raise ValueError(f"ability_tasks={self.ability_tasks!r}: {error}; or ability_tasks=None for "
+                                 "other-domain perplexity only") from None  # fmt: skip
+        if self.ability_limit < 1:
+            raise ValueError(f"ability_limit must be a positive integer, got {self.ability_limit!r}; e.g. "
+                             "ability_limit=100 items per task")  # fmt: skip
+
+    def ability_task_names(self) -> str | list[str] | None:
+        """``ability_tasks`` as :class:`~colab_helpers.evaluation.AbilityConfig` takes it: a preset, or a list of names."""
+        tasks = self.ability_tasks
+        if tasks is None or tasks in PRESETS:
+            return tasks
+        return [name.strip() for name in tasks.split(",") if name.strip()]
+
+    def ability_config(self) -> AbilityConfig:
+        """Return what :func:`~colab_helpers.evaluation.evaluate_ability` measures at each stage: the other-domain
+        texts in blocks of ``seq_len``, ``eval_tokens`` of each (at most AbilityConfig's default), and the tasks."""
+        tokens = max(self.seq_len, min(self.eval_tokens, ABILITY_TOKENS))
+        return AbilityConfig(tokens=tokens, seq_len=self.seq_len, tasks=self.ability_task_names(),
+                             limit=self.ability_limit)  # fmt: skip
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -321,12 +394,15 @@ class ExperimentConfig:
 
     def smoke(self) -> ExperimentConfig:
         """Return a copy that runs in seconds on a CPU (:mod:`colab_helpers.smoke`): an embedded toy model (the
-        chosen one when it is embedded), the embedded corpus, few tokens, a few training steps."""
+        chosen one when it is embedded), the embedded corpus, few tokens, a few training steps, few task items and
+        teacher samples."""
         check_model_name(self.model)  # a folder that is not there is named, not swapped for the toy unseen
         return dataclasses.replace(
             self, model=smoke_model(self.model), dataset=SMOKE_DATASET, fine_tuning_steps=SMOKE_STEPS,
             fine_tuning_epochs=None, seq_len=min(self.seq_len, SMOKE_SEQ_LEN), eval_tokens=SMOKE_EVAL_TOKENS,
             eval_stride=None, importance_batches=2, micro_batch_size=4, max_new_tokens=8, latency_rounds=2,
+            ability_limit=min(self.ability_limit, SMOKE_TASK_ITEMS),  # and eval_tokens of each other-domain text
+            recovery_samples=min(self.recovery_samples, SMOKE_TEACHER_SAMPLES),
         )  # fmt: skip
 
     @property
@@ -337,7 +413,7 @@ class ExperimentConfig:
         return 200 if self.fine_tuning_steps is None else self.fine_tuning_steps
 
     def finetune_config(self, output_dir: str | os.PathLike[str], *, control: bool = False) -> FineTuneConfig:
-        """Return the LoRA config of this run: the one place the pipeline's settings become fine-tuning settings
+        """Return the fine-tuning config of this run (``fine_tuning_method``: LoRA or every weight): the one place the pipeline's settings become fine-tuning settings
         (:meth:`distill_config` adds the distillation settings of ``recovery_method='distill'``).
 
         Field names differ on purpose (``lora_r`` is ``r``, ``fine_tuning_steps`` is ``max_steps``): a run config
@@ -347,13 +423,19 @@ class ExperimentConfig:
         from ..finetune import FineTuneConfig
 
         return FineTuneConfig(
-            r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
+            method=self.fine_tuning_method, r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
             epochs=self.fine_tuning_epochs, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
             seed=self.seed, dtype=self.dtype, load_in_4bit=self.load_in_4bit, output_dir=str(output_dir), eval_batches=4,
-            plot_title="control: the unpruned model, fine-tuned as long" if control else (
-                "LoRA recovery of the pruned model, distilled from the unpruned one" if self.recovery_method == "distill"
-                else "LoRA recovery of the pruned model"),
+            plot_title=self._plot_title(control),
         ).with_intervals(evaluations=8, checkpoints=4)
+
+    def _plot_title(self, control: bool) -> str:
+        what = "LoRA" if self.fine_tuning_method == "lora" else "full fine-tuning"
+        if control:
+            return f"control: the unpruned model, {what} as long"
+        teacher = ", distilled from the unpruned one" if self.recovery_method == "distill" else ""
+        text = "" if self.recovery_text == "dataset" else f", on {self.recovery_text} text"
+        return f"{what} recovery of the pruned model{teacher}{text}"
 
     def distill_config(self, cache_dir: str | os.PathLike[str] | None = None) -> DistillConfig:
         """Return the distillation settings of ``recovery_method='distill'``: temperature and alpha, and with
@@ -366,10 +448,14 @@ class ExperimentConfig:
 
     def run_name(self) -> str:
         """A readable, file-safe name: ``embedded-gpt2-gradient-30`` (heads), ``embedded-gpt2-keep70-heads+mlp+layers``
-        (compression to 70%), ``-distill`` appended for distillation."""
+        (compression to 70%); ``-distill`` appended for distillation, ``-full`` for full fine-tuning, ``-mix`` /
+        ``-generated`` for that recovery text."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model)
-        name = f"{model}-{self.pruning.label()}"
-        return name if self.recovery_method == "lora" else f"{name}-{self.recovery_method}"
+        parts = [model, self.pruning.label()]
+        parts += [self.recovery_method] if self.recovery_method != "lora" else []
+        parts += [self.fine_tuning_method] if self.fine_tuning_method != "lora" else []
+        parts += [self.recovery_text] if self.recovery_text != "dataset" else []
+        return "-".join(parts)
 
 
 _PRUNING_KEYS = (*HEAD_KEYS, *COMPRESSION_KEYS)

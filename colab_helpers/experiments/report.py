@@ -1,6 +1,7 @@
 """What a notebook shows of pipeline runs: tables and figures of :class:`~.result.ExperimentResult` objects.
 
-:func:`comparison_table` (every stage measured), :func:`recovery_table` (the loss won back, read against the control),
+:func:`comparison_table` (every stage measured, in-domain and general), :func:`ability_comparison` (general ability
+per stage), :func:`recovery_table` (the loss won back, read against the control),
 :func:`generations_table`, :func:`training_history` (a fine-tuning's losses by step, from its ``history.csv``) and
 :func:`plot_results` (perplexity per stage beside the training curves).
 """
@@ -25,51 +26,104 @@ def _with_control(result: ExperimentResult, control_name: str) -> dict[str, Stag
 def comparison_table(result: ExperimentResult) -> Any:
     """Return a table of one run's stages, with the control when it ran (a pandas DataFrame, one row per stage).
 
-    Columns: perplexity and its change against the baseline, parameters, size of the weights as saved (MB),
-    median latency per generated token (wall) and the speed-up against the baseline (CPU time on a CPU), and the
-    seconds each stage took.
+    Columns: in-domain perplexity (the dataset's validation split) and its change against the baseline; when the run
+    measured general ability, general perplexity (text of other domains) and its change, task retention against the
+    baseline and the ``reading`` (:func:`colab_helpers.evaluation.ability.ability_reading`: an in-domain gain that
+    general text does not confirm reads "domain adaptation", not "better"); then parameters, size of the weights as
+    saved (MB), median latency per generated token (wall) and the speed-up against the baseline (CPU time on a
+    CPU), and the seconds each stage took.
     """
     import pandas as pd
 
-    baseline = result.baseline.perplexity
-    rows = {
-        name: {
-            "perplexity": stage.perplexity,
-            "vs baseline": f"{stage.perplexity / baseline - 1:+.1%}",
+    stages = _with_control(result, "control (unpruned, fine-tuned)")
+    baseline = result.baseline
+    rows = {}
+    for name, stage in stages.items():
+        row = {"in-domain ppl": stage.perplexity, "in-domain vs baseline": _change(stage.perplexity, baseline.perplexity)}
+        if baseline.ability is not None:
+            row.update(_ability_columns(stage, baseline, reference=name == "baseline"))
+        row.update({
             "parameters": stage.parameters,
             "weights MB": math.nan if stage.weights_mb is None else stage.weights_mb,
             "ms / token": math.nan if stage.latency is None else stage.latency.ms_per_token,
             "speed-up": math.nan if stage.speedup is None else stage.speedup,
             "seconds": stage.seconds,
-        }
-        for name, stage in _with_control(result, "control (unpruned, fine-tuned)").items()
-    }
+        })  # fmt: skip
+        rows[name] = row
     table = pd.DataFrame(rows).T
-    table = table.astype({"perplexity": float, "parameters": int, "weights MB": float, "ms / token": float,
-                          "speed-up": float, "seconds": float})  # fmt: skip
-    return table.round({"perplexity": 2, "weights MB": 1, "ms / token": 1, "speed-up": 3, "seconds": 1})
+    floats = ["in-domain ppl", "weights MB", "ms / token", "speed-up", "seconds"]
+    floats += ["general ppl", "task retention"] if "general ppl" in table.columns else []
+    table = table.astype({**dict.fromkeys(floats, float), "parameters": int})
+    return table.round({"in-domain ppl": 2, "general ppl": 2, "task retention": 3, "weights MB": 1, "ms / token": 1,
+                        "speed-up": 3, "seconds": 1})  # fmt: skip
+
+
+def _change(value: float | None, reference: float | None) -> str:
+    """``+2.1%``: the change of ``value`` against ``reference`` (empty when either is missing)."""
+    if value is None or reference is None or not reference:
+        return ""
+    return f"{value / reference - 1:+.1%}"
+
+
+def _ability_columns(stage: StageMetrics, baseline: StageMetrics, *, reference: bool) -> dict[str, Any]:
+    """The general-ability columns of one stage against the baseline (NaN and empty where it was not measured)."""
+    from ..evaluation.ability import ability_reading, ability_retention
+
+    if stage.ability is None or baseline.ability is None:
+        return {"general ppl": math.nan, "general vs baseline": "", "task retention": math.nan, "reading": ""}
+    return {
+        "general ppl": math.nan if stage.general_ppl is None else stage.general_ppl,
+        "general vs baseline": _change(stage.general_ppl, baseline.general_ppl),
+        "task retention": ability_retention(stage.ability, baseline.ability),
+        "reading": "reference" if reference else ability_reading(stage.ability, baseline.ability),
+    }
+
+
+def ability_comparison(result: ExperimentResult) -> Any:
+    """Return the general ability of every stage (and the control) against the baseline, a pandas DataFrame
+    (:func:`colab_helpers.evaluation.ability_table`): in-domain perplexity, each other-domain text's, general
+    perplexity and its ratio to the baseline's, each task's accuracy, task retention and the reading.
+
+    ValueError when the run measured no ability (``ability=False``).
+    """
+    from ..evaluation.ability import ability_table
+
+    abilities = {name: stage.ability for name, stage in _with_control(result, "control (unpruned, fine-tuned)").items()
+                 if stage.ability is not None}  # fmt: skip
+    if "baseline" not in abilities:
+        raise ValueError(f"run {result.name!r} measured no general ability (ability=False); run it with ability=True")
+    return ability_table(abilities, reference="baseline")
 
 
 def recovery_table(result: ExperimentResult) -> Any:
-    """Return what pruning cost and fine-tuning won back, read against the control when it ran.
+    """Return what pruning cost and recovery won back, read against the control when it ran.
 
-    Fine-tuning on text of the evaluation's domain lowers perplexity by itself, so a share recovered above 1
-    is not a better model than the unpruned one: the control (the unpruned model fine-tuned as long on the
-    same text) is the fair reference, and ``pruned + fine-tuned vs control`` is what pruning still costs.
+    Fine-tuning on text of the evaluation's domain lowers its perplexity by itself, so a share recovered above 1
+    is not a better model than the unpruned one: the share is on general (other-domain) perplexity when the run
+    measured it (the in-domain share beside it), and the control (the unpruned model fine-tuned as long on the
+    same text) is the fair reference: ``pruned + fine-tuned vs control`` is what pruning still costs.
     """
     import pandas as pd
 
     ppl = {stage: metrics.perplexity for stage, metrics in result.stages.items()}
     rows: dict[str, Any] = {
-        "unpruned": f"{ppl['baseline']:.2f}",
+        "unpruned (in-domain ppl)": f"{ppl['baseline']:.2f}",
         "pruned": f"{ppl['pruned']:.2f} ({ppl['pruned'] / ppl['baseline'] - 1:+.1%})",
         "pruned + fine-tuned": f"{ppl['fine_tuned']:.2f}",
-        "share of the loss won back": _share(result.recovered_share),
     }
+    general = {stage: metrics.general_ppl for stage, metrics in result.stages.items()}
+    if None not in general.values():
+        rows["general ppl: unpruned, pruned, pruned + fine-tuned"] = ", ".join(f"{value:.2f}" for value in general.values())
+        rows["share of the general loss won back"] = _share(result.recovered_share)
+        rows["share of the in-domain loss won back"] = _share(result.recovered_share_in_domain)
+    else:
+        rows["share of the in-domain loss won back"] = _share(result.recovered_share)
     if result.control is not None:
         control = result.control.perplexity
         rows["control: unpruned + fine-tuned as long"] = f"{control:.2f}"
         rows["pruned + fine-tuned vs control"] = f"{ppl['fine_tuned'] / control - 1:+.1%} (what pruning still costs)"
+        if result.control.general_ppl is not None and general["fine_tuned"] is not None:
+            rows["pruned + fine-tuned vs control, general ppl"] = _change(general["fine_tuned"], result.control.general_ppl)
     return pd.DataFrame({"value": rows})
 
 

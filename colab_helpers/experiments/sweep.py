@@ -46,11 +46,17 @@ METRIC_NAMES: tuple[str, ...] = (
     *(f"{stage}_{what}" for stage in STAGES for what in ("perplexity", "parameters", "latency_ms")),
     "heads_pruned", "recovered_share", "training_steps", "run_seconds", "control_perplexity",
     "predicted_speedup", "layers_removed",  # compression runs
+    # general ability (ability=True): other-domain perplexity per stage, task retention against the baseline
+    *(f"{stage}_general_ppl" for stage in (*STAGES, "control")),
+    *(f"{stage}_task_retention" for stage in (*STAGES[1:], "control")), "recovered_share_in_domain",
 )  # fmt: skip
 
 
 def run_metrics(result: ExperimentResult) -> dict[str, Any]:
-    """Return the flat metrics of one pipeline result, as recorded in ``runs.csv`` (names in ``METRIC_NAMES``)."""
+    """Return the flat metrics of one pipeline result, as recorded in ``runs.csv`` (names in ``METRIC_NAMES``).
+
+    ``recovered_share`` is on general perplexity when the run measured abilities (``recovered_share_in_domain``
+    beside it), as :func:`~.result.recovered_shares` says."""
     metrics: dict[str, Any] = {}
     for stage, values in result.stages.items():
         metrics[f"{stage}_perplexity"] = values.perplexity
@@ -61,10 +67,28 @@ def run_metrics(result: ExperimentResult) -> dict[str, Any]:
         metrics["predicted_speedup"] = result.pruning.report.predicted_speedup
         metrics["layers_removed"] = len(result.pruning.report.removed_layers)
     metrics["recovered_share"] = result.recovered_share
+    metrics["recovered_share_in_domain"] = result.recovered_share_in_domain
     metrics["training_steps"] = result.training.steps
     metrics["run_seconds"] = result.seconds
     if result.control is not None:
         metrics["control_perplexity"] = result.control.perplexity
+    return metrics | _ability_metrics(result)
+
+
+def _ability_metrics(result: ExperimentResult) -> dict[str, Any]:
+    """``<stage>_general_ppl`` per stage (the control's too) and ``<stage>_task_retention`` against the baseline
+    (NaN without ranked tasks); empty when the run measured no ability."""
+    from ..evaluation.ability import ability_retention
+
+    reference = result.baseline.ability
+    if reference is None:
+        return {}
+    stages = result.stages | ({"control": result.control} if result.control is not None else {})
+    metrics: dict[str, Any] = {}
+    for stage, values in stages.items():
+        metrics[f"{stage}_general_ppl"] = values.general_ppl
+        if stage != "baseline" and values.ability is not None:
+            metrics[f"{stage}_task_retention"] = ability_retention(values.ability, reference)
     return metrics
 
 

@@ -16,7 +16,8 @@ from; unreadable ones moved aside), :mod:`.outputs` (the output folder, the fina
 precision, gates), :mod:`.distributed` (several processes, one run), :mod:`.callbacks` (live plot, progress bar,
 gradient files), :mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged
 model), :mod:`.distill` (knowledge distillation from a teacher through the same loop), :mod:`.teacher_cache` (the
-teacher's top-k logits computed once, on disk). torch and peft are imported only when training starts.
+teacher's top-k logits computed once, on disk), :mod:`.teacher_text` (recovery text: the dataset, text the teacher
+writes, or both). torch and peft are imported only when training starts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .config import FineTuneConfig
 from .distill import DistillConfig, distill
 from .export import merge_adapter, save_adapter, save_merged
 from .result import FineTuneResult
+from .teacher_text import RECOVERY_TEXTS, recovery_texts, teacher_texts
 from .trainer import FineTuner, fine_tune
 
 __all__ = [
@@ -36,12 +38,15 @@ __all__ = [
     "FineTuneResult",
     "FineTuner",
     "LivePlotCallback",
+    "RECOVERY_TEXTS",
     "ProgressCallback",
     "distill",
     "fine_tune",
     "latest_checkpoint",
     "list_checkpoints",
     "merge_adapter",
+    "recovery_texts",
     "save_adapter",
     "save_merged",
+    "teacher_texts",
 ]

@@ -27,6 +27,7 @@ loading (:mod:`colab_helpers.models` imports it to read pruned checkpoints back)
 - :mod:`.flops` -- :func:`forward_flops`, the speed-up prediction read from actual shapes;
 - :mod:`.compress` -- :func:`compress`, to a parameter target across heads, MLP and layers;
 - :mod:`.allocation` -- the units, their costs and the allocation search behind :func:`compress`;
+- :mod:`.reconstruct` -- the least-squares refit of the output projections after pruning (``reconstruct=True``);
 - :mod:`.study` -- strategies over seeds, perplexity against level (:class:`~.study.PruningStudyConfig`).
 
 A new architecture: add its attention spec to :mod:`.layout`. A new strategy: a scoring function in

@@ -1,6 +1,11 @@
 """The allocation search of :func:`~.compress.compress`: every prunable unit (a head, or one head per key/value
 group; an MLP channel; a layer) with its score and parameter cost, budgets split over the axes on a grid, each
-split's units gated at once and measured, and the best split removed.
+split's units gated at once and measured, and the best split removed (its output projections refit by least
+squares when asked, :mod:`.reconstruct`).
+
+Splits are measured in two stages: every distinct split on the first evaluation batch, then the ``FINALISTS``
+lowest on all of them; the lowest of those wins. The losses of splits far apart differ by much more than one
+batch's noise, so the screen costs one batch per split instead of all of them and keeps the same winner.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..runtime.modules import model_device, parameter_count
-from .batches import eval_mode, mean_loss, progress_bar
+from .batches import eval_mode, loss_sum, progress_bar
 from .gating import HeadGates
+from .importance import head_importance
 from .layers import SkippedLayers, decoder_layers, layer_importance, remove_layers
 from .layout import AttentionSite, HeadLayout, attention_sites, layout_of
 from .mlp import MlpGates, MlpSite, mlp_sites, remove_mlp_channels
 from .mlp_importance import mlp_importance
+from .reconstruct import GramCollector, OutputError, collect_grams, plan_refits, write_refits
 from .removal import remove_heads
 from .surgery import base_layer, in_features, out_features
 from .taylor import taylor_scores
@@ -25,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 _FINE_TO_COARSE = ("mlp", "heads", "layers")  # the finest allowed axis takes the rest of the budget
+FINALISTS = 3  # splits measured on every evaluation batch after the one-batch screen
 
 
 @dataclass(frozen=True)
@@ -32,11 +40,14 @@ class SearchOptions:
     """How :func:`best_plan` scores and splits (the options of :func:`~.compress.compress`)."""
 
     axes: tuple[str, ...]
+    head_strategy: str
     mlp_strategy: str
     layer_strategy: str
     grid_step: float
     round_to: int
     progress: bool
+    reconstruct: bool = False
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,17 @@ class _Scores:
     heads: Any | None  # [layers, max_heads] or None
     mlp: list[Any] | None
     layers: Any | None  # [layers]
+    grams: GramCollector | None = None  # inputs of the output projections, for the least-squares refit
+
+
+@dataclass(frozen=True)
+class Search:
+    """What :func:`best_plan` found: the plan, a row per split tried, and the sums the refit needs (or None)."""
+
+    plan: Plan
+    tried: list[dict[str, Any]]
+    grams: GramCollector | None
+    located: _Located
 
 
 @dataclass(frozen=True)
@@ -88,49 +110,75 @@ def head_costs(site: AttentionSite) -> tuple[int, int]:
 
 def best_plan(
     model: nn.Module, calibration: list[Any], evaluation: list[Any], budget: int, options: SearchOptions
-) -> tuple[Plan, list[dict[str, Any]]]:
+) -> Search:
     """Score the model's units, try every split of ``budget`` parameters over the axes, and return the split with
-    the lowest gated loss on ``evaluation`` and a row per split tried (shares, removed parameters, loss)."""
-    from tqdm.auto import tqdm
-
+    the lowest gated loss on ``evaluation`` (screened on its first batch, see the module docstring), a row per split
+    tried (shares, removed parameters, loss, how many evaluation batches measured it, whether it won) and, with
+    ``options.reconstruct``, the Gram sums of the output projections' inputs on ``calibration``."""
     axes = options.axes
     located = _Located.of(model, axes)
     scores = _score(model, located, calibration, evaluation, options)
     units = _Units(located, scores, global_mlp=options.mlp_strategy == "taylor", round_to=options.round_to)
     plans = [units.plan(split, budget) for split in _splits(axes, options.grid_step)]
     unique = list({_plan_key(p): p for p in plans}.values())  # splits that pick the same units are measured once
-    tried = []
-    best: tuple[float, Plan] | None = None
+    losses = _measure(model, located, unique, evaluation, options.progress)
     params_now = parameter_count(model)
-    for plan in tqdm(unique, desc="allocations (calibration loss)", disable=not options.progress, leave=False):
-        loss = _gated_loss(model, located, plan, evaluation)
-        tried.append({**{f"share_{a}": plan.shares[a] for a in axes},
-                      **{f"removed_{a}": plan.removed[a] for a in axes},
-                      "params_after": params_now - sum(plan.removed.values()), "loss": loss})
-        if best is None or loss < best[0]:
-            best = (loss, plan)
-    assert best is not None
-    return best[1], tried
+    winner = min(range(len(unique)), key=lambda i: (-losses[i][1], losses[i][0]))
+    tried = [{**{f"share_{a}": plan.shares[a] for a in axes}, **{f"removed_{a}": plan.removed[a] for a in axes},
+              "params_after": params_now - sum(plan.removed.values()), "loss": loss, "batches": batches,
+              "chosen": i == winner} for i, (plan, (loss, batches)) in enumerate(zip(unique, losses))]  # fmt: skip
+    return Search(unique[winner], tried, scores.grams, located)
+
+
+def _measure(
+    model: nn.Module, located: _Located, plans: list[Plan], evaluation: list[Any], progress: bool
+) -> list[tuple[float, int]]:
+    """``(loss, batches measured)`` per plan: all on ``evaluation[0]``, the ``FINALISTS`` best on the rest too."""
+    from tqdm.auto import tqdm
+
+    first = [_gated_loss(model, located, plan, evaluation[:1]) for plan in
+             tqdm(plans, desc="allocations (screen)", disable=not progress, leave=False)]  # fmt: skip
+    results = [(total / max(count, 1), 1) for total, count in first]
+    if len(evaluation) > 1 and len(plans) > 1:
+        screened = first[0][1] > 0  # a first batch of padding alone screens nothing: every plan is a finalist
+        finalists = sorted(range(len(plans)), key=lambda i: results[i][0])[: FINALISTS if screened else None]
+        for i in finalists:
+            total, count = _gated_loss(model, located, plans[i], evaluation[1:])
+            results[i] = ((first[i][0] + total) / (first[i][1] + count), len(evaluation))
+    return results
 
 
 def _score(
     model: nn.Module, located: _Located, batches: list[Any], evaluation: list[Any], options: SearchOptions
 ) -> _Scores:
-    """Score the units of the axes: heads and channels on the calibration batches, layers (one forward per layer
-    per batch for ``"loss"``) on the evaluation batches, which are usually fewer."""
+    """Score the units of the axes: heads and channels on the calibration batches, layers (``"loss"``: one forward
+    of the layers after it per layer per batch) on the evaluation batches, which are usually fewer; with
+    ``options.reconstruct``, sum the Grams of the output projections' inputs in the same calibration pass."""
+    import contextlib
+
     axes, progress = options.axes, options.progress
-    want_heads, want_mlp = "heads" in axes, "mlp" in axes and options.mlp_strategy == "taylor"
-    heads = mlp = layers = None
+    want_heads = "heads" in axes and options.head_strategy == "taylor"
+    want_mlp = "mlp" in axes and options.mlp_strategy == "taylor"
+    heads = mlp = layers = grams = None
+    gram_heads = located.sites if "heads" in axes else None
+    gram_mlp = located.mlp if "mlp" in axes else None
     if want_heads or want_mlp:
-        with eval_mode(model):
+        collector = GramCollector(model, gram_heads, gram_mlp) if options.reconstruct else contextlib.nullcontext()
+        with eval_mode(model), collector:
             heads, mlp = taylor_scores(model, progress_bar(batches, "Taylor scores (heads, MLP)", None, progress),
                                        heads=located.sites if want_heads else None,
                                        mlp=located.mlp if want_mlp else None)  # fmt: skip
+        grams = collector if options.reconstruct else None
+    elif options.reconstruct and (gram_heads or gram_mlp):
+        with eval_mode(model):
+            grams = collect_grams(model, batches, gram_heads, gram_mlp)
+    if "heads" in axes and options.head_strategy != "taylor":
+        heads = head_importance(model, None, options.head_strategy, seed=options.seed, progress=False)
     if "mlp" in axes and options.mlp_strategy != "taylor":
-        mlp = mlp_importance(model, batches, options.mlp_strategy, progress=progress)
+        mlp = mlp_importance(model, batches, options.mlp_strategy, seed=options.seed, progress=progress)
     if "layers" in axes:
-        layers = layer_importance(model, evaluation, options.layer_strategy, progress=progress)
-    return _Scores(heads=heads, mlp=mlp, layers=layers)
+        layers = layer_importance(model, evaluation, options.layer_strategy, seed=options.seed, progress=progress)
+    return _Scores(heads=heads, mlp=mlp, layers=layers, grams=grams)
 
 
 def _splits(axes: tuple[str, ...], step: float) -> list[dict[str, float]]:
@@ -269,19 +317,28 @@ class _Units:
         return saved
 
 
-def _gated_loss(model: nn.Module, located: _Located, plan: Plan, batches: list[Any]) -> float:
-    """The loss on ``batches`` with the plan's heads and channels gated off and its layers skipped."""
+def _gated_loss(model: nn.Module, located: _Located, plan: Plan, batches: list[Any]) -> tuple[float, int]:
+    """``(summed token loss, tokens)`` on ``batches`` with the plan's heads and channels gated off and its layers
+    skipped."""
     import torch
 
     device = model_device(model)
     head_gates = HeadGates((~plan.head_mask).to(device=device, dtype=torch.float32), located.sites, located.layout)
     mlp_gates = MlpGates(located.mlp, [(~m).to(device=device, dtype=torch.float32) for m in plan.mlp_masks])
     with eval_mode(model), head_gates, SkippedLayers(located.layers, plan.layers), mlp_gates:
-        return mean_loss(model, batches)
+        return loss_sum(model, batches)
 
 
-def apply_plan(model: nn.Module, plan: Plan, removed: dict[str, int]) -> None:
-    """Remove the plan's heads, then MLP channels, then layers; add what each took to ``removed`` (per axis)."""
+def apply_plan(
+    model: nn.Module, search: Search, removed: dict[str, int], errors: dict[str, OutputError] | None = None
+) -> None:
+    """Remove the search's plan: heads, then MLP channels (their output projections refit when ``search.grams``),
+    then layers; add what each took to ``removed`` and the refit's output errors to ``errors`` (per axis)."""
+    plan = search.plan
+    refits = None
+    if search.grams is not None:  # computed from the weights as they are, before anything is removed
+        refits = plan_refits(search.grams, search.located.sites, search.located.mlp, plan.head_mask, plan.mlp_masks,
+                             plan.layers)  # fmt: skip
     before = parameter_count(model)
     if bool(plan.head_mask.any()):
         remove_heads(model, plan.head_mask, allow_repeat=True)
@@ -289,6 +346,10 @@ def apply_plan(model: nn.Module, plan: Plan, removed: dict[str, int]) -> None:
     if plan.mlp_masks and any(bool(m.any()) for m in plan.mlp_masks):
         remove_mlp_channels(model, plan.mlp_masks)
     after_mlp = parameter_count(model)
+    if refits is not None:
+        for axis, error in write_refits(refits).items():
+            if errors is not None and axis in errors:
+                errors[axis].add(error)
     if plan.layers:
         remove_layers(model, plan.layers)
     after_layers = parameter_count(model)

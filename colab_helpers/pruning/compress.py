@@ -13,7 +13,10 @@ How it decides (one round; ``rounds > 1`` repeats it towards the target, re-scor
    grid (``grid_step``), pick the units with the lowest score per parameter in each axis (coarse axes stop within
    their share, the finest takes what is left so the target is met), gate them all at once (heads and channels
    by hooks, layers skipped) and measure the loss on ``eval_batches``.
-4. **Remove the best** (lowest measured loss) physically: heads, then MLP channels, then layers.
+4. **Remove the best** (lowest measured loss) physically: heads, then MLP channels, then layers. With
+   ``reconstruct=True`` (the default) the output projections of the layers that lost heads or channels are refit
+   by least squares on the calibration tokens' activations (:mod:`.reconstruct`), so each layer's output changes
+   as little as its kept units allow.
 
 Everything is checked before any weight changes; the report (:class:`~.reports.CompressReport`) says what went where.
 """
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..checks import is_finite_number
 from ..runtime.modules import parameter_count
 from .allocation import SearchOptions, apply_plan, best_plan, head_costs
+from .reconstruct import OutputError
 from .batches import check_batches, mean_loss
 from .flops import forward_flops
 from .layers import LAYER_STRATEGIES, check_layers_removable, decoder_layers
@@ -47,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 AXES = ("heads", "mlp", "layers")
+HEAD_STRATEGIES = ("taylor", "random")  # compress's own: Taylor scores on the loss's scale, or the random baseline
 
 
 def compress(
@@ -56,8 +61,11 @@ def compress(
     axes: Sequence[str] = AXES,
     *,
     eval_batches: Iterable[Mapping[str, Any]] | None = None,
+    head_strategy: str = "taylor",
     mlp_strategy: str = "taylor",
     layer_strategy: str = "loss",
+    reconstruct: bool = True,
+    seed: int = 0,
     grid_step: float = 0.25,
     rounds: int = 1,
     round_to: int = 8,
@@ -70,9 +78,13 @@ def compress(
     ``axes``: a non-empty subset of ``("heads", "mlp", "layers")``; an axis the architecture cannot prune is
     refused with the reason. ``batches`` (dicts with ``input_ids``, optionally ``attention_mask``) calibrate the
     Taylor scores; layer costs and allocations are measured on ``eval_batches`` (default: ``batches``; fewer,
-    separate ones are faster and less biased). ``mlp_strategy``: ``"taylor"``, ``"activation"`` or ``"random"``
-    (the last two allocate per layer: no common scale); ``layer_strategy``: ``"loss"``, ``"block_influence"`` or
-    ``"random"``. ``grid_step``: resolution of the allocation search (0.25: 15 splits over three axes);
+    separate ones are faster and less biased). ``head_strategy``: ``"taylor"`` or ``"random"`` (uniform scores:
+    random units across layers); ``mlp_strategy``: ``"taylor"``, ``"activation"`` or ``"random"`` (the last two
+    allocate per layer: no common scale); ``layer_strategy``: ``"loss"``, ``"block_influence"`` or ``"random"``;
+    all three ``"random"`` is the random baseline (the split over the axes is still the measured best), seeded by
+    ``seed``. ``reconstruct``: refit the output projections of the layers that lost heads or MLP channels by
+    least squares (:mod:`.reconstruct`; one calibration pass, shared with the Taylor scores).
+    ``grid_step``: resolution of the allocation search (0.25: 15 splits over three axes);
     ``rounds``: score-and-prune rounds to the target; ``round_to``: the multiple MLP sizes are rounded down to.
     Every layer keeps a head per key/value group and ``round_to`` MLP channels; a layer remains. Every check runs
     before any weight changes.
@@ -80,7 +92,8 @@ def compress(
     started = time.perf_counter()
     target = _check_target(target_params)
     chosen_axes, sites = _checked_axes(model, axes)
-    _check_options(mlp_strategy, layer_strategy, grid_step, rounds, round_to)
+    _check_options(head_strategy, mlp_strategy, layer_strategy, grid_step, rounds, round_to)
+    _check_flags(reconstruct, seed)
     calibration = _batch_list(model, batches, max_batches, "batches")
     evaluation = calibration if eval_batches is None else _batch_list(model, eval_batches, max_batches, "eval_batches")
     params_before = parameter_count(model)
@@ -88,23 +101,24 @@ def compress(
     seq_len = int(_first_ids(calibration).shape[-1])
     before = _Before(params_before, [s.n_q for s in sites], _mlp_per_layer(model), forward_flops(model, 1, seq_len),
                      mean_loss(model, evaluation), seq_len)  # fmt: skip
-    options = SearchOptions(chosen_axes, mlp_strategy, layer_strategy, grid_step, round_to, progress)
+    options = SearchOptions(chosen_axes, head_strategy, mlp_strategy, layer_strategy, grid_step, round_to, progress,
+                            reconstruct=reconstruct, seed=seed)  # fmt: skip
     goals = [int(round(params_before * (1 - (1 - target) * (i + 1) / rounds))) for i in range(rounds)]
     done = _prune_rounds(model, calibration, evaluation, goals, options, layer_count=len(sites))
-    report = _report(model, before, done, evaluation, target=target, axes=chosen_axes, started=started)
+    report = _report(model, before, done, evaluation, target=target, options=options, started=started)
     logger.info("%s", report.summary())
     return report
 
 
 def _report(
-    model: nn.Module, before: _Before, done: _Rounds, evaluation: list[Any], *, target: float, axes: tuple[str, ...],
+    model: nn.Module, before: _Before, done: _Rounds, evaluation: list[Any], *, target: float, options: SearchOptions,
     started: float,
 ) -> CompressReport:
     layer_count = len(before.heads)
     return CompressReport(
         architecture=str(getattr(model.config, "model_type", type(model).__name__)),
         target_params=target,
-        axes=axes,
+        axes=options.axes,
         params_before=before.params,
         params_after=parameter_count(model),
         removed_params=done.removed,
@@ -121,6 +135,9 @@ def _report(
         loss_before=before.loss,
         loss_after=mean_loss(model, evaluation),
         candidates=tuple(done.candidates),
+        strategies={"heads": options.head_strategy, "mlp": options.mlp_strategy, "layers": options.layer_strategy},
+        reconstructed=options.reconstruct and any(e.energy > 0 for e in done.errors.values()),
+        output_error={axis: e.shares() for axis, e in done.errors.items() if e.energy > 0},
         seconds=time.perf_counter() - started,
     )
 
@@ -140,9 +157,11 @@ class _Before:
 
 @dataclass
 class _Rounds:
-    """What the rounds removed (parameters per axis), the last split, every allocation tried, the layers kept."""
+    """What the rounds removed (parameters per axis), the last split, every allocation tried, the layers kept, and
+    the output errors of the refit output projections (per axis)."""
 
     removed: dict[str, int]
+    errors: dict[str, OutputError] = field(default_factory=lambda: {"heads": OutputError(), "mlp": OutputError()})
     shares: dict[str, float] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     kept_layers: list[int] = field(default_factory=list)
@@ -158,10 +177,11 @@ def _prune_rounds(
         budget = parameter_count(model) - goal
         if budget <= 0:
             continue
-        plan, tried = best_plan(model, calibration, evaluation, budget, options)
-        done.candidates += [{"round": round_index + 1, **row} for row in tried]
+        search = best_plan(model, calibration, evaluation, budget, options)
+        plan = search.plan
+        done.candidates += [{"round": round_index + 1, **row} for row in search.tried]
         done.shares = plan.shares
-        apply_plan(model, plan, done.removed)
+        apply_plan(model, search, done.removed, done.errors)
         done.kept_layers = [done.kept_layers[i] for i in range(len(done.kept_layers)) if i not in plan.layers]
     return done
 
@@ -217,7 +237,11 @@ def _checked_axes(model: nn.Module, axes: Any) -> tuple[tuple[str, ...], list[At
     return chosen, sites
 
 
-def _check_options(mlp_strategy: Any, layer_strategy: Any, grid_step: Any, rounds: Any, round_to: Any) -> None:
+def _check_options(
+    head_strategy: Any, mlp_strategy: Any, layer_strategy: Any, grid_step: Any, rounds: Any, round_to: Any
+) -> None:
+    if head_strategy not in HEAD_STRATEGIES:
+        raise ValueError(f"head_strategy must be one of {HEAD_STRATEGIES}, got {head_strategy!r}")
     if mlp_strategy not in MLP_STRATEGIES:
         raise ValueError(f"mlp_strategy must be one of {MLP_STRATEGIES}, got {mlp_strategy!r}")
     if layer_strategy not in LAYER_STRATEGIES:
@@ -229,6 +253,13 @@ def _check_options(mlp_strategy: Any, layer_strategy: Any, grid_step: Any, round
     for name, value in (("rounds", rounds), ("round_to", round_to)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_flags(reconstruct: Any, seed: Any) -> None:
+    if not isinstance(reconstruct, bool):
+        raise ValueError(f"reconstruct must be True or False, got {reconstruct!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (e.g. 0), got {seed!r}")
 
 
 def _check_reachable(

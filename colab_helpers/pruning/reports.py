@@ -148,7 +148,11 @@ class CompressReport(ParameterChange):
     ``removed_params`` maps each axis to the parameters it removed; ``kept_layers`` / ``removed_layers`` are
     original layer indices; ``heads_*`` / ``mlp_*`` have one entry per *original* layer (0 for removed layers
     after). ``predicted_speedup`` is the ratio of forward FLOPs at ``seq_len`` tokens (:func:`~.flops.forward_flops`).
-    ``candidates`` holds every allocation tried: its shares per axis, parameters after and calibration loss.
+    ``candidates`` holds every allocation tried: its shares per axis, parameters after, calibration loss, on how
+    many evaluation batches it was measured (the finalists on all) and whether it was chosen. ``strategies`` names
+    how each axis was scored. ``reconstructed``: the output projections of the layers that lost heads or MLP
+    channels were refit by least squares; ``output_error`` then gives, per axis, their squared output error on
+    the calibration tokens as a share of the output's energy, after plain removal and after the refit.
     """
 
     target_params: float
@@ -168,6 +172,9 @@ class CompressReport(ParameterChange):
     loss_after: float
     candidates: tuple[dict[str, Any], ...]
     seconds: float
+    strategies: dict[str, str] = field(default_factory=dict)
+    reconstructed: bool = False
+    output_error: dict[str, dict[str, float]] = field(default_factory=dict)
     predicted_speedup: float = field(init=False)
 
     title: ClassVar[str] = "Compression"
@@ -179,6 +186,10 @@ class CompressReport(ParameterChange):
         """One line: parameters, what each axis gave, layers removed, predicted speed-up, calibration loss."""
         parts = ", ".join(f"{axis} -{n:,}" for axis, n in self.removed_params.items() if n)
         layers = f"; layers removed {list(self.removed_layers)}" if self.removed_layers else ""
+        if self.reconstructed:
+            errors = ", ".join(f"{axis} {e['removed']:.0%} -> {e['reconstructed']:.0%}"
+                               for axis, e in self.output_error.items())  # fmt: skip
+            layers += f"; output projections refit by least squares (output error {errors})"
         return (
             f"{self.architecture}: parameters {self.params_before:,} -> {self.params_after:,} "
             f"({self.kept_share:.1%} kept, target {self.target_params:.1%}; {parts or 'nothing removed'}){layers}; "

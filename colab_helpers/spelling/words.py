@@ -3,29 +3,21 @@ see ``WORDS.md``; everything works offline) and the words kept for a study, by l
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
+
+from ..evaluation.data import shipped_words  # the one reader of words.txt.gz (evaluation's tasks use it too)
 
 logger = logging.getLogger(__name__)
 
-WORDS_RESOURCE = "words.txt.gz"
 _WORD = re.compile(r"^[a-z]+$")
 
 
 def is_plain_word(word: str) -> bool:
     """True for a word of lowercase letters a-z only (at least one)."""
     return bool(_WORD.match(word))
-
-
-def shipped_words() -> list[str]:
-    """Return the words of the shipped list (lowercase a-z, sorted)."""
-    resource = resources.files(__package__).joinpath(WORDS_RESOURCE)
-    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as handle:
-        return [line.strip() for line in handle if line.strip()]
 
 
 def load_words(

@@ -1,0 +1,463 @@
+"""The size–quality frontier: SmolLM2-135M-Instruct pruned to several parameter targets, each recovered within the
+same CPU budget, judged on general ability (text of other domains, zero-shot tasks).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py              # every point not yet measured; hours
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py --targets 0.75 --methods compress
+    .venv/bin/python benchmarks/frontier.py --report                       # the doc from the points measured
+    .venv/bin/python benchmarks/frontier.py --quick                        # embedded-llama, seconds (tests)
+
+Each point (a method at a target) is pruned from the unpruned model, measured (perplexity on the other-domain texts),
+recovered by distillation from the unpruned model for ``--steps`` steps of 4 x 128 tokens on the recovery text,
+and measured again (``colab_helpers.evaluation.evaluate_ability``: in-domain and other-domain perplexity, the
+offline tasks). Points are saved one by one to ``benchmarks/frontier-points.json`` as they finish, so a long run
+can stop and resume; a point is measured again only with ``--fresh`` or when its settings changed. Methods:
+
+- ``compress``: ``colab_helpers.compress`` (Taylor scores, measured layer losses, allocation search, least-squares
+  reconstruction), heads, MLP channels and layers;
+- ``torch-pruning``: torch-pruning 1.6.1 as its LLM example prunes (benchmarks/torch_pruning_baseline.py), Taylor
+  importance, the ratio found by bisection to reach the target (its heads come off a group at a time, so some
+  targets it cannot reach: marked);
+- ``random``: ``compress`` with random heads, channels and layers (seeded).
+
+Writes ``docs/compression-results.md`` and ``docs/compression-frontier.png`` (not with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+POINTS = HERE / "frontier-points.json"
+DOC = ROOT / "docs" / "compression-results.md"
+FIGURE = ROOT / "docs" / "compression-frontier.png"
+COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py"
+TARGETS = (0.9, 0.8, 0.75, 0.6, 0.5)
+METHODS = ("compress", "torch-pruning", "random")
+# goals: target -> (general perplexity / unpruned at most, task retention at least)
+GOALS = {0.75: (1.25, 0.90), 0.9: (1.05, 0.98)}
+FULL = dict(seq_len=128, calibration=(4, 8), eval=(2, 8), steps=120, micro=4, lr=1e-4, method="full", alpha=1.0,
+            temperature=1.0, recovery_text="mix", ability={})  # fmt: skip
+QUICK = dict(seq_len=32, calibration=(1, 2), eval=(1, 2), steps=2, micro=2, lr=1e-4, method="full", alpha=1.0,
+             temperature=1.0, recovery_text="mix", ability={"tokens": 64, "seq_len": 32, "limit": 4})  # fmt: skip
+
+
+def _settings_key(plan: dict[str, Any]) -> str:
+    """What a point's figures depend on besides method and target: a point measured otherwise is measured again."""
+    keys = ("seq_len", "calibration", "eval", "steps", "micro", "lr", "method", "alpha", "temperature", "recovery_text")
+    return json.dumps({k: plan[k] for k in keys}, sort_keys=True)
+
+
+def _load_points(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["points"] if path.is_file() else []
+
+
+def _save_points(path: Path, points: list[dict[str, Any]]) -> None:
+    from colab_helpers.runtime.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"points": points}, indent=1) + "\n")
+
+
+# --- the three ways to prune -------------------------------------------------------------------------------------
+
+
+def _prune(method: str, model: Any, target: float, calibration: list[Any], evaluation: list[Any]) -> dict[str, Any]:
+    """Prune ``model`` in place to ``target`` of its parameters by ``method``; return what was done."""
+    from colab_helpers.pruning import compress
+
+    started = time.perf_counter()
+    if method == "compress":
+        report = compress(model, calibration, target, eval_batches=evaluation, progress=False)
+        return {"seconds": time.perf_counter() - started, "summary": report.summary()}
+    if method == "random":
+        report = compress(model, calibration, target, eval_batches=evaluation, head_strategy="random",
+                          mlp_strategy="random", layer_strategy="random", progress=False)  # fmt: skip
+        return {"seconds": time.perf_counter() - started, "summary": report.summary()}
+    ratio = _torch_pruning_ratio(model, target, calibration)
+    from torch_pruning_baseline import layout, prune_with_torch_pruning
+
+    started = time.perf_counter()  # the bisection above is this benchmark's, not torch-pruning's cost
+    prune_with_torch_pruning(model, _rows(calibration), ratio=ratio, importance="taylor")
+    return {"seconds": time.perf_counter() - started, "summary": f"ratio {ratio:.3f}: {layout(model)}"}
+
+
+def _rows(batches: list[Any]) -> Any:
+    import torch
+
+    return torch.cat([torch.as_tensor(b["input_ids"]) for b in batches])
+
+
+def _params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> float:
+    """The ratio at which torch-pruning's example keeps ``target`` of the parameters (bisection on magnitude pruning,
+    which prunes the same shapes without gradients); ValueError when no ratio reaches it."""
+    from torch_pruning_baseline import prune_with_torch_pruning
+
+    full, ids = _params(model), _rows(calibration)[:1]
+    low, high = 0.0, 0.95
+    for _ in range(8):
+        mid = (low + high) / 2
+        trial = copy.deepcopy(model)
+        try:
+            prune_with_torch_pruning(trial, ids, ratio=mid, importance="magnitude")
+            kept = _params(trial) / full
+        except Exception:  # noqa: BLE001 - a ratio that empties a layer's heads: too high
+            kept = 0.0
+        low, high = (mid, high) if kept > target else (low, mid)
+        del trial
+    trial = copy.deepcopy(model)
+    prune_with_torch_pruning(trial, ids, ratio=high, importance="magnitude")
+    kept = _params(trial) / full
+    if abs(kept - target) > 0.02:
+        raise ValueError(f"torch-pruning's example cannot reach {target:.0%} of the parameters (closest {kept:.1%})")
+    return high
+
+
+# --- one point ------------------------------------------------------------------------------------------------
+
+
+def _recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
+    from colab_helpers.finetune import DistillConfig, FineTuneConfig, distill, merge_adapter
+
+    config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
+                            seq_len=plan["seq_len"], learning_rate=plan["lr"], warmup_steps=max(1, plan["steps"] // 20),
+                            eval_every=10**9, restore_best=False, output_dir=str(out))  # fmt: skip
+    started = time.perf_counter()
+    result = distill(student, teacher, tokenizer, texts, None, config,
+                     DistillConfig(temperature=plan["temperature"], alpha=plan["alpha"]), live_plot=False,
+                     progress=True)  # fmt: skip
+    result.raise_if_failed()
+    tuned = merge_adapter(result.model) if plan["method"] == "lora" else result.model
+    return tuned, time.perf_counter() - started
+
+
+def _speedup(model: Any, pruned: Any, seq_len: int) -> float:
+    """Forward latency ratio, unpruned / pruned: 1 x ``seq_len`` tokens, one thread, interleaved medians."""
+    import torch
+    from _timing import interleaved, ratio
+
+    ids = torch.randint(2, 1000, (1, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def forward(target: Any) -> Any:
+        def call() -> None:
+            with torch.no_grad():
+                target(input_ids=ids, use_cache=False)
+
+        return call
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = interleaved({"unpruned": forward(model), "pruned": forward(pruned)}, 7)
+    finally:
+        torch.set_num_threads(threads)
+    return ratio(times, "unpruned", "pruned")
+
+
+def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Prune, measure, recover, measure: one frontier point as a JSON-ready dict."""
+    from colab_helpers.evaluation import evaluate_ability
+
+    model, tokenizer = ctx["model"], ctx["tokenizer"]
+    pruned = copy.deepcopy(model)
+    row: dict[str, Any] = {"method": method, "target": target, "settings": _settings_key(plan)}
+    try:
+        row["prune"] = _prune(method, pruned, target, ctx["calibration"], ctx["evaluation"])
+    except ValueError as exc:
+        print(f"  {method} at {target:.0%}: cannot ({exc})", flush=True)
+        return row | {"unreachable": str(exc)}
+    row["params"] = _params(pruned)
+    row["share"] = row["params"] / _params(model)
+    row["speedup"] = _speedup(model, pruned, plan["seq_len"])
+    before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
+    row["before"] = before.to_dict()
+    print(f"  {method} at {target:.0%}: {row['share']:.1%} kept; before recovery {before}", flush=True)
+    tuned, seconds = _recover(pruned, model, tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
+    row["recovery_seconds"] = seconds
+    after = evaluate_ability(tuned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)
+    row["after"] = after.to_dict()
+    print(f"  {method} at {target:.0%}: after {seconds / 60:.1f} min of recovery {after}", flush=True)
+    return row
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def _context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
+    """The model, its tokenizer, calibration and allocation batches, held-out text and the recovery text."""
+    import torch
+    from torch_pruning_baseline import _load
+
+    from colab_helpers.evaluation import AbilityConfig, load_text_dataset, tokenize_texts
+    from colab_helpers.finetune import recovery_texts
+
+    model, tokenizer, description = _load(quick)
+    data = load_text_dataset("embedded")
+    seq = plan["seq_len"]
+    (cal_count, cal_size), (eval_count, eval_size) = plan["calibration"], plan["eval"]
+    rows = cal_count * cal_size + eval_count * eval_size
+    ids = tokenize_texts(tokenizer, data.train, max_tokens=rows * seq)[: rows * seq].view(rows, seq)
+
+    def batches(block: Any, size: int) -> list[dict[str, Any]]:
+        return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in block.split(size)]
+
+    ability = AbilityConfig(**plan["ability"])
+    return {
+        "model": model, "tokenizer": tokenizer, "description": description,
+        "calibration": batches(ids[: cal_count * cal_size], cal_size),
+        "evaluation": batches(ids[cal_count * cal_size:], eval_size),
+        "in_domain": data, "ability": ability, "ppl_only": AbilityConfig(**(plan["ability"] | {"tasks": None})),
+        "recovery_texts": recovery_texts(plan["recovery_text"], data.train, None if quick else "smollm2-135m-instruct",
+                                         teacher=model, tokenizer=tokenizer, samples=4),
+    }  # fmt: skip
+
+
+def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: tuple[str, ...] = METHODS,
+        steps: int | None = None, fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
+    """Measure every (method, target) point not measured yet with these settings; return the benchmark's result."""
+    import tempfile
+
+    import torch
+
+    from colab_helpers.evaluation import evaluate_ability
+
+    plan = dict(QUICK if quick else FULL)
+    if steps is not None:
+        plan["steps"] = steps
+    key = _settings_key(plan)
+    path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
+    points = [] if fresh else _load_points(path)
+    started = time.perf_counter()
+    ctx = _context(quick, plan)
+    torch.set_num_threads(os.cpu_count() or 1)
+    reference = next((p for p in points if p["method"] == "unpruned" and p.get("settings") == key), None)
+    if reference is None:
+        unpruned = evaluate_ability(ctx["model"], ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"],
+                                    progress=False)  # fmt: skip
+        reference = {"method": "unpruned", "target": 1.0, "settings": key, "params": _params(ctx["model"]),
+                     "share": 1.0, "speedup": 1.0, "after": unpruned.to_dict(), "before": unpruned.to_dict()}  # fmt: skip
+        points = [p for p in points if p["method"] != "unpruned"] + [reference]
+        _save_points(path, points)
+        print(f"  unpruned: {unpruned}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in targets:
+            for method in methods:
+                if any(p["method"] == method and p["target"] == target and p.get("settings") == key for p in points):
+                    continue
+                row = _point(method, target, ctx, plan, Path(tmp))
+                points = [p for p in points if not (p["method"] == method and p["target"] == target)] + [row]
+                _save_points(path, points)
+    result = _result([p for p in points if p.get("settings") == key], plan, ctx["description"],
+                     time.perf_counter() - started)  # fmt: skip
+    if not quick:
+        _write_docs(result)
+    return result
+
+
+# --- checks, table, doc -----------------------------------------------------------------------------------------
+
+
+def _ability(point: dict[str, Any], stage: str = "after") -> Any:
+    from colab_helpers.evaluation import AbilityResult
+
+    return AbilityResult.from_dict(point[stage])
+
+
+def _find(points: list[dict[str, Any]], method: str, target: float) -> dict[str, Any] | None:
+    return next((p for p in points if p["method"] == method and p["target"] == target and "after" in p), None)
+
+
+def _checks(points: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    from _timing import check
+
+    from colab_helpers.evaluation import ability_retention
+
+    reference = _ability(next(p for p in points if p["method"] == "unpruned"))
+    rows = []
+    for target, (most, least) in GOALS.items():
+        point = _find(points, "compress", target)
+        if point is None:
+            continue
+        after = _ability(point)
+        general, kept = after.general_ppl / reference.general_ppl, ability_retention(after, reference)
+        minutes = point["recovery_seconds"] / 60
+        rows.append(check(f"{target:.0%} of the parameters: general perplexity / unpruned", f"<= {most:g} (<= 20 min)",
+                          general, general <= most and minutes <= 20,
+                          f"{after.general_ppl:,.1f} vs {reference.general_ppl:,.1f} after {minutes:.1f} min of "
+                          f"recovery ({plan['steps']} steps)"))  # fmt: skip
+        rows.append(check(f"{target:.0%} of the parameters: task-accuracy retention", f">= {least:g}", kept,
+                          kept >= least, "mean accuracy on the tasks the unpruned model is above chance on, vs "
+                          "the unpruned model's"))  # fmt: skip
+    for target in sorted({p["target"] for p in points if p["method"] == "compress"}, reverse=True):
+        ours = _find(points, "compress", target)
+        for peer in ("torch-pruning", "random"):
+            theirs = _find(points, peer, target)
+            if ours is None or theirs is None:
+                continue
+            a, b = _ability(ours).general_ppl, _ability(theirs).general_ppl
+            rows.append(check(f"{target:.0%}: compress vs {peer} after the same recovery, general perplexity", "< 1",
+                              a / b, a < b, f"{a:,.1f} vs {b:,.1f}"))  # fmt: skip
+    ours, theirs = _find(points, "compress", 0.75), _find(points, "torch-pruning", 0.75)
+    if ours is not None and theirs is not None:
+        ratio = ours["prune"]["seconds"] / theirs["prune"]["seconds"]
+        rows.append(check("75%: compress wall time / torch-pruning's", "<= 3", ratio, ratio <= 3,
+                          f"{ours['prune']['seconds']:.0f} s vs {theirs['prune']['seconds']:.0f} s"))  # fmt: skip
+    return rows
+
+
+def _result(points: list[dict[str, Any]], plan: dict[str, Any], description: str, seconds: float) -> dict[str, Any]:
+    figures = {}
+    for p in points:
+        if "after" in p:
+            figures[f"{p['method']}_{p['target']}_general_ppl"] = _ability(p).general_ppl
+    settings = {"model": description, "recovery": _recovery_text(plan), "seconds": round(seconds, 1)}
+    return {"name": "frontier", "checks": _checks(points, plan), "figures": figures, "settings": settings,
+            "points": points, "plan": plan}  # fmt: skip
+
+
+def _recovery_text(plan: dict[str, Any]) -> str:
+    what = "every weight" if plan["method"] == "full" else "LoRA r 16 on every linear layer"
+    return (f"distillation from the unpruned model ({what}; KL at temperature {plan['temperature']:g}, weight "
+            f"{plan['alpha']:g} on it), {plan['steps']} steps of {plan['micro']} x {plan['seq_len']} tokens of the "
+            f"'{plan['recovery_text']}' recovery text, learning rate {plan['lr']:g}")
+
+
+def frontier_table(points: list[dict[str, Any]]) -> Any:
+    """A row per measured point: share kept, speed-up, general perplexity before and after recovery, each text and
+    task after recovery, task retention, minutes of recovery."""
+    import pandas as pd
+
+    from colab_helpers.evaluation import ability_retention
+
+    reference = _ability(next(p for p in points if p["method"] == "unpruned"))
+    rows = []
+    for p in sorted(points, key=lambda p: (-p["target"], METHODS.index(p["method"]) if p["method"] in METHODS else -1)):
+        if "after" not in p:
+            rows.append({"method": p["method"], "target": p["target"], "kept": math.nan,
+                         "note": p.get("unreachable", "not measured")})  # fmt: skip
+            continue
+        after, before = _ability(p), _ability(p, "before")
+        row = {"method": p["method"], "target": p["target"], "kept": p["share"], "speed-up": p.get("speedup"),
+               "general ppl before recovery": before.general_ppl, "general ppl": after.general_ppl,
+               "vs unpruned": after.general_ppl / reference.general_ppl, "in-domain ppl": after.in_domain_ppl}  # fmt: skip
+        row.update({f"ppl {name}": value for name, value in after.other_ppl.items()})
+        row.update({name: score.accuracy for name, score in after.tasks.items()})
+        row["task retention"] = ability_retention(after, reference)
+        row["recovery min"] = p.get("recovery_seconds", 0) / 60
+        row["prune s"] = p.get("prune", {}).get("seconds", 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plot(table: Any, reference: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = table.dropna(subset=["kept"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, rows in measured[measured.method != "unpruned"].groupby("method", sort=False):
+        rows = rows.sort_values("kept")
+        left.plot(rows["kept"] * 100, rows["general ppl"], "o-", label=f"{method}, recovered")
+        left.plot(rows["kept"] * 100, rows["general ppl before recovery"], "x:", alpha=0.6, label=f"{method}, before")
+        right.plot(rows["kept"] * 100, rows["task retention"] * 100, "o-", label=method)
+    left.axhline(reference.general_ppl, color="grey", ls="--", label="unpruned")
+    right.axhline(100, color="grey", ls="--", label="unpruned")
+    left.set(yscale="log", xlabel="parameters kept (%)", ylabel="general perplexity (other-domain texts, log)",
+             title="Perplexity on text of other domains (lower is better)")  # fmt: skip
+    right.set(xlabel="parameters kept (%)", ylabel="task accuracy retained (%)",
+              title="Zero-shot tasks, retention vs the unpruned model")  # fmt: skip
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    for axis in (left, right):
+        axis.invert_xaxis()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write_docs(result: dict[str, Any]) -> None:
+    from colab_helpers.evaluation import ability_table
+    from colab_helpers.runtime.files import atomic_write_text
+
+    points, plan = result["points"], result["plan"]
+    table = frontier_table(points)
+    reference = _ability(next(p for p in points if p["method"] == "unpruned"))
+    _plot(table, reference, FIGURE)
+    lines = ["# Compression frontier: size against general ability", "",
+             f"Written by `{COMMAND}` (do not edit by hand; run it again: it measures the points not yet measured, "
+             "saved in `benchmarks/frontier-points.json`).", "",
+             "Quality here is **general ability**: perplexity on two texts of other domains than any text the models "
+             "were calibrated, tuned or distilled on (the GPL-3 licence, legal prose; Python's reference "
+             "documentation, technical prose), their geometric mean as *general perplexity*, and zero-shot accuracy "
+             "on the offline tasks (`colab_helpers.evaluation.evaluate_ability`). In-domain perplexity (the "
+             "embedded corpus the models were calibrated on) is shown beside it and is not a measure of quality.", "",
+             "## Goals", "", "| check | target | measured | result | detail |", "|---|---|---:|---|---|"]  # fmt: skip
+    for row in result["checks"]:
+        lines.append(f"| {row['name']} | {row['target']} | {row['measured']:.3f} | "
+                     f"{'pass' if row['passed'] else 'MISS'} | {row['detail']} |")  # fmt: skip
+    lines += ["", "## The frontier", "", _markdown(table), "", "![the frontier](compression-frontier.png)", "",
+              "## The unpruned model on the tasks", "",
+              _markdown(ability_table({"unpruned": reference}, "unpruned").reset_index()), "",
+              "## Settings", "", f"- **model**: {result['settings']['model']}",
+              f"- **recovery**: {result['settings']['recovery']}",
+              "- **not shown**: one model, one seed per point; CPU only (2 cores; speed-up is one forward of 1 x 128 "
+              "tokens at one thread, not generation under load); the offline tasks are small (<= 100 items, 95% "
+              "intervals of about +-0.1) and built from shipped text, not the field's standard benchmarks "
+              "(run `tasks=\"standard\"` with the hub for those)."]  # fmt: skip
+    atomic_write_text(DOC, "\n".join(lines) + "\n")
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def _markdown(table: Any) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        return str(value)
+
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    return "\n".join([head, rule] + ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="embedded-llama, a few tokens: seconds, for tests")
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), help="shares of parameters to keep")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--steps", type=int, default=None, help=f"recovery steps per point (default {FULL['steps']})")
+    parser.add_argument("--fresh", action="store_true", help="measure every point again")
+    parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
+    args = parser.parse_args(argv)
+    if args.report:
+        plan = dict(FULL, steps=args.steps or FULL["steps"])
+        points = [p for p in _load_points(POINTS) if p.get("settings") == _settings_key(plan)]
+        _write_docs(_result(points, plan, "smollm2-135m-instruct", 0.0))
+        return
+    result = run(args.quick, targets=tuple(args.targets), methods=tuple(args.methods), steps=args.steps,
+                 fresh=args.fresh)  # fmt: skip
+    for row in result["checks"]:
+        print(f"{'pass' if row['passed'] else 'MISS':4}  {row['name']}: {row['measured']:.3f} (target {row['target']}) - "
+              f"{row['detail']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
