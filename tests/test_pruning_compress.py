@@ -95,18 +95,27 @@ def test_without_reconstruction_the_chosen_plan_removes_what_was_measured(name: 
     model = build(name)
     report = compress(model, batches(), 0.7, reconstruct=False, progress=False)
     chosen = next(c for c in report.candidates if c["chosen"])
-    assert chosen["batches"] == 2 and chosen["loss"] == min(c["loss"] for c in report.candidates if c["batches"] == 2)
+    every = max(c["tokens"] for c in report.candidates)  # the finalists', measured on all the evaluation tokens
+    assert chosen["tokens"] == every and chosen["loss"] == min(c["loss"] for c in report.candidates if c["tokens"] == every)
     assert report.loss_after == pytest.approx(chosen["loss"], rel=1e-4)
     assert not report.reconstructed and not report.output_error and "refit" not in report.summary()
 
 
-def test_splits_are_screened_on_the_first_batch_then_finalists_on_all() -> None:
+def test_splits_are_screened_then_finalists_measured_on_every_batch() -> None:
     model = build("llama")
-    report = compress(model, batches(3), 0.7, progress=False)
-    counts = [c["batches"] for c in report.candidates]
-    assert len(counts) > 3 and counts.count(3) == 3 and counts.count(1) == len(counts) - 3
-    finalists = sorted(c["loss"] for c in report.candidates if c["batches"] == 3)
-    assert all(c["batches"] == 3 for c in report.candidates if c["loss"] in finalists)
+    evaluation = batches(3)
+    report = compress(model, batches(2), 0.7, eval_batches=evaluation, progress=False)
+    every = sum(int(b["attention_mask"][:, 1:].bool().logical_and(b["attention_mask"][:, :-1].bool()).sum())
+                for b in evaluation)  # fmt: skip
+    tokens = sorted({c["tokens"] for c in report.candidates})
+    assert len(tokens) == 2 and tokens[1] == every  # the screen (the first row of the first batch), then everything
+    finalists = [c for c in report.candidates if c["tokens"] == every]
+    others = [c for c in report.candidates if c["tokens"] != every]
+    assert len(finalists) == 3 and others  # the three lowest on the screen
+    assert max(c["screen_loss"] for c in finalists) <= min(c["screen_loss"] for c in others)
+    assert all(c["loss"] == c["screen_loss"] for c in others)
+    chosen = next(c for c in report.candidates if c["chosen"])
+    assert chosen in finalists and chosen["loss"] == min(c["loss"] for c in finalists)
 
 
 def test_reconstruction_lowers_the_calibration_loss_of_a_trained_model() -> None:

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from colab_helpers.pruning import LAYER_STRATEGIES, LayerReport, gate_heads, gate_mlp, head_layout, layer_importance, load_pruned, remove_heads, remove_layers, remove_mlp_channels, save_pruned, skip_layers  # noqa: E402
 from colab_helpers.pruning.batches import mean_loss  # noqa: E402
-from colab_helpers.pruning.layers import decoder_layers  # noqa: E402
+from colab_helpers.pruning.layers import decoder_layers, screened_loss_costs  # noqa: E402
 from colab_helpers.pruning.mlp import mlp_sizes  # noqa: E402
 from colab_helpers.pruning.record import check_record  # noqa: E402
 from test_pruning import VOCAB, bad_token_batches, inputs, logits, mask_of, state_copy  # noqa: E402
@@ -157,6 +157,23 @@ def test_layer_importance_strategies(name: str) -> None:
             assert cost[index].item() == pytest.approx(mean_loss(model, batches) - base, abs=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(layer._forward_hooks or "forward" in vars(layer) for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "opt"])
+def test_screened_loss_costs_measure_the_layers_that_turn_their_input_least(name: str) -> None:
+    model = build(name, layers=4)
+    batches = [inputs(1), inputs(2)]
+    influence = layer_importance(model, batches[:1], "block_influence", progress=False)
+    full = layer_importance(model, batches, "loss", progress=False)
+    screened = screened_loss_costs(model, batches, 2, progress=False)
+    measured = sorted(torch.argsort(influence).tolist()[:2])
+    others = [i for i in range(4) if i not in measured]
+    assert torch.allclose(screened[measured], full[measured], atol=1e-5)
+    assert float(screened[others].min()) > float(screened[measured].max())  # ranked after every measured layer
+    assert torch.argsort(screened[others]).tolist() == torch.argsort(influence[others]).tolist()
+    assert torch.allclose(screened_loss_costs(model, batches, 9, progress=False), full, atol=1e-6)
+    with pytest.raises(ValueError, match="measure must be a positive number of layers, got 0"):
+        screened_loss_costs(model, batches, 0, progress=False)
 
 
 def test_a_layer_that_does_nothing_scores_zero() -> None:

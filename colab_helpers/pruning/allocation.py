@@ -3,9 +3,13 @@ group; an MLP channel; a layer) with its score and parameter cost, budgets split
 split's units gated at once and measured, and the best split removed (its output projections refit by least
 squares when asked, :mod:`.reconstruct`).
 
-Splits are measured in two stages: every distinct split on the first evaluation batch, then the ``FINALISTS``
-lowest on all of them; the lowest of those wins. The losses of splits far apart differ by much more than one
-batch's noise, so the screen costs one batch per split instead of all of them and keeps the same winner.
+What is measured is measured frugally: forwards are what compress spends its time on. Layers (``"loss"``): the
+loss with each layer skipped, on the first evaluation batch, only for the layers that turn their input the least
+(:func:`~.layers.screened_loss_costs`): as many as the budget could remove plus three, at least a third of them.
+Splits: every distinct split on a screen (the first quarter of the first evaluation batch's rows), then the
+``FINALISTS`` lowest on all the evaluation batches; the lowest of those wins. Splits differ in loss by much more
+than the screen's noise, and a loss difference between two splits measured on the same tokens is steadier than
+either loss.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..runtime.modules import model_device, parameter_count
 from .batches import eval_mode, loss_sum, progress_bar
 from .gating import HeadGates
 from .importance import head_importance
-from .layers import SkippedLayers, decoder_layers, layer_importance, remove_layers
+from .layers import SkippedLayers, decoder_layers, layer_importance, remove_layers, screened_loss_costs
 from .layout import AttentionSite, HeadLayout, attention_sites, layout_of
 from .mlp import MlpGates, MlpSite, mlp_sites, remove_mlp_channels
 from .mlp_importance import mlp_importance
@@ -32,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 _FINE_TO_COARSE = ("mlp", "heads", "layers")  # the finest allowed axis takes the rest of the budget
-FINALISTS = 3  # splits measured on every evaluation batch after the one-batch screen
+FINALISTS = 3  # splits measured on all the evaluation batches after the screen
+SCREEN_SHARE = 0.25  # of the first evaluation batch's rows: the screen every split is measured on
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,12 @@ def best_plan(
     model: nn.Module, calibration: list[Any], evaluation: list[Any], budget: int, options: SearchOptions
 ) -> Search:
     """Score the model's units, try every split of ``budget`` parameters over the axes, and return the split with
-    the lowest gated loss on ``evaluation`` (screened on its first batch, see the module docstring), a row per split
-    tried (shares, removed parameters, loss, how many evaluation batches measured it, whether it won) and, with
-    ``options.reconstruct``, the Gram sums of the output projections' inputs on ``calibration``."""
+    the lowest gated loss on ``evaluation`` (after a screen, see the module docstring), a row per split tried
+    (shares, removed parameters, loss, the tokens it was measured on, its loss on the screen, whether it won) and,
+    with ``options.reconstruct``, the Gram sums of the output projections' inputs on ``calibration``."""
     axes = options.axes
     located = _Located.of(model, axes)
-    scores = _score(model, located, calibration, evaluation, options)
+    scores = _score(model, located, calibration, evaluation, options, budget)
     units = _Units(located, scores, global_mlp=options.mlp_strategy == "taylor", round_to=options.round_to)
     plans = [units.plan(split, budget) for split in _splits(axes, options.grid_step)]
     unique = list({_plan_key(p): p for p in plans}.values())  # splits that pick the same units are measured once
@@ -125,35 +130,54 @@ def best_plan(
     params_now = parameter_count(model)
     winner = min(range(len(unique)), key=lambda i: (-losses[i][1], losses[i][0]))
     tried = [{**{f"share_{a}": plan.shares[a] for a in axes}, **{f"removed_{a}": plan.removed[a] for a in axes},
-              "params_after": params_now - sum(plan.removed.values()), "loss": loss, "batches": batches,
-              "chosen": i == winner} for i, (plan, (loss, batches)) in enumerate(zip(unique, losses))]  # fmt: skip
+              "params_after": params_now - sum(plan.removed.values()), "loss": loss, "tokens": tokens,
+              "screen_loss": screen, "chosen": i == winner}
+             for i, (plan, (loss, tokens, screen)) in enumerate(zip(unique, losses))]  # fmt: skip
     return Search(unique[winner], tried, scores.grams, located)
 
 
 def _measure(
     model: nn.Module, located: _Located, plans: list[Plan], evaluation: list[Any], progress: bool
-) -> list[tuple[float, int]]:
-    """``(loss, batches measured)`` per plan: all on ``evaluation[0]``, the ``FINALISTS`` best on the rest too."""
+) -> list[tuple[float, int, float]]:
+    """``(loss, tokens it was measured on, loss on the screen)`` per plan: every plan on the screen, the
+    ``FINALISTS`` lowest there on the rest of the evaluation batches too."""
     from tqdm.auto import tqdm
 
-    first = [_gated_loss(model, located, plan, evaluation[:1]) for plan in
+    screen, rest = _screen_split(evaluation)
+    first = [_gated_loss(model, located, plan, screen) for plan in
              tqdm(plans, desc="allocations (screen)", disable=not progress, leave=False)]  # fmt: skip
-    results = [(total / max(count, 1), 1) for total, count in first]
-    if len(evaluation) > 1 and len(plans) > 1:
-        screened = first[0][1] > 0  # a first batch of padding alone screens nothing: every plan is a finalist
+    results = [(total / max(count, 1), count, total / max(count, 1)) for total, count in first]
+    if rest and len(plans) > 1:
+        screened = first[0][1] > 0  # a screen of padding alone tells nothing: every plan is a finalist
         finalists = sorted(range(len(plans)), key=lambda i: results[i][0])[: FINALISTS if screened else None]
         for i in finalists:
-            total, count = _gated_loss(model, located, plans[i], evaluation[1:])
-            results[i] = ((first[i][0] + total) / (first[i][1] + count), len(evaluation))
+            total, count = _gated_loss(model, located, plans[i], rest)
+            results[i] = ((first[i][0] + total) / max(first[i][1] + count, 1), first[i][1] + count, results[i][2])
     return results
 
 
+def _screen_split(evaluation: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The first ``SCREEN_SHARE`` of the first batch's rows (at least one), and everything else."""
+    import torch
+
+    first = evaluation[0]
+    ids = torch.as_tensor(first["input_ids"])
+    if ids.dim() < 2 or ids.shape[0] < 2:
+        return evaluation[:1], evaluation[1:]
+    cut = max(1, int(ids.shape[0] * SCREEN_SHARE))
+    mask = first.get("attention_mask")
+    mask = torch.as_tensor(mask) if mask is not None else torch.ones_like(ids)
+    head, tail = ({"input_ids": ids[part], "attention_mask": mask[part]} for part in (slice(cut), slice(cut, None)))
+    return [head], [tail, *evaluation[1:]]
+
+
 def _score(
-    model: nn.Module, located: _Located, batches: list[Any], evaluation: list[Any], options: SearchOptions
+    model: nn.Module, located: _Located, batches: list[Any], evaluation: list[Any], options: SearchOptions,
+    budget: int,
 ) -> _Scores:
-    """Score the units of the axes: heads and channels on the calibration batches, layers (``"loss"``: one forward
-    of the layers after it per layer per batch) on the evaluation batches, which are usually fewer; with
-    ``options.reconstruct``, sum the Grams of the output projections' inputs in the same calibration pass."""
+    """Score the units of the axes: heads and channels on the calibration batches, layers on the evaluation batches
+    (``"loss"``: screened, see the module docstring); with ``options.reconstruct``, sum the Grams of the output
+    projections' inputs in the same calibration pass."""
     import contextlib
 
     axes, progress = options.axes, options.progress
@@ -176,9 +200,19 @@ def _score(
         heads = head_importance(model, None, options.head_strategy, seed=options.seed, progress=False)
     if "mlp" in axes and options.mlp_strategy != "taylor":
         mlp = mlp_importance(model, batches, options.mlp_strategy, seed=options.seed, progress=progress)
-    if "layers" in axes:
+    if "layers" in axes and options.layer_strategy == "loss":
+        measure = _layers_to_measure(located.layers, budget)
+        layers = screened_loss_costs(model, evaluation[:1], measure, progress=progress)
+    elif "layers" in axes:
         layers = layer_importance(model, evaluation, options.layer_strategy, seed=options.seed, progress=progress)
     return _Scores(heads=heads, mlp=mlp, layers=layers, grams=grams)
+
+
+def _layers_to_measure(layers: list[nn.Module], budget: int) -> int:
+    """As many layers as ``budget`` parameters could remove (smallest first) plus three, and at least a third."""
+    sizes = sorted(parameter_count(layer) for layer in layers)
+    reachable = len(list(itertools.takewhile(lambda total: total <= budget, itertools.accumulate(sizes))))
+    return min(len(layers), max(-(-len(layers) // 3), reachable + 3))  # one of the three: the finest axis overshoots
 
 
 def _splits(axes: tuple[str, ...], step: float) -> list[dict[str, float]]:

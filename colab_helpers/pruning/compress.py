@@ -5,14 +5,16 @@ How it decides (one round; ``rounds > 1`` repeats it towards the target, re-scor
 
 1. **Score every unit on one scale, the loss.** Heads and MLP channels: first-order Taylor estimates from one
    backward pass (``|d loss / d gate|`` per example, :func:`~.taylor.taylor_scores`); layers: the measured loss
-   increase when each is skipped (``layer_strategy="loss"``) or ShortGPT's block influence.
+   increase when each is skipped (``layer_strategy="loss"``: on the first evaluation batch, for the layers that
+   turn their input the least, :func:`~.layers.screened_loss_costs`) or ShortGPT's block influence.
 2. **Cost every unit in parameters.** A layer costs all its weights; an MLP channel its rows and column; a head
    its query rows and output columns. With grouped-query attention a unit is one head from *each* key/value
    group (the lowest scored), since uneven groups keep zeroed padding heads that save nothing.
 3. **Try allocations** (:mod:`.allocation`). For every split of the parameter budget over the allowed axes on a
    grid (``grid_step``), pick the units with the lowest score per parameter in each axis (coarse axes stop within
    their share, the finest takes what is left so the target is met), gate them all at once (heads and channels
-   by hooks, layers skipped) and measure the loss on ``eval_batches``.
+   by hooks, layers skipped) and measure the loss: every split on a quarter of the first evaluation batch, the
+   three lowest there on all of ``eval_batches``.
 4. **Remove the best** (lowest measured loss) physically: heads, then MLP channels, then layers. With
    ``reconstruct=True`` (the default) the output projections of the layers that lost heads or channels are refit
    by least squares on the calibration tokens' activations (:mod:`.reconstruct`), so each layer's output changes

@@ -5,7 +5,9 @@ Two measured rankings (``LAYER_STRATEGIES``), plus the random baseline:
 - ``"block_influence"``: ShortGPT's block influence (Men et al. 2024), ``1 - cos(input, output)`` of each layer's
   hidden states averaged over real tokens: a layer that barely turns its input changes little when dropped;
 - ``"loss"``: the measured cost of dropping each layer alone, mean LM loss with the layer skipped minus the
-  intact model's (one forward per layer per batch: slower, and what the loss actually does).
+  intact model's (per layer and batch, a forward of the layers after it, the ones before replayed from one intact
+  pass: slower, and what the loss actually does); :func:`screened_loss_costs` measures only the layers of lowest
+  block influence.
 
 Skipping is a forward hook that hands the layer's input on as its output (:func:`skip_layers`), so skipped and
 removed logits agree. :func:`remove_layers` deletes layers from the decoder's ``ModuleList`` and keeps the rest
@@ -101,7 +103,7 @@ def layer_importance(
 
     ``"loss"`` is in nats per token (mean loss with the layer skipped minus without), ``"block_influence"`` in
     ``[0, 2]``. ``batches`` are dicts with ``input_ids`` (and optionally ``attention_mask``), up to
-    ``max_batches``; ``"loss"`` reads them once per layer.
+    ``max_batches``; ``"loss"`` reads them once per layer (running only the layers after the skipped one).
     """
     import itertools
 
@@ -122,26 +124,60 @@ def layer_importance(
         return _loss_cost(model, layers, batch_list, progress)
 
 
-def _loss_cost(model: nn.Module, layers: list[nn.Module], batches: list[Any], progress: bool) -> torch.Tensor:
+def _loss_cost(
+    model: nn.Module, layers: list[nn.Module], batches: list[Any], progress: bool, *, measure: int | None = None
+) -> torch.Tensor:
     """Loss with each layer skipped minus the intact model's. The layers before the skipped one compute what the
     intact model computed, so their outputs are replayed from one intact pass per batch (:class:`_Replayed`) and
-    only the layers after it run: about half the work of a full forward per layer, the same numbers."""
+    only the layers after it run: about half the work of a full forward per layer, the same numbers.
+
+    ``measure``: skip only that many layers, those of lowest block influence in the first batch's intact pass; the
+    others score above every measured layer, in order of block influence (see :func:`screened_loss_costs`)."""
     import torch
     from tqdm.auto import tqdm
 
     skipped_totals = torch.zeros(len(layers), dtype=torch.float64)
     base_total, count = 0.0, 0
+    chosen: list[int] | None = None
+    influence = None
     for batch in tqdm(batches, desc="layer importance (loss)", disable=not progress, leave=False):
         input_ids, attention_mask = batch_inputs(batch, model)
-        with _Recorded(layers) as recorded:
+        with _Recorded(layers, attention_mask) as recorded:
             total, tokens = _batch_loss(model, input_ids, attention_mask)
         base_total, count = base_total + total, count + tokens
-        for index in range(len(layers)):
+        if chosen is None:
+            influence = recorded.distances / max(recorded.tokens, 1)
+            order = torch.argsort(influence).tolist()
+            chosen = sorted(order[:measure] if measure is not None else order)
+        for index in chosen:
             with SkippedLayers(layers, [index]), _Replayed(layers[:index], recorded.outputs[:index]):
                 skipped_totals[index] += _batch_loss(model, input_ids, attention_mask)[0]
-    if not count:
+    if not count or chosen is None or influence is None:
         raise ValueError("batches held no pair of real tokens; a loss needs text")
-    return ((skipped_totals - base_total) / count).float()
+    costs = (skipped_totals - base_total) / count
+    unmeasured = [i for i in range(len(layers)) if i not in chosen]
+    if unmeasured:  # above every measured layer, in order of block influence (in [0, 2])
+        costs[unmeasured] = float(costs[chosen].max()) + 1 + influence[unmeasured]
+    return costs.float()
+
+
+def screened_loss_costs(
+    model: nn.Module, batches: Iterable[Mapping[str, Any]], measure: int, *, progress: bool = True
+) -> torch.Tensor:
+    """Layer costs as :func:`layer_importance`'s ``"loss"``, measured for only ``measure`` layers: those that turn
+    their input the least (ShortGPT's block influence, read from the intact pass the loss needs anyway). A layer
+    that changes its input much costs much to drop, so the cheapest layers are among them; the others get a score
+    above every measured one, ordered by block influence (for ranking, not in nats). Returns float32 ``[layers]``.
+    """
+    import torch
+
+    layers = decoder_layers(model)
+    if isinstance(measure, bool) or not isinstance(measure, int) or measure < 1:
+        raise ValueError(f"measure must be a positive number of layers, got {measure!r}")
+    batch_list = list(batches)
+    check_batches(batch_list, model)
+    with eval_mode(model), torch.no_grad():
+        return _loss_cost(model, layers, batch_list, progress, measure=min(measure, len(layers)))
 
 
 def _batch_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[float, int]:
@@ -151,17 +187,32 @@ def _batch_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
 
 
 class _Recorded(HookHandles):
-    """Forward hooks keeping each layer's output of one forward (``outputs[i]``, what layer ``i`` returned)."""
+    """Forward hooks keeping, over one forward, each layer's output (``outputs[i]``) and its block influence summed
+    over real tokens (``distances[i]``, ``1 - cos(input, output)``; ``tokens`` counts them)."""
 
-    def __init__(self, layers: list[nn.Module]) -> None:
+    def __init__(self, layers: list[nn.Module], attention_mask: torch.Tensor | None) -> None:
+        import torch
+
         super().__init__()
         self.outputs: list[Any] = [None] * len(layers)
+        self.distances = torch.zeros(len(layers), dtype=torch.float64)
+        self.mask = attention_mask.bool() if attention_mask is not None else None
+        self.tokens = 0
         for index, layer in enumerate(layers):
-            self.add(layer.register_forward_hook(self._keeper(index)))
+            self.add(layer.register_forward_hook(self._keeper(index), with_kwargs=True))
 
     def _keeper(self, index: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        import torch
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             self.outputs[index] = output
+            before, after = _layer_input(args, kwargs).float(), _layer_output(output).float()
+            distance = 1 - torch.nn.functional.cosine_similarity(before, after, dim=-1)  # [batch, seq]
+            if self.mask is not None:  # not distance * mask: inf or NaN at a padded position stays out
+                distance = torch.where(self.mask, distance, 0.0)
+            self.distances[index] += float(distance.sum())
+            if index == 0:
+                self.tokens += int(self.mask.sum()) if self.mask is not None else distance.numel()
 
         return hook
 
@@ -188,30 +239,13 @@ def _block_influence(model: nn.Module, layers: list[nn.Module], batches: list[An
     from tqdm.auto import tqdm
 
     totals = torch.zeros(len(layers), dtype=torch.float64)
-    state: dict[str, Any] = {"mask": None}
-
-    def capture(index: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            before, after = _layer_input(args, kwargs).float(), _layer_output(output).float()
-            distance = 1 - torch.nn.functional.cosine_similarity(before, after, dim=-1)  # [batch, seq]
-            mask = state["mask"]
-            if mask is not None:  # not distance * mask: inf or NaN at a padded position stays out
-                distance = torch.where(mask.bool(), distance, 0.0)
-            totals[index] += float(distance.sum())
-
-        return hook
-
-    handles = [layer.register_forward_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
     tokens = 0
-    try:
-        for batch in tqdm(batches, desc="layer importance (block influence)", disable=not progress, leave=False):
-            input_ids, attention_mask = batch_inputs(batch, model)
-            state["mask"] = attention_mask.to(torch.float32) if attention_mask is not None else None
+    for batch in tqdm(batches, desc="layer importance (block influence)", disable=not progress, leave=False):
+        input_ids, attention_mask = batch_inputs(batch, model)
+        with _Recorded(layers, attention_mask) as recorded:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            tokens += int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
-    finally:
-        for handle in handles:
-            handle.remove()
+        totals += recorded.distances
+        tokens += recorded.tokens
     if not tokens:
         raise ValueError("batches held no real tokens; block influence needs text")
     return (totals / tokens).float()
