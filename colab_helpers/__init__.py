@@ -58,7 +58,7 @@ _NAMES: dict[str, str] = {
     "SpellingStudy": "spelling",
 }
 # Stage sub-packages and base modules, reachable as ch.<name>.
-_MODULES = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling", "smoke",
+_MODULES = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling", "deploy", "smoke",
             "errors", "checks")
 
 __all__ = ["__version__", "ColabHelpersWarning", *_NAMES]

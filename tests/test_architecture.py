@@ -13,7 +13,7 @@ import colab_helpers
 
 PACKAGE = Path(colab_helpers.__file__).parent
 # Stages in import order: a stage imports only the stages before it (and the base modules).
-LAYERS = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling")
+LAYERS = ("runtime", "plots", "evaluation", "pruning", "models", "finetune", "experiments", "spelling", "deploy")
 BASE = ("errors", "smoke", "checks", "lazy", "_version")  # import nothing of the stages; anyone may import them
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60

@@ -199,8 +199,10 @@ def test_console_script_is_the_cli_main(capsys: pytest.CaptureFixture[str], monk
 
     target = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["colab-helpers"]
     module, _, name = target.partition(":")
+    from colab_helpers.deploy.cli import main as package_main
+
     entry = getattr(importlib.import_module(module), name)
-    assert entry is main
+    assert entry is package_main  # the whole command line: the experiments' commands and the deployment ones
     with pytest.raises(SystemExit) as exited:
         entry(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"colab-helpers {__version__}"
