@@ -149,3 +149,22 @@ embedded: $(STAMP)
 
 clean:
 	rm -rf results .pytest_cache $(FLOOR_VENV) $(PY313_VENV)
+
+## Serving under load (benchmarks/serving.py): our server on SmolLM2-135M-Instruct vs its 75% compression at
+## concurrency 1-16, batching gain, and transformers serve --continuous-batching when its extra is installed; writes
+## the "Serving" section of docs/deployment-results.md. Tens of minutes on 2 cores.
+.PHONY: serving-bench
+serving-bench: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python benchmarks/serving.py
+
+## llama.cpp for the GGUF checks (scripts/build_llama_cpp.sh): compiled from the llama-cpp-python sdist (PyPI has no
+## wheel) into .cache/llama-cpp, the library, llama-bench and the Python binding; minutes on 2 cores, once. Never
+## part of install or test; the tests that need it are skipped without it.
+.PHONY: llama-cpp gguf-check
+llama-cpp: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/build_llama_cpp.sh
+
+## SmolLM2-135M-Instruct unpruned and compressed to 75% as GGUF (f16, q8_0) in llama.cpp: next-token agreement with
+## the model in memory, llama-bench tokens/s, sizes; the "GGUF" section of docs/deployment-results.md.
+gguf-check: llama-cpp
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/gguf_check.py

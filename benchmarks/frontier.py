@@ -245,7 +245,9 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     points = [] if fresh else _load_points(path)
     started = time.perf_counter()
     ctx = _context(quick, plan)
-    torch.set_num_threads(os.cpu_count() or 1)
+    # every core this process may use, unless OMP_NUM_THREADS says otherwise (a run pinned to one core of a shared
+    # machine keeps its timings steady)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
     reference = next((p for p in points if p["method"] == "unpruned" and p.get("settings") == key), None)
     if reference is None:
         unpruned = evaluate_ability(ctx["model"], ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"],

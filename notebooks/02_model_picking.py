@@ -35,7 +35,8 @@ def _install_colab_helpers(repo_url: str, content: str = "/content", run=subproc
     roots = [pathlib.Path(content), pathlib.Path(content, "drive", "MyDrive", "colab-helpers")]
     wheels = sorted((w for root in roots for w in root.glob("colab_helpers-*.whl")), key=lambda w: w.stat().st_mtime)
     source = wheels[-1].as_uri() if wheels else f"git+{repo_url}"
-    extra = "[gpu]" if shutil.which("nvidia-smi") else ""  # bitsandbytes only with a GPU
+    # tasks (lm-eval) and serving (notebook 09) always; bitsandbytes only with a GPU
+    extra = "[eval,serve,gpu]" if shutil.which("nvidia-smi") else "[eval,serve]"
     print(f"Installing colab-helpers{extra} from {_hide_token(source)} ...")
     # No --upgrade: what Colab has is kept where it meets our floors, and torch is held at Colab's own build.
     pip = [sys.executable, "-m", "pip", "install", "-q", *_keep_torch(content), f"colab-helpers{extra} @ {source}"]

@@ -284,3 +284,12 @@ def test_compression_quick_returns_every_check_and_writes_no_docs() -> None:
     assert figures["params_compress"] < figures["params_before"]
     assert "compress" in result["settings"] and "not shown" in result["settings"]
     assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before  # quick writes none
+
+
+def test_serving_quick_returns_every_check() -> None:
+    """``benchmarks/serving.py --quick``: our server on embedded-llama and its compression, two short levels."""
+    pytest.importorskip("fastapi")
+    result = _load("serving").run(quick=True)
+    _assert_result(result, "serving", ["output tokens/s", "p99 end-to-end latency", "batching"],
+                   ["unpruned_tokens_per_s_at_1", "compressed_tokens_per_s_at_2"])  # fmt: skip
+    assert result["settings"]["transformers_serve"] == "not run with --quick"

@@ -93,7 +93,7 @@ def test_unreachable_repository_stops_with_the_url_and_the_fix(install: Callable
     with pytest.raises(SystemExit) as stop:
         install(pip)
     message = str(stop.value)
-    assert _requirement(pip.commands[0]) == f"colab-helpers @ git+{REPO_URL}"
+    assert _requirement(pip.commands[0]) == f"colab-helpers[eval,serve] @ git+{REPO_URL}"
     assert f"git+{REPO_URL}" in message and "Could not resolve host: github.com" in message
     assert "make colab-bundle" in message and "/content" in message and "REPO_URL" in message and "make sync" in message
     assert "\n" not in message
@@ -106,7 +106,7 @@ def test_an_uploaded_wheel_is_installed_and_torch_is_held(install: Callable[[Fak
     pip = FakePip()
     install(pip)
     [command] = pip.commands
-    assert _requirement(command) == f"colab-helpers @ {wheel.as_uri()}"
+    assert _requirement(command) == f"colab-helpers[eval,serve] @ {wheel.as_uri()}"
     if importlib.util.find_spec("torch") is not None:  # held at the installed build by a constraints file
         constraints = Path(command[command.index("-c") + 1])
         assert constraints.read_text() == f"torch=={importlib.metadata.version('torch')}\n"
@@ -123,7 +123,7 @@ def test_a_wheel_on_drive_with_a_gpu_gets_the_gpu_extra(
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
     pip = FakePip()
     install(pip)
-    assert _requirement(pip.commands[0]) == f"colab-helpers[gpu] @ {wheel.as_uri()}"
+    assert _requirement(pip.commands[0]) == f"colab-helpers[eval,serve,gpu] @ {wheel.as_uri()}"
 
 
 @pytest.mark.usefixtures("colab")

@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from ..experiments import cli as experiments_cli
 
 # sub-command -> module of this package that owns it
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "export": "export",
+    "loadtest": "loadtest",
+    "serve": "serve_cli",
+    "report": "report",
+}
 
 
 def build_parser():  # noqa: ANN201 - argparse.ArgumentParser

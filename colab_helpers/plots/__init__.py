@@ -7,6 +7,7 @@
   recovery curves;
 - :mod:`.sweeps` -- a sweep's runs table as figures;
 - :mod:`.training` -- gradient norms of a training run;
+- :mod:`.deployment` -- a served model under load: throughput and latency against concurrency, server metrics over time;
 - :mod:`.report` -- the one self-contained HTML report builder (tables and figures embedded).
 
 Imports only :mod:`colab_helpers.runtime`; matplotlib and pandas are imported by the functions that draw.
@@ -22,6 +23,7 @@ _NAMES: dict[str, str] = {
     "plot_head_importance": "pruning", "plot_importance_grid": "pruning", "plot_level_curves": "pruning",
     "plot_pruned_per_layer": "pruning", "plot_compression": "compression", "plot_recovery_curves": "compression",
     "plot_sweep": "sweeps", "write_html_report": "report",
+    "plot_serving": "deployment", "plot_monitoring": "deployment",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

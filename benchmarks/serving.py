@@ -1,0 +1,224 @@
+"""Serving under load on SmolLM2-135M-Instruct and its 75% compression: the goals of the deployment issue in one run.
+
+    OMP_NUM_THREADS=2 python benchmarks/serving.py       # tens of minutes on a 2-core machine
+    python benchmarks/serving.py --quick                  # embedded-llama, two short levels (tests)
+
+Our server (``colab_helpers.deploy.start_server``) serves the unpruned model and its compression to 75% of the
+parameters (``compress`` across heads, MLP channels and layers, no recovery: speed depends on the shapes only;
+saved with ``save_pruned`` under results/deployment/models/), one after the other, each load-tested at concurrency
+1, 2, 4, 8, 16 on loopback (``run_load_test``). When ``transformers serve`` can run (``transformers[serving]``:
+FastAPI, uvicorn, pydantic, openai) its ``--continuous-batching`` serves the unpruned folder under the same load;
+else the output says so. Checks (each a goal, in brackets):
+
+- **Compressed vs unpruned at concurrency 8** [output tokens/s >= 1.25x; p99 end-to-end latency <= 0.8x].
+- **Batching** [our server's tokens/s at concurrency 8 >= 3x its tokens/s at 1], on the unpruned model.
+- **Ours vs transformers serve --continuous-batching**, unpruned, same load [tokens/s >= 1.0x; p99 <= 1.0x].
+
+Writes the "Serving" section of docs/deployment-results.md (not with ``--quick``), the load tests under
+results/deployment/data and the report under results/deployment/reports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
+from _timing import check, command_line  # noqa: E402
+
+DOC = ROOT / "docs" / "deployment-results.md"
+OUT = ROOT / "results" / "deployment"
+START, END = "<!-- serving:start -->", "<!-- serving:end -->"
+COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serving.py"
+TARGET_TOKENS, TARGET_P99, TARGET_BATCHING, TARGET_VS_TRANSFORMERS = 1.25, 0.8, 3.0, 1.0
+AT = 8  # the concurrency the ratios are read at
+
+FULL = dict(model="smollm2-135m-instruct", target=0.75, seq_len=128, concurrency=(1, 2, 4, 8, 16), requests=32,
+            max_seconds=240.0, max_tokens=64, ready=900.0)  # fmt: skip
+QUICK = dict(model="embedded-llama", target=0.75, seq_len=32, concurrency=(1, 2), requests=4, max_seconds=30.0,
+             max_tokens=8, ready=300.0)  # fmt: skip
+
+
+def _load_config(size: dict[str, Any], **overrides: Any) -> Any:
+    from colab_helpers.deploy import LoadTestConfig
+
+    return LoadTestConfig(concurrency=size["concurrency"], requests_per_level=size["requests"],
+                          max_seconds=size["max_seconds"], max_tokens=size["max_tokens"], **overrides)  # fmt: skip
+
+
+def _ours(model: str, label: str, size: dict[str, Any]) -> Any:
+    """Load-test our server on ``model`` (a name or a folder)."""
+    from colab_helpers.deploy import run_load_test, start_server
+
+    with start_server(model) as server:
+        server.wait_ready(timeout=size["ready"])
+        return run_load_test(server.url, _load_config(size), label=label, progress=False)
+
+
+def transformers_serve_missing() -> str:
+    """'' when ``transformers serve`` can run here, else why not (and the install command)."""
+    try:
+        from transformers.utils.import_utils import is_serve_available
+    except ImportError:
+        return "this transformers has no `transformers serve`"
+    if not is_serve_available():
+        return "`transformers serve` needs `pip install \"transformers[serving]\"` (FastAPI, uvicorn, pydantic, openai)"
+    return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _transformers_serve(folder: Path, size: dict[str, Any]) -> Any:
+    """Load-test ``transformers serve FOLDER --continuous-batching`` (CPU) with the same load; stop it after."""
+    import httpx
+
+    from colab_helpers.deploy import run_load_test
+
+    port = _free_port()
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder), "--device", "cpu",
+               "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + size["ready"]
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        config = _load_config(size, model=str(folder), monitor_interval=0)  # it has no /metrics of ours
+        return run_load_test(url, config, label="transformers-serve", progress=False)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _models(size: dict[str, Any], models_dir: Path) -> tuple[Path, Path]:
+    """The unpruned model as a plain folder and its compression (each reused when saved already)."""
+    from colab_helpers.deploy import compress_for_serving
+
+    unpruned, compressed = models_dir / "unpruned", models_dir / f"keep{round(size['target'] * 100)}"
+    if not (unpruned / "config.json").is_file():
+        compress_for_serving(size["model"], unpruned, target_params=1.0, seq_len=size["seq_len"])
+    if not (compressed / "pruning.json").is_file():
+        compress_for_serving(size["model"], compressed, target_params=size["target"], seq_len=size["seq_len"])
+    return unpruned, compressed
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and b == b and a == a else float("nan")
+
+
+def _checks(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    ours, small = runs["unpruned"], runs["compressed"]
+    at = AT if AT in [lv.concurrency for lv in ours.levels] else max(lv.concurrency for lv in ours.levels)
+    low = min(lv.concurrency for lv in ours.levels)
+    base, comp = ours.level(at), small.level(at)
+    tokens = _ratio(comp.output_tokens_per_s, base.output_tokens_per_s)
+    p99 = _ratio(comp.latency_p99, base.latency_p99)
+    gain = _ratio(base.output_tokens_per_s, ours.level(low).output_tokens_per_s)
+    rows = [
+        check(f"compressed vs unpruned at concurrency {at}: output tokens/s", f">= {TARGET_TOKENS}x", tokens,
+              tokens >= TARGET_TOKENS, f"{comp.output_tokens_per_s:.1f} vs {base.output_tokens_per_s:.1f} tokens/s"),
+        check(f"compressed vs unpruned at concurrency {at}: p99 end-to-end latency", f"<= {TARGET_P99}x", p99,
+              p99 <= TARGET_P99, f"{comp.latency_p99:.2f} vs {base.latency_p99:.2f} s"),
+        check(f"batching: tokens/s at concurrency {at} vs {low} (unpruned, our server)", f">= {TARGET_BATCHING}x",
+              gain, gain >= TARGET_BATCHING, f"errors {ours.failures}, shed {sum(lv.shed for lv in ours.levels)}"),
+    ]  # fmt: skip
+    if "transformers-serve" in runs:
+        theirs = runs["transformers-serve"].level(at)
+        vs_tokens = _ratio(base.output_tokens_per_s, theirs.output_tokens_per_s)
+        vs_p99 = _ratio(base.latency_p99, theirs.latency_p99)
+        rows += [check(f"ours vs transformers serve --continuous-batching at {at}: tokens/s",
+                       f">= {TARGET_VS_TRANSFORMERS}x", vs_tokens, vs_tokens >= TARGET_VS_TRANSFORMERS,
+                       f"{base.output_tokens_per_s:.1f} vs {theirs.output_tokens_per_s:.1f} tokens/s"),
+                 check(f"ours vs transformers serve --continuous-batching at {at}: p99 latency",
+                       f"<= {TARGET_VS_TRANSFORMERS}x", vs_p99, vs_p99 <= TARGET_VS_TRANSFORMERS,
+                       f"{base.latency_p99:.2f} vs {theirs.latency_p99:.2f} s")]  # fmt: skip
+    return rows
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark; return ``{"name", "checks", "figures", "settings"}`` (doc and results: full runs only)."""
+    from colab_helpers.deploy import write_deployment_report
+
+    size = QUICK if quick else FULL
+    scratch = Path(tempfile.mkdtemp(prefix="serving-bench-")) if quick else OUT
+    unpruned_dir, compressed_dir = _models(size, scratch / "models")
+    runs = {"unpruned": _ours(str(unpruned_dir), "unpruned", size),
+            "compressed": _ours(str(compressed_dir), "compressed", size)}  # fmt: skip
+    missing = "not run with --quick" if quick else transformers_serve_missing()
+    if not missing:
+        runs["transformers-serve"] = _transformers_serve(unpruned_dir, size)
+    for result in runs.values():
+        result.save(scratch / "data")
+    report = write_deployment_report(runs, scratch, baseline="unpruned")
+    checks = _checks(runs)
+    figures = {f"{label}_tokens_per_s_at_{lv.concurrency}": float(lv.output_tokens_per_s)
+               for label, result in runs.items() for lv in result.levels}  # fmt: skip
+    settings = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()},
+                "transformers_serve": missing or "run", "report": str(report.relative_to(scratch))}  # fmt: skip
+    result = {"name": "serving", "checks": checks, "figures": figures, "settings": settings}
+    if not quick:
+        write_doc(result, runs)
+    return result
+
+
+def _table(result: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+    from colab_helpers.deploy import levels_table
+
+    lines = ["| check | target | measured | result | detail |", "|---|---|---:|---|---|"]
+    lines += [f"| {c['name']} | {c['target']} | {c['measured']} | {'pass' if c['passed'] else 'MISS'} | {c['detail']} |"
+              for c in result["checks"]]  # fmt: skip
+    frame = levels_table(list(runs.values())).round(3)
+    lines += ["", "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return lines
+
+
+def write_doc(result: dict[str, Any], runs: dict[str, Any]) -> Path:
+    """Write the "Serving" section of docs/deployment-results.md between its markers (other sections untouched)."""
+    from colab_helpers.runtime.files import atomic_write_text
+
+    settings = result["settings"]
+    section = "\n".join([
+        START, "## Serving", "",
+        f"Written by `{COMMAND}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPU "
+        f"cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. {settings['model']} and its "
+        f"compression to {settings['target']:.0%} of the parameters (no recovery), each served by "
+        "`colab_helpers.deploy.start_server` on loopback and load-tested at concurrency "
+        f"{', '.join(map(str, settings['concurrency']))}: {settings['requests']} requests per level, "
+        f"{settings['max_tokens']} tokens each, streamed. transformers serve: {settings['transformers_serve']}.", "",
+        *_table(result, runs), "", f"The report: results/deployment/{settings['report']}.", END,
+    ])  # fmt: skip
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Deployment results\n\n"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    return atomic_write_text(DOC, text)
+
+
+if __name__ == "__main__":
+    command_line(run, __doc__.splitlines()[0])
