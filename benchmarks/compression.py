@@ -4,7 +4,7 @@
     python benchmarks/compression.py --quick                       # embedded-llama, seconds (tests)
     python benchmarks/run.py --only compression                    # the same, its table into RESULTS.md
 
-Writes ``docs/compression-results.md`` and ``docs/compression-results.png`` (not with ``--quick``). Every number
+Writes ``docs/compression-recipes.md`` and ``docs/compression-recipes.png`` (not with ``--quick``). Every number
 comes from one run on one text: held-out blocks of the embedded corpus's validation split (scored in
 non-overlapping blocks of 128), calibration from the start of its train split, recovery training on the rest
 of the train split. The checks (each a goal, in brackets):
@@ -39,11 +39,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
 from _timing import check, command_line, interleaved, paired_spread, ratio  # noqa: E402
 
-DOC = ROOT / "docs" / "compression-results.md"
+DOC = ROOT / "docs" / "compression-recipes.md"
 # text of another domain, shipped in the package (colab_helpers/embedded/texts): what recovery on the embedded corpus
 # keeps of the model's general ability
 OTHER_TEXT = "gpl-3.0"
-FIGURE = ROOT / "docs" / "compression-results.png"
+FIGURE = ROOT / "docs" / "compression-recipes.png"
 TARGET_VS_TORCH_PRUNING = 1 / 3
 TARGET_SPEED_AGREEMENT = 0.9
 TARGET_RECOVERY = 1.15
@@ -311,7 +311,7 @@ def _write_docs(result: dict[str, Any], rows: list[dict[str, Any]], report: Any,
               "|" + "---|" * len(report.candidates[0])]  # fmt: skip
     for cand in report.candidates:
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else f"{v:,}" for v in cand.values()) + " |")
-    lines += ["", "![what compress removed](compression-results.png)", "",
+    lines += ["", "![what compress removed](compression-recipes.png)", "",
               "## Recovery: distillation vs plain LoRA", "",
               "| recovery | held-out perplexity | minutes |", "|---|---:|---:|"]
     for kind, label in (("distill", "distillation (KD + LM, T=2, alpha 0.5)"), ("lora", "plain LoRA (LM loss)")):

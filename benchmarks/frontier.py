@@ -172,6 +172,8 @@ def _speedup(model: Any, pruned: Any, seq_len: int) -> float:
 
 def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Prune, measure, recover, measure: one frontier point as a JSON-ready dict."""
+    import torch
+
     from colab_helpers.evaluation import evaluate_ability
 
     model, tokenizer = ctx["model"], ctx["tokenizer"]
@@ -185,6 +187,7 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
     row["params"] = _params(pruned)
     row["share"] = row["params"] / _params(model)
     row["speedup"] = _speedup(model, pruned, plan["seq_len"])
+    row["threads"] = torch.get_num_threads()  # pruning and recovery times depend on it
     before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
     row["before"] = before.to_dict()
     print(f"  {method} at {target:.0%}: {row['share']:.1%} kept; before recovery {before}", flush=True)
@@ -363,6 +366,7 @@ def frontier_table(points: list[dict[str, Any]]) -> Any:
         row["task retention"] = ability_retention(after, reference)
         row["recovery min"] = p.get("recovery_seconds", 0) / 60
         row["prune s"] = p.get("prune", {}).get("seconds", 0)
+        row["threads"] = p.get("threads", math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -417,16 +421,26 @@ def _write_docs(result: dict[str, Any]) -> None:
         lines.append(f"| {row['name']} | {row['target']} | {row['measured']:.3f} | "
                      f"{'pass' if row['passed'] else 'MISS'} | {row['detail']} |")  # fmt: skip
     lines += ["", "## The frontier", "", _markdown(table), "", "![the frontier](compression-frontier.png)", "",
+              _missing(points), "",
               "## The unpruned model on the tasks", "",
               _markdown(ability_table({"unpruned": reference}, "unpruned").reset_index()), "",
               "## Settings", "", f"- **model**: {result['settings']['model']}",
               f"- **recovery**: {result['settings']['recovery']}",
+              "- **threads**: recovery minutes and prune seconds are wall time at the `threads` torch threads of each row "
+              "(a run pinned to one core of two takes about twice as long as one on both)",
               "- **not shown**: one model, one seed per point; CPU only (2 cores; speed-up is one forward of 1 x 128 "
               "tokens at one thread, not generation under load); the offline tasks are small (<= 100 items, 95% "
               "intervals of about +-0.1) and built from shipped text, not the field's standard benchmarks "
               "(run `tasks=\"standard\"` with the hub for those)."]  # fmt: skip
     atomic_write_text(DOC, "\n".join(lines) + "\n")
     print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def _missing(points: list[dict[str, Any]]) -> str:
+    """The sentence naming the (method, target) points of the full frontier not measured yet."""
+    missing = [f"{method} at {target:.0%}" for target in TARGETS for method in METHODS if _find(points, method, target)
+               is None and not any(p["method"] == method and p["target"] == target for p in points)]  # fmt: skip
+    return ("Not measured yet: " + ", ".join(missing) + "." if missing else "Every point of the frontier is measured.")
 
 
 def _markdown(table: Any) -> str:

@@ -219,7 +219,7 @@ def write_section(results: dict[str, Any]) -> None:
     lines += [f"| {c['name']} | {c['target']} | {c['measured']:.3g} | {'yes' if c['passed'] else 'no'} |"
               for c in results["checks"]]  # fmt: skip
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Deployment results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     section = "\n".join(lines) + "\n\n"
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     atomic_write_text(DOC, text.rstrip("\n") + "\n")

@@ -14,8 +14,11 @@ else the output says so. Checks (each a goal, in brackets):
 - **Batching** [our server's tokens/s at concurrency 8 >= 3x its tokens/s at 1], on the unpruned model.
 - **Ours vs transformers serve --continuous-batching**, unpruned, same load [tokens/s >= 1.0x; p99 <= 1.0x].
 
-Writes the "Serving" section of docs/deployment-results.md (not with ``--quick``), the load tests under
-results/deployment/data and the report under results/deployment/reports.
+Our server is asked for exactly ``max_tokens`` tokens (``ignore_eos``), so both models do the same work; ``transformers
+serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at EOS; ours is
+then labelled ``unpruned-eos``). Load tests saved under results/deployment/data with the same settings are reused
+(delete that folder to measure everything again). Writes the "Serving" section of docs/deployment-results.md (not
+with ``--quick``), the load tests under results/deployment/data and the report under results/deployment/reports.
 """
 
 from __future__ import annotations
@@ -58,13 +61,13 @@ def _load_config(size: dict[str, Any], **overrides: Any) -> Any:
                           max_seconds=size["max_seconds"], max_tokens=size["max_tokens"], **overrides)  # fmt: skip
 
 
-def _ours(model: str, label: str, size: dict[str, Any]) -> Any:
+def _ours(model: str, label: str, size: dict[str, Any], **overrides: Any) -> Any:
     """Load-test our server on ``model`` (a name or a folder)."""
     from colab_helpers.deploy import run_load_test, start_server
 
     with start_server(model) as server:
         server.wait_ready(timeout=size["ready"])
-        return run_load_test(server.url, _load_config(size), label=label, progress=False)
+        return run_load_test(server.url, _load_config(size, **overrides), label=label, progress=False)
 
 
 def transformers_serve_missing() -> str:
@@ -104,7 +107,8 @@ def _transformers_serve(folder: Path, size: dict[str, Any]) -> Any:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        config = _load_config(size, model=str(folder), monitor_interval=0)  # it has no /metrics of ours
+        # it has no /metrics of ours, and it refuses fields it does not know (ignore_eos): answers stop at EOS
+        config = _load_config(size, model=str(folder), monitor_interval=0, ignore_eos=False)
         return run_load_test(url, config, label="transformers-serve", progress=False)
     finally:
         process.terminate()
@@ -147,6 +151,7 @@ def _checks(runs: dict[str, Any]) -> list[dict[str, Any]]:
               gain, gain >= TARGET_BATCHING, f"errors {ours.failures}, shed {sum(lv.shed for lv in ours.levels)}"),
     ]  # fmt: skip
     if "transformers-serve" in runs:
+        base = runs["unpruned-eos"].level(at)  # ours under the same requests: answers stop at EOS too
         theirs = runs["transformers-serve"].level(at)
         vs_tokens = _ratio(base.output_tokens_per_s, theirs.output_tokens_per_s)
         vs_p99 = _ratio(base.latency_p99, theirs.latency_p99)
@@ -159,21 +164,43 @@ def _checks(runs: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark; return ``{"name", "checks", "figures", "settings"}`` (doc and results: full runs only)."""
+def _saved(scratch: Path, size: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    """The load tests saved under ``scratch/data`` by an earlier run with the same settings (none with ``fresh``)."""
+    from colab_helpers.deploy import load_results
+
+    if fresh or not (scratch / "data").is_dir():
+        return {}
+    try:
+        saved = load_results(scratch)
+    except FileNotFoundError:
+        return {}
+    wanted = {"concurrency": list(size["concurrency"]), "requests_per_level": size["requests"],
+              "max_tokens": size["max_tokens"]}  # fmt: skip
+    return {label: r for label, r in saved.items() if all(r.settings.get(k) == v for k, v in wanted.items())}
+
+
+def run(quick: bool = False, fresh: bool = False) -> dict[str, Any]:
+    """Run the benchmark; return ``{"name", "checks", "figures", "settings"}`` (doc and results: full runs only).
+    A full run reuses the load tests saved under results/deployment/data with the same settings (``fresh``: none)."""
     from colab_helpers.deploy import write_deployment_report
 
     size = QUICK if quick else FULL
     scratch = Path(tempfile.mkdtemp(prefix="serving-bench-")) if quick else OUT
     unpruned_dir, compressed_dir = _models(size, scratch / "models")
-    runs = {"unpruned": _ours(str(unpruned_dir), "unpruned", size),
-            "compressed": _ours(str(compressed_dir), "compressed", size)}  # fmt: skip
+    runs = _saved(scratch, size, fresh or quick)
+    for label, folder in (("unpruned", unpruned_dir), ("compressed", compressed_dir)):
+        if label not in runs:
+            runs[label] = _ours(str(folder), label, size)
     missing = "not run with --quick" if quick else transformers_serve_missing()
     if not missing:
-        runs["transformers-serve"] = _transformers_serve(unpruned_dir, size)
+        if "unpruned-eos" not in runs:
+            runs["unpruned-eos"] = _ours(str(unpruned_dir), "unpruned-eos", size, ignore_eos=False)
+        if "transformers-serve" not in runs or not runs["transformers-serve"].levels[0].ok:
+            runs["transformers-serve"] = _transformers_serve(unpruned_dir, size)
     for result in runs.values():
         result.save(scratch / "data")
-    report = write_deployment_report(runs, scratch, baseline="unpruned")
+    report = write_deployment_report({k: v for k, v in runs.items() if k != "unpruned-eos"}, scratch,
+                                     baseline="unpruned")
     checks = _checks(runs)
     figures = {f"{label}_tokens_per_s_at_{lv.concurrency}": float(lv.output_tokens_per_s)
                for label, result in runs.items() for lv in result.levels}  # fmt: skip
@@ -209,7 +236,9 @@ def write_doc(result: dict[str, Any], runs: dict[str, Any]) -> Path:
         f"compression to {settings['target']:.0%} of the parameters (no recovery), each served by "
         "`colab_helpers.deploy.start_server` on loopback and load-tested at concurrency "
         f"{', '.join(map(str, settings['concurrency']))}: {settings['requests']} requests per level, "
-        f"{settings['max_tokens']} tokens each, streamed. transformers serve: {settings['transformers_serve']}.", "",
+        f"{settings['max_tokens']} tokens each (exactly: `ignore_eos`), streamed. transformers serve: "
+        f"{settings['transformers_serve']} (it refuses `ignore_eos`: it and ours, `unpruned-eos`, are compared on the "
+        "same requests without it, answers stopping at EOS).", "",
         *_table(result, runs), "", f"The report: results/deployment/{settings['report']}.", END,
     ])  # fmt: skip
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Deployment results\n\n"

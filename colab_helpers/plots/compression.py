@@ -64,14 +64,16 @@ def plot_compression(
 
 
 def plot_recovery_curves(
-    histories: Mapping[str, Any], *, title: str = "Recovery: distillation vs plain LoRA",
+    histories: Mapping[str, Any], *, title: str | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
     """Left: each run's LM loss on its training batches (``lm_loss`` for distillation, whose ``loss`` mixes in
     the KD term; ``loss`` otherwise); right: the held-out evaluation loss when it was measured.
 
-    ``histories`` maps a label to a history table (``FineTuneResult.history_frame()``: indexed by step).
+    ``histories`` maps a label to a history table (``FineTuneResult.history_frame()``: indexed by step). The default
+    title names the runs (``"Recovery: distillation vs LM loss"``).
     """
+    title = title if title is not None else "Recovery: " + " vs ".join(histories)
     figure = new_figure(9.0, 3.4)
     train_ax, eval_ax = figure.subplots(1, 2)
     for name, history in histories.items():
