@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -81,19 +80,14 @@ def transformers_serve_missing() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _transformers_serve(folder: Path, size: dict[str, Any]) -> Any:
     """Load-test ``transformers serve FOLDER --continuous-batching`` (CPU) with the same load; stop it after."""
     import httpx
 
     from colab_helpers.deploy import run_load_test
+    from colab_helpers.deploy.launch import free_port
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder), "--device", "cpu",
                "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..checks import check_choice, check_integer, check_positive_integer, check_positive_number, field_help
 from .engine import Engine, EngineStoppedError, Event, QueueFullError
+from .loopback import is_loopback
 from .openai_api import (DONE, ApiError, ParsedRequest, answer, chat_prompt_ids, chunk, new_id, parse_body, parse_chat,
                          parse_completion)
 
@@ -35,16 +35,6 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 RETRY_AFTER_S = 1  # what a shed client is told to wait: the shortest Retry-After there is (whole seconds)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
