@@ -36,10 +36,12 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt $(LOCK) py
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-## The whole suite, every notebook executed in smoke mode included. Tiny models run fastest on one thread,
-## and one thread keeps the suite steady on a busy machine (two OpenMP threads on two shared cores thrash).
+## The whole suite, every notebook executed in smoke mode included. Tiny models run fastest on one thread, and
+## one thread per process keeps the suite steady (two OpenMP threads on two shared cores thrash); the tests are
+## spread over one pytest-xdist worker per core instead (TEST_JOBS=0: one process).
+TEST_JOBS ?= $(shell nproc)
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 ## The declared floors (constraints-floor.txt: transformers 5.1.0, peft 0.21.0, accelerate 1.0.1, datasets 3.0.2,
 ## ...) in a second venv, the fast tests; CI runs it after `make test`.
@@ -47,7 +49,7 @@ FLOOR_VENV ?= .venv-floor
 FAST_TESTS := -m "not notebook and not real_model"
 
 test-floor: $(FLOOR_VENV)/.installed
-	OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
+	OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) $(FAST_TESTS)
 
 $(FLOOR_VENV)/.installed: constraints-floor.txt requirements.txt requirements-dev.txt pyproject.toml Makefile
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
@@ -64,14 +66,14 @@ PY313_VENV ?= .venv-py313
 
 test-py313: $(PY313_VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY313_VENV)/bin/python -c "import sys, colab_helpers; assert 'torch' not in sys.modules; print(sys.version.split()[0], colab_helpers.__version__)"
-	OMP_NUM_THREADS=1 $(PY313_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
+	OMP_NUM_THREADS=1 $(PY313_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) $(FAST_TESTS)
 
 $(PY313_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml Makefile
 	@test -n "$(PY313)" || { echo "no python3.13 found: install it (pyenv install 3.13) or pass PY313=/path/to/python3.13"; exit 1; }
 	test -x $(PY313_VENV)/bin/python || $(PY313) -m venv $(PY313_VENV)
 	$(PY313_VENV)/bin/python -m pip install -q --upgrade pip
 	grep -vE '^(peft|accelerate)' requirements.txt > $(PY313_VENV)/requirements-notorch.txt  # these two pull torch
-	$(PY313_VENV)/bin/python -m pip install -q -r $(PY313_VENV)/requirements-notorch.txt pytest "jupytext==1.19.6" "nbformat>=5.10" "setuptools>=68"
+	$(PY313_VENV)/bin/python -m pip install -q -r $(PY313_VENV)/requirements-notorch.txt pytest "pytest-xdist>=3.5" "jupytext==1.19.6" "nbformat>=5.10" "setuptools>=68"
 	grep -E '^(peft|accelerate)' requirements.txt | xargs $(PY313_VENV)/bin/python -m pip install -q --no-deps  # their floors, not torch
 	$(PY313_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
@@ -93,11 +95,11 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -r requirements-eval.txt
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps -e .
 	@$(LATEST_VENV)/bin/python scripts/versions.py | tee $(LATEST_VENV)/versions.txt
-	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)
+	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) $(FAST_TESTS)
 
 ## Unit tests only (no notebook execution).
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not notebook"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not notebook"
 
 ## The main job (notebook 08): SmolLM2-135M-Instruct (from its wheel) compressed across heads, MLP channels and layers,
 ## recovered by distillation on text the teacher wrote mixed with the embedded corpus, and judged on general ability
@@ -156,6 +158,13 @@ clean:
 .PHONY: serving-bench
 serving-bench: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python benchmarks/serving.py
+
+## Reliability of our server on the 75% compression (benchmarks/reliability.py): a 2-minute soak at concurrency 16
+## (nothing lost, memory flat), 30 malformed requests, kill -9 mid-load and restart; the "Reliability" section of
+## docs/deployment-results.md. About 4 minutes on 2 cores.
+.PHONY: reliability
+reliability: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python benchmarks/reliability.py
 
 ## llama.cpp for the GGUF checks (scripts/build_llama_cpp.sh): compiled from the llama-cpp-python sdist (PyPI has no
 ## wheel) into .cache/llama-cpp, the library, llama-bench and the Python binding; minutes on 2 cores, once. Never

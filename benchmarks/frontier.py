@@ -74,7 +74,7 @@ def _save_points(path: Path, points: list[dict[str, Any]]) -> None:
 # --- the three ways to prune -------------------------------------------------------------------------------------
 
 
-def _prune(method: str, model: Any, target: float, calibration: list[Any], evaluation: list[Any]) -> dict[str, Any]:
+def prune(method: str, model: Any, target: float, calibration: list[Any], evaluation: list[Any]) -> dict[str, Any]:
     """Prune ``model`` in place to ``target`` of its parameters by ``method``; return what was done."""
     from colab_helpers.pruning import compress
 
@@ -100,7 +100,7 @@ def _rows(batches: list[Any]) -> Any:
     return torch.cat([torch.as_tensor(b["input_ids"]) for b in batches])
 
 
-def _params(model: Any) -> int:
+def params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -109,21 +109,21 @@ def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> f
     which prunes the same shapes without gradients); ValueError when no ratio reaches it."""
     from torch_pruning_baseline import prune_with_torch_pruning
 
-    full, ids = _params(model), _rows(calibration)[:1]
+    full, ids = params(model), _rows(calibration)[:1]
     low, high = 0.0, 0.95
     for _ in range(8):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
         try:
             prune_with_torch_pruning(trial, ids, ratio=mid, importance="magnitude")
-            kept = _params(trial) / full
+            kept = params(trial) / full
         except Exception:  # noqa: BLE001 - a ratio that empties a layer's heads: too high
             kept = 0.0
         low, high = (mid, high) if kept > target else (low, mid)
         del trial
     trial = copy.deepcopy(model)
     prune_with_torch_pruning(trial, ids, ratio=high, importance="magnitude")
-    kept = _params(trial) / full
+    kept = params(trial) / full
     if abs(kept - target) > 0.02:
         raise ValueError(f"torch-pruning's example cannot reach {target:.0%} of the parameters (closest {kept:.1%})")
     return high
@@ -132,7 +132,7 @@ def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> f
 # --- one point ------------------------------------------------------------------------------------------------
 
 
-def _recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
+def recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
     from colab_helpers.finetune import DistillConfig, FineTuneConfig, distill, merge_adapter
 
     config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
@@ -180,18 +180,18 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
     pruned = copy.deepcopy(model)
     row: dict[str, Any] = {"method": method, "target": target, "settings": _settings_key(plan)}
     try:
-        row["prune"] = _prune(method, pruned, target, ctx["calibration"], ctx["evaluation"])
+        row["prune"] = prune(method, pruned, target, ctx["calibration"], ctx["evaluation"])
     except ValueError as exc:
         print(f"  {method} at {target:.0%}: cannot ({exc})", flush=True)
         return row | {"unreachable": str(exc)}
-    row["params"] = _params(pruned)
-    row["share"] = row["params"] / _params(model)
+    row["params"] = params(pruned)
+    row["share"] = row["params"] / params(model)
     row["speedup"] = _speedup(model, pruned, plan["seq_len"])
     row["threads"] = torch.get_num_threads()  # pruning and recovery times depend on it
     before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
     row["before"] = before.to_dict()
     print(f"  {method} at {target:.0%}: {row['share']:.1%} kept; before recovery {before}", flush=True)
-    tuned, seconds = _recover(pruned, model, tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
+    tuned, seconds = recover(pruned, model, tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
     row["recovery_seconds"] = seconds
     after = evaluate_ability(tuned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)
     row["after"] = after.to_dict()
@@ -202,7 +202,7 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
-def _context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
+def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
     """The model, its tokenizer, calibration and allocation batches, held-out text and the recovery text."""
     import torch
     from torch_pruning_baseline import _load
@@ -247,7 +247,7 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
     points = [] if fresh else _load_points(path)
     started = time.perf_counter()
-    ctx = _context(quick, plan)
+    ctx = context(quick, plan)
     # every core this process may use, unless OMP_NUM_THREADS says otherwise (a run pinned to one core of a shared
     # machine keeps its timings steady)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
@@ -255,7 +255,7 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     if reference is None:
         unpruned = evaluate_ability(ctx["model"], ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"],
                                     progress=False)  # fmt: skip
-        reference = {"method": "unpruned", "target": 1.0, "settings": key, "params": _params(ctx["model"]),
+        reference = {"method": "unpruned", "target": 1.0, "settings": key, "params": params(ctx["model"]),
                      "share": 1.0, "speedup": 1.0, "after": unpruned.to_dict(), "before": unpruned.to_dict()}  # fmt: skip
         points = [p for p in points if p["method"] != "unpruned"] + [reference]
         _save_points(path, points)
@@ -420,10 +420,10 @@ def _write_docs(result: dict[str, Any]) -> None:
     for row in result["checks"]:
         lines.append(f"| {row['name']} | {row['target']} | {row['measured']:.3f} | "
                      f"{'pass' if row['passed'] else 'MISS'} | {row['detail']} |")  # fmt: skip
-    lines += ["", "## The frontier", "", _markdown(table), "", "![the frontier](compression-frontier.png)", "",
+    lines += ["", "## The frontier", "", markdown(table), "", "![the frontier](compression-frontier.png)", "",
               _missing(points), "",
               "## The unpruned model on the tasks", "",
-              _markdown(ability_table({"unpruned": reference}, "unpruned").reset_index()), "",
+              markdown(ability_table({"unpruned": reference}, "unpruned").reset_index()), "",
               "## Settings", "", f"- **model**: {result['settings']['model']}",
               f"- **recovery**: {result['settings']['recovery']}",
               "- **threads**: recovery minutes and prune seconds are wall time at the `threads` torch threads of each row "
@@ -443,7 +443,7 @@ def _missing(points: list[dict[str, Any]]) -> str:
     return ("Not measured yet: " + ", ".join(missing) + "." if missing else "Every point of the frontier is measured.")
 
 
-def _markdown(table: Any) -> str:
+def markdown(table: Any) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"

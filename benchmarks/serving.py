@@ -112,7 +112,7 @@ def _transformers_serve(folder: Path, size: dict[str, Any]) -> Any:
             process.kill()
 
 
-def _models(size: dict[str, Any], models_dir: Path) -> tuple[Path, Path]:
+def serving_models(size: dict[str, Any], models_dir: Path) -> tuple[Path, Path]:
     """The unpruned model as a plain folder and its compression (each reused when saved already)."""
     from colab_helpers.deploy import compress_for_serving
 
@@ -180,7 +180,7 @@ def run(quick: bool = False, fresh: bool = False) -> dict[str, Any]:
 
     size = QUICK if quick else FULL
     scratch = Path(tempfile.mkdtemp(prefix="serving-bench-")) if quick else OUT
-    unpruned_dir, compressed_dir = _models(size, scratch / "models")
+    unpruned_dir, compressed_dir = serving_models(size, scratch / "models")
     runs = _saved(scratch, size, fresh or quick)
     for label, folder in (("unpruned", unpruned_dir), ("compressed", compressed_dir)):
         if label not in runs:

@@ -293,3 +293,27 @@ def test_serving_quick_returns_every_check() -> None:
     _assert_result(result, "serving", ["output tokens/s", "p99 end-to-end latency", "batching"],
                    ["unpruned_tokens_per_s_at_1", "compressed_tokens_per_s_at_2"])  # fmt: skip
     assert result["settings"]["transformers_serve"] == "not run with --quick"
+
+
+def test_reliability_quick_runs_the_three_drills() -> None:
+    """``benchmarks/reliability.py --quick``: soak, 30 malformed requests, kill -9 and restart on embedded-llama."""
+    pytest.importorskip("fastapi")
+    bench = _load("reliability")
+    result = bench.run(quick=True)
+    assert result["name"] == "reliability" and len(result["checks"]) == 5
+    assert all(set(row) == CHECK_KEYS and row["passed"] for row in result["checks"]), result["checks"]
+    figures = result["figures"]
+    assert figures["malformed"]["sent"] == figures["malformed"]["4xx"] == 30
+    assert figures["soak"]["lost"] == 0 and figures["crash"]["during_failures"] > 0
+
+
+def test_recovery_recipes_quick_measures_every_recipe_and_writes_no_doc() -> None:
+    """``benchmarks/recovery_recipes.py --quick``: the five recipes on embedded-llama, two steps each."""
+    bench = _load("recovery_recipes")
+    doc_before = bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None
+    result = bench.run(quick=True, steps=2)
+    table = result["table"]
+    assert list(table["recipe"]) == ["unpruned", *bench.RECIPES]
+    assert table["general ppl"].map(math.isfinite).all() and (table["kept"].iloc[1:] < 0.8).all()
+    assert table.loc[table.recipe == bench.BASELINE, f"vs {bench.BASELINE}"].item() == pytest.approx(1.0)
+    assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before

@@ -5,6 +5,7 @@ that owns it:
     python -m colab_helpers serve MODEL_DIR --host 127.0.0.1 --port 8000
     python -m colab_helpers loadtest URL ...
     python -m colab_helpers report RESULTS_DIR ...
+    python -m colab_helpers soak URL --seconds 120 --concurrency 16
 
 Each deployment module offers ``add_parser(commands)`` (its sub-command) and ``run(args) -> int`` (exit status).
 """
@@ -23,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "loadtest": "loadtest",
     "serve": "serve_cli",
     "report": "report",
+    "soak": "reliability",
 }
 
 

@@ -17,7 +17,7 @@ precision, gates), :mod:`.distributed` (several processes, one run), :mod:`.call
 gradient files), :mod:`.gradients` (gradient norms saved, read, drawn), :mod:`.export` (adapter and merged
 model), :mod:`.distill` (knowledge distillation from a teacher through the same loop), :mod:`.teacher_cache` (the
 teacher's top-k logits computed once, on disk), :mod:`.teacher_text` (recovery text: the dataset, text the teacher
-writes, or both). torch and peft are imported only when training starts.
+writes, or both), :mod:`.recipes` (teacher correction; compression in rounds with distillation between). torch and peft are imported only when training starts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import FineTuneConfig
 from .distill import DistillConfig, distill
 from .export import merge_adapter, save_adapter, save_merged
+from .recipes import compress_iteratively, correct_teacher
 from .result import FineTuneResult
 from .teacher_text import RECOVERY_TEXTS, recovery_texts, teacher_texts
 from .trainer import FineTuner, fine_tune
@@ -39,6 +40,8 @@ __all__ = [
     "FineTuner",
     "LivePlotCallback",
     "RECOVERY_TEXTS",
+    "compress_iteratively",
+    "correct_teacher",
     "ProgressCallback",
     "distill",
     "fine_tune",

@@ -154,6 +154,7 @@ def build_cache(
     names = ("values", "indices", "log_normalizer")
     done: list[dict[str, torch.Tensor]] = []  # the shards written
     pending: list[dict[str, torch.Tensor]] = []  # micro-batches not written yet
+    pending_rows = 0
     shards: list[dict[str, Any]] = []
     start, size = 0, micro_batch_size
     while start < rows:
@@ -169,9 +170,10 @@ def build_cache(
         pending.append({"values": values.float().cpu(), "indices": indices.to(torch.int32).cpu(),
                         "log_normalizer": log_normalizer.float().cpu()})  # fmt: skip
         start += len(chunk)
-        if sum(len(part["values"]) for part in pending) >= per_shard or start >= rows:
+        pending_rows += len(chunk)
+        if pending_rows >= per_shard or start >= rows:
             shard = {name: torch.cat([part[name] for part in pending]).contiguous() for name in names}
-            pending = []
+            pending, pending_rows = [], 0
             file = _SHARD.format(len(shards))
             with atomic_path(directory / file) as tmp:
                 save_file(shard, str(tmp))
