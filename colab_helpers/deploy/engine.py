@@ -370,8 +370,9 @@ class Engine:
         for layer in _layers(cache):  # padding columns hold what the pad token computed: zeros instead
             layer.keys = torch.where(mask[:, None, :, None].bool(), layer.keys, 0)
             layer.values = torch.where(mask[:, None, :, None].bool(), layer.values, 0)
+        tokens = self._pick_all(out.logits[:, -1], tickets)
         for row, ticket in enumerate(tickets):
-            token = self._pick(out.logits[row, -1], ticket)
+            token = tokens[row]
             if self._advance(ticket, token, len(ticket.prompt_ids) + 1):
                 keep.append(row)
                 next_ids.append(token)
@@ -391,8 +392,9 @@ class Engine:
                          **{self._cache_keyword: batch.cache})  # fmt: skip
         batch.cache, batch.mask = _cache_of(out), mask
         keep = []
+        tokens = self._pick_all(out.logits[:, -1], batch.tickets)
         for row, ticket in enumerate(batch.tickets):
-            token = self._pick(out.logits[row, -1], ticket)
+            token = tokens[row]
             batch.positions[row] += 1
             batch.next_ids[row] = token
             if not ticket.cancelled and self._advance(ticket, token, batch.positions[row] + 1):
@@ -401,6 +403,15 @@ class Engine:
             listener(len(batch.tickets))
         if len(keep) < len(batch.tickets):  # re-index the cache only when a sequence left
             batch.keep(keep)
+
+    def _pick_all(self, logits: torch.Tensor, tickets: Sequence[Ticket]) -> list[int]:
+        """The next token of every row of ``logits`` (``[rows, vocab]``): one argmax for the whole batch (one op and
+        one host sync per step, not one per row), then a sample for the rows that ask for sampling."""
+        tokens = logits.argmax(dim=-1).tolist()
+        for row, ticket in enumerate(tickets):
+            if ticket.params.temperature != 0:
+                tokens[row] = self._pick(logits[row], ticket)
+        return tokens
 
     def _pick(self, logits: torch.Tensor, ticket: Ticket) -> int:
         """The next token: the most likely one, or a sample after temperature and top-p (transformers' warpers)."""
