@@ -101,3 +101,25 @@ def command_line(run: Callable[..., dict[str, Any]], description: str) -> None:
     print(f"settings: {result['settings']}")
     if any(not math.isfinite(v) for v in result.get("figures", {}).values() if isinstance(v, float)):
         raise SystemExit("non-finite figure")
+
+
+def checks_markdown(checks: list[dict[str, Any]]) -> list[str]:
+    """The rows of :func:`check` as the lines of a Markdown table (pass / MISS in words)."""
+    lines = ["| check | target | measured | result | detail |", "|---|---|---:|---|---|"]
+    return lines + [f"| {c['name']} | {c['target']} | {c['measured']} | {'pass' if c['passed'] else 'MISS'} | "
+                    f"{c['detail']} |" for c in checks]  # fmt: skip
+
+
+def write_marked_section(doc: Path, start: str, end: str, section: str, title: str) -> Path:
+    """Put ``section`` (which begins with ``start`` and ends with ``end``) in place of the text between those markers
+    in ``doc``, or at its end; ``doc`` is created with ``title`` when missing. Written atomically."""
+    import re
+
+    from colab_helpers.runtime.files import atomic_write_text
+
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# {title}\n\n"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    return atomic_write_text(doc, text)

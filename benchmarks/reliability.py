@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
-from _timing import check, command_line  # noqa: E402
+from _timing import check, checks_markdown, command_line, write_marked_section  # noqa: E402
 from serving import FULL as SERVING  # noqa: E402
 from serving import QUICK as SERVING_QUICK  # noqa: E402
 from serving import serving_models  # noqa: E402
@@ -125,16 +124,12 @@ def _checks(soak: Any, malformed: dict[str, Any], crash: Any) -> list[dict[str, 
 
 def write_doc(result: dict[str, Any]) -> Path:
     """Write the "Reliability" section of docs/deployment-results.md between its markers (others untouched)."""
-    from colab_helpers.runtime.files import atomic_write_text
-
     from dataclasses import fields
 
     from colab_helpers.deploy import ServeConfig
 
     settings, defaults = result["settings"], {f.name: f.default for f in fields(ServeConfig)}
-    lines = ["| check | target | measured | result | detail |", "|---|---|---:|---|---|"]
-    lines += [f"| {c['name']} | {c['target']} | {c['measured']} | {'pass' if c['passed'] else 'MISS'} | {c['detail']} |"
-              for c in result["checks"]]  # fmt: skip
+    lines = checks_markdown(result["checks"])
     section = "\n".join([
         START, "## Reliability", "",
         f"Written by `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} {COMMAND}` on "
@@ -147,12 +142,7 @@ def write_doc(result: dict[str, Any]) -> Path:
         "Not shown: hours-long soaks, memory under prompts near the context length, crashes of the machine "
         "rather than the process.", END,
     ])  # fmt: skip
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Deployment results\n\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    return atomic_write_text(DOC, text)
+    return write_marked_section(DOC, START, END, section, "Deployment results")
 
 
 if __name__ == "__main__":

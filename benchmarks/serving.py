@@ -24,7 +24,6 @@ with ``--quick``), the load tests under results/deployment/data and the report u
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # loaded by file path: find the shared harness beside it
-from _timing import check, command_line  # noqa: E402
+from _timing import check, checks_markdown, command_line, write_marked_section  # noqa: E402
 
 DOC = ROOT / "docs" / "deployment-results.md"
 OUT = ROOT / "results" / "deployment"
@@ -209,9 +208,7 @@ def run(quick: bool = False, fresh: bool = False) -> dict[str, Any]:
 def _table(result: dict[str, Any], runs: dict[str, Any]) -> list[str]:
     from colab_helpers.deploy import levels_table
 
-    lines = ["| check | target | measured | result | detail |", "|---|---|---:|---|---|"]
-    lines += [f"| {c['name']} | {c['target']} | {c['measured']} | {'pass' if c['passed'] else 'MISS'} | {c['detail']} |"
-              for c in result["checks"]]  # fmt: skip
+    lines = checks_markdown(result["checks"])
     frame = levels_table(list(runs.values())).round(3)
     lines += ["", "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -220,8 +217,6 @@ def _table(result: dict[str, Any], runs: dict[str, Any]) -> list[str]:
 
 def write_doc(result: dict[str, Any], runs: dict[str, Any]) -> Path:
     """Write the "Serving" section of docs/deployment-results.md between its markers (other sections untouched)."""
-    from colab_helpers.runtime.files import atomic_write_text
-
     settings = result["settings"]
     section = "\n".join([
         START, "## Serving", "",
@@ -235,12 +230,7 @@ def write_doc(result: dict[str, Any], runs: dict[str, Any]) -> Path:
         "same requests without it, answers stopping at EOS).", "",
         *_table(result, runs), "", f"The report: results/deployment/{settings['report']}.", END,
     ])  # fmt: skip
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Deployment results\n\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    return atomic_write_text(DOC, text)
+    return write_marked_section(DOC, START, END, section, "Deployment results")
 
 
 if __name__ == "__main__":

@@ -317,3 +317,17 @@ def test_recovery_recipes_quick_measures_every_recipe_and_writes_no_doc() -> Non
     assert table["general ppl"].map(math.isfinite).all() and (table["kept"].iloc[1:] < 0.8).all()
     assert table.loc[table.recipe == bench.BASELINE, f"vs {bench.BASELINE}"].item() == pytest.approx(1.0)
     assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before
+
+
+def test_a_marked_section_replaces_only_its_own_text(tmp_path) -> None:
+    from _timing import checks_markdown, write_marked_section
+
+    doc = tmp_path / "doc.md"
+    first = "<!-- a:start -->\nold\n<!-- a:end -->"
+    write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", first, "Title")
+    doc.write_text(doc.read_text() + "\n## kept\n")
+    write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", "<!-- a:start -->\nnew\n<!-- a:end -->", "Title")
+    text = doc.read_text()
+    assert text.startswith("# Title") and "new" in text and "old" not in text and "## kept" in text
+    rows = checks_markdown([{"name": "n", "target": "t", "measured": 1.0, "passed": False, "detail": "d"}])
+    assert rows[-1] == "| n | t | 1.0 | MISS | d |"
