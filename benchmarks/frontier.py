@@ -379,11 +379,13 @@ def _plot(table: Any, reference: Any, path: Path) -> None:
 
     measured = table.dropna(subset=["kept"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green"), strict=True))  # one colour per method
     for method, rows in measured[measured.method != "unpruned"].groupby("method", sort=False):
-        rows = rows.sort_values("kept")
-        left.plot(rows["kept"] * 100, rows["general ppl"], "o-", label=f"{method}, recovered")
-        left.plot(rows["kept"] * 100, rows["general ppl before recovery"], "x:", alpha=0.6, label=f"{method}, before")
-        right.plot(rows["kept"] * 100, rows["task retention"] * 100, "o-", label=method)
+        rows, color = rows.sort_values("kept"), colors.get(method)
+        left.plot(rows["kept"] * 100, rows["general ppl"], "o-", color=color, label=f"{method}, recovered")
+        left.plot(rows["kept"] * 100, rows["general ppl before recovery"], "x:", color=color, alpha=0.5,
+                  label=f"{method}, before")  # fmt: skip
+        right.plot(rows["kept"] * 100, rows["task retention"] * 100, "o-", color=color, label=method)
     left.axhline(reference.general_ppl, color="grey", ls="--", label="unpruned")
     right.axhline(100, color="grey", ls="--", label="unpruned")
     left.set(yscale="log", xlabel="parameters kept (%)", ylabel="general perplexity (other-domain texts, log)",

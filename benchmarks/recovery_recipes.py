@@ -203,13 +203,24 @@ def write_doc(table: Any, steps: int) -> Path:
              "(KL at T=1 from the unpruned model), one torch thread. *General ppl* is the geometric mean of the "
              "perplexities on the two texts of other domains; tasks are the offline zero-shot tasks. In-domain "
              "perplexity is on the corpus the models were calibrated on (and the corpus recipe trains on): a gain "
-             "there alone is domain adaptation.", "", frontier.markdown(table), "",
+             "there alone is domain adaptation.", "", frontier.markdown(table), "", _spread(table), "",
              "Recipes: see the header of `benchmarks/recovery_recipes.py`. *teacher min* is the teacher "
              "correction's own time (done once per teacher, shared by every student of a frontier).", "",
              f"Not shown: one seed, one target ({TARGET:.0%}), {steps} steps each (the frontier uses "
              f"{frontier.FULL['steps']}); recipes within a few percent of each other are not told apart by this "
              "run."]  # fmt: skip
     return atomic_write_text(DOC, "\n".join(lines) + "\n")
+
+
+def _spread(table: Any) -> str:
+    """One sentence: how far apart the recipes land on general perplexity, and which is lowest."""
+    recipes = table[table.recipe != "unpruned"]
+    if recipes.empty:
+        return ""
+    low, high = recipes["general ppl"].min(), recipes["general ppl"].max()
+    best = recipes.loc[recipes["general ppl"].idxmin(), "recipe"]
+    return (f"General perplexity spans {low:,.1f} to {high:,.1f} across the recipes ({high / low - 1:.1%} apart; "
+            f"lowest: {best}).")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -316,6 +316,7 @@ def test_recovery_recipes_quick_measures_every_recipe_and_writes_no_doc() -> Non
     assert list(table["recipe"]) == ["unpruned", *bench.RECIPES]
     assert table["general ppl"].map(math.isfinite).all() and (table["kept"].iloc[1:] < 0.8).all()
     assert table.loc[table.recipe == bench.BASELINE, f"vs {bench.BASELINE}"].item() == pytest.approx(1.0)
+    assert bench._spread(table).startswith("General perplexity spans")
     assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before
 
 
