@@ -37,6 +37,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from colab_helpers.runtime.modules import parameter_count  # noqa: E402 - after the environment defaults
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -100,30 +102,26 @@ def _rows(batches: list[Any]) -> Any:
     return torch.cat([torch.as_tensor(b["input_ids"]) for b in batches])
 
 
-def params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> float:
     """The ratio at which torch-pruning's example keeps ``target`` of the parameters (bisection on magnitude pruning,
     which prunes the same shapes without gradients); ValueError when no ratio reaches it."""
     from torch_pruning_baseline import prune_with_torch_pruning
 
-    full, ids = params(model), _rows(calibration)[:1]
+    full, ids = parameter_count(model), _rows(calibration)[:1]
     low, high = 0.0, 0.95
     for _ in range(8):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
         try:
             prune_with_torch_pruning(trial, ids, ratio=mid, importance="magnitude")
-            kept = params(trial) / full
+            kept = parameter_count(trial) / full
         except Exception:  # noqa: BLE001 - a ratio that empties a layer's heads: too high
             kept = 0.0
         low, high = (mid, high) if kept > target else (low, mid)
         del trial
     trial = copy.deepcopy(model)
     prune_with_torch_pruning(trial, ids, ratio=high, importance="magnitude")
-    kept = params(trial) / full
+    kept = parameter_count(trial) / full
     if abs(kept - target) > 0.02:
         raise ValueError(f"torch-pruning's example cannot reach {target:.0%} of the parameters (closest {kept:.1%})")
     return high
@@ -184,8 +182,8 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
     except ValueError as exc:
         print(f"  {method} at {target:.0%}: cannot ({exc})", flush=True)
         return row | {"unreachable": str(exc)}
-    row["params"] = params(pruned)
-    row["share"] = row["params"] / params(model)
+    row["params"] = parameter_count(pruned)
+    row["share"] = row["params"] / parameter_count(model)
     row["speedup"] = _speedup(model, pruned, plan["seq_len"])
     row["threads"] = torch.get_num_threads()  # pruning and recovery times depend on it
     before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
@@ -255,7 +253,7 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     if reference is None:
         unpruned = evaluate_ability(ctx["model"], ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"],
                                     progress=False)  # fmt: skip
-        reference = {"method": "unpruned", "target": 1.0, "settings": key, "params": params(ctx["model"]),
+        reference = {"method": "unpruned", "target": 1.0, "settings": key, "params": parameter_count(ctx["model"]),
                      "share": 1.0, "speedup": 1.0, "after": unpruned.to_dict(), "before": unpruned.to_dict()}  # fmt: skip
         points = [p for p in points if p["method"] != "unpruned"] + [reference]
         _save_points(path, points)

@@ -113,8 +113,8 @@ def _row(name: str, ctx: dict[str, Any], pruned: Any, quick: bool, steps: int, o
         tuned, row["seconds"] = _two_rounds(ctx, texts, plan, recipe[4], out)
     else:
         tuned, row["seconds"] = frontier.recover(copy.deepcopy(pruned), teacher, ctx["tokenizer"], texts, plan, out)
-    row["params"] = frontier.params(tuned)
-    row["share"] = row["params"] / frontier.params(ctx["model"])
+    row["params"] = frontier.parameter_count(tuned)
+    row["share"] = row["params"] / frontier.parameter_count(ctx["model"])
     after = evaluate_ability(tuned, ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)
     row["after"] = after.to_dict()
     print(f"  {name}: {row['seconds'] / 60:.1f} min, {row['share']:.1%} kept: {after}", flush=True)

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,30 +132,27 @@ def run_soak(url: str, config: SoakConfig | None = None, *, label: str = "soak",
     return SoakResult(config=config, load=load, memory=MemoryTrend.of(load.monitor, config.warmup))
 
 
-class _seconds_bar:  # noqa: N801 - used as a context manager, like a function
-    """A tqdm bar of elapsed seconds, ticked by a daemon thread (the load test's own bar counts requests, and a
-    soak is bounded by time)."""
+@contextlib.contextmanager
+def _seconds_bar(seconds: float, desc: str, enabled: bool) -> Iterator[None]:
+    """A tqdm bar of elapsed seconds, ticked by a daemon thread while the block runs (the load test's own bar counts
+    requests, and a soak is bounded by time)."""
+    stop = threading.Event()
 
-    def __init__(self, seconds: float, desc: str, enabled: bool) -> None:
-        self.seconds, self.desc, self.enabled = seconds, desc, enabled
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _seconds_bar:
-        if self.enabled:
-            threading.Thread(target=self._tick, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-    def _tick(self) -> None:
+    def tick() -> None:
         from tqdm.auto import tqdm
 
-        with tqdm(total=round(self.seconds), desc=self.desc, bar_format="{l_bar}{bar}| {n}/{total} s") as bar:
+        with tqdm(total=round(seconds), desc=desc, bar_format="{l_bar}{bar}| {n}/{total} s") as bar:
             start = time.monotonic()
-            while not self._stop.wait(1.0):
+            while not stop.wait(1.0):
                 bar.n = min(round(time.monotonic() - start), bar.total)
                 bar.refresh()
+
+    if enabled:
+        threading.Thread(target=tick, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 # -- kill -9 and restart -------------------------------------------------------------------------------------------
