@@ -264,7 +264,9 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
                 if any(p["method"] == method and p["target"] == target and p.get("settings") == key for p in points):
                     continue
                 row = _point(method, target, ctx, plan, Path(tmp))
-                points = [p for p in points if not (p["method"] == method and p["target"] == target)] + [row]
+                # read the file again: another run (other methods, pinned to the other core) may have added points
+                points = [p for p in _load_points(path) if not (p["method"] == method and p["target"] == target)]
+                points.append(row)
                 _save_points(path, points)
     result = _result([p for p in points if p.get("settings") == key], plan, ctx["description"],
                      time.perf_counter() - started)  # fmt: skip

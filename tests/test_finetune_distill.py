@@ -289,12 +289,21 @@ def test_a_teacher_cache_that_cannot_be_a_folder_is_refused_before_any_work(tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_the_teacher_is_frozen_and_left_unchanged(tmp_path) -> None:
+def test_the_teacher_is_frozen_while_it_teaches_and_handed_back_as_it_came(tmp_path) -> None:
+    from colab_helpers.finetune.callbacks import Callback
+
     teach = teacher()
     before = {n: p.detach().clone() for n, p in teach.named_parameters()}
     teach.train()
-    run(tiny_model(), teach, config(tmp_path, max_steps=3))
-    assert not teach.training and not any(p.requires_grad for p in teach.parameters())
+    seen: list[tuple[bool, bool]] = []
+
+    class Watch(Callback):
+        def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
+            seen.append((teach.training, any(p.requires_grad for p in teach.parameters())))
+
+    run(tiny_model(), teach, config(tmp_path, max_steps=3), None, Watch())
+    assert seen and set(seen) == {(False, False)}  # eval mode, no gradients at every step
+    assert teach.training and all(p.requires_grad for p in teach.parameters())  # as it came
     assert same({n: p.detach() for n, p in teach.named_parameters()}, before)
 
 

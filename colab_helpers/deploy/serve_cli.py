@@ -29,7 +29,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", help="a saved model folder, or a name load_model accepts (e.g. embedded-llama)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a key)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together (default 8)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="sequences decoded together (default 16)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
     parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (512)")
     parser.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request sends none")

@@ -44,7 +44,7 @@ class ServeConfig:
     model: str = field(metadata=field_help("a folder the suite saved, or a name load_model accepts"))
     host: str = field(default="127.0.0.1", metadata=field_help("address to bind; not loopback needs api_key"))
     port: int = field(default=8000, metadata=field_help("TCP port; 0 picks a free one"))
-    max_batch_size: int = field(default=8, metadata=field_help("sequences decoded together"))
+    max_batch_size: int = field(default=16, metadata=field_help("sequences decoded together"))
     max_queue: int = field(default=64, metadata=field_help("requests waiting; past it 429"))
     max_tokens: int = field(default=512, metadata=field_help("the most a request's max_tokens may ask"))
     default_max_tokens: int = field(default=128, metadata=field_help("max_tokens of a request that sends none"))

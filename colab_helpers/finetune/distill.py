@@ -413,7 +413,18 @@ def distill(
     ``kd_loss`` and ``lm_loss``; ``eval_loss`` stays the student's LM loss.
 
     The teacher must not be the student (prune a copy: ``teacher = copy.deepcopy(model)`` before pruning) and must
-    score the same vocabulary; both are checked before any work. It is frozen (eval mode, no gradients); on another
-    device than the student it is moved to the student's, with one logged warning.
+    score the same vocabulary; both are checked before any work. It is frozen while it teaches (eval mode, no
+    gradients) and handed back as it came (its mode and ``requires_grad`` flags restored: a model left frozen is one
+    that gradient-based tools, and torch-pruning, silently leave untouched); on another device than the student it
+    is moved to the student's, with one logged warning.
     """
-    return Distiller(student, teacher, tokenizer, train_texts, eval_texts, config, distill_config, **options).train()
+    training = getattr(teacher, "training", False)
+    flags = [(p, p.requires_grad) for p in teacher.parameters()] if hasattr(teacher, "parameters") else []
+    try:
+        return Distiller(student, teacher, tokenizer, train_texts, eval_texts, config, distill_config,
+                         **options).train()  # fmt: skip
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        if hasattr(teacher, "train"):
+            teacher.train(training)
