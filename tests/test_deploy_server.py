@@ -132,20 +132,18 @@ def test_stop_strings_seeds_and_max_tokens(client: TestClient) -> None:
 # -- batching -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("source", "packed"), [("embedded-llama", True), ("embedded-llama", False),
-                                               ("embedded-gpt2", False), ("pruned", True), ("pruned", False)])
-def test_requests_decoded_together_equal_greedy_one_at_a_time(source: str, packed: bool, pruned_dir: Path) -> None:
-    """Three start together; they finish at different steps (their own max_tokens), the fourth joins the running
-    batch then: packed into the same forward as the others' next tokens, or prefilled alone first."""
+@pytest.mark.parametrize("source", ["embedded-llama", "embedded-gpt2", "pruned"])
+def test_requests_decoded_together_equal_greedy_one_at_a_time(source: str, pruned_dir: Path) -> None:
+    """Three start together and finish at different steps (their own max_tokens); the fourth joins the running
+    batch then."""
     model, tokenizer = load_for_serving(str(pruned_dir) if source == "pruned" else source, device="cpu")
-    assert Engine(model, tokenizer).packed is (source != "embedded-gpt2")  # decided from the architecture
-    engine = Engine(model, tokenizer, max_batch_size=3, max_queue=8, packed=packed)
+    engine = Engine(model, tokenizer, max_batch_size=3, max_queue=8)
     sizes: list[int] = []
     engine.add_step_listener(sizes.append)
     engine.pause()  # every request is queued before the first step: they join the batch together
     engine.start()
     results: dict[int, Any] = {}
-    tokens = [6, 9, 70, 10]  # 70: past the room the packed cache grows by (64 columns)
+    tokens = [6, 9, 70, 10]
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(
         i, engine.generate(tokenizer(PROMPTS[i]).input_ids, SamplingParams(max_tokens=tokens[i]), timeout=120)))
         for i in range(len(PROMPTS))]  # fmt: skip
@@ -160,14 +158,6 @@ def test_requests_decoded_together_equal_greedy_one_at_a_time(source: str, packe
     for i, prompt in enumerate(PROMPTS):
         assert list(results[i].token_ids) == _reference(model, tokenizer, prompt, tokens[i]), prompt
     assert max(sizes) == 3  # three decoded at once, the fourth joined when one left
-
-
-def test_packed_steps_are_refused_for_an_architecture_they_do_not_cover() -> None:
-    model, tokenizer = load_model("embedded-gpt2", device="cpu")
-    with pytest.raises(ValueError, match="gpt2 model's attention cannot run packed steps"):
-        Engine(model, tokenizer, packed=True)
-    with pytest.raises(ValueError, match="packed must be True, False or None"):
-        Engine(model, tokenizer, packed="yes")
 
 
 def test_queue_full_answers_429_with_retry_after(toy: tuple[Any, Any]) -> None:

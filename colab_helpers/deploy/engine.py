@@ -1,12 +1,10 @@
 """The batching engine behind the server: one background thread owns the model and decodes every running request
 together, one token per step, with one batched KV cache.
 
-Each step admits waiting requests up to ``max_batch_size`` and runs one forward that decodes one token for every
-running sequence and prefills the new prompts, packed into one sequence (``packed``: no padding, so a prompt's first
-token is what ``generate`` gives); the new sequences' caches join the running batch's by left-padding the shorter
-side. Text streams out through each request's sink and finished requests retire (the cache's all-padding columns
-are dropped then). Architectures ``packed`` does not cover prefill new prompts in a forward of their own first.
-Every tensor op runs in this thread only.
+Each step admits waiting requests up to ``max_batch_size``, prefills each new one alone (no padding, so its first
+token is exactly what ``generate`` gives), merges its cache into the running batch by left-padding the shorter
+side, decodes one token for every running sequence, streams text out through each request's sink and retires the
+finished ones (the cache's all-padding columns are dropped then). Every tensor op runs in this thread only.
 
 Why not transformers' own continuous batching (``generate_batch`` / ``ContinuousBatchingManager``): its paged KV
 cache is sized from the config's single ``num_key_value_heads``, so a model with per-layer head counts (what
@@ -27,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..checks import check_integer, check_number, check_positive_integer, is_integer
-from . import packed as _packing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -127,11 +124,10 @@ class _Batch:
         if self.cache is None:
             self.cache, self.mask = cache, mask
         else:
-            width, columns = self.mask.shape[1], max(self.mask.shape[1], mask.shape[1])
+            columns = max(self.mask.shape[1], mask.shape[1])
             for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
-                mine.keys = torch.cat([_pad_left(mine.keys[:, :, :width], columns), _pad_left(theirs.keys, columns)])
-                mine.values = torch.cat([_pad_left(mine.values[:, :, :width], columns),
-                                         _pad_left(theirs.values, columns)])  # fmt: skip
+                mine.keys = torch.cat([_pad_left(mine.keys, columns), _pad_left(theirs.keys, columns)])
+                mine.values = torch.cat([_pad_left(mine.values, columns), _pad_left(theirs.values, columns)])
             self.mask = torch.cat([_pad_left(self.mask, columns), _pad_left(mask, columns)])
         self.tickets += tickets
         self.next_ids += next_ids
@@ -150,14 +146,14 @@ class _Batch:
 
 def _select_rows(cache: Any, mask: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
     """Keep ``rows`` of ``cache`` (in place) and of ``mask``, dropping the columns that are padding in every kept
-    row (and the room a packed step's cache keeps past the mask's columns); return the new mask."""
+    row; return the new mask."""
     import torch
 
     index = torch.tensor(list(rows), device=mask.device)
-    mask, width = mask[index], mask.shape[1]
+    mask = mask[index]
     first = int(mask.any(dim=0).nonzero()[0])
     for layer in _layers(cache):
-        layer.keys, layer.values = layer.keys[index, :, first:width], layer.values[index, :, first:width]
+        layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
     return mask[:, first:]
 
 
@@ -202,24 +198,14 @@ class Engine:
     """Serve ``model`` to many requests at once: :meth:`submit` queues a request, a background thread decodes.
 
     ``max_queue`` bounds the requests waiting to be admitted (past it :meth:`submit` raises QueueFullError);
-    ``max_batch_size`` the sequences decoded together. ``packed`` (default: where the architecture allows) prefills
-    new prompts in the same forward as the running rows' next tokens. Listeners added with :meth:`add_step_listener` get the batch
+    ``max_batch_size`` the sequences decoded together. Listeners added with :meth:`add_step_listener` get the batch
     size of every decode step (the server's histogram).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, max_queue: int = 64,
-                 packed: bool | None = None) -> None:  # fmt: skip
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, max_queue: int = 64) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = check_positive_integer(max_batch_size, "max_batch_size", fix="e.g. max_batch_size=8")
         self.max_queue = check_positive_integer(max_queue, "max_queue", fix="e.g. max_queue=64")
-        if packed not in (None, True, False):
-            raise ValueError(f"packed must be True, False or None (decide from the architecture), got {packed!r}")
-        supported = _packing.supports(model)
-        if packed and not supported:
-            raise ValueError(f"packed=True: this {getattr(model.config, 'model_type', '?')} model's attention cannot "
-                             f"run packed steps (architectures: {', '.join(sorted(_packing.ARCHITECTURES))}); "
-                             "leave packed=None")  # fmt: skip
-        self.packed = supported if packed is None else packed
         self.context_length = context_length(model)
         self.eos_ids = _eos_ids(model, tokenizer)
         parameters = inspect.signature(model.forward).parameters
@@ -331,14 +317,9 @@ class Engine:
             while self._wait_for_work():
                 self._resumed.wait()
                 try:
-                    new = self._admit()
-                    if self.packed:
-                        self._step(new)
-                    else:
-                        if new:
-                            self._prefill(new)
-                        if self._batch.tickets:
-                            self._decode()
+                    self._admit()
+                    if self._batch.tickets:
+                        self._decode()
                 except Exception as exc:  # noqa: BLE001 - one failed step ends its requests, never the server
                     logger.exception("decoding step failed; ending the requests it held")
                     self._fail_all(f"{type(exc).__name__}: {exc}")
@@ -352,8 +333,8 @@ class Engine:
                 self._wake.wait()
             return True
 
-    def _admit(self) -> list[Ticket]:
-        """The waiting requests that join the batch now (as many as it has room for)."""
+    def _admit(self) -> None:
+        """Prefill waiting requests, together, while the batch has room."""
         if any(t.cancelled for t in self._batch.tickets):
             self._batch.keep([r for r, t in enumerate(self._batch.tickets) if not t.cancelled])
         new: list[Ticket] = []
@@ -362,51 +343,8 @@ class Engine:
                 ticket = self._waiting.popleft()
                 if not ticket.cancelled:
                     new.append(ticket)
-        return new
-
-    def _step(self, new: list[Ticket]) -> None:
-        """One packed forward: the next token of every running sequence and the first of every new one."""
-        import torch
-
-        batch, device = self._batch, self.model.device
-        rows = len(batch.tickets)
-        ids = batch.next_ids + [token for ticket in new for token in ticket.prompt_ids]
-        positions = batch.positions + [p for ticket in new for p in range(len(ticket.prompt_ids))]
-        lengths = [len(ticket.prompt_ids) for ticket in new]
-        last = list(range(rows)) + [rows + sum(lengths[: i + 1]) - 1 for i in range(len(new))]
-        mask = None
-        if rows:
-            mask = torch.cat([batch.mask, torch.ones(rows, 1, dtype=batch.mask.dtype, device=device)], dim=1)
-        step = _packing.Step(_layers(batch.cache) if rows else [], None if mask is None else mask.bool(), rows, lengths)
-        for ticket in new:
-            if ticket.params.seed is not None:
-                ticket.generator = torch.Generator(device=device).manual_seed(ticket.params.seed)
-        try:
-            with _packing.packed(self.model, step):
-                logits = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True,
-                                    position_ids=torch.tensor([positions], device=device),
-                                    logits_to_keep=torch.tensor(last, device=device), **{self._cache_keyword: step}).logits[0]  # fmt: skip
-        except Exception as exc:  # the running rows' cache may be half updated: every request of the step fails
-            for ticket in new:
-                self._send(ticket, Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
-            raise
-        tokens = self._pick_all(logits, [*batch.tickets, *new])
-        keep = []
-        if rows:
-            batch.mask = mask
-            for row, ticket in enumerate(batch.tickets):
-                batch.positions[row] += 1
-                batch.next_ids[row] = tokens[row]
-                if not ticket.cancelled and self._advance(ticket, tokens[row], batch.positions[row] + 1):
-                    keep.append(row)
-        for listener in self._listeners:
-            listener(rows + len(new))
-        if len(keep) < rows:
-            batch.keep(keep)
-        going = [i for i, ticket in enumerate(new) if self._advance(ticket, tokens[rows + i], lengths[i] + 1)]
-        if going:
-            cache, mask = _prompt_cache([step.prompt_cache(i) for i in going], device)
-            batch.add([new[i] for i in going], cache, mask, [tokens[rows + i] for i in going])
+        if new:
+            self._prefill(new)
 
     def _prefill(self, tickets: list[Ticket]) -> None:
         """Run the prompts of ``tickets`` together (left-padded), pick each first token, add the unfinished ones."""
@@ -526,21 +464,6 @@ class Engine:
         for ticket in self._batch.tickets:
             self._send(ticket, Event(finish_reason="error", error=message))
         self._batch = _Batch()
-
-
-def _prompt_cache(prompts: list[list[tuple[torch.Tensor, torch.Tensor]]], device: Any) -> tuple[Any, torch.Tensor]:
-    """A DynamicCache of ``prompts`` (each: keys and values per layer) left-padded to the longest, and its mask."""
-    import torch
-    from transformers import DynamicCache
-
-    width = max(p[0][0].shape[2] for p in prompts)
-    mask = torch.stack([torch.arange(width, device=device) >= width - p[0][0].shape[2] for p in prompts]).long()
-    cache = DynamicCache()
-    for layer in range(len(prompts[0])):
-        keys = torch.cat([_pad_left(p[layer][0], width) for p in prompts])
-        values = torch.cat([_pad_left(p[layer][1], width) for p in prompts])
-        cache.update(keys, values, layer)
-    return cache, mask
 
 
 def _cache_of(output: Any) -> Any:
