@@ -182,6 +182,19 @@ with pd.option_context("display.max_colwidth", None):  # whole generations, not 
     display(generations_table(result))  # noqa: F821  (IPython's display)
 
 # %% [markdown]
+# **What the general-ability columns showed** on SmolLM2-135M-Instruct at this notebook's defaults (`make
+# demo-heads`, 2 CPU cores, 2026-12-06; 15% of the heads, 1.8% of the parameters, removed by gradient importance, 60
+# LoRA steps on the corpus). In-domain perplexity reads a triumph: 92.3 -> 99.7 pruned -> 47.1 fine-tuned, "-49%".
+# General ability does not: general perplexity 33.2 -> 40.5 pruned (+22%) -> 35.7 fine-tuned, still **+7.5%** over
+# the untouched model and **+15.7%** over the control (the unpruned model given the same LoRA: 30.8). Task retention
+# 0.88 pruned, 0.91 fine-tuned, 1.05 for the control; the capitals task falls from 0.99 to 0.67 when the heads go and
+# stays at 0.64 after LoRA: the corpus does not bring back facts. So the "reading" column says *domain adaptation*
+# for the fine-tuned model, and the 66% of the general loss won back is the honest share (716% in-domain). The
+# control's own gain on general text comes from the legal text (44.4 -> 36.4, English prose like the corpus), not the
+# technical one (24.8 -> 26.1): the general mean is two texts, read each column. The generations agree: after LoRA
+# both models answer "A hacker is a person who is skilled at hacking". Your run's figures are in the tables above.
+
+# %% [markdown]
 # ## 4. Figures
 # Which heads were pruned (on their importance map), and perplexity per stage next to the training curves.
 
