@@ -300,11 +300,24 @@ class Distiller(FineTuner):
         finally:  # through the caller's own filters, also when the set-up failed
             for caught_warning in caught:
                 warnings.warn(caught_warning.message, caught_warning.category, stacklevel=3)
+        # frozen while it teaches, handed back as it came by train(): a model left frozen is one that gradient-based
+        # tools, torch-pruning among them, silently leave untouched
+        self._teacher_state = teacher, teacher.training, [(p, p.requires_grad) for p in teacher.parameters()]
         teacher.eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
         if self.distill_config.teacher_cache is not None:
             self._open_cache()
+
+    def train(self) -> FineTuneResult:
+        """Run the distillation (``FineTuner.train``), then give the teacher back its mode and ``requires_grad``."""
+        try:
+            return super().train()
+        finally:
+            teacher, training, flags = self._teacher_state  # self.teacher is None once a disk cache replaced it
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            teacher.train(training)
 
     def _fingerprint(self, model: Any) -> dict[str, Any]:
         """The run's fingerprint with the distillation settings and the teacher: a checkpoint resumes only with both."""
@@ -418,13 +431,4 @@ def distill(
     that gradient-based tools, and torch-pruning, silently leave untouched); on another device than the student it
     is moved to the student's, with one logged warning.
     """
-    training = getattr(teacher, "training", False)
-    flags = [(p, p.requires_grad) for p in teacher.parameters()] if hasattr(teacher, "parameters") else []
-    try:
-        return Distiller(student, teacher, tokenizer, train_texts, eval_texts, config, distill_config,
-                         **options).train()  # fmt: skip
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        if hasattr(teacher, "train"):
-            teacher.train(training)
+    return Distiller(student, teacher, tokenizer, train_texts, eval_texts, config, distill_config, **options).train()
