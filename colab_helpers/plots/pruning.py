@@ -185,7 +185,7 @@ def plot_level_curves(
 
 
 def plot_stage_perplexity(ax: Any, results: Sequence[Mapping[str, Any]], stages: Sequence[str]) -> None:
-    """Draw perplexity per pipeline stage on ``ax``: one line of points per run, the control beside it.
+    """Draw in-domain perplexity per pipeline stage on ``ax``: one line of points per run, the control beside it.
 
     ``results`` are pipeline result dicts (``name``, ``stages.<stage>.perplexity``, optional ``control``). The
     axis starts near the data (a 1% change is visible) and says so; a range over 3x goes on a plain log axis.
@@ -209,9 +209,10 @@ def plot_stage_perplexity(ax: Any, results: Sequence[Mapping[str, Any]], stages:
     ax.margins(y=0.15)  # room for the value labels
     if wide_range(values):
         plain_log_axis(ax)
-        ax.set_ylabel("perplexity (log axis; lower is better)")
+        ax.set_ylabel("in-domain perplexity (log axis; lower is better)")
     else:
-        ax.set_ylabel("perplexity (axis not from 0; lower is better)")
-    ax.set_title("Perplexity per stage", loc="left", fontsize=11)
+        ax.set_ylabel("in-domain perplexity (axis not from 0; lower is better)")
+    # in-domain: the text fine-tuning trains on, where a drop can be domain adaptation (general ability: the tables)
+    ax.set_title("In-domain perplexity per stage (not general ability)", loc="left", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
