@@ -334,3 +334,17 @@ def test_a_marked_section_replaces_only_its_own_text(tmp_path) -> None:
     assert text.startswith("# Title") and "new" in text and "old" not in text and "## kept" in text
     rows = checks_markdown([{"name": "n", "target": "t", "measured": 1.0, "passed": False, "detail": "d"}])
     assert rows[-1] == "| n | t | 1.0 | MISS | d |"
+
+
+def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mix() -> None:
+    """``benchmarks/frontier.py --quick``: compress calibrated on the corpus and on the mix, each recovered and
+    measured, beside the unpruned reference (embedded-llama, seconds)."""
+    pytest.importorskip("torch")
+    bench = _load("frontier")
+    doc_before = bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None
+    result = bench.run(quick=True, targets=(0.75,), methods=("compress", "compress-mix"))
+    measured = {(p["method"], p["target"]) for p in result["points"] if "after" in p}
+    assert measured == {("unpruned", 1.0), ("compress", 0.75), ("compress-mix", 0.75)}
+    assert all(0.6 < p["share"] < 0.85 for p in result["points"] if p["method"] != "unpruned")
+    assert [c["name"] for c in result["checks"]][:1] == ["75% of the parameters: general perplexity / unpruned"]
+    assert (bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None) == doc_before  # quick writes none
