@@ -7,7 +7,8 @@ and report what it measured.
   results and files; :mod:`.monitor` the server's ``/metrics`` sampled during it; :mod:`.report` figures and HTML;
   :mod:`.loopback` the check that keeps both on this machine; :mod:`.reliability` the soak and the kill -9 drill;
 - :mod:`.export` -- ``export_model``: a transformers folder (:mod:`.export_hf`) or GGUF (:mod:`.export_gguf`);
-- :mod:`.server` -- the OpenAI-compatible FastAPI app and ``ServeConfig``; :mod:`.engine` the batching scheduler;
+- :mod:`.server` -- the OpenAI-compatible FastAPI app and ``ServeConfig``; :mod:`.engine` the batching scheduler,
+  :mod:`.growing_cache` its KV cache appended in place, :mod:`.output_layer` the output layer tuned for few rows;
   :mod:`.openai_api` request checks and answer shapes; :mod:`.serve_cli` ``serve``; :mod:`.launch` ``start_server``
   (a server in the background);
 - :mod:`.prepare` -- the compressed model to serve (notebook 08's newest, else compressed here without recovery).

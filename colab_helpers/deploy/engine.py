@@ -383,13 +383,15 @@ class Engine:
         """One token for every running sequence."""
         import torch
 
+        from .growing_cache import grow_in_place
+
         batch = self._batch
         device = batch.mask.device
         ids = torch.tensor(batch.next_ids, device=device).unsqueeze(1)
         mask = torch.cat([batch.mask, torch.ones(len(ids), 1, dtype=batch.mask.dtype, device=device)], dim=1)
         positions = torch.tensor(batch.positions, device=device).unsqueeze(1)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_keyword: batch.cache})  # fmt: skip
+                         **{self._cache_keyword: grow_in_place(batch.cache)})  # fmt: skip
         batch.cache, batch.mask = _cache_of(out), mask
         keep = []
         tokens = self._pick_all(out.logits[:, -1], batch.tickets)

@@ -65,12 +65,14 @@ def serve(config: ServeConfig, *, log_level: str = "info") -> int:
     import uvicorn
 
     from .engine import Engine
+    from .output_layer import tune_output_layer
     from .server import create_app
 
     failed: list[BaseException] = []
 
     def build() -> Engine:
         model, tokenizer = load_for_serving(config.model, device=config.device, dtype=config.dtype)
+        tune_output_layer(model, config.max_batch_size)  # the server owns this model: tune it for its batch sizes
         return Engine(model, tokenizer, max_batch_size=config.max_batch_size, max_queue=config.max_queue)
 
     def on_load_error(exc: BaseException) -> None:
