@@ -454,27 +454,29 @@ def _write_docs(result: dict[str, Any]) -> None:
 
 def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
     """The section comparing compress calibrated on the corpus with compress calibrated on the mix, where both ran."""
-    rows = []
+    rows, ratios = [], []
     for target in sorted({p["target"] for p in points if p["method"] == "compress-mix"}, reverse=True):
         corpus, mix = _find(points, "compress", target), _find(points, "compress-mix", target)
         if corpus is None or mix is None:
             continue
         before = (_ability(corpus, "before").general_ppl, _ability(mix, "before").general_ppl)
         after = (_ability(corpus).general_ppl, _ability(mix).general_ppl)
+        ratios.append(after[1] / after[0])
         rows.append(f"| {target:.0%} | {before[0]:,.1f} | {before[1]:,.1f} | {before[1] / before[0]:.3f} | "
-                    f"{after[0]:,.1f} | {after[1]:,.1f} | {after[1] / after[0]:.3f} |")  # fmt: skip
+                    f"{after[0]:,.1f} | {after[1]:,.1f} | {ratios[-1]:.3f} |")  # fmt: skip
     if not rows:
         return []
+    if all(abs(r - 1) <= 0.02 for r in ratios):
+        verdict = ("Within 2% of each other after recovery at every target measured: the calibration text is not what "
+                   "limits the result, and `compress` keeps calibrating on the corpus.")  # fmt: skip
+    else:
+        verdict = "The calibration text changes the result after recovery: see the rows above."
     return ["## Calibration text: the corpus or the mix", "",
             "`compress` scores heads and channels and measures allocations on calibration text; `compress-mix` uses "
             "the recovery text (the model's own answers interleaved with the corpus) instead of the corpus alone. "
             "General perplexity, before and after the same recovery:", "",
             "| kept | corpus, before | mix, before | mix / corpus | corpus, after | mix, after | mix / corpus |",
-            "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
-            "Within 2% of each other after recovery at every target measured: the calibration text is not what limits "
-            "the result, and "
-            "`compress` keeps calibrating on the corpus." if all(abs(float(r.split("|")[-2]) - 1) <= 0.02 for r in rows)
-            else "The calibration text changes the result after recovery: see the rows above.", ""]  # fmt: skip
+            "|---|---:|---:|---:|---:|---:|---:|", *rows, "", verdict, ""]  # fmt: skip
 
 
 def _missing(points: list[dict[str, Any]]) -> str:
