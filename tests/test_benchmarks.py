@@ -340,6 +340,7 @@ def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mi
     """``benchmarks/frontier.py --quick``: compress calibrated on the corpus and on the mix, each recovered and
     measured, beside the unpruned reference (embedded-llama, seconds)."""
     pytest.importorskip("torch")
+    pytest.importorskip("lm_eval")  # the tasks of each point (the [eval] extra; not at the declared floors)
     bench = _load("frontier")
     doc_before = bench.DOC.read_text(encoding="utf-8") if bench.DOC.exists() else None
     result = bench.run(quick=True, targets=(0.75,), methods=("compress", "compress-mix"))
