@@ -121,8 +121,10 @@ class _Batch:
         """Merge prefilled sequences (their left-padded cache and mask) into the batch."""
         import torch
 
-        if self.cache is None:
-            self.cache, self.mask = cache, mask
+        from .growing_cache import grow_in_place
+
+        if self.cache is None:  # the batch's cache from now on: appended in place at every decoding step
+            self.cache, self.mask = grow_in_place(cache), mask
         else:
             columns = max(self.mask.shape[1], mask.shape[1])
             for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
@@ -383,15 +385,13 @@ class Engine:
         """One token for every running sequence."""
         import torch
 
-        from .growing_cache import grow_in_place
-
         batch = self._batch
         device = batch.mask.device
         ids = torch.tensor(batch.next_ids, device=device).unsqueeze(1)
         mask = torch.cat([batch.mask, torch.ones(len(ids), 1, dtype=batch.mask.dtype, device=device)], dim=1)
         positions = torch.tensor(batch.positions, device=device).unsqueeze(1)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_keyword: grow_in_place(batch.cache)})  # fmt: skip
+                         **{self._cache_keyword: batch.cache})  # fmt: skip
         batch.cache, batch.mask = _cache_of(out), mask
         keep = []
         tokens = self._pick_all(out.logits[:, -1], batch.tickets)
