@@ -167,8 +167,8 @@ reliability: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BIN)/python benchmarks/reliability.py
 
 ## llama.cpp for the GGUF checks (scripts/build_llama_cpp.sh): compiled from the llama-cpp-python sdist (PyPI has no
-## wheel) into .cache/llama-cpp, the library, llama-bench and the Python binding; minutes on 2 cores, once. Never
-## part of install or test; the tests that need it are skipped without it.
+## wheel) into .cache/llama-cpp, the library, llama-bench, llama-server and the Python binding; minutes on 2 cores,
+## once. Never part of install or test; the tests that need it are skipped without it.
 .PHONY: llama-cpp gguf-check
 llama-cpp: $(STAMP)
 	PYTHON=$(BIN)/python bash scripts/build_llama_cpp.sh

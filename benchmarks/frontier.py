@@ -53,15 +53,18 @@ TARGETS = (0.9, 0.8, 0.75, 0.6, 0.5)
 METHODS = ("compress", "torch-pruning", "random", "compress-mix")
 # goals: target -> (general perplexity / unpruned at most, task retention at least)
 GOALS = {0.75: (1.25, 0.90), 0.9: (1.05, 0.98)}
+# samples: the teacher's texts in the recovery mix (the first of the shipped sample; the toy samples its own)
 FULL = dict(seq_len=128, calibration=(4, 8), eval=(2, 8), steps=120, micro=4, lr=1e-4, method="full", alpha=1.0,
-            temperature=1.0, recovery_text="mix", ability={})  # fmt: skip
+            temperature=1.0, recovery_text="mix", samples=96, ability={})  # fmt: skip
 QUICK = dict(seq_len=32, calibration=(1, 2), eval=(1, 2), steps=2, micro=2, lr=1e-4, method="full", alpha=1.0,
-             temperature=1.0, recovery_text="mix", ability={"tokens": 64, "seq_len": 32, "limit": 4})  # fmt: skip
+             temperature=1.0, recovery_text="mix", samples=4,
+             ability={"tokens": 64, "seq_len": 32, "limit": 4})  # fmt: skip
 
 
 def _settings_key(plan: dict[str, Any]) -> str:
     """What a point's figures depend on besides method and target: a point measured otherwise is measured again."""
-    keys = ("seq_len", "calibration", "eval", "steps", "micro", "lr", "method", "alpha", "temperature", "recovery_text")
+    keys = ("seq_len", "calibration", "eval", "steps", "micro", "lr", "method", "alpha", "temperature", "recovery_text",
+            "samples")
     return json.dumps({k: plan[k] for k in keys}, sort_keys=True)
 
 
@@ -222,7 +225,7 @@ def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
         return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in block.split(size)]
 
     texts = recovery_texts(plan["recovery_text"], data.train, None if quick else "smollm2-135m-instruct", teacher=model,
-                           tokenizer=tokenizer, samples=4)  # fmt: skip
+                           tokenizer=tokenizer, samples=plan["samples"])  # fmt: skip
     mix = tokenize_texts(tokenizer, texts, max_tokens=rows * seq)[: rows * seq].view(rows, seq)
     ability = AbilityConfig(**plan["ability"])
     return {
@@ -237,10 +240,11 @@ def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: tuple[str, ...] = METHODS,
-        steps: int | None = None, lr: float | None = None, fresh: bool = False,
-        points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
+        steps: int | None = None, lr: float | None = None, micro: int | None = None, samples: int | None = None,
+        fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
     """Measure every (method, target) point not measured yet with these settings; return the benchmark's result.
-    Points of other settings (``steps``, ``lr``) are kept beside the default's; the doc shows the default's only."""
+    Points of other settings (``steps``, ``lr``, ``micro``, ``samples``) are kept beside the default's; the doc's
+    frontier shows the default's, its section "Recovery settings" compares the others with them."""
     import tempfile
 
     import torch
@@ -252,6 +256,10 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
         plan["steps"] = steps
     if lr is not None:
         plan["lr"] = lr
+    if micro is not None:
+        plan["micro"] = micro
+    if samples is not None:
+        plan["samples"] = samples
     key = _settings_key(plan)
     path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
     points = [] if fresh else _load_points(path)
@@ -283,7 +291,7 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     result = _result([p for p in points if p.get("settings") == key], plan, ctx["description"],
                      time.perf_counter() - started)  # fmt: skip
     if not quick and key == _settings_key(FULL):
-        _write_docs(result)
+        _write_docs(result, points)
     elif not quick:
         print(f"settings differ from the doc's ({key}): points saved, {DOC.relative_to(ROOT)} not written")
     return result
@@ -354,7 +362,8 @@ def _recovery_text(plan: dict[str, Any]) -> str:
     what = "every weight" if plan["method"] == "full" else "LoRA r 16 on every linear layer"
     return (f"distillation from the unpruned model ({what}; KL at temperature {plan['temperature']:g}, weight "
             f"{plan['alpha']:g} on it), {plan['steps']} steps of {plan['micro']} x {plan['seq_len']} tokens of the "
-            f"'{plan['recovery_text']}' recovery text, learning rate {plan['lr']:g}")
+            f"'{plan['recovery_text']}' recovery text ({plan['samples']} of the model's own texts), learning rate "
+            f"{plan['lr']:g}")
 
 
 def frontier_table(points: list[dict[str, Any]]) -> Any:
@@ -416,7 +425,7 @@ def _plot(table: Any, reference: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_docs(result: dict[str, Any]) -> None:
+def _write_docs(result: dict[str, Any], all_points: list[dict[str, Any]]) -> None:
     from colab_helpers.evaluation import ability_table
     from colab_helpers.runtime.files import atomic_write_text
 
@@ -437,7 +446,7 @@ def _write_docs(result: dict[str, Any]) -> None:
         lines.append(f"| {row['name']} | {row['target']} | {row['measured']:.3f} | "
                      f"{'pass' if row['passed'] else 'MISS'} | {row['detail']} |")  # fmt: skip
     lines += ["", "## The frontier", "", markdown(table), "", "![the frontier](compression-frontier.png)", "",
-              _missing(points), "", *_calibration_lines(points),
+              _missing(points), "", *_calibration_lines(points), *_settings_lines(all_points, plan),
               "## The unpruned model on the tasks", "",
               markdown(ability_table({"unpruned": reference}, "unpruned").reset_index()), "",
               "## Settings", "", f"- **model**: {result['settings']['model']}",
@@ -479,6 +488,47 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
             "|---|---:|---:|---:|---:|---:|---:|", *rows, "", verdict, ""]  # fmt: skip
 
 
+def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
+    """The section comparing points recovered with other settings (``--lr``, ``--steps``, ``--micro``,
+    ``--samples``) with the
+    point of ``plan`` (the doc's settings) of the same method and target, where both ran."""
+    from colab_helpers.evaluation import ability_retention
+
+    key = _settings_key(plan)
+    default = json.loads(key)
+    rows = []
+    for point in sorted(all_points, key=lambda p: (-p["target"], p["method"], p.get("settings", ""))):
+        settings = json.loads(point.get("settings") or "{}")
+        changed = {k: v for k, v in settings.items() if k in ("lr", "steps", "micro", "samples") and v != default.get(k)}
+        if not changed or point["method"] == "unpruned" or "after" not in point:
+            continue
+        base = next((p for p in all_points if p.get("settings") == key and p["method"] == point["method"]
+                     and p["target"] == point["target"] and "after" in p), None)  # fmt: skip
+        unpruned = next((p for p in all_points
+                         if p["method"] == "unpruned" and p.get("settings") == point.get("settings")), None)
+        if base is None or unpruned is None:
+            continue
+        ours, theirs, reference = _ability(point), _ability(base), _ability(unpruned)
+        what = ", ".join(f"{k} {v:g}" for k, v in sorted(changed.items()))
+        rows.append(f"| {point['method']} | {point['target']:.0%} | {what} | {theirs.general_ppl:,.1f} | "
+                    f"{ours.general_ppl:,.1f} | {ours.general_ppl / theirs.general_ppl:.3f} | "
+                    f"{ours.general_ppl / reference.general_ppl:.3f} | "
+                    f"{ability_retention(theirs, reference):.3f} | {ability_retention(ours, reference):.3f} | "
+                    f"{point['recovery_seconds'] / 60:.1f} | {point.get('threads', '')} |")  # fmt: skip
+    if not rows:
+        return []
+    return ["## Recovery settings", "",
+            "Points recovered with other settings than the frontier's (one change each, the rest as in Settings), "
+            f"against the frontier's point of the same method and target (learning rate {plan['lr']:g}, "
+            f"{plan['steps']} steps of {plan['micro']} x {plan['seq_len']} tokens, {plan['samples']} teacher texts in "
+            "the mix). General perplexity after "
+            "recovery and task retention (vs the unpruned model); below 1 in the ratio column is better. Recovery "
+            "minutes are wall time at the point's torch threads, with whatever else ran on the host then:", "",
+            "| method | kept | changed | general ppl, frontier | general ppl, changed | changed / frontier | "
+            "changed / unpruned | retention, frontier | retention, changed | recovery minutes | threads |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]  # fmt: skip
+
+
 def _missing(points: list[dict[str, Any]]) -> str:
     """The sentence naming the (method, target) points of the full frontier not measured yet."""
     missing = [f"{method} at {target:.0%}" for target in TARGETS for method in METHODS if _find(points, method, target)
@@ -504,16 +554,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=None, help=f"recovery steps per point (default {FULL['steps']})")
     parser.add_argument("--lr", type=float, default=None, help=f"recovery learning rate (default {FULL['lr']:g})")
+    parser.add_argument("--micro", type=int, default=None,
+                        help=f"sequences per recovery step (default {FULL['micro']})")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"teacher texts in the recovery mix (default {FULL['samples']})")
     parser.add_argument("--fresh", action="store_true", help="measure every point again")
     parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
     args = parser.parse_args(argv)
     if args.report:
-        plan = dict(FULL, steps=args.steps or FULL["steps"])
-        points = [p for p in _load_points(POINTS) if p.get("settings") == _settings_key(plan)]
-        _write_docs(_result(points, plan, "smollm2-135m-instruct", 0.0))
+        plan = dict(FULL)
+        everything = _load_points(POINTS)
+        points = [p for p in everything if p.get("settings") == _settings_key(plan)]
+        _write_docs(_result(points, plan, "smollm2-135m-instruct", 0.0), everything)
         return
     result = run(args.quick, targets=tuple(args.targets), methods=tuple(args.methods), steps=args.steps, lr=args.lr,
-                 fresh=args.fresh)  # fmt: skip
+                 micro=args.micro, samples=args.samples, fresh=args.fresh)  # fmt: skip
     for row in result["checks"]:
         print(f"{'pass' if row['passed'] else 'MISS':4}  {row['name']}: {row['measured']:.3f} (target {row['target']}) - "
               f"{row['detail']}")  # fmt: skip

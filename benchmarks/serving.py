@@ -5,17 +5,22 @@
 
 Our server (``colab_helpers.deploy.start_server``) serves the unpruned model and its compression to 75% of the
 parameters (``compress`` across heads, MLP channels and layers, no recovery: speed depends on the shapes only;
-saved with ``save_pruned`` under results/deployment/models/), one after the other, each load-tested at concurrency
-1, 2, 4, 8, 16 on loopback (``run_load_test``). When ``transformers serve`` can run (``transformers[serving]``:
+saved with ``save_pruned`` under results/deployment/models/), both started, then load-tested in turns at concurrency
+1, 2, 4, 8, 16 on loopback (``run_load_test``; 1 on each, then 2 on each ...: a shared host's drift during the run
+falls on both alike, so their ratio stays fair). When ``transformers serve`` can run (``transformers[serving]``:
 FastAPI, uvicorn, pydantic, openai) its ``--continuous-batching`` serves the unpruned folder under the same load;
-else the output says so. Checks (each a goal, in brackets):
+else the output says so (it and ours are measured in turns too). Checks (each a goal, in brackets):
 
 - **Compressed vs unpruned at concurrency 8** [output tokens/s >= 1.25x; p99 end-to-end latency <= 0.8x].
 - **Batching** [our server's tokens/s at concurrency 8 >= 3x its tokens/s at 1], on the unpruned model.
 - **Ours vs transformers serve --continuous-batching**, unpruned, same load [tokens/s >= 1.0x; p99 <= 1.0x].
 
-Our server is asked for exactly ``max_tokens`` tokens (``ignore_eos``), so both models do the same work; ``transformers
-serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at EOS; ours is
+When ``make llama-cpp`` has built ``llama-server``, it serves the two models' f16 GGUF exports (written beside the
+folders) under the same load, ``ignore_eos`` included, with as many slots as the highest concurrency and the same
+thread count, the two in turns: the CPU anchor, shown beside ours (no goal).
+
+Our server is asked for exactly ``max_tokens`` tokens (``ignore_eos``), so both models do the same work;
+``transformers serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at EOS; ours is
 then labelled ``unpruned-eos``). Load tests saved under results/deployment/data with the same settings are reused
 (delete that folder to measure everything again). Writes the "Serving" section of docs/deployment-results.md (not
 with ``--quick``), the load tests under results/deployment/data and the report under results/deployment/reports.
@@ -28,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +62,57 @@ QUICK = dict(model="embedded-llama", target=0.75, seq_len=32, concurrency=(1, 2)
 def _load_config(size: dict[str, Any], **overrides: Any) -> Any:
     from colab_helpers.deploy import LoadTestConfig
 
-    return LoadTestConfig(concurrency=size["concurrency"], requests_per_level=size["requests"],
-                          max_seconds=size["max_seconds"], max_tokens=size["max_tokens"], **overrides)  # fmt: skip
+    settings = dict(concurrency=size["concurrency"], requests_per_level=size["requests"],
+                    max_seconds=size["max_seconds"], max_tokens=size["max_tokens"])  # fmt: skip
+    return LoadTestConfig(**(settings | overrides))
 
 
-def _ours(model: str, label: str, size: dict[str, Any], **overrides: Any) -> Any:
-    """Load-test our server on ``model`` (a name or a folder)."""
-    from colab_helpers.deploy import run_load_test, start_server
+# An arm: a label, a context manager that starts a server and yields its URL, and the load test's overrides.
+Arm = tuple[str, Callable[[], AbstractContextManager[str]], dict[str, Any]]
 
-    with start_server(model) as server:
-        server.wait_ready(timeout=size["ready"])
-        return run_load_test(server.url, _load_config(size, **overrides), label=label, progress=False)
+
+def in_turns(arms: list[Arm], size: dict[str, Any]) -> dict[str, Any]:
+    """Start the arms' servers one after the other (each tunes itself on an idle machine), then load-test them level
+    by level in turns (concurrency 1 on each, then 2 on each ...), so that the host's drift during a run falls on
+    every arm alike and their ratios stay fair; return label -> the arm's whole load test."""
+    from colab_helpers.deploy import run_load_test
+
+    with ExitStack() as stack:
+        urls = {label: stack.enter_context(start()) for label, start, _ in arms}
+        parts: dict[str, list[Any]] = {label: [] for label, _, _ in arms}
+        for concurrency in size["concurrency"]:
+            for label, _, overrides in arms:
+                config = _load_config(size, **overrides, concurrency=(concurrency,))
+                parts[label].append(run_load_test(urls[label], config, label=label, progress=False))
+    return {label: _joined(parts[label], _load_config(size, **overrides)) for label, _, overrides in arms}
+
+
+def _joined(chunks: list[Any], config: Any) -> Any:
+    """One load test from its levels run apart; monitor times continue from one level to the next."""
+    from colab_helpers.deploy import LoadTestResult
+
+    monitor, offset = [], 0.0
+    for chunk in chunks:
+        monitor += [row | {"t": round(row["t"] + offset, 3)} for row in chunk.monitor]
+        offset += sum(level.duration_s for level in chunk.levels)
+    first = chunks[0]
+    return LoadTestResult(label=first.label, url=first.url, settings=config.settings(),
+                          levels=[lv for c in chunks for lv in c.levels],
+                          requests=[r for c in chunks for r in c.requests], monitor=monitor,
+                          started=first.started)  # fmt: skip
+
+
+def _ours(folder: Path, size: dict[str, Any]) -> Callable[[], AbstractContextManager[str]]:
+    """Our server on ``folder``, ready."""
+    from colab_helpers.deploy import start_server
+
+    @contextmanager
+    def serve() -> Iterator[str]:
+        with start_server(str(folder)) as server:
+            server.wait_ready(timeout=size["ready"])
+            yield server.url
+
+    return serve
 
 
 def transformers_serve_missing() -> str:
@@ -79,36 +126,77 @@ def transformers_serve_missing() -> str:
     return ""
 
 
-def _transformers_serve(folder: Path, size: dict[str, Any]) -> Any:
-    """Load-test ``transformers serve FOLDER --continuous-batching`` (CPU) with the same load; stop it after."""
-    import httpx
-
-    from colab_helpers.deploy import run_load_test
-    from colab_helpers.deploy.launch import free_port
-
-    port = free_port()
+def _transformers_serve(folder: Path, size: dict[str, Any]) -> Callable[[], AbstractContextManager[str]]:
+    """``transformers serve FOLDER --continuous-batching`` (CPU), ready."""
     command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder), "--device", "cpu",
-               "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + size["ready"]
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        # it has no /metrics of ours, and it refuses fields it does not know (ignore_eos): answers stop at EOS
-        config = _load_config(size, model=str(folder), monitor_interval=0, ignore_eos=False)
-        return run_load_test(url, config, label="transformers-serve", progress=False)
-    finally:
-        process.terminate()
+               "--continuous-batching", "--host", "127.0.0.1"]  # fmt: skip
+    return _process_server(command, "--port", size)
+
+
+def llama_server_binary() -> Path:
+    from gguf_check import LLAMA_CPP_DIR
+
+    return LLAMA_CPP_DIR / "build" / "bin" / "llama-server"
+
+
+def llama_server_missing() -> str:
+    """'' when ``make llama-cpp`` has built llama-server here, else why not."""
+    return "" if llama_server_binary().is_file() else "not built (`make llama-cpp` builds it)"
+
+
+def _gguf(folder: Path) -> Path:
+    """The f16 GGUF export of ``folder`` (written once, beside it)."""
+    from colab_helpers.deploy.export import export_model
+
+    path = folder.parent / f"{folder.name}-f16.gguf"
+    if not path.is_file():
+        export_model(str(folder), path, format="gguf", quant="f16")
+    return path
+
+
+def _llama_server(folder: Path, size: dict[str, Any]) -> Callable[[], AbstractContextManager[str]]:
+    """llama.cpp's ``llama-server`` on ``folder``'s f16 GGUF, ready."""
+    slots = max(size["concurrency"])
+    threads = str(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+    # one slot per concurrent request, each with room for a prompt and its answer (the context is split among slots)
+    command = [str(llama_server_binary()), "-m", str(_gguf(folder)), "--host", "127.0.0.1", "-t", threads, "-tb",
+               threads, "-np", str(slots), "-c", str(slots * 512), "--no-webui"]  # fmt: skip
+    return _process_server(command, "--port", size)
+
+
+def _process_server(command: list[str], port_flag: str,
+                    size: dict[str, Any]) -> Callable[[], AbstractContextManager[str]]:  # fmt: skip
+    """Another project's server started as a process on a free loopback port, ready (its /health answers 200);
+    stopped on leaving."""
+
+    @contextmanager
+    def serve() -> Iterator[str]:
+        import httpx
+
+        from colab_helpers.deploy.launch import free_port
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen([*command, port_flag, str(port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + size["ready"]
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    return serve
 
 
 def serving_models(size: dict[str, Any], models_dir: Path) -> tuple[Path, Path]:
@@ -181,15 +269,22 @@ def run(quick: bool = False, fresh: bool = False) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="serving-bench-")) if quick else OUT
     unpruned_dir, compressed_dir = serving_models(size, scratch / "models")
     runs = _saved(scratch, size, fresh or quick)
-    for label, folder in (("unpruned", unpruned_dir), ("compressed", compressed_dir)):
-        if label not in runs:
-            runs[label] = _ours(str(folder), label, size)
+    # three pairs, each measured in turns within itself; the other projects' servers have no /metrics of ours
+    pairs: list[list[Arm]] = [[("unpruned", _ours(unpruned_dir, size), {}),
+                               ("compressed", _ours(compressed_dir, size), {})]]
     missing = "not run with --quick" if quick else transformers_serve_missing()
-    if not missing:
-        if "unpruned-eos" not in runs:
-            runs["unpruned-eos"] = _ours(str(unpruned_dir), "unpruned-eos", size, ignore_eos=False)
-        if "transformers-serve" not in runs or not runs["transformers-serve"].levels[0].ok:
-            runs["transformers-serve"] = _transformers_serve(unpruned_dir, size)
+    if not missing:  # transformers serve refuses fields it does not know (ignore_eos): answers stop at EOS on both
+        pairs.append([("unpruned-eos", _ours(unpruned_dir, size), {"ignore_eos": False}),
+                      ("transformers-serve", _transformers_serve(unpruned_dir, size),
+                       {"model": str(unpruned_dir), "monitor_interval": 0, "ignore_eos": False})])  # fmt: skip
+    llama_missing = "not run with --quick" if quick else llama_server_missing()
+    if not llama_missing:  # llama-server reads ignore_eos
+        pairs.append([(label, _llama_server(folder, size), {"model": folder.name, "monitor_interval": 0})
+                      for label, folder in (("llama-server", unpruned_dir),
+                                            ("llama-server-compressed", compressed_dir))])  # fmt: skip
+    for pair in pairs:
+        if any(label not in runs or not runs[label].levels[0].ok for label, _, _ in pair):
+            runs |= in_turns(pair, size)
     for result in runs.values():
         result.save(scratch / "data")
     report = write_deployment_report({k: v for k, v in runs.items() if k != "unpruned-eos"}, scratch,
@@ -198,7 +293,8 @@ def run(quick: bool = False, fresh: bool = False) -> dict[str, Any]:
     figures = {f"{label}_tokens_per_s_at_{lv.concurrency}": float(lv.output_tokens_per_s)
                for label, result in runs.items() for lv in result.levels}  # fmt: skip
     settings = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()},
-                "transformers_serve": missing or "run", "report": str(report.relative_to(scratch))}  # fmt: skip
+                "transformers_serve": missing or "run", "llama_server": llama_missing or "run",
+                "report": str(report.relative_to(scratch))}  # fmt: skip
     result = {"name": "serving", "checks": checks, "figures": figures, "settings": settings}
     if not quick:
         write_doc(result, runs)
@@ -223,11 +319,14 @@ def write_doc(result: dict[str, Any], runs: dict[str, Any]) -> Path:
         f"Written by `{COMMAND}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPU "
         f"cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. {settings['model']} and its "
         f"compression to {settings['target']:.0%} of the parameters (no recovery), each served by "
-        "`colab_helpers.deploy.start_server` on loopback and load-tested at concurrency "
+        "`colab_helpers.deploy.start_server` on loopback, load-tested in turns (each level on one server, then on "
+        "the other, so that the host's drift falls on both) at concurrency "
         f"{', '.join(map(str, settings['concurrency']))}: {settings['requests']} requests per level, "
         f"{settings['max_tokens']} tokens each (exactly: `ignore_eos`), streamed. transformers serve: "
         f"{settings['transformers_serve']} (it refuses `ignore_eos`: it and ours, `unpruned-eos`, are compared on the "
-        "same requests without it, answers stopping at EOS).", "",
+        "same requests without it, answers stopping at EOS). llama.cpp's llama-server: "
+        f"{settings['llama_server']} (f16 GGUF exports, one slot per concurrent request, the same threads and "
+        "requests, `ignore_eos` included; no goal).", "",
         *_table(result, runs), "", f"The report: results/deployment/{settings['report']}.", END,
     ])  # fmt: skip
     return write_marked_section(DOC, START, END, section, "Deployment results")

@@ -255,8 +255,8 @@ class ExperimentConfig:
         "domain), 'generated' (text the unpruned model writes: keeps general ability) or 'mix' (the two "
         "interleaved). Generated text is shipped for smollm2-135m-instruct, else sampled from the unpruned model."))
     recovery_samples: int = field(default=96, metadata=field_help(
-        "recovery_text 'generated' / 'mix' without shipped text: texts of up to 128 tokens sampled from the unpruned "
-        "model (once per model and seed)."))
+        "recovery_text 'generated' / 'mix': how many texts of the unpruned model (up to 128 tokens each): the first "
+        "of the shipped sample when it has that many, else sampled from the model (once per model and seed)."))
     ability: bool = field(default=True, metadata=field_help(
         "measure general ability at every stage (perplexity on text of other domains, zero-shot tasks: "
         "colab_helpers.evaluation.evaluate_ability) beside the in-domain perplexity; False: the in-domain table only, "

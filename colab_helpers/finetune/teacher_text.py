@@ -29,20 +29,27 @@ SHIPPED_GENERATED: dict[str, str] = {"smollm2-135m-instruct": "smollm2-135m-inst
 def recovery_texts(kind: str, dataset_train: Sequence[str], model_name: str | None = None, *, teacher: Any = None,
                    tokenizer: Any = None, samples: int = 96) -> list[str]:  # fmt: skip
     """Return the texts recovery trains on: ``"dataset"`` (``dataset_train``, e.g. a TextDataset's ``train``),
-    ``"generated"`` (text the teacher wrote: the shipped sample for ``model_name`` when there is one, else
-    ``samples`` texts from :func:`teacher_texts`, which needs ``teacher`` and ``tokenizer``), or ``"mix"`` (the two
-    interleaved, one dataset paragraph of at least 300 characters after each generated text, as many of each).
+    ``"generated"`` (``samples`` texts the teacher wrote: the first ``samples`` of the shipped sample for
+    ``model_name`` when it has that many, else ``samples`` texts from :func:`teacher_texts`, which needs ``teacher``
+    and ``tokenizer``), or ``"mix"`` (the two interleaved, one dataset paragraph of at least 300 characters after each
+    generated text, as many of each).
     """
     if kind not in RECOVERY_TEXTS:
         raise ValueError(f"recovery text must be one of {RECOVERY_TEXTS}, got {kind!r}; e.g. 'mix'")
+    if not is_integer(samples) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}; e.g. samples=96")
     train = list(dataset_train)
     if kind == "dataset":
         return train
-    generated = shipped_generated(model_name)
-    if generated is None:
+    shipped = shipped_generated(model_name) or []
+    if len(shipped) >= samples:
+        generated = shipped[:samples]
+    else:
         if teacher is None or tokenizer is None:
-            raise ValueError(f"no shipped teacher text for model {model_name!r} (shipped: {sorted(SHIPPED_GENERATED)}); "
-                             "pass teacher= and tokenizer= to sample it, or use recovery text 'dataset'")  # fmt: skip
+            have = f"{len(shipped)} shipped texts for model {model_name!r}" if shipped else (
+                f"no shipped teacher text for model {model_name!r} (shipped: {sorted(SHIPPED_GENERATED)})")
+            raise ValueError(f"{have}, samples={samples} asked; pass teacher= and tokenizer= to sample them, ask for "
+                             "fewer, or use recovery text 'dataset'")  # fmt: skip
         generated = teacher_texts(teacher, tokenizer, samples=samples)
     if kind == "generated":
         return generated
