@@ -20,9 +20,9 @@ folders) under the same load, ``ignore_eos`` included, with as many slots as the
 thread count, the two in turns: the CPU anchor, shown beside ours (no goal).
 
 Our server is asked for exactly ``max_tokens`` tokens (``ignore_eos``), so both models do the same work;
-``transformers serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at EOS; ours is
-then labelled ``unpruned-eos``). Load tests saved under results/deployment/data with the same settings are reused
-(delete that folder to measure everything again). Writes the "Serving" section of docs/deployment-results.md (not
+``transformers serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at
+EOS; ours is then labelled ``unpruned-eos``). Load tests saved under results/deployment/data with the same settings
+are reused (delete that folder to measure everything again). Writes the "Serving" section of docs/deployment-results.md (not
 with ``--quick``), the load tests under results/deployment/data and the report under results/deployment/reports.
 """
 
@@ -130,7 +130,7 @@ def _transformers_serve(folder: Path, size: dict[str, Any]) -> Callable[[], Abst
     """``transformers serve FOLDER --continuous-batching`` (CPU), ready."""
     command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder), "--device", "cpu",
                "--continuous-batching", "--host", "127.0.0.1"]  # fmt: skip
-    return _process_server(command, "--port", size)
+    return _process_server(lambda: command, "--port", size)
 
 
 def llama_server_binary() -> Path:
@@ -158,13 +158,16 @@ def _llama_server(folder: Path, size: dict[str, Any]) -> Callable[[], AbstractCo
     """llama.cpp's ``llama-server`` on ``folder``'s f16 GGUF, ready."""
     slots = max(size["concurrency"])
     threads = str(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    # one slot per concurrent request, each with room for a prompt and its answer (the context is split among slots)
-    command = [str(llama_server_binary()), "-m", str(_gguf(folder)), "--host", "127.0.0.1", "-t", threads, "-tb",
-               threads, "-np", str(slots), "-c", str(slots * 512), "--no-webui"]  # fmt: skip
+
+    def command() -> list[str]:  # the export is written when the server starts, not when a saved result is reused
+        # one slot per concurrent request, each with room for a prompt and its answer (the context is split among them)
+        return [str(llama_server_binary()), "-m", str(_gguf(folder)), "--host", "127.0.0.1", "-t", threads, "-tb",
+                threads, "-np", str(slots), "-c", str(slots * 512), "--no-webui"]  # fmt: skip
+
     return _process_server(command, "--port", size)
 
 
-def _process_server(command: list[str], port_flag: str,
+def _process_server(command: Callable[[], list[str]], port_flag: str,
                     size: dict[str, Any]) -> Callable[[], AbstractContextManager[str]]:  # fmt: skip
     """Another project's server started as a process on a free loopback port, ready (its /health answers 200);
     stopped on leaving."""
@@ -177,7 +180,7 @@ def _process_server(command: list[str], port_flag: str,
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        process = subprocess.Popen([*command, port_flag, str(port)], stdout=subprocess.DEVNULL,
+        process = subprocess.Popen([*command(), port_flag, str(port)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             deadline = time.monotonic() + size["ready"]
