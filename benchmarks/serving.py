@@ -23,7 +23,8 @@ Our server is asked for exactly ``max_tokens`` tokens (``ignore_eos``), so both 
 ``transformers serve`` refuses that field, so the comparison with it runs without it on both servers (answers stop at
 EOS; ours is then labelled ``unpruned-eos``). Load tests saved under results/deployment/data with the same settings
 are reused (delete that folder to measure everything again). Writes the "Serving" section of
-docs/deployment-results.md (not with ``--quick``), the load tests under results/deployment/data and the report under results/deployment/reports.
+docs/deployment-results.md (not with ``--quick``), the load tests under results/deployment/data and the report
+under results/deployment/reports.
 """
 
 from __future__ import annotations
