@@ -357,3 +357,19 @@ def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mi
     row = next(line for line in lines if line.startswith("| compress | 75% | lr 0.0003 |"))
     assert row.split(" | ")[5] == "1.000"  # the same figures, so the same perplexity as the frontier's point
     assert bench._settings_lines(result["points"], result["plan"]) == []  # nothing probed, no section
+    # a probe that changes two settings names both (LoRA wants another learning rate)
+    lora_key = json.dumps(json.loads(result["points"][0]["settings"]) | {"lr": 1e-3, "method": "lora"}, sort_keys=True)
+    lora = [p | {"settings": lora_key} for p in result["points"] if p["method"] in ("unpruned", "compress")]
+    assert any(line.startswith("| compress | 75% | lr 0.001, method lora |")
+               for line in bench._settings_lines(result["points"] + lora, result["plan"]))  # fmt: skip
+    # our points beside the field's published ones, with the perplexity ratio of the frontier's own point
+    field = bench._field_lines(result["points"], result["plan"], result["settings"]["model"])
+    ours = next(line for line in field if line.startswith(f"| this frontier (`compress`) | {result['settings']['model']} | 75% |"))
+    compress = next(p for p in result["points"] if p["method"] == "compress")
+    unpruned = next(p for p in result["points"] if p["method"] == "unpruned")
+    ratio = bench._ability(compress).general_ppl / bench._ability(unpruned).general_ppl
+    assert f"| {ratio:.2f}x (two other-domain texts) |" in ours
+    assert sum(line.startswith("| LLM-Pruner") for line in field) == 2
+    # the closest any setting came to a goal: the probe at lr 3e-4 ties the frontier's point (same figures)
+    closest = bench._closest_lines(result["points"] + probes)[0]
+    assert closest.startswith("Closest to the goals") and f"at 75%, {ratio:.3f}x general perplexity" in closest

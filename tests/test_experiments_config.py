@@ -93,7 +93,7 @@ BAD: list[tuple[str, Any, str]] = [
                              "recovery_text='mix'"),
     ("recovery_text", ["mix"], "recovery_text must be a string, got ['mix'] (list)"),
     ("recovery_samples", 0, "recovery_samples must be a positive integer, got 0; e.g. recovery_samples=96"),
-    ("recovery_samples", 8.5, "recovery_samples must be an integer, got 8.5 (float)"),
+    ("recovery_samples", 8.5, "recovery_samples must be an integer or None, got 8.5 (float)"),
     ("ability", "yes", "ability must be True or False, got 'yes' (str); e.g. ability=True"),
     ("ability", None, "ability must be True or False, got None"),
     ("ability_tasks", "hellaswag,nope", "ability_tasks='hellaswag,nope': unknown task 'nope'; choose a preset"),

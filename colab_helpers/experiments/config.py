@@ -254,9 +254,10 @@ class ExperimentConfig:
         "what recovery and the control train on: 'dataset' (the dataset's training split: adapts the model to that "
         "domain), 'generated' (text the unpruned model writes: keeps general ability) or 'mix' (the two "
         "interleaved). Generated text is shipped for smollm2-135m-instruct, else sampled from the unpruned model."))
-    recovery_samples: int = field(default=96, metadata=field_help(
+    recovery_samples: int | None = field(default=None, metadata=field_help(
         "recovery_text 'generated' / 'mix': how many texts of the unpruned model (up to 128 tokens each): the first "
-        "of the shipped sample when it has that many, else sampled from the model (once per model and seed)."))
+        "of the shipped sample when it has that many, else sampled from the model (once per model and seed). None: "
+        "every shipped text (480 for smollm2-135m-instruct), else 96 sampled."))
     ability: bool = field(default=True, metadata=field_help(
         "measure general ability at every stage (perplexity on text of other domains, zero-shot tasks: "
         "colab_helpers.evaluation.evaluate_ability) beside the in-domain perplexity; False: the in-domain table only, "
@@ -332,9 +333,9 @@ class ExperimentConfig:
         if self.recovery_text not in RECOVERY_TEXTS:
             raise ValueError(f"recovery_text must be one of {RECOVERY_TEXTS}, got {self.recovery_text!r}; e.g. "
                              "recovery_text='mix' (dataset and text the unpruned model writes)")  # fmt: skip
-        if self.recovery_samples < 1:
+        if self.recovery_samples is not None and self.recovery_samples < 1:
             raise ValueError(f"recovery_samples must be a positive integer, got {self.recovery_samples!r}; e.g. "
-                             "recovery_samples=96")  # fmt: skip
+                             "recovery_samples=96, or None for every shipped text")  # fmt: skip
 
     def _check_ability(self) -> None:
         """Check the ability settings (the task names too: an unknown one fails here, not after the baseline)."""
@@ -402,7 +403,7 @@ class ExperimentConfig:
             fine_tuning_epochs=None, seq_len=min(self.seq_len, SMOKE_SEQ_LEN), eval_tokens=SMOKE_EVAL_TOKENS,
             eval_stride=None, importance_batches=2, micro_batch_size=4, max_new_tokens=8, latency_rounds=2,
             ability_limit=min(self.ability_limit, SMOKE_TASK_ITEMS),  # and eval_tokens of each other-domain text
-            recovery_samples=min(self.recovery_samples, SMOKE_TEACHER_SAMPLES),
+            recovery_samples=min(self.recovery_samples or SMOKE_TEACHER_SAMPLES, SMOKE_TEACHER_SAMPLES),
         )  # fmt: skip
 
     @property

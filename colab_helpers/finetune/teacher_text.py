@@ -24,24 +24,29 @@ DEFAULT_OPENERS: tuple[str, ...] = ("", "", "", "", "The", "In", "A", "How", "On
 RECOVERY_TEXTS: tuple[str, ...] = ("dataset", "generated", "mix")
 # teacher texts sampled once and shipped (colab_helpers/embedded/generated/SOURCE.md): model name -> file
 SHIPPED_GENERATED: dict[str, str] = {"smollm2-135m-instruct": "smollm2-135m-instruct.jsonl.gz"}
+# teacher texts sampled when none are shipped and no count is asked (sampling costs minutes per hundred on a CPU)
+SAMPLED_BY_DEFAULT = 96
 
 
 def recovery_texts(kind: str, dataset_train: Sequence[str], model_name: str | None = None, *, teacher: Any = None,
-                   tokenizer: Any = None, samples: int = 96) -> list[str]:  # fmt: skip
+                   tokenizer: Any = None, samples: int | None = None) -> list[str]:  # fmt: skip
     """Return the texts recovery trains on: ``"dataset"`` (``dataset_train``, e.g. a TextDataset's ``train``),
     ``"generated"`` (``samples`` texts the teacher wrote: the first ``samples`` of the shipped sample for
     ``model_name`` when it has that many, else ``samples`` texts from :func:`teacher_texts`, which needs ``teacher``
-    and ``tokenizer``), or ``"mix"`` (the two interleaved, one dataset paragraph of at least 300 characters after each
-    generated text, as many of each).
+    and ``tokenizer``; ``None``: every shipped text, else ``SAMPLED_BY_DEFAULT`` sampled), or ``"mix"`` (the two
+    interleaved, one dataset paragraph of at least 300 characters after each generated text, as many of each).
     """
     if kind not in RECOVERY_TEXTS:
         raise ValueError(f"recovery text must be one of {RECOVERY_TEXTS}, got {kind!r}; e.g. 'mix'")
-    if not is_integer(samples) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}; e.g. samples=96")
+    if samples is not None and (not is_integer(samples) or samples < 1):
+        raise ValueError(f"samples must be an integer >= 1 or None (every shipped text), got {samples!r}; e.g. "
+                         "samples=96")  # fmt: skip
     train = list(dataset_train)
     if kind == "dataset":
         return train
     shipped = shipped_generated(model_name) or []
+    if samples is None:  # more text the teacher wrote reads better on general text at the same steps (docs/)
+        samples = len(shipped) or SAMPLED_BY_DEFAULT
     if len(shipped) >= samples:
         generated = shipped[:samples]
     else:
