@@ -61,11 +61,12 @@ def _plan(quick: bool, steps: int, recipe: tuple[str, float, str, bool, int]) ->
     return dict(base, steps=steps, method=method, lr=lr, recovery_text=text)
 
 
-def _texts(ctx: dict[str, Any], kind: str, quick: bool) -> list[str]:
+def _texts(ctx: dict[str, Any], kind: str, plan: dict[str, Any], quick: bool) -> list[str]:
     from colab_helpers.finetune import recovery_texts
 
+    # the frontier's count (the first of the shipped texts), so a recipe compares with the frontier's point
     return recovery_texts(kind, ctx["in_domain"].train, None if quick else "smollm2-135m-instruct",
-                          teacher=ctx["model"], tokenizer=ctx["tokenizer"], samples=4)  # fmt: skip
+                          teacher=ctx["model"], tokenizer=ctx["tokenizer"], samples=plan["samples"])  # fmt: skip
 
 
 def _corrected_teacher(ctx: dict[str, Any], texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
@@ -104,7 +105,7 @@ def _row(name: str, ctx: dict[str, Any], pruned: Any, quick: bool, steps: int, o
 
     recipe = RECIPES[name]
     plan = _plan(quick, steps, recipe)
-    texts = _texts(ctx, plan["recovery_text"], quick)
+    texts = _texts(ctx, plan["recovery_text"], plan, quick)
     row: dict[str, Any] = {"recipe": name, "steps": steps, "quick": quick, "teacher_seconds": 0.0}
     teacher = ctx["model"]
     if recipe[3]:
