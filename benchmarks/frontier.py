@@ -135,15 +135,22 @@ def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> f
 # --- one point ------------------------------------------------------------------------------------------------
 
 
-def recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
-    from colab_helpers.finetune import DistillConfig, FineTuneConfig, distill, merge_adapter
+def recovery_configs(plan: dict[str, Any], out: Path) -> tuple[Any, Any]:
+    """The fine-tuning and distillation configs of ``plan`` (built first thing, so a bad flag fails before any work)."""
+    from colab_helpers.finetune import DistillConfig, FineTuneConfig
 
     config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
                             seq_len=plan["seq_len"], learning_rate=plan["lr"], warmup_steps=max(1, plan["steps"] // 20),
                             eval_every=10**9, restore_best=False, output_dir=str(out))  # fmt: skip
+    return config, DistillConfig(temperature=plan["temperature"], alpha=plan["alpha"])
+
+
+def recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
+    from colab_helpers.finetune import distill, merge_adapter
+
+    config, distillation = recovery_configs(plan, out)
     started = time.perf_counter()
-    result = distill(student, teacher, tokenizer, texts, None, config,
-                     DistillConfig(temperature=plan["temperature"], alpha=plan["alpha"]), live_plot=False,
+    result = distill(student, teacher, tokenizer, texts, None, config, distillation, live_plot=False,
                      progress=True)  # fmt: skip
     result.raise_if_failed()
     tuned = merge_adapter(result.model) if plan["method"] == "lora" else result.model
@@ -241,10 +248,11 @@ def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: tuple[str, ...] = METHODS,
         steps: int | None = None, lr: float | None = None, micro: int | None = None, samples: int | None = None,
-        recovery_method: str | None = None, fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
+        recovery_method: str | None = None, temperature: float | None = None, alpha: float | None = None,
+        fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
     """Measure every (method, target) point not measured yet with these settings; return the benchmark's result.
     Points of other settings (``steps``, ``lr``, ``micro``, ``samples``, ``recovery_method``: ``"full"`` or
-    ``"lora"``) are kept beside the default's; the doc's
+    ``"lora"``, the distillation's ``temperature`` and ``alpha``) are kept beside the default's; the doc's
     frontier shows the default's, its section "Recovery settings" compares the others with them."""
     import tempfile
 
@@ -263,6 +271,11 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
         plan["samples"] = samples
     if recovery_method is not None:
         plan["method"] = recovery_method
+    if temperature is not None:
+        plan["temperature"] = temperature
+    if alpha is not None:
+        plan["alpha"] = alpha
+    recovery_configs(plan, Path(tempfile.gettempdir()))  # a bad setting fails here, before minutes of work
     key = _settings_key(plan)
     path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
     points = [] if fresh else _load_points(path)
@@ -493,6 +506,10 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
             "|---|---:|---:|---:|---:|---:|---:|", *rows, "", verdict, ""]  # fmt: skip
 
 
+# the settings a point may change from the frontier's (the flags of the same names)
+PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha")
+
+
 def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
     """The section comparing points recovered with other settings (``--lr``, ``--steps``, ``--micro``,
     ``--samples``) with the
@@ -504,7 +521,7 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
     rows = []
     for point in sorted(all_points, key=lambda p: (-p["target"], p["method"], p.get("settings", ""))):
         settings = json.loads(point.get("settings") or "{}")
-        changed = {k: v for k, v in settings.items() if k in ("lr", "steps", "micro", "samples", "method") and v != default.get(k)}
+        changed = {k: v for k, v in settings.items() if k in PROBED and v != default.get(k)}
         if not changed or point["method"] == "unpruned" or "after" not in point:
             continue
         base = next((p for p in all_points if p.get("settings") == key and p["method"] == point["method"]
@@ -648,6 +665,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recovery-method", choices=("full", "lora"), default=None,
                         help=f"what recovery trains: every weight or a LoRA adapter (default {FULL['method']}; "
                         "LoRA wants a higher --lr, e.g. 1e-3)")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=None,
+                        help=f"distillation softmax temperature (default {FULL['temperature']:g})")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help=f"weight of the distillation term, the rest the LM loss (default {FULL['alpha']:g})")
     parser.add_argument("--fresh", action="store_true", help="measure every point again")
     parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
     args = parser.parse_args(argv)
@@ -659,7 +680,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = run(args.quick, targets=tuple(args.targets), methods=tuple(args.methods), steps=args.steps, lr=args.lr,
                  micro=args.micro, samples=args.samples, recovery_method=args.recovery_method,
-                 fresh=args.fresh)  # fmt: skip
+                 temperature=args.temperature, alpha=args.alpha, fresh=args.fresh)  # fmt: skip
     for row in result["checks"]:
         print(f"{'pass' if row['passed'] else 'MISS':4}  {row['name']}: {row['measured']:.3f} (target {row['target']}) - "
               f"{row['detail']}")  # fmt: skip

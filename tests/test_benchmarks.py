@@ -337,6 +337,18 @@ def test_a_marked_section_replaces_only_its_own_text(tmp_path) -> None:
     assert rows[-1] == "| n | t | 1.0 | MISS | d |"
 
 
+@pytest.mark.parametrize(("setting", "message"), [({"alpha": 2.0}, "alpha"), ({"temperature": 0.0}, "temperature"),
+                                                  ({"recovery_method": "prune"}, "method")])  # fmt: skip
+def test_frontier_refuses_a_bad_recovery_setting_before_any_work(setting: dict[str, Any], message: str,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    pytest.importorskip("torch")
+    bench = _load("frontier")
+    points = tmp_path / "points.json"
+    with pytest.raises(ValueError, match=message):
+        bench.run(targets=(0.75,), methods=("compress",), points_path=points, **setting)
+    assert not points.exists()  # nothing loaded, measured or written
+
+
 def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mix() -> None:
     """``benchmarks/frontier.py --quick``: compress calibrated on the corpus and on the mix, each recovered and
     measured, beside the unpruned reference (embedded-llama, seconds)."""
