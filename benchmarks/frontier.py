@@ -261,20 +261,9 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
     from colab_helpers.evaluation import evaluate_ability
 
     plan = dict(QUICK if quick else FULL)
-    if steps is not None:
-        plan["steps"] = steps
-    if lr is not None:
-        plan["lr"] = lr
-    if micro is not None:
-        plan["micro"] = micro
-    if samples is not None:
-        plan["samples"] = samples
-    if recovery_method is not None:
-        plan["method"] = recovery_method
-    if temperature is not None:
-        plan["temperature"] = temperature
-    if alpha is not None:
-        plan["alpha"] = alpha
+    overrides = dict(steps=steps, lr=lr, micro=micro, samples=samples, method=recovery_method, temperature=temperature,
+                     alpha=alpha)  # fmt: skip
+    plan |= {name: value for name, value in overrides.items() if value is not None}
     recovery_configs(plan, Path(tempfile.gettempdir()))  # a bad setting fails here, before minutes of work
     key = _settings_key(plan)
     path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
