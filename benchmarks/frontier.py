@@ -499,6 +499,12 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
 PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha")
 
 
+def _changed(settings: dict[str, Any], default: dict[str, Any]) -> str:
+    """The probed settings where ``settings`` differ from ``default``, e.g. ``"lr 0.001, method lora"`` ('' if none)."""
+    changed = {k: v for k, v in settings.items() if k in PROBED and v != default.get(k)}
+    return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in sorted(changed.items()))
+
+
 def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
     """The section comparing points recovered with other settings (``--lr``, ``--steps``, ``--micro``,
     ``--samples``) with the
@@ -510,8 +516,8 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
     rows = []
     for point in sorted(all_points, key=lambda p: (-p["target"], p["method"], p.get("settings", ""))):
         settings = json.loads(point.get("settings") or "{}")
-        changed = {k: v for k, v in settings.items() if k in PROBED and v != default.get(k)}
-        if not changed or point["method"] == "unpruned" or "after" not in point:
+        what = _changed(settings, default)
+        if not what or point["method"] == "unpruned" or "after" not in point:
             continue
         base = next((p for p in all_points if p.get("settings") == key and p["method"] == point["method"]
                      and p["target"] == point["target"] and "after" in p), None)  # fmt: skip
@@ -520,8 +526,6 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
         if base is None or unpruned is None:
             continue
         ours, theirs, reference = _ability(point), _ability(base), _ability(unpruned)
-        what = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                         for k, v in sorted(changed.items()))  # fmt: skip
         rows.append(f"| {point['method']} | {point['target']:.0%} | {what} | {theirs.general_ppl:,.1f} | "
                     f"{ours.general_ppl:,.1f} | {ours.general_ppl / theirs.general_ppl:.3f} | "
                     f"{ours.general_ppl / reference.general_ppl:.3f} | "
@@ -610,11 +614,10 @@ def _closest_lines(all_points: list[dict[str, Any]]) -> list[str]:
                 best = (ratio, ability_retention(after, reference), point)
         if best is not None:
             ratio, kept, point = best
-            settings = json.loads(point["settings"])
+            what = _changed(json.loads(point["settings"]), json.loads(_settings_key(FULL))) or "the frontier's settings"
             verdict = "pass" if ratio <= most and kept >= least else "still a MISS"
             parts.append(f"at {target:.0%}, {ratio:.3f}x general perplexity and {kept:.3f} task retention "
-                         f"({settings['samples']} teacher texts, {settings['steps']} steps, lr {settings['lr']:g}, "
-                         f"{point['recovery_seconds'] / 60:.1f} min at {_threads(point)}; "
+                         f"({what}; {point['recovery_seconds'] / 60:.1f} min at {_threads(point)}; "
                          f"{verdict} against <= {most:g}x and >= {least:g})")  # fmt: skip
     if not parts:
         return []
