@@ -499,6 +499,12 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
 PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha")
 
 
+def _unpruned_like(all_points: list[dict[str, Any]], point: dict[str, Any]) -> dict[str, Any] | None:
+    """The unpruned reference measured with ``point``'s settings (None when there is none)."""
+    return next((p for p in all_points if p["method"] == "unpruned" and p.get("settings") == point.get("settings")),
+                None)  # fmt: skip
+
+
 def _changed(settings: dict[str, Any], default: dict[str, Any]) -> str:
     """The probed settings where ``settings`` differ from ``default``, e.g. ``"lr 0.001, method lora"`` ('' if none)."""
     changed = {k: v for k, v in settings.items() if k in PROBED and v != default.get(k)}
@@ -521,8 +527,7 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
             continue
         base = next((p for p in all_points if p.get("settings") == key and p["method"] == point["method"]
                      and p["target"] == point["target"] and "after" in p), None)  # fmt: skip
-        unpruned = next((p for p in all_points
-                         if p["method"] == "unpruned" and p.get("settings") == point.get("settings")), None)
+        unpruned = _unpruned_like(all_points, point)
         if base is None or unpruned is None:
             continue
         ours, theirs, reference = _ability(point), _ability(base), _ability(unpruned)
@@ -604,8 +609,7 @@ def _closest_lines(all_points: list[dict[str, Any]]) -> list[str]:
         for point in all_points:
             if point["method"] != "compress" or point["target"] != target or "after" not in point:
                 continue
-            unpruned = next((p for p in all_points
-                             if p["method"] == "unpruned" and p.get("settings") == point.get("settings")), None)
+            unpruned = _unpruned_like(all_points, point)
             if unpruned is None or point["recovery_seconds"] > 20 * 60:
                 continue
             after, reference = _ability(point), _ability(unpruned)
