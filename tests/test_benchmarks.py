@@ -294,6 +294,10 @@ def test_serving_quick_returns_every_check() -> None:
     _assert_result(result, "serving", ["output tokens/s", "p99 end-to-end latency", "batching"],
                    ["unpruned_tokens_per_s_at_1", "compressed_tokens_per_s_at_2"])  # fmt: skip
     assert result["settings"]["transformers_serve"] == "not run with --quick"
+    # the compressed-vs-unpruned checks read the median of three pairs run in turns at the highest level
+    assert result["checks"][0]["detail"].startswith("median of 3 pairs in turns: ")
+    assert result["checks"][0]["detail"].count("(") == 3
+    assert "compressed-again_tokens_per_s_at_2" in result["figures"]
 
 
 def test_reliability_quick_runs_the_three_drills() -> None:
@@ -338,7 +342,8 @@ def test_a_marked_section_replaces_only_its_own_text(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("setting", "message"), [({"alpha": 2.0}, "alpha"), ({"temperature": 0.0}, "temperature"),
-                                                  ({"recovery_method": "prune"}, "method")])  # fmt: skip
+                                                  ({"recovery_method": "prune"}, "method"),
+                                                  ({"recovery_text": "corpus"}, "'corpus'.*--recovery-text")])  # fmt: skip
 def test_frontier_refuses_a_bad_recovery_setting_before_any_work(setting: dict[str, Any], message: str,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     pytest.importorskip("torch")
