@@ -137,8 +137,11 @@ def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> f
 
 def recovery_configs(plan: dict[str, Any], out: Path) -> tuple[Any, Any]:
     """The fine-tuning and distillation configs of ``plan`` (built first thing, so a bad flag fails before any work)."""
-    from colab_helpers.finetune import DistillConfig, FineTuneConfig
+    from colab_helpers.finetune import RECOVERY_TEXTS, DistillConfig, FineTuneConfig
 
+    if plan["recovery_text"] not in RECOVERY_TEXTS:
+        raise ValueError(f"recovery text must be one of {RECOVERY_TEXTS}, got {plan['recovery_text']!r}; e.g. "
+                         "--recovery-text dataset for the corpus alone")  # fmt: skip
     config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
                             seq_len=plan["seq_len"], learning_rate=plan["lr"], warmup_steps=max(1, plan["steps"] // 20),
                             eval_every=10**9, restore_best=False, output_dir=str(out))  # fmt: skip
@@ -249,10 +252,11 @@ def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: tuple[str, ...] = METHODS,
         steps: int | None = None, lr: float | None = None, micro: int | None = None, samples: int | None = None,
         recovery_method: str | None = None, temperature: float | None = None, alpha: float | None = None,
-        fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
+        recovery_text: str | None = None, fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
     """Measure every (method, target) point not measured yet with these settings; return the benchmark's result.
     Points of other settings (``steps``, ``lr``, ``micro``, ``samples``, ``recovery_method``: ``"full"`` or
-    ``"lora"``, the distillation's ``temperature`` and ``alpha``) are kept beside the default's; the doc's
+    ``"lora"``, the distillation's ``temperature`` and ``alpha``, ``recovery_text``: what recovery reads, one of
+    ``finetune.RECOVERY_TEXTS``) are kept beside the default's; the doc's
     frontier shows the default's, its section "Recovery settings" compares the others with them."""
     import tempfile
 
@@ -262,7 +266,7 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
 
     plan = dict(QUICK if quick else FULL)
     overrides = dict(steps=steps, lr=lr, micro=micro, samples=samples, method=recovery_method, temperature=temperature,
-                     alpha=alpha)  # fmt: skip
+                     alpha=alpha, recovery_text=recovery_text)  # fmt: skip
     plan |= {name: value for name, value in overrides.items() if value is not None}
     recovery_configs(plan, Path(tempfile.gettempdir()))  # a bad setting fails here, before minutes of work
     key = _settings_key(plan)
@@ -496,7 +500,7 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
 
 
 # the settings a point may change from the frontier's (the flags of the same names)
-PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha")
+PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha", "recovery_text")
 
 
 def _unpruned_like(all_points: list[dict[str, Any]], point: dict[str, Any]) -> dict[str, Any] | None:
@@ -665,6 +669,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"distillation softmax temperature (default {FULL['temperature']:g})")
     parser.add_argument("--alpha", type=float, default=None,
                         help=f"weight of the distillation term, the rest the LM loss (default {FULL['alpha']:g})")
+    parser.add_argument("--recovery-text", default=None,
+                        help=f"what recovery reads: 'dataset' (the corpus alone), 'generated' (the model's own texts) "
+                        f"or 'mix' (default {FULL['recovery_text']})")  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="measure every point again")
     parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
     args = parser.parse_args(argv)
@@ -676,7 +683,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = run(args.quick, targets=tuple(args.targets), methods=tuple(args.methods), steps=args.steps, lr=args.lr,
                  micro=args.micro, samples=args.samples, recovery_method=args.recovery_method,
-                 temperature=args.temperature, alpha=args.alpha, fresh=args.fresh)  # fmt: skip
+                 temperature=args.temperature, alpha=args.alpha, recovery_text=args.recovery_text,
+                 fresh=args.fresh)  # fmt: skip
     for row in result["checks"]:
         print(f"{'pass' if row['passed'] else 'MISS':4}  {row['name']}: {row['measured']:.3f} (target {row['target']}) - "
               f"{row['detail']}")  # fmt: skip
