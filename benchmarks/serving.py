@@ -84,10 +84,12 @@ def in_turns(arms: list[Arm], size: dict[str, Any], *, again: int = 0) -> dict[s
     """Start the arms' servers one after the other (each tunes itself on an idle machine), then load-test them level
     by level in turns (concurrency 1 on each, then 2 on each ...), so that the host's drift during a run falls on
     every arm alike and their ratios stay fair; return label -> the arm's whole load test. With ``again``, the level
-    at :data:`AT` is then run ``again`` more times in turns on the same servers, returned as ``label + AGAIN``."""
+    the ratios are read at (:func:`_at`) is then run ``again`` more times in turns on the same servers, returned as
+    ``label + AGAIN``."""
     from colab_helpers.deploy import run_load_test
 
-    levels = [*size["concurrency"], *[_at(size["concurrency"])] * again]
+    first, at = len(size["concurrency"]), _at(size["concurrency"])
+    levels = [*size["concurrency"], *[at] * again]
     with ExitStack() as stack:
         urls = {label: stack.enter_context(start()) for label, start, _ in arms}
         parts: dict[str, list[Any]] = {label: [] for label, _, _ in arms}
@@ -97,10 +99,9 @@ def in_turns(arms: list[Arm], size: dict[str, Any], *, again: int = 0) -> dict[s
                 parts[label].append(run_load_test(urls[label], config, label=label, progress=False))
     runs = {}
     for label, _, overrides in arms:
-        first = len(size["concurrency"])
         runs[label] = _joined(parts[label][:first], _load_config(size, **overrides), label)
         if again:
-            config = _load_config(size, **overrides, concurrency=(_at(size["concurrency"]),) * again)
+            config = _load_config(size, **overrides, concurrency=(at,) * again)
             runs[label + AGAIN] = _joined(parts[label][first:], config, label + AGAIN)
     return runs
 
