@@ -137,11 +137,10 @@ def _torch_pruning_ratio(model: Any, target: float, calibration: list[Any]) -> f
 
 def recovery_configs(plan: dict[str, Any], out: Path) -> tuple[Any, Any]:
     """The fine-tuning and distillation configs of ``plan`` (built first thing, so a bad flag fails before any work)."""
-    from colab_helpers.finetune import RECOVERY_TEXTS, DistillConfig, FineTuneConfig
+    from colab_helpers.finetune import DistillConfig, FineTuneConfig
+    from colab_helpers.finetune.teacher_text import check_recovery_text
 
-    if plan["recovery_text"] not in RECOVERY_TEXTS:
-        raise ValueError(f"recovery text must be one of {RECOVERY_TEXTS}, got {plan['recovery_text']!r}; e.g. "
-                         "--recovery-text dataset for the corpus alone")  # fmt: skip
+    check_recovery_text(plan["recovery_text"], fix="e.g. --recovery-text dataset for the corpus alone")
     config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
                             seq_len=plan["seq_len"], learning_rate=plan["lr"], warmup_steps=max(1, plan["steps"] // 20),
                             eval_every=10**9, restore_best=False, output_dir=str(out))  # fmt: skip
@@ -516,9 +515,8 @@ def _changed(settings: dict[str, Any], default: dict[str, Any]) -> str:
 
 
 def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
-    """The section comparing points recovered with other settings (``--lr``, ``--steps``, ``--micro``,
-    ``--samples``) with the
-    point of ``plan`` (the doc's settings) of the same method and target, where both ran."""
+    """The section comparing points recovered with other settings (the flags of :data:`PROBED`) with the point of
+    ``plan`` (the doc's settings) of the same method and target, where both ran."""
     from colab_helpers.evaluation import ability_retention
 
     key = _settings_key(plan)

@@ -37,7 +37,7 @@ from ..errors import ColabHelpersWarning
 from ..evaluation.ability import AbilityConfig
 from ..evaluation.tasks import PRESETS, resolve_tasks
 from ..finetune.config import METHODS
-from ..finetune.teacher_text import RECOVERY_TEXTS
+from ..finetune.teacher_text import RECOVERY_TEXTS, check_recovery_text
 from ..models.loading import check_model_name
 from ..pruning.compress import AXES  # what compress may prune: heads, mlp, layers (in this order)
 from ..pruning.importance import check_strategy
@@ -330,9 +330,8 @@ class ExperimentConfig:
             what = "load_in_4bit=True" if self.load_in_4bit else "dtype='fp16'"
             raise ValueError(f"fine_tuning_method='full' cannot train the weights of {what} (AdamW's updates need "
                              "fp32 or bf16 weights); set fine_tuning_method='lora', or dtype='fp32' / 'bf16'")  # fmt: skip
-        if self.recovery_text not in RECOVERY_TEXTS:
-            raise ValueError(f"recovery_text must be one of {RECOVERY_TEXTS}, got {self.recovery_text!r}; e.g. "
-                             "recovery_text='mix' (dataset and text the unpruned model writes)")  # fmt: skip
+        check_recovery_text(self.recovery_text, name="recovery_text",
+                            fix="e.g. recovery_text='mix' (dataset and text the unpruned model writes)")
         if self.recovery_samples is not None and self.recovery_samples < 1:
             raise ValueError(f"recovery_samples must be a positive integer, got {self.recovery_samples!r}; e.g. "
                              "recovery_samples=96, or None for every shipped text")  # fmt: skip

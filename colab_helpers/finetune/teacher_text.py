@@ -28,6 +28,13 @@ SHIPPED_GENERATED: dict[str, str] = {"smollm2-135m-instruct": "smollm2-135m-inst
 SAMPLED_BY_DEFAULT = 96
 
 
+def check_recovery_text(kind: Any, *, name: str = "recovery text", fix: str = "e.g. 'mix'") -> str:
+    """``kind`` when it is one of :data:`RECOVERY_TEXTS`, else a ValueError naming ``name``, the value and ``fix``."""
+    if kind not in RECOVERY_TEXTS:
+        raise ValueError(f"{name} must be one of {RECOVERY_TEXTS}, got {kind!r}; {fix}")
+    return kind
+
+
 def recovery_texts(kind: str, dataset_train: Sequence[str], model_name: str | None = None, *, teacher: Any = None,
                    tokenizer: Any = None, samples: int | None = None) -> list[str]:  # fmt: skip
     """Return the texts recovery trains on: ``"dataset"`` (``dataset_train``, e.g. a TextDataset's ``train``),
@@ -36,8 +43,7 @@ def recovery_texts(kind: str, dataset_train: Sequence[str], model_name: str | No
     and ``tokenizer``; ``None``: every shipped text, else ``SAMPLED_BY_DEFAULT`` sampled), or ``"mix"`` (the two
     interleaved, one dataset paragraph of at least 300 characters after each generated text, as many of each).
     """
-    if kind not in RECOVERY_TEXTS:
-        raise ValueError(f"recovery text must be one of {RECOVERY_TEXTS}, got {kind!r}; e.g. 'mix'")
+    check_recovery_text(kind)
     if samples is not None and (not is_integer(samples) or samples < 1):
         raise ValueError(f"samples must be an integer >= 1 or None (every shipped text), got {samples!r}; e.g. "
                          "samples=96")  # fmt: skip
