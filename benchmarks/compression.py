@@ -348,7 +348,8 @@ def _reading(rows: list[dict[str, Any]], report: Any, recovered: dict[str, Any],
            "The LM loss adapts the student to the training text's domain; distillation pulls it towards the "
            f"unpruned teacher, which was never adapted to that domain (its own perplexity there is {unpruned:,.1f}), "
            "so on in-domain text the teacher is a ceiling that plain LoRA is free to pass. Minitron's remedy is "
-           "*teacher correction* (fine-tune the teacher on the distillation text first); it is not implemented here."),
+           "*teacher correction* (fine-tune the teacher on the distillation text first: `finetune.correct_teacher`); "
+           "docs/recovery-recipes.md measures it against general text."),
     ]
     lines.append(
         f"- **Another domain.** On the GPL-3 text the unpruned model scores {other['unpruned']:,.1f}, the "

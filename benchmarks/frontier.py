@@ -549,7 +549,28 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
             "minutes are wall time at the point's torch threads, with whatever else ran on the host then:", "",
             "| method | kept | changed | general ppl, frontier | general ppl, changed | changed / frontier | "
             "changed / unpruned | retention, frontier | retention, changed | recovery minutes | threads |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]  # fmt: skip
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", *_same_recovery_lines(all_points, key)]  # fmt: skip
+
+
+def _same_recovery_lines(all_points: list[dict[str, Any]], key: str) -> list[str]:
+    """Sentences comparing ``compress`` with the baselines recovered by the same other settings than ``key``'s, at
+    each target where both ran: the frontier's goal (better than torch-pruning and random after the same
+    recovery) read under another recipe."""
+    default = json.loads(key)
+    lines = []
+    recovered = [p for p in all_points if "after" in p and p["method"] != "unpruned" and p.get("settings") != key]
+    for settings, target in sorted({(p["settings"], p["target"]) for p in recovered}, key=lambda s: (s[0], -s[1])):
+        same = {p["method"]: _ability(p).general_ppl for p in recovered
+                if p["settings"] == settings and p["target"] == target}  # fmt: skip
+        others = [m for m in ("torch-pruning", "random") if m in same]
+        if "compress" not in same or not others:
+            continue
+        versus = ", ".join(f"{m} {same[m]:,.1f} ({same['compress'] / same[m]:.3f}x)" for m in others)
+        lines.append(f"- Recovered with {_changed(json.loads(settings), default)}, at {target:.0%}: compress "
+                     f"{same['compress']:,.1f} general perplexity against {versus}: compress "
+                     f"{'is' if all(same['compress'] < same[m] for m in others) else 'is NOT'} better than "
+                     f"{' and '.join(others)} after the same recovery.")  # fmt: skip
+    return lines + [""] if lines else []
 
 
 # Published pruning results to read the frontier against (each paper's own model, text and budget; not re-run here):

@@ -379,6 +379,14 @@ def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mi
     lora = [p | {"settings": lora_key} for p in result["points"] if p["method"] in ("unpruned", "compress")]
     assert any(line.startswith("| compress | 75% | lr 0.001, method lora |")
                for line in bench._settings_lines(result["points"] + lora, result["plan"]))  # fmt: skip
+    # a baseline recovered by the same probe is compared with compress under it (here twice compress's perplexity)
+    doubled = {text: 2 * ppl for text, ppl in next(p for p in lora if p["method"] == "compress")["after"]["other_ppl"].items()}
+    worse = [p | {"method": "random", "after": p["after"] | {"other_ppl": doubled}} for p in lora if p["method"] == "compress"]
+    key = bench._settings_key(result["plan"])
+    [sentence] = [line for line in bench._same_recovery_lines(result["points"] + lora + worse, key) if line]
+    assert sentence.startswith("- Recovered with lr 0.001, method lora, at 75%: compress ")
+    assert "(0.500x)" in sentence and sentence.endswith("compress is better than random after the same recovery.")
+    assert bench._same_recovery_lines(result["points"] + lora, key) == []  # no baseline under the probe: nothing
     # our points beside the field's published ones, with the perplexity ratio of the frontier's own point
     field = bench._field_lines(result["points"], result["plan"], result["settings"]["model"])
     ours = next(line for line in field if line.startswith(f"| this frontier (`compress`) | {result['settings']['model']} | 75% |"))
