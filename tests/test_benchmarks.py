@@ -387,6 +387,10 @@ def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mi
     assert sentence.startswith("- Recovered with lr 0.001, method lora, at 75%: compress ")
     assert "(0.500x)" in sentence and sentence.endswith("compress is better than random after the same recovery.")
     assert bench._same_recovery_lines(result["points"] + lora, key) == []  # no baseline under the probe: nothing
+    halved = {text: ppl / 4 for text, ppl in doubled.items()}  # a baseline at half compress's perplexity wins
+    better = [p | {"after": p["after"] | {"other_ppl": halved}} for p in worse]
+    [sentence] = [line for line in bench._same_recovery_lines(result["points"] + lora + better, key) if line]
+    assert "(2.000x)" in sentence and sentence.endswith("compress is NOT better than random after the same recovery.")
     # our points beside the field's published ones, with the perplexity ratio of the frontier's own point
     field = bench._field_lines(result["points"], result["plan"], result["settings"]["model"])
     ours = next(line for line in field if line.startswith(f"| this frontier (`compress`) | {result['settings']['model']} | 75% |"))
