@@ -55,17 +55,21 @@ METHODS = ("compress", "torch-pruning", "random", "compress-mix")
 GOALS = {0.75: (1.25, 0.90), 0.9: (1.05, 0.98)}
 # samples: the teacher's texts in the recovery mix (the first of the shipped sample; the toy samples its own)
 FULL = dict(seq_len=128, calibration=(4, 8), eval=(2, 8), steps=120, micro=4, lr=1e-4, method="full", alpha=1.0,
-            temperature=1.0, recovery_text="mix", samples=96, ability={})  # fmt: skip
+            temperature=1.0, recovery_text="mix", samples=96, minutes=None, device="cpu",
+            ability={})  # fmt: skip
 QUICK = dict(seq_len=32, calibration=(1, 2), eval=(1, 2), steps=2, micro=2, lr=1e-4, method="full", alpha=1.0,
-             temperature=1.0, recovery_text="mix", samples=4,
+             temperature=1.0, recovery_text="mix", samples=4, minutes=None, device="cpu",
              ability={"tokens": 64, "seq_len": 32, "limit": 4})  # fmt: skip
 
 
 def _settings_key(plan: dict[str, Any]) -> str:
-    """What a point's figures depend on besides method and target: a point measured otherwise is measured again."""
+    """What a point's figures depend on besides method and target: a point measured otherwise is measured again.
+    A time budget and a recovery device other than the CPU are named only when set (the points measured before
+    they existed keep their keys)."""
     keys = ("seq_len", "calibration", "eval", "steps", "micro", "lr", "method", "alpha", "temperature", "recovery_text",
             "samples")
-    return json.dumps({k: plan[k] for k in keys}, sort_keys=True)
+    extra = {k: plan[k] for k, absent in (("minutes", None), ("device", "cpu")) if plan.get(k, absent) != absent}
+    return json.dumps({k: plan[k] for k in keys} | extra, sort_keys=True)
 
 
 def _load_points(path: Path) -> list[dict[str, Any]]:
@@ -143,20 +147,41 @@ def recovery_configs(plan: dict[str, Any], out: Path) -> tuple[Any, Any]:
     check_recovery_text(plan["recovery_text"], fix="e.g. --recovery-text dataset for the corpus alone")
     config = FineTuneConfig(method=plan["method"], max_steps=plan["steps"], micro_batch_size=plan["micro"],
                             seq_len=plan["seq_len"], learning_rate=plan["lr"], warmup_steps=max(1, plan["steps"] // 20),
-                            eval_every=10**9, restore_best=False, output_dir=str(out))  # fmt: skip
+                            max_minutes=plan["minutes"], eval_every=10**9, restore_best=False,
+                            output_dir=str(out))  # fmt: skip
     return config, DistillConfig(temperature=plan["temperature"], alpha=plan["alpha"])
 
 
-def recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any], out: Path) -> tuple[Any, float]:
+def recover(student: Any, teacher: Any, tokenizer: Any, texts: list[str], plan: dict[str, Any],
+            out: Path) -> tuple[Any, float, int]:  # fmt: skip
+    """Distil ``student`` from ``teacher`` (already on ``plan["device"]``) as ``plan`` says, on that device; return
+    the recovered model (on the CPU, in fp32, where it is measured), its seconds and steps."""
     from colab_helpers.finetune import distill, merge_adapter
+    from colab_helpers.finetune.device import module_to_cpu
 
     config, distillation = recovery_configs(plan, out)
     started = time.perf_counter()
+    student.to(plan["device"])
     result = distill(student, teacher, tokenizer, texts, None, config, distillation, live_plot=False,
                      progress=True)  # fmt: skip
     result.raise_if_failed()
     tuned = merge_adapter(result.model) if plan["method"] == "lora" else result.model
-    return tuned, time.perf_counter() - started
+    module_to_cpu(tuned)
+    return tuned, time.perf_counter() - started, result.steps
+
+
+def _check_device(device: str) -> None:
+    """Refuse a recovery device torch cannot use here, before any work (ValueError naming it and the fix)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device; e.g. --device cuda, or leave it out for the "
+                         "CPU") from None  # fmt: skip
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: torch {torch.__version__} sees no CUDA device here; run on a GPU "
+                         "machine, or leave --device out to recover on the CPU")  # fmt: skip
 
 
 def _speedup(model: Any, pruned: Any, seq_len: int) -> float:
@@ -204,8 +229,8 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
     before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
     row["before"] = before.to_dict()
     print(f"  {method} at {target:.0%}: {row['share']:.1%} kept; before recovery {before}", flush=True)
-    tuned, seconds = recover(pruned, model, tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
-    row["recovery_seconds"] = seconds
+    tuned, seconds, steps = recover(pruned, ctx["teacher"], tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
+    row["recovery_seconds"], row["recovery_steps"] = seconds, steps
     after = evaluate_ability(tuned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)
     row["after"] = after.to_dict()
     print(f"  {method} at {target:.0%}: after {seconds / 60:.1f} min of recovery {after}", flush=True)
@@ -251,11 +276,14 @@ def context(quick: bool, plan: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: tuple[str, ...] = METHODS,
         steps: int | None = None, lr: float | None = None, micro: int | None = None, samples: int | None = None,
         recovery_method: str | None = None, temperature: float | None = None, alpha: float | None = None,
-        recovery_text: str | None = None, fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
+        recovery_text: str | None = None, minutes: float | None = None, device: str | None = None,
+        fresh: bool = False, points_path: Path = POINTS) -> dict[str, Any]:  # fmt: skip
     """Measure every (method, target) point not measured yet with these settings; return the benchmark's result.
     Points of other settings (``steps``, ``lr``, ``micro``, ``samples``, ``recovery_method``: ``"full"`` or
     ``"lora"``, the distillation's ``temperature`` and ``alpha``, ``recovery_text``: what recovery reads, one of
-    ``finetune.RECOVERY_TEXTS``) are kept beside the default's; the doc's
+    ``finetune.RECOVERY_TEXTS``, ``minutes``: a time budget per point, ``steps`` then the most it may take,
+    ``device``: where recovery runs, e.g. ``"cuda"``; pruning and measuring stay on the CPU) are kept beside the
+    default's; the doc's
     frontier shows the default's, its section "Recovery settings" compares the others with them."""
     import tempfile
 
@@ -265,14 +293,17 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
 
     plan = dict(QUICK if quick else FULL)
     overrides = dict(steps=steps, lr=lr, micro=micro, samples=samples, method=recovery_method, temperature=temperature,
-                     alpha=alpha, recovery_text=recovery_text)  # fmt: skip
+                     alpha=alpha, recovery_text=recovery_text, minutes=minutes, device=device)  # fmt: skip
     plan |= {name: value for name, value in overrides.items() if value is not None}
     recovery_configs(plan, Path(tempfile.gettempdir()))  # a bad setting fails here, before minutes of work
+    _check_device(plan["device"])
     key = _settings_key(plan)
     path = points_path if not quick else Path(tempfile.mkdtemp()) / "points.json"
     points = [] if fresh else _load_points(path)
     started = time.perf_counter()
     ctx = context(quick, plan)
+    # the teacher runs beside the student, on its device (the unpruned model itself when that is the CPU)
+    ctx["teacher"] = ctx["model"] if plan["device"] == "cpu" else copy.deepcopy(ctx["model"]).to(plan["device"])
     # every core this process may use, unless OMP_NUM_THREADS says otherwise (a run pinned to one core of a shared
     # machine keeps its timings steady)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
@@ -298,10 +329,11 @@ def run(quick: bool = False, *, targets: tuple[float, ...] = TARGETS, methods: t
                 _save_points(path, points)
     result = _result([p for p in points if p.get("settings") == key], plan, ctx["description"],
                      time.perf_counter() - started)  # fmt: skip
-    if not quick and key == _settings_key(FULL):
+    if not quick and key == _settings_key(FULL) and path == POINTS:
         _write_docs(result, points)
     elif not quick:
-        print(f"settings differ from the doc's ({key}): points saved, {DOC.relative_to(ROOT)} not written")
+        print(f"settings or points file differ from the doc's ({key}, {path}): points saved, "
+              f"{DOC.relative_to(ROOT)} not written")  # fmt: skip
     return result
 
 
@@ -335,7 +367,7 @@ def _checks(points: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str
         rows.append(check(f"{target:.0%} of the parameters: general perplexity / unpruned", f"<= {most:g} (<= 20 min)",
                           general, general <= most and minutes <= 20,
                           f"{after.general_ppl:,.1f} vs {reference.general_ppl:,.1f} after {minutes:.1f} min of "
-                          f"recovery ({plan['steps']} steps)"))  # fmt: skip
+                          f"recovery ({point.get('recovery_steps', plan['steps'])} steps)"))  # fmt: skip
         rows.append(check(f"{target:.0%} of the parameters: task-accuracy retention", f">= {least:g}", kept,
                           kept >= least, "mean accuracy on the tasks the unpruned model is above chance on, vs "
                           "the unpruned model's"))  # fmt: skip
@@ -499,7 +531,7 @@ def _calibration_lines(points: list[dict[str, Any]]) -> list[str]:
 
 
 # the settings a point may change from the frontier's (the flags of the same names)
-PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha", "recovery_text")
+PROBED = ("lr", "steps", "micro", "samples", "method", "temperature", "alpha", "recovery_text", "minutes", "device")
 
 
 def _unpruned_like(all_points: list[dict[str, Any]], point: dict[str, Any]) -> dict[str, Any] | None:
@@ -514,6 +546,16 @@ def _changed(settings: dict[str, Any], default: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in sorted(changed.items()))
 
 
+def _recipe(point: dict[str, Any], default: dict[str, Any]) -> str:
+    """:func:`_changed` of ``point``'s settings, with the steps a time budget let it take (``steps`` is then a cap)."""
+    settings = json.loads(point.get("settings") or "{}")
+    what = _changed(settings, default)
+    taken = point.get("recovery_steps")
+    if not what or taken is None or taken == settings.get("steps"):
+        return what
+    return f"{what} ({taken} step{'' if taken == 1 else 's'} taken)"
+
+
 def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
     """The section comparing points recovered with other settings (the flags of :data:`PROBED`) with the point of
     ``plan`` (the doc's settings) of the same method and target, where both ran."""
@@ -523,8 +565,7 @@ def _settings_lines(all_points: list[dict[str, Any]], plan: dict[str, Any]) -> l
     default = json.loads(key)
     rows = []
     for point in sorted(all_points, key=lambda p: (-p["target"], p["method"], p.get("settings", ""))):
-        settings = json.loads(point.get("settings") or "{}")
-        what = _changed(settings, default)
+        what = _recipe(point, default)
         if not what or point["method"] == "unpruned" or "after" not in point:
             continue
         base = next((p for p in all_points if p.get("settings") == key and p["method"] == point["method"]
@@ -641,7 +682,7 @@ def _closest_lines(all_points: list[dict[str, Any]]) -> list[str]:
                 best = (ratio, ability_retention(after, reference), point)
         if best is not None:
             ratio, kept, point = best
-            what = _changed(json.loads(point["settings"]), json.loads(_settings_key(FULL))) or "the frontier's settings"
+            what = _recipe(point, json.loads(_settings_key(FULL))) or "the frontier's settings"
             verdict = "pass" if ratio <= most and kept >= least else "still a MISS"
             parts.append(f"at {target:.0%}, {ratio:.3f}x general perplexity and {kept:.3f} task retention "
                          f"({what}; {point['recovery_seconds'] / 60:.1f} min at {_threads(point)}; "
@@ -691,19 +732,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recovery-text", default=None,
                         help=f"what recovery reads: 'dataset' (the corpus alone), 'generated' (the model's own texts) "
                         f"or 'mix' (default {FULL['recovery_text']})")  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="a time budget for each point's recovery, in minutes (--steps is then the most it may "
+                        "take; its learning-rate decay ends with the budget); default: no budget")  # fmt: skip
+    parser.add_argument("--device", default=None,
+                        help="where recovery runs, e.g. cuda (pruning and measuring stay on the CPU); default cpu")
+    parser.add_argument("--points", type=Path, default=POINTS,
+                        help=f"the points file read and written (default {POINTS.relative_to(ROOT)})")
     parser.add_argument("--fresh", action="store_true", help="measure every point again")
     parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
     args = parser.parse_args(argv)
     if args.report:
         plan = dict(FULL)
-        everything = _load_points(POINTS)
+        everything = _load_points(args.points)
         points = [p for p in everything if p.get("settings") == _settings_key(plan)]
         _write_docs(_result(points, plan, "smollm2-135m-instruct", 0.0), everything)
         return
     result = run(args.quick, targets=tuple(args.targets), methods=tuple(args.methods), steps=args.steps, lr=args.lr,
                  micro=args.micro, samples=args.samples, recovery_method=args.recovery_method,
                  temperature=args.temperature, alpha=args.alpha, recovery_text=args.recovery_text,
-                 fresh=args.fresh)  # fmt: skip
+                 minutes=args.minutes, device=args.device, fresh=args.fresh, points_path=args.points)  # fmt: skip
     for row in result["checks"]:
         print(f"{'pass' if row['passed'] else 'MISS':4}  {row['name']}: {row['measured']:.3f} (target {row['target']}) - "
               f"{row['detail']}")  # fmt: skip

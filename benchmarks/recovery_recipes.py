@@ -113,7 +113,7 @@ def _row(name: str, ctx: dict[str, Any], pruned: Any, quick: bool, steps: int, o
     if recipe[4] > 1:  # the rounds prune as they go, from the unpruned model
         tuned, row["seconds"] = _two_rounds(ctx, texts, plan, recipe[4], out)
     else:
-        tuned, row["seconds"] = frontier.recover(copy.deepcopy(pruned), teacher, ctx["tokenizer"], texts, plan, out)
+        tuned, row["seconds"], _ = frontier.recover(copy.deepcopy(pruned), teacher, ctx["tokenizer"], texts, plan, out)
     row["params"] = frontier.parameter_count(tuned)
     row["share"] = row["params"] / frontier.parameter_count(ctx["model"])
     after = evaluate_ability(tuned, ctx["tokenizer"], in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)

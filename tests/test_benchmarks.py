@@ -343,7 +343,9 @@ def test_a_marked_section_replaces_only_its_own_text(tmp_path) -> None:
 
 @pytest.mark.parametrize(("setting", "message"), [({"alpha": 2.0}, "alpha"), ({"temperature": 0.0}, "temperature"),
                                                   ({"recovery_method": "prune"}, "method"),
-                                                  ({"recovery_text": "corpus"}, "'corpus'.*--recovery-text")])  # fmt: skip
+                                                  ({"recovery_text": "corpus"}, "'corpus'.*--recovery-text"),
+                                                  ({"device": "gpu"}, "'gpu' is not a torch device"),
+                                                  ({"minutes": 0.0}, "max_minutes must be")])  # fmt: skip
 def test_frontier_refuses_a_bad_recovery_setting_before_any_work(setting: dict[str, Any], message: str,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     pytest.importorskip("torch")
@@ -352,6 +354,17 @@ def test_frontier_refuses_a_bad_recovery_setting_before_any_work(setting: dict[s
     with pytest.raises(ValueError, match=message):
         bench.run(targets=(0.75,), methods=("compress",), points_path=points, **setting)
     assert not points.exists()  # nothing loaded, measured or written
+
+
+def test_frontier_refuses_cuda_without_a_gpu_before_any_work(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: nothing to refuse")
+    bench = _load("frontier")
+    points = tmp_path / "points.json"
+    with pytest.raises(ValueError, match="sees no CUDA device here; run on a GPU machine"):
+        bench.run(targets=(0.75,), methods=("compress",), points_path=points, device="cuda")
+    assert not points.exists()
 
 
 def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mix() -> None:
@@ -374,6 +387,17 @@ def test_frontier_quick_measures_compress_calibrated_on_the_corpus_and_on_the_mi
     row = next(line for line in lines if line.startswith("| compress | 75% | lr 0.0003 |"))
     assert row.split(" | ")[5] == "1.000"  # the same figures, so the same perplexity as the frontier's point
     assert bench._settings_lines(result["points"], result["plan"]) == []  # nothing probed, no section
+    # a time budget is a setting of its own, named in the section; without one the key is as before it existed
+    assert not {"minutes", "device"} & set(json.loads(bench._settings_key(result["plan"])))
+    assert json.loads(bench._settings_key(result["plan"] | {"device": "cuda"}))["device"] == "cuda"
+    budget_key = bench._settings_key(result["plan"] | {"minutes": 20.0})
+    budgeted = [p | {"settings": budget_key} for p in result["points"] if p["method"] in ("unpruned", "compress")]
+    assert any(line.startswith("| compress | 75% | minutes 20 |")
+               for line in bench._settings_lines(result["points"] + budgeted, result["plan"]))  # fmt: skip
+    cut = [p | {"recovery_steps": 1} if p["method"] == "compress" else p for p in budgeted]  # the budget ended it early
+    assert any(line.startswith("| compress | 75% | minutes 20 (1 step taken) |")
+               for line in bench._settings_lines(result["points"] + cut, result["plan"]))  # fmt: skip
+    assert all(p["recovery_steps"] == result["plan"]["steps"] for p in result["points"] if "recovery_seconds" in p)
     # a probe that changes two settings names both (LoRA wants another learning rate)
     lora_key = json.dumps(json.loads(result["points"][0]["settings"]) | {"lr": 1e-3, "method": "lora"}, sort_keys=True)
     lora = [p | {"settings": lora_key} for p in result["points"] if p["method"] in ("unpruned", "compress")]

@@ -306,7 +306,7 @@ def test_dry_run_rejects_what_the_real_sweep_rejects(
     assert message in str(info.value) and not (tmp_path / "results").exists()
 
 
-# --- --target-params, --axes, --recovery, --recovery-text, --fine-tuning-method ----------------------------------
+# --- --target-params, --axes, --recovery, --recovery-text, --fine-tuning-method, --fine-tuning-minutes -----------
 
 
 def test_run_settings_parse_only_when_given() -> None:
@@ -319,12 +319,15 @@ def test_run_settings_parse_only_when_given() -> None:
     assert settings_from(args) == {"target_params": None}
     args = build_parser().parse_args(["run", "c.yaml", "--recovery-text", "mix", "--fine-tuning-method", "full"])
     assert settings_from(args) == {"recovery_text": "mix", "fine_tuning_method": "full"}
+    args = build_parser().parse_args(["run", "c.yaml", "--fine-tuning-minutes", "12.5"])
+    assert settings_from(args) == {"fine_tuning_minutes": 12.5}
 
 
 @pytest.mark.parametrize(
     "argv",
     [["run", "c.yaml", "--target-params", "most"], ["run", "c.yaml", "--recovery", "kd"], ["run", "c.yaml", "--target-params"],
-     ["run", "c.yaml", "--recovery-text", "web"], ["run", "c.yaml", "--fine-tuning-method", "qlora"]],
+     ["run", "c.yaml", "--recovery-text", "web"], ["run", "c.yaml", "--fine-tuning-method", "qlora"],
+     ["run", "c.yaml", "--fine-tuning-minutes", "ten"]],
 )
 def test_bad_run_settings_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -360,6 +363,7 @@ def test_run_settings_reach_the_pipeline_and_the_dry_run(
                                       "got ['heads', 'neurons'] ('neurons' is not an axis)"),
         (["--target-params", "1.5"], "target_params must be the share of parameters to keep, in (0, 1]"),
         (["--target-params", "0.5", "--axes", ","], "(it is empty)"),
+        (["--fine-tuning-minutes", "0"], "fine_tuning_minutes must be > 0, got 0.0; e.g. 10"),
     ],
 )
 def test_bad_run_settings_are_refused_by_the_config_check(

@@ -41,6 +41,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("fine_tuning_epochs", "one", "fine_tuning_epochs must be a finite number or None, got 'one' (str)"),
     ("fine_tuning_epochs", math.inf, "fine_tuning_epochs must be a finite number or None, got inf"),
     ("fine_tuning_epochs", 0, "fine_tuning_epochs must be > 0, got 0"),
+    ("fine_tuning_minutes", "ten", "fine_tuning_minutes must be a finite number or None, got 'ten' (str)"),
+    ("fine_tuning_minutes", -3, "fine_tuning_minutes must be > 0, got -3; e.g. 10, or None for no time budget"),
     ("learning_rate", "fast", "learning_rate must be a finite number, got 'fast' (str); e.g. learning_rate=0.001"),
     ("learning_rate", math.nan, "learning_rate must be a finite number, got nan"),
     ("learning_rate", 0.0, "learning_rate must be > 0, got 0.0"),

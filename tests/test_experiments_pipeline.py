@@ -38,6 +38,9 @@ def test_the_run_config_builds_the_fine_tuning_config_in_one_place(tmp_path: Pat
     assert "control" in config.finetune_config(tmp_path, control=True).plot_title
     by_epochs = ExperimentConfig(fine_tuning_epochs=1.0).finetune_config(tmp_path)
     assert by_epochs.epochs == 1.0 and by_epochs.eval_every == 25  # paced like a 200-step run
+    budget = ExperimentConfig(fine_tuning_steps=400, fine_tuning_minutes=20.0)
+    assert budget.finetune_config(tmp_path).max_minutes == budget.finetune_config(tmp_path, control=True).max_minutes == 20
+    assert config.finetune_config(tmp_path).max_minutes is None
 
 
 def test_smoke_means_the_same_everywhere() -> None:

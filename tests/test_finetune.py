@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -53,6 +54,8 @@ def test_every_setting_has_a_default_and_help() -> None:
         ({"target_modules": "q_proj"}, "target_modules must be a list"),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be an integer >= 1, got 0"),
         ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1, got 0"),
+        ({"max_minutes": 0}, "max_minutes must be a finite number > 0, got 0"),
+        ({"max_minutes": "10"}, "max_minutes must be a number > 0, got str '10' (write the number without quotes)"),
     ],
 )
 def test_bad_settings_name_the_value_and_the_fix(changes, fragment) -> None:
@@ -275,6 +278,73 @@ def test_epochs_set_the_number_of_steps(tmp_path) -> None:
     assert tuner.max_steps == math.ceil(sequences / 8)
     result = tuner.train()
     assert result.steps == tuner.max_steps and [r["step"] for r in result.history] == list(range(1, tuner.max_steps + 1))
+
+
+class StepSeconds:
+    """A training clock that moves only when the model runs forward: ``seconds`` per forward pass."""
+
+    def __init__(self, model: Any, seconds: float) -> None:
+        self.now = 0.0
+        model.register_forward_hook(lambda *_: self.tick(seconds))
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def timed(monkeypatch, model: Any, seconds: float) -> None:
+    import types
+
+    import colab_helpers.finetune.state as state
+
+    monkeypatch.setattr(state, "time", types.SimpleNamespace(perf_counter=StepSeconds(model, seconds).perf_counter))
+
+
+def test_a_time_budget_ends_the_run_with_its_cosine_decay(tmp_path, monkeypatch) -> None:
+    model = tiny_model()
+    timed(monkeypatch, model, 6.0)  # one forward per step (no evaluation): 6 s a step, 10 steps in a minute
+    seen_totals = []
+
+    class Totals:
+        def on_step_end(self, tuner, row):
+            seen_totals.append(tuner.max_steps)
+
+    config = small(tmp_path, max_steps=40, max_minutes=1.0, eval_every=100, checkpoint_every=None)
+    result = fine_tune(model, tokenizer(), TRAIN_TEXTS, config=config, callbacks=[Totals()], live_plot=False,
+                       progress=False)  # fmt: skip
+    assert result.stopped_reason == "max_minutes" and result.steps == 10
+    assert seen_totals == [10] * 10  # planned from the first step's pace, not the 40 asked for
+    lrs = [row["lr"] for row in result.history]
+    assert math.isclose(lrs[-1], 0.1 * config.learning_rate)  # the decay reached its floor as the budget ended
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # and fell all along after the warm-up step
+    assert result.adapter_dir is not None and result.failure is None
+
+
+def test_a_budget_larger_than_the_run_changes_nothing(tmp_path, monkeypatch) -> None:
+    model = tiny_model()
+    timed(monkeypatch, model, 1.0)
+    result = fine_tune(model, tokenizer(), TRAIN_TEXTS, config=small(tmp_path, max_minutes=5.0), live_plot=False,
+                       progress=False)  # fmt: skip
+    plain = fine_tune(tiny_model(), tokenizer(), TRAIN_TEXTS, config=small(tmp_path / "plain"), live_plot=False,
+                      progress=False)  # fmt: skip
+    assert result.stopped_reason == "max_steps" and result.steps == 6
+    assert [row["lr"] for row in result.history] == [row["lr"] for row in plain.history]
+
+
+def test_the_progress_bar_follows_a_replanned_total() -> None:
+    import io
+
+    from tqdm import tqdm
+
+    from colab_helpers.finetune.callbacks import _set_total
+
+    bar = tqdm(total=40, file=io.StringIO())
+    bar.update(3)
+    _set_total(bar, 10)
+    assert (bar.total, bar.n) == (10, 3)
+    bar.close()
 
 
 def test_callbacks_see_every_step_and_eval(tmp_path) -> None:

@@ -63,6 +63,23 @@ def test_compress_iteratively_reaches_the_target_in_rounds_with_half_the_steps_e
     assert result.reports[1].params_before == result.reports[0].params_after  # round 2 starts where round 1 ended
 
 
+def test_compress_iteratively_splits_a_time_budget_between_its_rounds(tmp_path, monkeypatch) -> None:
+    import colab_helpers.finetune.recipes as recipes
+
+    budgets = []
+
+    def recording(model, teacher, tokenizer, texts, eval_texts, config, *args, **kwargs):
+        budgets.append(config.max_minutes)
+        return real(model, teacher, tokenizer, texts, eval_texts, config, *args, **kwargs)
+
+    real = recipes.distill
+    monkeypatch.setattr(recipes, "distill", recording)
+    compress_iteratively(tiny_model("llama"), tiny_model("llama"), tokenizer(), _batches(), 0.8, TRAIN_TEXTS,
+                         _config(tmp_path, max_minutes=3.0), rounds=3,
+                         compress_options={"progress": False, "round_to": 1}, live_plot=False, progress=False)  # fmt: skip
+    assert budgets == [1.0, 1.0, 1.0]
+
+
 def test_compress_iteratively_refuses_fewer_steps_than_rounds_before_any_work(tmp_path) -> None:
     model = tiny_model("llama")
     before = _params(model)

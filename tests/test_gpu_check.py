@@ -92,3 +92,21 @@ def test_rehearsal_drives_the_pipeline_in_the_asked_precision(tmp_path: Path) ->
     assert set(perplexity) == {"baseline", "pruned", "fine_tuned", "control"}
     assert all(math.isfinite(value) for value in perplexity.values())
     assert "| fp16 | float16 / fp16 |" in (out / "gpu_check.log").read_text()
+
+
+def test_rehearsal_runs_the_frontier_step_only_when_named(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("lm_eval")  # the frontier measures the offline tasks
+    out = tmp_path / "out"
+    result = _run(["frontier"], tmp_path, OUT=str(out), GPU_CHECK_REHEARSAL="1", GPU_CHECK_FRONTIER_MINUTES="1")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["verdict"] == "passed" and report["steps_asked"] == ["frontier"]
+    log = (out / "gpu_check.log").read_text()
+    assert "== frontier: passed" in log and "compress at 75%: after" in log  # the point was recovered and measured
+    assert "== pipeline" not in log
+
+
+def test_a_frontier_budget_that_is_not_whole_minutes_is_a_usage_error(tmp_path: Path) -> None:
+    result = _run(["frontier"], tmp_path, GPU_CHECK_FRONTIER_MINUTES="1.5")
+    assert result.returncode == 2 and "GPU_CHECK_FRONTIER_MINUTES must be a whole number of minutes >= 1, got '1.5'" in result.stderr

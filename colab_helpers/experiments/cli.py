@@ -93,7 +93,8 @@ def _prog() -> str:
 
 # run settings the command line may set over the YAML config: option -> ExperimentConfig field
 SETTINGS: dict[str, str] = {"--target-params": "target_params", "--axes": "axes", "--recovery": "recovery_method",
-                            "--recovery-text": "recovery_text", "--fine-tuning-method": "fine_tuning_method"}  # fmt: skip
+                            "--recovery-text": "recovery_text", "--fine-tuning-method": "fine_tuning_method",
+                            "--fine-tuning-minutes": "fine_tuning_minutes"}  # fmt: skip
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +114,9 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                        "or on both ('mix')")  # fmt: skip
     group.add_argument("--fine-tuning-method", dest="fine_tuning_method", choices=METHODS, default=argparse.SUPPRESS,
                        help="fine_tuning_method: 'lora' (an adapter) or 'full' (every weight)")
+    group.add_argument("--fine-tuning-minutes", dest="fine_tuning_minutes", type=_minutes, default=argparse.SUPPRESS,
+                       metavar="MINUTES", help="fine_tuning_minutes: a time budget for recovery and the control, each "
+                       "('none': no budget)")  # fmt: skip
 
 
 def _share(text: str) -> float | None:
@@ -122,6 +126,15 @@ def _share(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'none', got {text!r}") from None
+
+
+def _minutes(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0 or 'none', got {text!r}") from None
 
 
 def _names(text: str) -> list[str]:

@@ -58,7 +58,7 @@ COMPRESSION_KEYS = ("target_params", "axes")
 # a field's annotation -> the kind _check_type checks ("?": None allowed too)
 _KINDS = {"str": "str", "str | None": "str?", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
           "tuple[str, ...]": "names", "HeadPruning | Compression": "pruning"}  # fmt: skip
-_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "eval_stride": 64,  # fields whose default is None
+_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "fine_tuning_minutes": 10.0, "eval_stride": 64,  # fields whose default is None
             "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64,
             "ability_tasks": "offline"}  # fmt: skip
 _WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
@@ -215,6 +215,9 @@ class ExperimentConfig:
     max_new_tokens: int = field(default=30, metadata=field_help("tokens generated at each stage."))
     fine_tuning_steps: int | None = field(default=None, metadata=field_help("recovery optimizer steps (default 200 when epochs is None)."))
     fine_tuning_epochs: float | None = field(default=None, metadata=field_help("passes over the training text; overrides steps."))
+    fine_tuning_minutes: float | None = field(default=None, metadata=field_help(
+        "a time budget for recovery (and the control), each: training ends after this many minutes, its learning-rate "
+        "decay planned on the steps that fit (at most fine_tuning_steps); None = no budget."))
     learning_rate: float = field(default=1e-3, metadata=field_help(
         "peak learning rate of recovery and the control: 1e-3 suits LoRA; fine_tuning_method='full' wants ~1e-4."))
     lora_r: int = field(default=16, metadata=field_help("LoRA rank."))
@@ -288,6 +291,9 @@ class ExperimentConfig:
             raise ValueError(f"fine_tuning_steps must be >= 0 (0 skips fine-tuning), got {self.fine_tuning_steps!r}")
         if self.fine_tuning_epochs is not None and not self.fine_tuning_epochs > 0:
             raise ValueError(f"fine_tuning_epochs must be > 0, got {self.fine_tuning_epochs!r}; e.g. 1.0 for one pass")
+        if self.fine_tuning_minutes is not None and not self.fine_tuning_minutes > 0:
+            raise ValueError(f"fine_tuning_minutes must be > 0, got {self.fine_tuning_minutes!r}; e.g. 10, or None for "
+                             "no time budget")  # fmt: skip
         for name in ("max_new_tokens", "lora_r", "micro_batch_size", "seq_len", "eval_tokens", "importance_batches",
                      "latency_rounds"):  # fmt: skip
             value = getattr(self, name)
@@ -424,7 +430,7 @@ class ExperimentConfig:
 
         return FineTuneConfig(
             method=self.fine_tuning_method, r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
-            epochs=self.fine_tuning_epochs, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
+            epochs=self.fine_tuning_epochs, max_minutes=self.fine_tuning_minutes, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
             seed=self.seed, dtype=self.dtype, load_in_4bit=self.load_in_4bit, output_dir=str(output_dir), eval_batches=4,
             plot_title=self._plot_title(control),
         ).with_intervals(evaluations=8, checkpoints=4)

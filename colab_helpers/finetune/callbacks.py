@@ -127,6 +127,7 @@ class ProgressCallback(Callback):
     def on_step_end(self, tuner: Any, row: dict[str, Any]) -> None:
         loss = row["loss"]
         self.bar.set_postfix_str(f"loss {loss:.4f}" if math.isfinite(loss) else "loss nan (skipped)", refresh=False)
+        _set_total(self.bar, tuner.max_steps)  # a time budget (max_minutes) re-plans the run's last step as it goes
         self.bar.update(1)
 
     def on_eval(self, tuner: Any, row: dict[str, Any]) -> None:
@@ -137,6 +138,17 @@ class ProgressCallback(Callback):
 
     def on_train_error(self, tuner: Any, exc: BaseException) -> None:
         self.bar.close()
+
+
+def _set_total(bar: Any, total: int) -> None:
+    """Change a tqdm bar's total without starting it over (``reset`` would zero its count and rate): the text bar
+    reads the attribute, a notebook bar draws its widget's ``max``."""
+    if bar.total == total:
+        return
+    bar.total = total
+    container = getattr(bar, "container", None)  # tqdm.notebook: (label, progress widget, text)
+    if container is not None:
+        container.children[1].max = total
 
 
 class GradientCallback(Callback):

@@ -16,7 +16,8 @@ METHODS = ("lora", "full")
 # Fields that decide what is being trained: a checkpoint can only be resumed under the same values.
 # Left out on purpose: everything about *how* (micro-batch, dtype, backend, 4-bit, eval and checkpoint cadence,
 # safety ladder), so a run can resume on another runtime (T4 fp16 after an A100 bf16) or with a smaller micro-batch;
-# and max_steps / epochs, so a finished run can be continued for more steps (the cosine decay stretches from there).
+# and max_steps / epochs / max_minutes, so a finished run can be continued for more steps (the cosine decay stretches
+# from there).
 _FINGERPRINT_FIELDS = (
     "r",
     "alpha",
@@ -58,6 +59,12 @@ class FineTuneConfig:
     learning_rate: float = field(default=2e-4, metadata=field_help("peak AdamW learning rate."))
     max_steps: int | None = field(default=200, metadata=field_help("optimizer steps to run (ignored when epochs is set)."))
     epochs: float | None = field(default=None, metadata=field_help("passes over the training text; overrides max_steps."))
+    max_minutes: float | None = field(
+        default=None,
+        metadata=field_help("a time budget: training ends when this many minutes of it have passed (the final "
+                       "evaluation and save come after), and the cosine decay is planned on the steps the budget "
+                       "reaches at the pace measured so far, at most max_steps (or epochs); None = no budget."),
+    )  # fmt: skip
     micro_batch_size: int = field(default=8, metadata=field_help("sequences per forward pass; halved on out-of-memory."))
     gradient_accumulation_steps: int = field(
         default=1, metadata=field_help("micro-batches per optimizer step; effective batch = micro_batch_size x this.")
@@ -140,6 +147,8 @@ class FineTuneConfig:
         _integer(self, "max_steps", "e.g. max_steps=200", optional=True)
         if self.epochs is not None:
             _number(self, "epochs", "e.g. epochs=1.0, or epochs=None to use max_steps")
+        if self.max_minutes is not None:
+            _number(self, "max_minutes", "e.g. max_minutes=10, or max_minutes=None for no time budget")
         _integer(self, "micro_batch_size", "e.g. micro_batch_size=8")
         _integer(self, "gradient_accumulation_steps", "e.g. gradient_accumulation_steps=1")
         _integer(self, "min_micro_batch_size", "e.g. min_micro_batch_size=1")

@@ -64,8 +64,9 @@ def compress_iteratively(model: Any, teacher: Any, tokenizer: Any, calibration: 
                          rounds: int = 2, eval_batches: list[Any] | None = None, compress_options: dict | None = None,
                          **options: Any) -> IterativeResult:  # fmt: skip
     """Compress ``model`` in place to ``target_params`` of its parameters in ``rounds`` rounds, each followed by
-    distillation from ``teacher`` (the unpruned model; never the student) for ``config.max_steps // rounds`` steps,
-    so the whole costs what one compress and one distillation of ``config.max_steps`` would. ``calibration`` /
+    distillation from ``teacher`` (the unpruned model; never the student) for ``config.max_steps // rounds`` steps
+    (and ``config.max_minutes / rounds`` minutes when a time budget is set), so the whole costs what one compress and
+    one distillation of ``config`` would. ``calibration`` /
     ``eval_batches`` and ``compress_options`` are ``compress``'s, ``options`` :func:`~.distill.distill`'s."""
     from ..pruning.compress import compress
 
@@ -77,7 +78,9 @@ def compress_iteratively(model: Any, teacher: Any, tokenizer: Any, calibration: 
     reports, trainings = [], []
     for index, share in enumerate(shares):
         reports.append(compress(model, calibration, share, eval_batches=eval_batches, **(compress_options or {})))
+        minutes = config.max_minutes / rounds if config.max_minutes is not None else None
         round_config = dataclasses.replace(config, max_steps=steps, warmup_steps=min(config.warmup_steps, steps - 1),
+                                           max_minutes=minutes,
                                            output_dir=str(Path(config.output_dir) / f"round-{index + 1}"))  # fmt: skip
         training = distill(model, teacher, tokenizer, texts, None, round_config, distill_config, **options)
         training.raise_if_failed()

@@ -22,7 +22,7 @@ class FineTuneResult:
     best_eval_loss: float | None
     seconds: float  # training time of this call (a resumed run: only the part after the resume)
     steps: int  # last step done
-    stopped_reason: str  # "max_steps", "early_stopping", "non_finite" (see failure), or "resumed_finished"
+    stopped_reason: str  # "max_steps", "max_minutes", "early_stopping", "non_finite" (see failure), "resumed_finished"
     device: str
     backend: str
     output_dir: Path

@@ -78,7 +78,8 @@ class FineTuner:
         check_finite_weights(model, self.model_role)  # NaN weights: every step skipped; refused before any folder
         self._join_ranks(model)
         self.evaluator = Evaluator(evaluation, self._dist)
-        self.max_steps = total_steps(cfg, self._blocks, self.world_size, self.completion_only)
+        # the steps asked for; a time budget (max_minutes) may end the run sooner: max_steps is the run's last step
+        self.planned_steps = self.max_steps = total_steps(cfg, self._blocks, self.world_size, self.completion_only)
         # --- model ---
         self.tokenizer = tokenizer  # saved with the model of a method="full" run
         self._amp_dtype, use_scaler = resolve_precision(cfg.dtype, self.device)
@@ -219,11 +220,14 @@ class FineTuner:
 
     def _run_steps(self) -> None:
         cfg = self.config
+        first_step = self.step
         while self.step < self.max_steps:
             step = self.step + 1
             row = self._train_step(step)
             self.state.step = step
             self._updating = False
+            if cfg.max_minutes is not None:  # before the callbacks: the progress bar shows the re-planned total
+                self._fit_time_budget(cfg.max_minutes, step - first_step)
             self.state.history.append(row)
             self._emit("on_step_end", row)
             self.guard.after_step(row)
@@ -231,6 +235,19 @@ class FineTuner:
                 self._evaluate_into(row)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
                 self.save_checkpoint()
+        if self.step < self.planned_steps:
+            raise StopTraining("max_minutes")
+
+    def _fit_time_budget(self, minutes: float, done: int) -> None:
+        """Set the run's last step to the one the budget reaches at this session's pace (``done`` steps so far,
+        evaluations included), never past the steps asked for: the cosine decay then ends with the budget instead
+        of being cut off half-way. Rank 0's clock decides for every rank (they must stop at the same step)."""
+        spent = self.state.elapsed()
+        pace = (spent - self.state.elapsed_seconds) / done  # this session's seconds per step
+        last = self.step + max(0, int((minutes * 60 - spent) / pace)) if pace > 0 else self.planned_steps
+        if self._dist is not None:
+            last = self._dist.broadcast_object(last)
+        self.max_steps = max(self.step, min(self.planned_steps, last))
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
