@@ -345,6 +345,15 @@ def test_the_progress_bar_follows_a_replanned_total() -> None:
     _set_total(bar, 10)
     assert (bar.total, bar.n) == (10, 3)
     bar.close()
+    from tqdm.notebook import tqdm as notebook_tqdm  # a notebook's bar (ipywidgets): its widget's max is what is drawn
+
+    widget_bar = notebook_tqdm(total=40)
+    widget_bar.update(3)
+    _set_total(widget_bar, 10)
+    assert (widget_bar.total, widget_bar.container.children[1].max) == (10, 10)
+    widget_bar.update(7)
+    widget_bar.close()
+    assert widget_bar.container.children[1].bar_style == "success"  # ended at its total: not drawn as a failure
 
 
 def test_callbacks_see_every_step_and_eval(tmp_path) -> None:
