@@ -229,7 +229,8 @@ def _point(method: str, target: float, ctx: dict[str, Any], plan: dict[str, Any]
     before = evaluate_ability(pruned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ppl_only"], progress=False)
     row["before"] = before.to_dict()
     print(f"  {method} at {target:.0%}: {row['share']:.1%} kept; before recovery {before}", flush=True)
-    tuned, seconds, steps = recover(pruned, ctx["teacher"], tokenizer, ctx["recovery_texts"], plan, tmp / f"{method}-{target}")
+    tuned, seconds, steps = recover(pruned, ctx["teacher"], tokenizer, ctx["recovery_texts"], plan,
+                                    tmp / f"{method}-{target}")  # fmt: skip
     row["recovery_seconds"], row["recovery_steps"] = seconds, steps
     after = evaluate_ability(tuned, tokenizer, in_domain=ctx["in_domain"], config=ctx["ability"], progress=False)
     row["after"] = after.to_dict()

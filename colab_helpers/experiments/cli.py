@@ -102,7 +102,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     from .config import AXES, METHODS, RECOVERY_METHODS, RECOVERY_TEXTS
 
     group = parser.add_argument_group("run settings (set over the YAML config, checked like it)")
-    group.add_argument("--target-params", dest="target_params", type=_share, default=argparse.SUPPRESS, metavar="SHARE",
+    group.add_argument("--target-params", dest="target_params", type=_number_or_none("a number in (0, 1]"),
+                       default=argparse.SUPPRESS, metavar="SHARE",
                        help="keep this share of the parameters, in (0, 1], pruning across --axes ('none': attention "
                        "heads by pruning_level)")  # fmt: skip
     group.add_argument("--axes", type=_names, default=argparse.SUPPRESS, metavar="AXIS,AXIS",
@@ -114,27 +115,24 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                        "or on both ('mix')")  # fmt: skip
     group.add_argument("--fine-tuning-method", dest="fine_tuning_method", choices=METHODS, default=argparse.SUPPRESS,
                        help="fine_tuning_method: 'lora' (an adapter) or 'full' (every weight)")
-    group.add_argument("--fine-tuning-minutes", dest="fine_tuning_minutes", type=_minutes, default=argparse.SUPPRESS,
-                       metavar="MINUTES", help="fine_tuning_minutes: a time budget for recovery and the control, each "
-                       "('none': no budget)")  # fmt: skip
+    group.add_argument("--fine-tuning-minutes", dest="fine_tuning_minutes", metavar="MINUTES",
+                       type=_number_or_none("a number of minutes > 0"), default=argparse.SUPPRESS,
+                       help="fine_tuning_minutes: a time budget for recovery and the control, each ('none': no "
+                       "budget)")  # fmt: skip
 
 
-def _share(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'none', got {text!r}") from None
+def _number_or_none(what: str) -> Callable[[str], float | None]:
+    """An argparse type: a number, or None for 'none' (the setting's default off); ``what`` says which numbers."""
 
+    def parse(text: str) -> float | None:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} or 'none', got {text!r}") from None
 
-def _minutes(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0 or 'none', got {text!r}") from None
+    return parse
 
 
 def _names(text: str) -> list[str]:

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class StopTraining(Exception):
-    """Raised inside the loop to end training early with a reason (``"non_finite"``, ``"early_stopping"``, ``"max_minutes"``)."""
+    """Raised inside the loop to end training early with a reason (``"non_finite"``, ``"early_stopping"``,
+    ``"max_minutes"``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
