@@ -3,6 +3,8 @@ same CPU budget, judged on general ability (text of other domains, zero-shot tas
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py              # every point not yet measured; hours
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py --targets 0.75 --methods compress
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/frontier.py --minutes 20 --steps 480   # a time budget per point
+    .venv/bin/python benchmarks/frontier.py --device cuda --minutes 10 --micro 16 --steps 20000 --points gpu.json
     .venv/bin/python benchmarks/frontier.py --report                       # the doc from the points measured
     .venv/bin/python benchmarks/frontier.py --quick                        # embedded-llama, seconds (tests)
 
@@ -739,13 +741,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None,
                         help="where recovery runs, e.g. cuda (pruning and measuring stay on the CPU); default cpu")
     parser.add_argument("--points", type=Path, default=POINTS,
-                        help=f"the points file read and written (default {POINTS.relative_to(ROOT)})")
+                        help=f"the points file read and written (default {POINTS.relative_to(ROOT)}, the only "
+                        "one the doc is written from)")  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="measure every point again")
     parser.add_argument("--report", action="store_true", help="only write the doc from the points measured")
     args = parser.parse_args(argv)
     if args.report:
         plan = dict(FULL)
-        everything = _load_points(args.points)
+        everything = _load_points(POINTS)  # the doc's own points, whatever --points says
         points = [p for p in everything if p.get("settings") == _settings_key(plan)]
         _write_docs(_result(points, plan, "smollm2-135m-instruct", 0.0), everything)
         return
