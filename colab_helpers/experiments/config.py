@@ -58,7 +58,8 @@ COMPRESSION_KEYS = ("target_params", "axes")
 # a field's annotation -> the kind _check_type checks ("?": None allowed too)
 _KINDS = {"str": "str", "str | None": "str?", "bool": "bool", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
           "tuple[str, ...]": "names", "HeadPruning | Compression": "pruning"}  # fmt: skip
-_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "fine_tuning_minutes": 10.0, "eval_stride": 64,  # fields whose default is None
+# fields whose default is None
+_EXAMPLE = {"fine_tuning_steps": 200, "fine_tuning_epochs": 1.0, "fine_tuning_minutes": 10.0, "eval_stride": 64,
             "target_params": 0.75, "axes": ["heads", "mlp"], "distill_top_k": 64,
             "ability_tasks": "offline"}  # fmt: skip
 _WANTED = {"str": "a string", "bool": "True or False", "int": "an integer", "float": "a finite number",
@@ -430,7 +431,8 @@ class ExperimentConfig:
 
         return FineTuneConfig(
             method=self.fine_tuning_method, r=self.lora_r, alpha=self.lora_alpha, learning_rate=self.learning_rate, max_steps=self.steps,
-            epochs=self.fine_tuning_epochs, max_minutes=self.fine_tuning_minutes, micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
+            epochs=self.fine_tuning_epochs, max_minutes=self.fine_tuning_minutes,
+            micro_batch_size=self.micro_batch_size, seq_len=self.seq_len,
             seed=self.seed, dtype=self.dtype, load_in_4bit=self.load_in_4bit, output_dir=str(output_dir), eval_batches=4,
             plot_title=self._plot_title(control),
         ).with_intervals(evaluations=8, checkpoints=4)
